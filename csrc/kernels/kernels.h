@@ -1,0 +1,88 @@
+// sparsekit kernels: the contract between the custom ops (csrc/ort) and the per-ISA
+// microkernels (csrc/kernels/*_{ref,avx2,avx512,neon}.cpp).
+//
+// Layout everywhere is NCHW-like: Y[row, p] over "pixels" p, so every kernel vectorises over
+// p and output rows store contiguously.  W is sparse with rows in groups of B output rows
+// (B = 1 or 4): one nonzero "block" is B weights of B consecutive rows at one reduction index.
+//
+// Rules for ISA files (compiled with per-file -mavx2 / -mavx512f flags):
+//   * put everything in an anonymous namespace except the exported table getter;
+//   * no STL templates and no inline functions shared with other files (the linker could
+//     otherwise pick an AVX-512 copy of std::min for use on a CPU without AVX-512).
+#pragma once
+#include <cstddef>
+#include <cstdint>
+
+namespace sk {
+
+enum class Isa : int { ref = 0, avx2 = 1, avx512 = 2, neon = 3 };
+
+// Repacked sparse weights, in the kernels' internal form (built once at kernel creation).
+// Group g covers rows [g*B, min(g*B+B, rows)); its blocks are [group_ptr[g], group_ptr[g+1]).
+// values holds B floats per block (rows past `rows` in the last group are zero).
+// x_offset[j] is the element offset into X of block j's reduction row (k * x_row_stride),
+// so a kernel reads X + x_offset[j] + p.  Validated by the op before any kernel sees it.
+struct SpMat {
+  int B = 4;
+  int rows = 0;
+  int groups = 0;
+  const int32_t* group_ptr = nullptr;  // [groups + 1]
+  const int32_t* x_offset = nullptr;   // [nblocks]
+  const float* values = nullptr;       // [nblocks * B]
+};
+
+// What happens at store time.  y = act(acc + bias[r] (+ residual)) or, with
+// residual_after_act, y = act(acc + bias[r]) + residual.  act is a clamp to [lo, hi]
+// (Relu: lo = 0, hi = +inf; none: -inf, +inf).
+struct Epilogue {
+  const float* bias = nullptr;      // [rows] or null
+  const float* residual = nullptr;  // same layout as Y (row stride residual_stride) or null
+  ptrdiff_t residual_stride = 0;
+  bool residual_after_act = false;
+  float lo = -__builtin_inff();
+  float hi = __builtin_inff();
+};
+
+// Y[r, p] for rows of groups [g_begin, g_end) and pixels p in [0, n):
+//   Y[r*y_stride + p] = epilogue( sum_j values[j*B + (r - g*B)] * X[x_offset[j] + p] )
+// x, y and residual already point at the first pixel of this call's range.
+using SpmmFn = void (*)(size_t n, const SpMat& w, int g_begin, int g_end, const float* x,
+                        float* y, ptrdiff_t y_stride, const Epilogue& ep);
+
+// Depthwise 2-D convolution of one channel plane (dilation 1):
+//   y[oy, ox] = act(bias + sum_{ky,kx} w[ky*k + kx] * x[oy*s - pad_t + ky, ox*s - pad_l + kx])
+// with out-of-range input taken as zero.  Only bias/lo/hi of the epilogue are used.
+struct DwShape {
+  int H, W;          // input plane
+  int OH, OW;        // output plane
+  int k;             // kernel size (square)
+  int stride;
+  int pad_t, pad_l;
+};
+using DwConvFn = void (*)(const DwShape& s, const float* x, const float* w, float bias,
+                          float lo, float hi, float* y);
+
+struct KernelTable {
+  Isa isa;
+  const char* name;   // "ref", "avx2", ...
+  int tile_pixels;    // pixels per register tile of the B=4 kernel (work-splitting hint)
+  SpmmFn spmm_b1;     // B == 1
+  SpmmFn spmm_b4;     // B == 4
+  DwConvFn dwconv;    // any k, stride (the SIMD ones specialise 3x3/5x5, stride 1/2)
+};
+
+// Per-ISA tables; null when that ISA was not compiled in or the CPU lacks it.
+const KernelTable* kernels_ref();
+const KernelTable* kernels_avx2();
+const KernelTable* kernels_avx512();
+const KernelTable* kernels_neon();
+
+// The table for `isa`, or null if unavailable on this build/CPU.
+const KernelTable* kernels_for(Isa isa);
+// Best available table, or the one named by SPARSEKIT_ISA (ref|avx2|avx512|neon).
+// On an unknown or unavailable name, returns null and sets *error to a message.
+const KernelTable* select_kernels(const char** error);
+bool cpu_has(Isa isa);
+const char* isa_name(Isa isa);
+
+}  // namespace sk

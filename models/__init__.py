@@ -1,0 +1,1 @@
+"""Reference architectures (the zoo), built in plain onnx."""

@@ -1,0 +1,5 @@
+"""The one exception type users see: its message is the one-line error the CLI prints."""
+
+
+class SparsekitError(Exception):
+    """A problem with the user's input or environment, described in one line."""
