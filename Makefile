@@ -1,0 +1,37 @@
+# The verbs people type. `make install` then `make test` is the whole set-up on a fresh machine.
+PYTHON ?= python3
+PIP ?= $(PYTHON) -m pip
+
+.PHONY: install dev test test-python test-native test-neon test-asan bench lint clean
+
+install:            ## build and install sparsekit with its test extras
+	$(PIP) install ".[test]"
+
+dev:                ## editable install for development (rebuilds C++ on reinstall)
+	$(PIP) install --no-build-isolation -e ".[test]"
+
+test: test-native test-neon test-asan test-python   ## everything CI runs
+
+test-python:        ## the pytest suite against the installed package
+	$(PYTHON) -m pytest -q
+
+test-native:        ## the C++ kernel test driver, every ISA this CPU has
+	cmake -S . -B build-native -G Ninja -DCMAKE_BUILD_TYPE=Release -DSPARSEKIT_PYTHON=OFF -DSPARSEKIT_NATIVE_TESTS=ON >/dev/null
+	cmake --build build-native --target sk_kernel_tests >/dev/null
+	./build-native/sk_kernel_tests
+
+test-neon:          ## NEON kernels: cross-compiled for aarch64, run under qemu-user
+	bash tests/native/run_neon.sh
+
+test-asan:          ## native kernel tests and the custom-op fuzz tests under AddressSanitizer
+	bash tests/native/run_asan.sh
+	bash tests/run_ort_asan.sh
+
+bench:              ## benchmarks (not tests): dense onnxruntime vs sparsekit, side by side
+	$(PYTHON) benchmarks/bench_pointwise.py --threads 1,2
+
+lint:
+	$(PYTHON) -m ruff check sparsekit models tests benchmarks || true
+
+clean:
+	rm -rf build build-* dist *.egg-info

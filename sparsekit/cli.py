@@ -1,0 +1,237 @@
+"""The `sparsekit` command: parses arguments and renders results; the work is in the stage modules.
+
+Every error a user can cause is a SparsekitError (or a click usage error) and prints as one line
+on stderr with a non-zero exit code; `--debug` shows the traceback instead.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import traceback
+from contextlib import contextmanager
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from .errors import SparsekitError
+
+out = Console()
+err = Console(stderr=True)
+
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="sparsekit")
+@click.option("--debug", is_flag=True, help="Show full tracebacks on errors.")
+@click.pass_context
+def cli(ctx: click.Context, debug: bool) -> None:
+    """sparsekit: make ONNX models faster on CPUs with weight sparsity.
+
+    Pipeline: prune (plain ONNX with zeros) -> convert (ai.sparsekit ops) -> bench.
+    """
+    ctx.ensure_object(dict)
+    ctx.obj["debug"] = debug
+
+
+# ---------------------------------------------------------------------------------------------
+# shared rendering
+
+
+@contextmanager
+def layer_progress(label: str, enabled: bool):
+    """A rich progress bar on stderr, fed by a stage's progress(done, total, name) callback."""
+    if not enabled or not err.is_terminal:
+        yield None
+        return
+    with Progress(TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("{task.description}"), TimeElapsedColumn(), console=err,
+                  transient=True) as bar:
+        task = bar.add_task("", total=None)
+
+        def update(done: int, total: int, name: str) -> None:
+            bar.update(task, completed=done, total=total, description=name)
+
+        yield update
+
+
+def print_json(obj) -> None:
+    click.echo(json.dumps(obj, indent=2, default=_json_default))
+
+
+def _json_default(o):
+    if hasattr(o, "tolist"):
+        return o.tolist()
+    if hasattr(o, "to_dict"):
+        return o.to_dict()
+    return str(o)
+
+
+def _fmt_count(n: float) -> str:
+    for unit, div in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(n) >= div:
+            return f"{n / div:.2f}{unit}"
+    return f"{n:.0f}"
+
+
+# ---------------------------------------------------------------------------------------------
+# sparsekit prune
+
+
+@cli.command()
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
+              help="Where to write the pruned model.")
+@click.option("--pattern", type=click.Choice(["block", "bank", "unstructured"]), default="block",
+              show_default=True, help="Sparsity pattern.")
+@click.option("--sparsity", type=float, default=0.9, show_default=True,
+              help="Fraction of weights removed in each pruned layer, in [0, 1).")
+@click.option("--bank-size", type=int, default=None,
+              help="bank: reduction positions per bank (default 64, capped at the row length).")
+@click.option("--banks", type=int, default=None, help="bank: number of equal banks per row.")
+@click.option("--block", default=None,
+              help="Block shape AxB: A reduction positions x B output channels (default 1x4). "
+                   "With --pattern bank, 1x4 blocks balanced per bank.")
+@click.option("--include", default=None, metavar="REGEX", help="Only prune nodes whose name matches.")
+@click.option("--exclude", default=None, metavar="REGEX", help="Never prune nodes whose name matches.")
+@click.option("--min-params", type=int, default=4096, show_default=True,
+              help="Skip layers with fewer weights than this.")
+@click.option("--recipe", type=click.Path(dir_okay=False), default=None,
+              help="YAML/JSON recipe with per-layer pattern and sparsity overrides.")
+@click.option("--no-fold-bn", is_flag=True, help="Keep BatchNormalization nodes (no folding).")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.option("--force", is_flag=True, help="Overwrite the output file if it exists.")
+def prune(model, output, pattern, sparsity, bank_size, banks, block, include, exclude, min_params,
+          recipe, no_fold_bn, as_json, force):
+    """Prune MODEL's Conv/Gemm/MatMul weights with a sparsity pattern.
+
+    The output is plain ONNX (it runs in stock onnxruntime) with the recipe recorded in its
+    metadata for `sparsekit convert`.
+
+    Example: sparsekit prune model.onnx -o pruned.onnx --pattern block --sparsity 0.9
+    """
+    from . import io
+    from .prune import prune as run_prune
+
+    io.check_output_path(output, force, inputs=(model,))
+    source = io.load_model(model)
+    with layer_progress("pruning", enabled=not as_json) as progress:
+        pruned, report = run_prune(
+            source, pattern=pattern, sparsity=sparsity, bank_size=bank_size, banks=banks,
+            block=block, include=include, exclude=exclude, min_params=min_params, recipe=recipe,
+            fold_bn=not no_fold_bn, progress=progress)
+    io.save_model(pruned, output)
+    if as_json:
+        print_json({"output": str(output), **report.to_dict()})
+        return
+    render_prune_report(report)
+    out.print(f"wrote [bold]{output}[/bold]")
+
+
+def render_prune_report(report) -> None:
+    d = report.to_dict()
+    table = Table(title="pruned layers", show_lines=False)
+    for col, justify in (("layer", "left"), ("op", "left"), ("weight", "left"),
+                         ("pattern", "left"), ("sparsity", "right"), ("params", "right"),
+                         ("FLOPs", "right")):
+        table.add_column(col, justify=justify)
+    for row in d["layers"]:
+        table.add_row(row["name"], row["op"], "x".join(str(s) for s in row["weight_shape"]),
+                      row["pattern"], f"{row['achieved']:.1%}", _fmt_count(row["params"]),
+                      _fmt_count(row["flops"]))
+    out.print(table)
+    if d.get("skipped"):
+        out.print(f"skipped {len(d['skipped'])} layer(s): " + ", ".join(
+            f"{s['name']} ({s['reason']})" for s in d["skipped"][:8])
+            + (" ..." if len(d["skipped"]) > 8 else ""))
+    t = d["totals"]
+    out.print(f"params: {_fmt_count(t['params'])} -> {_fmt_count(t['params_kept'])} "
+              f"({t['params_removed_pct']:.1f}% removed); FLOPs: {_fmt_count(t['flops'])} -> "
+              f"{_fmt_count(t['flops_kept'])} ({t['flops_removed_pct']:.1f}% removed)")
+
+
+# ---------------------------------------------------------------------------------------------
+# sparsekit zoo
+
+
+@cli.command()
+@click.argument("name", required=False)
+@click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
+              help="Write the model here (default: NAME.onnx).")
+@click.option("--force", is_flag=True, help="Overwrite the output file if it exists.")
+@click.option("--json", "as_json", is_flag=True, help="List the zoo as JSON.")
+def zoo(name, output, force, as_json):
+    """List the built-in reference models, or write one to an .onnx file.
+
+    Example: sparsekit zoo mobilenet_v1 -o mobilenet_v1.onnx
+    """
+    from . import io
+    from . import models
+
+    if name is None:
+        rows = [{"name": n, "description": models.describe(n)} for n in models.names()]
+        if as_json:
+            print_json(rows)
+            return
+        table = Table(title="sparsekit zoo")
+        table.add_column("name")
+        table.add_column("description")
+        for r in rows:
+            table.add_row(r["name"], r["description"])
+        out.print(table)
+        return
+    output = output or f"{name}.onnx"
+    io.check_output_path(output, force)
+    model = models.build(name)
+    io.save_model(model, output)
+    if as_json:
+        print_json({"name": name, "output": str(output)})
+    else:
+        out.print(f"wrote [bold]{output}[/bold] ({name}: {models.describe(name)})")
+
+
+# ---------------------------------------------------------------------------------------------
+# entry point
+
+
+def main(argv=None) -> int:
+    """Console entry point: one-line errors, exit codes, --debug for tracebacks."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args
+    try:
+        cli.main(args=args, prog_name="sparsekit", standalone_mode=False)
+    except click.exceptions.Exit as e:
+        return e.exit_code
+    except click.exceptions.Abort:
+        err.print("aborted")
+        return 130
+    except click.UsageError as e:
+        if debug:
+            raise
+        hint = f" (see 'sparsekit {e.ctx.info_name} --help')" if e.ctx is not None and \
+            e.ctx.parent is not None else " (see 'sparsekit --help')"
+        click.echo(f"error: {e.format_message()}{hint}", err=True)
+        return EXIT_USAGE
+    except SparsekitError as e:
+        if debug:
+            raise
+        click.echo(f"error: {e}", err=True)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        return 130
+    except Exception as e:  # a bug of ours: still one line unless --debug
+        if debug:
+            traceback.print_exc()
+            return EXIT_ERROR
+        click.echo(f"error: internal error: {type(e).__name__}: {e} "
+                   "(run with --debug for the traceback)", err=True)
+        return EXIT_ERROR
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
