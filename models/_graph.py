@@ -77,7 +77,9 @@ class GraphBuilder:
     def initializer(self, name: str, array: np.ndarray, count_params: bool = True) -> str:
         """Add a weight initializer under a unique name; returns the name used."""
         name = self._unique(name, self._values)
-        array = np.ascontiguousarray(array)
+        array = np.asarray(array)
+        if not array.flags.c_contiguous:  # (np.ascontiguousarray would turn 0-d into 1-d)
+            array = array.copy(order="C")
         self.initializers.append(numpy_helper.from_array(array, name))
         if count_params:
             self.num_params += int(array.size)
@@ -258,3 +260,75 @@ class GraphBuilder:
         if metadata:
             helper.set_model_props(model, {k: str(v) for k, v in metadata.items()})
         return model
+
+
+# ---------------------------------------------------------------------- shared by the builders
+def check_positive(**params) -> None:
+    """Raise SparsekitError unless every given parameter is a positive number."""
+    from sparsekit.errors import SparsekitError
+
+    for key, value in params.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+            raise SparsekitError(f"{key} must be a positive number, got {value!r}")
+
+
+def check_int(**params) -> None:
+    """Raise SparsekitError unless every given parameter is a positive integer."""
+    from sparsekit.errors import SparsekitError
+
+    for key, value in params.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise SparsekitError(f"{key} must be a positive integer, got {value!r}")
+
+
+def check_bool(**params) -> None:
+    """Raise SparsekitError unless every given parameter is a bool."""
+    from sparsekit.errors import SparsekitError
+
+    for key, value in params.items():
+        if not isinstance(value, bool):
+            raise SparsekitError(f"{key} must be true or false, got {value!r}")
+
+
+def check_seed(seed) -> None:
+    from sparsekit.errors import SparsekitError
+
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise SparsekitError(f"seed must be a non-negative integer, got {seed!r}")
+
+
+def check_resolution(resolution, multiple: int) -> None:
+    """Input side must be an integer and at least ``multiple`` (the network's total stride)."""
+    from sparsekit.errors import SparsekitError
+
+    check_int(resolution=resolution)
+    if resolution < multiple:
+        raise SparsekitError(f"resolution must be at least {multiple}, got {resolution}")
+
+
+def finish(g: GraphBuilder, model_name: str, description: str, **params) -> onnx.ModelProto:
+    """Emit the model with zoo metadata, then annotate intermediate shapes (value_info).
+
+    Shape inference runs in strict mode and the inferred graph-output shapes are compared with
+    the declared ones, so a builder mistake fails here rather than in a user's session.
+    """
+    meta = {"sparsekit.zoo.model": model_name, "sparsekit.zoo.params": _format_params(params)}
+    meta["sparsekit.zoo.num_params"] = str(g.num_params)
+    model = g.build(doc_string=description, metadata=meta)
+    inferred = onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True, data_prop=True)
+    shapes = {vi.name: vi for vi in inferred.graph.value_info}
+    for out in model.graph.output:
+        got = shapes.get(out.name)
+        if got is not None and _dims(got) != _dims(out):
+            raise AssertionError(f"{model_name}: output {out.name} inferred as {_dims(got)}, declared {_dims(out)}")
+    declared = {vi.name for vi in model.graph.output}
+    model.graph.value_info.extend(vi for vi in inferred.graph.value_info if vi.name not in declared)
+    return model
+
+
+def _dims(vi: onnx.ValueInfoProto):
+    return [d.dim_param if d.HasField("dim_param") else d.dim_value for d in vi.type.tensor_type.shape.dim]
+
+
+def _format_params(params: Dict) -> str:
+    return ",".join(f"{k}={v}" for k, v in params.items())

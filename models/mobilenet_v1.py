@@ -3,8 +3,16 @@ from __future__ import annotations
 
 import onnx
 
-from ._graph import GraphBuilder, make_divisible
-from ._common import check_positive, check_resolution, finish
+from ._graph import (
+    GraphBuilder,
+    check_bool,
+    check_int,
+    check_positive,
+    check_resolution,
+    check_seed,
+    finish,
+    make_divisible,
+)
 
 # (output channels, stride of the depthwise conv) for the 13 depthwise-separable blocks
 BLOCKS = [
@@ -42,7 +50,10 @@ def build(
     ``width`` scales every channel count (rounded to a multiple of 8); ``bn=True`` writes each
     conv without bias followed by BatchNormalization, as an export without BN folding does.
     """
-    check_positive(width=width, num_classes=num_classes)
+    check_positive(width=width)
+    check_int(num_classes=num_classes)
+    check_bool(bn=bn)
+    check_seed(seed)
     check_resolution(resolution, 32)
     g = GraphBuilder("mobilenet_v1", seed=seed)
     x = g.add_input("input", [1, 3, resolution, resolution])
