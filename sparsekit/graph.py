@@ -1,0 +1,328 @@
+"""Small helpers over an ONNX ModelProto, shared by prune, convert and inspect.
+
+* lookups: :func:`initializer_map`, :func:`producer_map`, :func:`consumer_map`;
+* :func:`node_names`: a stable name for every top-level node (its own name, or ``<Op>_<n>`` with
+  n counting earlier nodes of the same op type, so that removing BatchNormalization nodes never
+  renames a Conv and a pruned model reports the same names as its source); the graph itself is
+  never changed;
+* :func:`prunable_layers`: every Conv / Gemm / MatMul whose weight is a constant initializer,
+  seen as the 2-D matrix ``W[M, K]`` of docs/format.md, with :meth:`Layer.to_matrix` /
+  :meth:`Layer.from_matrix` to move between that view and the initializer's layout;
+* :func:`infer_shapes`: onnx shape inference as a ``{tensor name: [dims]}`` map.
+
+Only the main graph is inspected; names used inside subgraphs (If/Loop/Scan bodies) count as
+consumers of outer tensors so that nothing referenced there is treated as unused.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict, Iterator, List, Optional, Tuple, Union
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from .errors import SparsekitError
+
+__all__ = [
+    "Layer",
+    "initializer_map",
+    "producer_map",
+    "consumer_map",
+    "subgraph_references",
+    "node_names",
+    "get_attr",
+    "tensor_to_array",
+    "prunable_layers",
+    "infer_shapes",
+    "PRUNABLE_OPS",
+]
+
+PRUNABLE_OPS = ("Conv", "Gemm", "MatMul")
+
+
+def initializer_map(model_or_graph) -> Dict[str, onnx.TensorProto]:
+    """``{name: TensorProto}`` of the main graph's initializers."""
+    g = _graph(model_or_graph)
+    return {t.name: t for t in g.initializer}
+
+
+def producer_map(model_or_graph) -> Dict[str, Tuple[int, onnx.NodeProto]]:
+    """``{tensor name: (node index, node)}`` for every output of a top-level node."""
+    g = _graph(model_or_graph)
+    out = {}
+    for i, n in enumerate(g.node):
+        for o in n.output:
+            if o:
+                out[o] = (i, n)
+    return out
+
+
+def consumer_map(model_or_graph) -> Dict[str, List[Tuple[int, onnx.NodeProto]]]:
+    """``{tensor name: [(node index, node), ...]}`` for every input of a top-level node.
+
+    A node whose subgraph attribute refers to an outer tensor is listed as its consumer too.
+    """
+    g = _graph(model_or_graph)
+    out: Dict[str, List[Tuple[int, onnx.NodeProto]]] = {}
+    for i, n in enumerate(g.node):
+        names = [x for x in n.input if x]
+        for a in n.attribute:
+            for sg in _attr_graphs(a):
+                names.extend(subgraph_references(sg))
+        seen = set()
+        for x in names:
+            if x not in seen:
+                seen.add(x)
+                out.setdefault(x, []).append((i, n))
+    return out
+
+
+def subgraph_references(graph: onnx.GraphProto) -> set:
+    """Names a (sub)graph reads that it does not define itself (outer-scope references)."""
+    defined = {v.name for v in graph.input} | {t.name for t in graph.initializer}
+    defined |= {t.name for t in graph.sparse_initializer if t.values.name}
+    used = set()
+    for n in graph.node:
+        used.update(x for x in n.input if x)
+        for a in n.attribute:
+            for sg in _attr_graphs(a):
+                used |= subgraph_references(sg)
+        defined.update(o for o in n.output if o)
+    used.update(o.name for o in graph.output)
+    return used - defined
+
+
+def node_names(model_or_graph) -> List[str]:
+    """A stable, unique display name for each top-level node, by position.
+
+    A node's own name is used when it has one and it is not already taken; otherwise
+    ``<OpType>_<n>`` where n is the number of earlier nodes of the same op type (named or not),
+    with ``_<k>`` appended in the unlikely case that collides with a real name.
+    """
+    g = _graph(model_or_graph)
+    real = {n.name for n in g.node if n.name}
+    taken: set = set()
+    per_op: Dict[str, int] = {}
+    names = []
+    for n in g.node:
+        idx = per_op.get(n.op_type, 0)
+        per_op[n.op_type] = idx + 1
+        if n.name and n.name not in taken:
+            name = n.name
+        else:
+            base = f"{n.name}_{idx}" if n.name else f"{n.op_type}_{idx}"
+            name, k = base, 1
+            while name in taken or (name in real and name != n.name):
+                name = f"{base}_{k}"
+                k += 1
+        taken.add(name)
+        names.append(name)
+    return names
+
+
+def get_attr(node: onnx.NodeProto, name: str, default=None):
+    """An attribute's Python value (ints, floats, strings, lists), or ``default``."""
+    for a in node.attribute:
+        if a.name == name:
+            return onnx.helper.get_attribute_value(a)
+    return default
+
+
+def tensor_to_array(t: onnx.TensorProto) -> np.ndarray:
+    """numpy copy of an initializer, with a one-line error for unloaded external data."""
+    if t.data_location == onnx.TensorProto.EXTERNAL and not t.raw_data:
+        raise SparsekitError(
+            f"initializer {t.name!r} is stored in external data that was not loaded; "
+            "load the model from its path so its data file is read")
+    try:
+        return np.array(numpy_helper.to_array(t))
+    except Exception as e:  # malformed tensor
+        raise SparsekitError(f"initializer {t.name!r} could not be read ({e})") from e
+
+
+@dataclass
+class Layer:
+    """A Conv / Gemm / MatMul with a constant weight, seen as ``W[M, K]`` (docs/format.md)."""
+
+    index: int                    # position in graph.node
+    node: onnx.NodeProto
+    name: str                     # stable display name (node_names)
+    op: str                       # "Conv", "Gemm" or "MatMul"
+    weight: str                   # initializer name
+    weight_shape: List[int]       # the initializer's own shape
+    dtype: np.dtype               # the initializer's numpy dtype
+    M: int                        # output rows
+    K: int                        # reduction length
+    transposed: bool              # True when the initializer is stored [K, M]
+    group: int = 1
+    kernel_shape: List[int] = field(default_factory=list)
+    in_channels: Optional[int] = None   # Conv: C (= weight.shape[1] * group); else K
+    depthwise: bool = False       # Conv with group == C == ... (one input channel per group)
+    grouped: bool = False         # Conv with group > 1 (depthwise included)
+    output: str = ""              # the node's output tensor name
+
+    @property
+    def params(self) -> int:
+        return self.M * self.K
+
+    def to_matrix(self, arr: np.ndarray) -> np.ndarray:
+        """The initializer's array (its own layout) -> the 2-D ``[M, K]`` view (a copy)."""
+        arr = np.asarray(arr)
+        if list(arr.shape) != list(self.weight_shape):
+            raise ValueError(f"{self.name}: expected weight shape {self.weight_shape}, "
+                             f"got {list(arr.shape)}")
+        if self.transposed:
+            return np.ascontiguousarray(arr.T)
+        return arr.reshape(self.M, self.K).copy()
+
+    def from_matrix(self, mat: np.ndarray) -> np.ndarray:
+        """A 2-D ``[M, K]`` matrix or mask -> the initializer's layout (a copy)."""
+        mat = np.asarray(mat)
+        if mat.shape != (self.M, self.K):
+            raise ValueError(f"{self.name}: expected matrix shape {(self.M, self.K)}, "
+                             f"got {mat.shape}")
+        if self.transposed:
+            return np.ascontiguousarray(mat.T)
+        return mat.reshape(self.weight_shape).copy()
+
+    def matrix(self, model_or_graph) -> np.ndarray:
+        """Read this layer's weight from the model and return it as ``[M, K]``."""
+        t = initializer_map(model_or_graph)[self.weight]
+        return self.to_matrix(tensor_to_array(t))
+
+
+def prunable_layers(model_or_graph, names: Optional[List[str]] = None) -> Iterator[Layer]:
+    """Yield every Conv / Gemm / MatMul of the main graph whose weight is an initializer.
+
+    Conv: input 1 ``[M, C/group, *kernel]`` -> ``[M, C/group·prod(kernel)]``.
+    Gemm: input B, ``[M, K]`` with transB=1 or ``[K, M]`` (transposed view) with transB=0.
+    MatMul: input 1 when it is a 2-D initializer ``[K, M]`` (transposed view).
+    Any dtype is yielded (callers decide what they support).  An initializer that is also
+    listed as a graph input (old IR versions) still counts as constant.
+    """
+    g = _graph(model_or_graph)
+    inits = initializer_map(g)
+    if names is None:
+        names = node_names(g)
+    for i, n in enumerate(g.node):
+        if n.op_type not in PRUNABLE_OPS or n.domain not in ("", "ai.onnx"):
+            continue
+        if len(n.input) < 2 or n.input[1] not in inits or not n.output:
+            continue
+        t = inits[n.input[1]]
+        shape = [int(d) for d in t.dims]
+        try:
+            dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t.data_type))
+        except Exception:
+            dtype = np.dtype("O")
+        common = dict(index=i, node=n, name=names[i], op=n.op_type, weight=t.name,
+                      weight_shape=shape, dtype=dtype, output=n.output[0])
+        if n.op_type == "Conv":
+            if len(shape) < 3:
+                continue
+            group = int(get_attr(n, "group", 1))
+            cpg = shape[1]
+            kernel = shape[2:]
+            K = int(np.prod(shape[1:]))
+            C = cpg * group
+            yield Layer(M=shape[0], K=K, transposed=False, group=group, kernel_shape=kernel,
+                        in_channels=C, depthwise=group > 1 and cpg == 1, grouped=group > 1,
+                        **common)
+        elif n.op_type == "Gemm":
+            if len(shape) != 2:
+                continue
+            if int(get_attr(n, "transB", 0)):
+                yield Layer(M=shape[0], K=shape[1], transposed=False, in_channels=shape[1],
+                            **common)
+            else:
+                yield Layer(M=shape[1], K=shape[0], transposed=True, in_channels=shape[0],
+                            **common)
+        else:  # MatMul
+            if len(shape) != 2:
+                continue
+            yield Layer(M=shape[1], K=shape[0], transposed=True, in_channels=shape[0], **common)
+
+
+def infer_shapes(model: onnx.ModelProto) -> Dict[str, List[Union[int, str, None]]]:
+    """``{tensor name: dims}`` from onnx shape inference (ints, symbolic names, or None).
+
+    Inference failures are not fatal: whatever is known (graph inputs/outputs, existing
+    value_info) is returned.  The model is not modified.
+    """
+    try:
+        inferred = onnx.shape_inference.infer_shapes(_without_weight_data(model),
+                                                     check_type=False, strict_mode=False,
+                                                     data_prop=True)
+    except Exception:
+        inferred = model
+    shapes: Dict[str, List[Union[int, str, None]]] = {}
+    g = inferred.graph
+    for v in list(g.input) + list(g.value_info) + list(g.output):
+        tt = v.type.tensor_type
+        if not v.type.HasField("tensor_type") or not tt.HasField("shape"):
+            continue
+        dims: List[Union[int, str, None]] = []
+        for d in tt.shape.dim:
+            if d.HasField("dim_value"):
+                dims.append(int(d.dim_value))
+            elif d.HasField("dim_param"):
+                dims.append(d.dim_param)
+            else:
+                dims.append(None)
+        shapes[v.name] = dims
+    for t in model.graph.initializer:
+        shapes.setdefault(t.name, [int(d) for d in t.dims])
+    return shapes
+
+
+# --------------------------------------------------------------------------- internals
+
+_SHAPE_DATA_LIMIT = 1024  # initializers up to this size keep their data (shape tensors etc.)
+
+
+def _without_weight_data(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy for shape inference: large initializers keep name, type and dims but no data.
+
+    Inference only needs their shapes; serialising megabytes of weights into the inference
+    call dominated its cost.  Small tensors (shapes, axes) keep their values for data propagation.
+    """
+    m = onnx.ModelProto()
+    m.ir_version = model.ir_version
+    m.opset_import.extend(model.opset_import)
+    m.functions.extend(model.functions)
+    src = model.graph
+    g = m.graph
+    g.name = src.name
+    g.node.extend(src.node)
+    g.input.extend(src.input)
+    g.output.extend(src.output)
+    g.value_info.extend(src.value_info)
+    g.sparse_initializer.extend(src.sparse_initializer)
+    for t in src.initializer:
+        n = 1
+        for d in t.dims:
+            n *= d
+        if n <= _SHAPE_DATA_LIMIT:
+            g.initializer.append(t)
+        else:
+            s = g.initializer.add()
+            s.name = t.name
+            s.data_type = t.data_type
+            s.dims.extend(t.dims)
+    return m
+
+
+def _graph(model_or_graph) -> onnx.GraphProto:
+    if isinstance(model_or_graph, onnx.ModelProto):
+        return model_or_graph.graph
+    if isinstance(model_or_graph, onnx.GraphProto):
+        return model_or_graph
+    raise TypeError(f"expected an onnx ModelProto or GraphProto, got {type(model_or_graph)}")
+
+
+def _attr_graphs(a: onnx.AttributeProto):
+    if a.type == onnx.AttributeProto.GRAPH:
+        yield a.g
+    elif a.type == onnx.AttributeProto.GRAPHS:
+        yield from a.graphs
