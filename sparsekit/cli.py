@@ -70,7 +70,9 @@ def _json_default(o):
     return str(o)
 
 
-def _fmt_count(n: float) -> str:
+def _fmt_count(n) -> str:
+    if n is None:
+        return "?"
     for unit, div in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
         if abs(n) >= div:
             return f"{n / div:.2f}{unit}"
@@ -97,7 +99,7 @@ def _fmt_count(n: float) -> str:
                    "With --pattern bank, 1x4 blocks balanced per bank.")
 @click.option("--include", default=None, metavar="REGEX", help="Only prune nodes whose name matches.")
 @click.option("--exclude", default=None, metavar="REGEX", help="Never prune nodes whose name matches.")
-@click.option("--min-params", type=int, default=4096, show_default=True,
+@click.option("--min-params", type=int, default=1024, show_default=True,
               help="Skip layers with fewer weights than this.")
 @click.option("--recipe", type=click.Path(dir_okay=False), default=None,
               help="YAML/JSON recipe with per-layer pattern and sparsity overrides.")

@@ -402,7 +402,7 @@ def _drop_unused_initializers(g: onnx.GraphProto, candidates: set) -> None:
 
 def prune(model_or_path, pattern: str = "block", sparsity: float = 0.9, *,
           bank_size: Optional[int] = None, banks: Optional[int] = None, block=None,
-          include=None, exclude=None, min_params: int = 4096, skip_first: bool = True,
+          include=None, exclude=None, min_params: int = 1024, skip_first: bool = True,
           skip_depthwise: bool = True, recipe=None, fold_bn: bool = True,
           progress: Optional[Callable[[int, int, str], None]] = None,
           ) -> Tuple[onnx.ModelProto, PruneReport]:

@@ -222,7 +222,7 @@ def test_no_fold_keeps_bn():
 
 def test_default_skips_first_depthwise_and_small():
     m = tiny_cnn()
-    pm, rep = prune(m, "block", 0.9)  # min_params 4096: pw2 (1024) and head (3600) are small
+    pm, rep = prune(m, "block", 0.9, min_params=4096)  # pw2 (1024) and head (3600) are small
     reasons = {s.name: s.reason for s in rep.skipped}
     assert "first conv" in reasons["conv0"] and "depthwise" in reasons["dw1"]
     assert "min_params" in reasons["pw2"] and "min_params" in reasons["head"]
