@@ -318,7 +318,7 @@ def test_recipe_overrides_dict():
                          "dw1": {"sparsity": 0.25},     # listed: pruned though depthwise
                          "f.*": 0.9,                    # regex, bare number = sparsity
                          "head": {"sparsity": 0}}}      # listed with 0: left dense
-    pm, rep = prune(tiny_cnn(), "block", 0.3, recipe=recipe)
+    pm, rep = prune(tiny_cnn(), "block", 0.3, recipe=recipe, min_params=4096)
     rows = {r.name: r for r in rep.layers}
     assert set(rows) == {"dw1", "conv3", "fc"}
     assert rows["conv3"].pattern == "bank" and rows["conv3"].achieved == 0.75
