@@ -80,8 +80,12 @@ def bank_keep(mask: np.ndarray, bank_size: int) -> Optional[int]:
     return keep
 
 
-def detect(weight: np.ndarray) -> Pattern:
-    """Classify the zeros of W [M, K]: 1x4 blocks, bank-balanced (with bank size), or neither."""
+def detect(weight: np.ndarray, prefer_bank: Optional[int] = None) -> Pattern:
+    """Classify the zeros of W [M, K]: 1x4 blocks, bank-balanced (with bank size), or neither.
+
+    `prefer_bank` (e.g. the bank size a recipe recorded) is tried first, so a bank size that is
+    not a power of two is still found.
+    """
     W = np.asarray(weight)
     mask = W != 0
     density = float(mask.mean()) if mask.size else 0.0
@@ -94,7 +98,11 @@ def detect(weight: np.ndarray) -> Pattern:
     grouped = group_mask(mask, 4) if mask.shape[0] >= 4 else None
     if grouped is not None:
         block_rows, rows_mask = 4, grouped
-    for size in _BANK_CANDIDATES:
+    # the whole row as one bank last: "every row keeps the same count" (offsets fit uint16)
+    K = rows_mask.shape[1]
+    candidates = ((prefer_bank,) if prefer_bank else ()) + _BANK_CANDIDATES + \
+        ((K,) if K <= 65536 else ())
+    for size in candidates:
         keep = bank_keep(rows_mask, size)
         if keep is not None and keep < size:
             return Pattern("bank", density, block_rows, size, keep)
