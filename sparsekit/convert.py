@@ -92,7 +92,8 @@ def convert(model_or_path, *, max_density: Optional[Dict[str, float]] = None,
     tuner = _AutoTuner(threads, index) if autotune else None
 
     layers = list(prunable_layers(model))
-    replacements: Dict[int, tuple] = {}   # node index -> (new node, inits, absorbed nodes)
+    replacements: Dict[int, tuple] = {}   # node index -> (new node, inits, absorbed nodes, fusion)
+    claimed: set = set()                  # first outputs of nodes some plan absorbs
     total = len(layers)
     for i, layer in enumerate(layers):
         if progress:
@@ -102,7 +103,7 @@ def convert(model_or_path, *, max_density: Optional[Dict[str, float]] = None,
             continue
         if layer.depthwise:
             continue  # handled after the sparse layers are known
-        row, plan = _plan_sparse(model, layer, index, shapes, recipe, thresholds)
+        row, plan = _plan_sparse(model, layer, index, shapes, recipe, thresholds, claimed)
         if plan is not None and tuner is not None:
             row.dense_ms, row.sparse_ms = tuner.time(model, layer, plan, shapes)
             if row.sparse_ms >= row.dense_ms:
@@ -112,6 +113,7 @@ def convert(model_or_path, *, max_density: Optional[Dict[str, float]] = None,
                 row.reason = f"autotune: sparse {row.sparse_ms:.3f} ms < dense {row.dense_ms:.3f} ms"
         if plan is not None:
             replacements[layer.index] = plan
+            claimed.update(n.output[0] for n in plan[2])
         report.layers.append(row)
 
     if depthwise and replacements:
@@ -119,7 +121,7 @@ def convert(model_or_path, *, max_density: Optional[Dict[str, float]] = None,
             if not layer.depthwise or (include and not re.search(include, layer.name)) or \
                     (exclude and re.search(exclude, layer.name)):
                 continue
-            row, plan = _plan_depthwise(model, layer, index)
+            row, plan = _plan_depthwise(model, layer, index, claimed)
             if plan is not None:
                 replacements[layer.index] = plan
             report.layers.append(row)
@@ -190,7 +192,7 @@ def _unsupported(layer: Layer, shapes: dict) -> Optional[str]:
     return None
 
 
-def _plan_sparse(model, layer: Layer, index: GraphIndex, shapes, recipe, thresholds):
+def _plan_sparse(model, layer: Layer, index: GraphIndex, shapes, recipe, thresholds, claimed):
     why = _unsupported(layer, shapes)
     if why:
         return _dense_row(layer, None, "-", why), None
@@ -225,7 +227,7 @@ def _plan_sparse(model, layer: Layer, index: GraphIndex, shapes, recipe, thresho
 
     is_conv = layer.op == "Conv"
     y_shape = shapes.get(node.output[0])
-    fusion = plan_fusion(index, node, layer.M, is_conv, y_shape, shapes)
+    fusion = plan_fusion(index, node, layer.M, is_conv, y_shape, shapes, frozenset(claimed))
     if fusion.bias is not None:
         bias = fusion.bias if bias is None else bias + fusion.bias
     kw = dict(fmt=fmt, block=block, bank_size=bank_size, activation=fusion.activation,
@@ -250,7 +252,7 @@ def _plan_sparse(model, layer: Layer, index: GraphIndex, shapes, recipe, thresho
     return row, (new, inits, [node] + fusion.nodes, fusion)
 
 
-def _plan_depthwise(model, layer: Layer, index: GraphIndex):
+def _plan_depthwise(model, layer: Layer, index: GraphIndex, claimed):
     node = layer.node
     w = numpy_helper.to_array(index.initializers[layer.weight])
     row = LayerDecision(layer.name, layer.op, [layer.M, layer.K], 1.0, "depthwise", "dense", "",
@@ -273,7 +275,7 @@ def _plan_depthwise(model, layer: Layer, index: GraphIndex):
             row.reason = "bias is not a constant"
             return row, None
         bias = np.asarray(b, np.float32).reshape(-1)
-    fusion = plan_fusion(index, node, layer.M, True, None, {})  # no residual for depthwise
+    fusion = plan_fusion(index, node, layer.M, True, None, {}, frozenset(claimed))  # no residual
     if fusion.bias is not None:
         bias = fusion.bias if bias is None else bias + fusion.bias
     new, inits = pack.make_depthwise_node(
@@ -311,18 +313,19 @@ def _rewrite(model: onnx.ModelProto, replacements: Dict[int, tuple]) -> None:
     if not replacements:
         return
     g = model.graph
+    # keyed by first output name: unique in a valid graph, unlike protobuf wrapper identity
     absorbed = {}
-    for idx, (new, inits, nodes, _) in replacements.items():
-        last = nodes[-1]
-        absorbed[id(last)] = new
+    for new, inits, nodes, _ in replacements.values():
         for n in nodes[:-1]:
-            absorbed[id(n)] = None
+            absorbed[n.output[0]] = None
+        absorbed[nodes[-1].output[0]] = new  # the new op takes the place of the chain's end
         g.initializer.extend(inits)
     kept = []
     for n in g.node:
-        if id(n) in absorbed:
-            if absorbed[id(n)] is not None:
-                kept.append(absorbed[id(n)])
+        key = n.output[0] if n.output else None
+        if key in absorbed:
+            if absorbed[key] is not None:
+                kept.append(absorbed[key])
         else:
             kept.append(n)
     new_nodes = [copy.deepcopy(n) for n in kept]

@@ -83,12 +83,14 @@ def _channel_vector(value: np.ndarray, M: int, channel_axis_from_end: int) -> Op
 
 
 def plan_fusion(index: GraphIndex, node: onnx.NodeProto, M: int, is_conv: bool,
-                y_shape: Optional[list], shapes: Dict[str, list]) -> Fusion:
+                y_shape: Optional[list], shapes: Dict[str, list],
+                claimed: frozenset = frozenset()) -> Fusion:
     """Walk the single-consumer chain after `node` and absorb what the sparse op can compute.
 
     Order accepted:  [Add const]* -> [Add residual] -> [Relu|Clip] -> [Add residual]  with at
     most one residual.  `y_shape` is the op output's shape when known; a residual must have
-    exactly that shape (no broadcasting inside the kernel).
+    exactly that shape (no broadcasting inside the kernel).  Nodes whose first output is in
+    `claimed` already belong to another op's epilogue and end the walk.
     """
     f = Fusion(output=node.output[0])
     # Conv output is [N, M, H, W]: channel axis is 3rd from the end; Gemm/MatMul: last.
@@ -97,7 +99,7 @@ def plan_fusion(index: GraphIndex, node: onnx.NodeProto, M: int, is_conv: bool,
     cur = node.output[0]
     while True:
         nxt = index.sole_consumer(cur)
-        if nxt is None or nxt.domain not in ("", "ai.onnx"):
+        if nxt is None or nxt.domain not in ("", "ai.onnx") or nxt.output[0] in claimed:
             break
         if nxt.op_type == "Add" and len(nxt.input) == 2:
             other = nxt.input[1] if nxt.input[0] == cur else nxt.input[0]
