@@ -48,7 +48,7 @@ void check_padding_rows(const SparseWeights& w, const float* vals, int64_t first
   for (int64_t j = first_block; j < end_block; j += stride_blocks)
     for (int b = valid; b < w.B; ++b)
       if (vals[j * w.B + b] != 0.0f)
-        throw Error("values: the last group's rows past out_channels/out_features (" + s(w.M) +
+        throw Error("values: the last group's rows past " + w.m_name + " (" + s(w.M) +
                     ") must be zero, found " + std::to_string(vals[j * w.B + b]) +
                     " in block " + s(j) + " row " + s(b));
 }
@@ -63,8 +63,7 @@ void read_bsr(SparseWeights& w, const TensorView& vals, const TensorView& idx,
   expect_shape(idx, {nb}, "indices", "one reduction index per block, nblocks = values.shape[0]");
   if (gp.type != ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32)
     throw Error(std::string("group_ptr must be int32, got ") + dtype_name(gp.type));
-  expect_shape(gp, {int64_t(w.G) + 1}, "group_ptr",
-               "G + 1 with G = ceil(" + s(w.M) + " / " + s(w.B) + ") = " + s(w.G));
+  expect_shape(gp, {int64_t(w.G) + 1}, "group_ptr", "G + 1 with G = " + w.g_desc);
   const int32_t* g = static_cast<const int32_t*>(gp.data);
   if (g[0] != 0) throw Error("group_ptr[0] must be 0, got " + s(g[0]));
   for (int i = 0; i < w.G; ++i)
@@ -98,8 +97,8 @@ void read_bank(SparseWeights& w, const TensorView& vals, const TensorView& idx) 
   if (vals.shape.size() != 4 || vals.shape[0] != w.G || vals.shape[1] != nbanks ||
       vals.shape[3] != w.B)
     throw Error("values has shape " + vals.shape_str() + ", expected [G, nbanks, keep, B] = [" +
-                s(w.G) + ", " + s(nbanks) + ", keep, " + s(w.B) + "] (nbanks = ceil(K / bank_size)"
-                " = ceil(" + s(w.K) + " / " + s(bs) + "))");
+                s(w.G) + ", " + s(nbanks) + ", keep, " + s(w.B) + "] (G = " + w.g_desc +
+                ", nbanks = ceil(K / bank_size) = ceil(" + s(w.K) + " / " + s(bs) + "))");
   const int64_t keep = vals.shape[2];
   if (keep > bs)
     throw Error("values: keep = " + s(keep) + " blocks per bank exceeds bank_size = " + s(bs));
@@ -133,17 +132,22 @@ void read_bank(SparseWeights& w, const TensorView& vals, const TensorView& idx) 
 }  // namespace
 
 SparseWeights read_sparse_weights(const Api& api, const OrtKernelInfo* info, const Attrs& attrs,
-                                  int64_t M, int64_t K, const std::string& k_desc) {
+                                  int64_t M, const char* m_name, int64_t K,
+                                  const std::string& k_desc) {
   SparseWeights w;
   w.format = attrs.get_string("format");
   const int64_t B = attrs.get_int("block");
   if (B != 1 && B != 4) throw Error("attribute 'block' must be 1 or 4, got " + s(B));
-  if (M < 1 || M > INT32_MAX - 4) throw Error("out_channels/out_features must be >= 1, got " + s(M));
+  if (M < 1 || M > INT32_MAX - 4)
+    throw Error(std::string("attribute '") + m_name + "' must be >= 1, got " + s(M));
   if (K < 1 || K > INT32_MAX) throw Error("K = " + k_desc + " = " + s(K) + " is out of range");
   w.B = int(B);
   w.M = int(M);
   w.G = int((M + B - 1) / B);
   w.K = K;
+  w.m_name = m_name;
+  w.g_desc = "ceil(" + std::string(m_name) + " / block) = ceil(" + s(M) + " / " + s(B) + ") = " +
+             s(w.G);
   const bool bank = w.format == "bank";
   if (!bank && w.format != "bsr")
     throw Error("attribute 'format' must be \"bsr\" or \"bank\", got \"" + w.format + "\"");

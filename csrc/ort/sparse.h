@@ -32,6 +32,8 @@ struct SparseWeights {
   int64_t K = 0;            // reduction length
   int64_t bank_size = 0;    // bank format only
   int64_t stored_blocks = 0;  // blocks in the file (incl. padding)
+  std::string m_name;       // "out_channels" | "out_features"
+  std::string g_desc;       // "ceil(out_channels / block) = ceil(17 / 4) = 5", for messages
   AVec<int32_t> group_ptr;  // [G + 1]
   std::vector<int32_t> k;   // [nblocks] absolute reduction index
   AVec<float> values;       // [nblocks * B]
@@ -40,8 +42,10 @@ struct SparseWeights {
 
 // Reads and validates format/block/bank_size and inputs 1-3.  `k_desc` explains where K comes
 // from, for messages (e.g. "in_channels*kh*kw = 16*3*3").
+// `m_name` names M's attribute ("out_channels" / "out_features").
 SparseWeights read_sparse_weights(const Api& api, const OrtKernelInfo* info, const Attrs& attrs,
-                                  int64_t M, int64_t K, const std::string& k_desc);
+                                  int64_t M, const char* m_name, int64_t K,
+                                  const std::string& k_desc);
 
 // Optional constant bias [M] at input `index`; empty when absent.
 AVec<float> read_bias(const Api& api, const OrtKernelInfo* info, size_t index, int64_t M,

@@ -94,7 +94,7 @@ SparseConvKernel::SparseConvKernel(const Api& api, const OrtKernelInfo* info) : 
     throw Error("K = in_channels*kh*kw = " + s(C_) + "*" + s(kh_) + "*" + s(kw_) +
                 " is too large");
   const int64_t K = C_ * taps;
-  w_ = read_sparse_weights(api, info, a, M_, K,
+  w_ = read_sparse_weights(api, info, a, M_, "out_channels", K,
                            "in_channels*kh*kw = " + s(C_) + "*" + s(kh_) + "*" + s(kw_));
   bias_ = read_bias(api, info, kInBias, M_, "out_channels");
 

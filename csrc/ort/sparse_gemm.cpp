@@ -30,7 +30,7 @@ SparseGemmKernel::SparseGemmKernel(const Api& api, const OrtKernelInfo* info) : 
   residual_after_act_ = raa == 1;
   if (residual_after_act_ && !input_present(api, info, kInResidual))
     throw Error("residual_after_act = 1 needs a residual input (input 5)");
-  w_ = read_sparse_weights(api, info, a, M_, K_, "in_features");
+  w_ = read_sparse_weights(api, info, a, M_, "out_features", K_, "in_features");
   bias_ = read_bias(api, info, kInBias, M_, "out_features");
   panel_ = make_panel(w_, kt_);
   log_verbose(api, info,
