@@ -4,7 +4,12 @@ Pipeline: ``prune`` (plain ONNX with zeros) -> ``convert`` (ai.sparsekit ops) ->
 onnxruntime with the custom-op library from ``get_library_path()``.
 """
 from .errors import SparsekitError
+from .pack import (make_depthwise_node, make_sparse_conv_node, make_sparse_gemm_node, pack_bank,
+                   pack_bsr, unpack)
+from .runtime import get_library_path, session
 
 __version__ = "0.1.0"
 
-__all__ = ["SparsekitError", "__version__"]
+__all__ = ["SparsekitError", "__version__", "get_library_path", "session", "pack_bsr",
+           "pack_bank", "unpack", "make_sparse_conv_node", "make_sparse_gemm_node",
+           "make_depthwise_node"]

@@ -1,0 +1,283 @@
+#include "ort/common.h"
+
+#include <cmath>
+#include <sstream>
+
+namespace skort {
+
+void check(const Api& api, OrtStatus* st, const char* what) {
+  if (!st) return;
+  std::string msg = std::string(what) + ": " + api.GetErrorMessage()(st);
+  OrtErrorCode code = api.GetErrorCode()(st);
+  api.ReleaseStatus()(st);
+  throw Error(msg, code == ORT_OK ? ORT_FAIL : code);
+}
+
+// Releases a status without looking at it; returns whether there was one.
+static bool failed(const Api& api, OrtStatus* st) {
+  if (!st) return false;
+  api.ReleaseStatus()(st);
+  return true;
+}
+
+const char* dtype_name(ONNXTensorElementDataType t) {
+  switch (t) {
+    case ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT: return "float32";
+    case ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8: return "uint8";
+    case ONNX_TENSOR_ELEMENT_DATA_TYPE_INT8: return "int8";
+    case ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT16: return "uint16";
+    case ONNX_TENSOR_ELEMENT_DATA_TYPE_INT16: return "int16";
+    case ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32: return "int32";
+    case ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64: return "int64";
+    case ONNX_TENSOR_ELEMENT_DATA_TYPE_STRING: return "string";
+    case ONNX_TENSOR_ELEMENT_DATA_TYPE_BOOL: return "bool";
+    case ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16: return "float16";
+    case ONNX_TENSOR_ELEMENT_DATA_TYPE_DOUBLE: return "float64";
+    case ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT32: return "uint32";
+    case ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT64: return "uint64";
+    case ONNX_TENSOR_ELEMENT_DATA_TYPE_BFLOAT16: return "bfloat16";
+    default: return "an unsupported type";
+  }
+}
+
+std::string shape_str(const std::vector<int64_t>& s) {
+  std::ostringstream o;
+  o << '[';
+  for (size_t i = 0; i < s.size(); ++i) o << (i ? ", " : "") << s[i];
+  o << ']';
+  return o.str();
+}
+
+std::string TensorView::shape_str() const { return skort::shape_str(shape); }
+
+// ---- attributes ----------------------------------------------------------------------------
+bool Attrs::try_int(const char* name, int64_t* out) const {
+  return !failed(api_, api_.KernelInfoGetAttribute_int64()(info_, name, out));
+}
+
+bool Attrs::try_float(const char* name, float* out) const {
+  return !failed(api_, api_.KernelInfoGetAttribute_float()(info_, name, out));
+}
+
+bool Attrs::try_string(const char* name, std::string* out) const {
+  size_t size = 0;
+  if (failed(api_, api_.KernelInfoGetAttribute_string()(info_, name, nullptr, &size))) return false;
+  std::string buf(size + 1, '\0');
+  size_t cap = buf.size();
+  if (failed(api_, api_.KernelInfoGetAttribute_string()(info_, name, &buf[0], &cap))) return false;
+  buf.resize(std::min(cap, buf.size()));
+  while (!buf.empty() && buf.back() == '\0') buf.pop_back();
+  *out = buf;
+  return true;
+}
+
+bool Attrs::try_ints(const char* name, std::vector<int64_t>* out) const {
+  size_t n = 0;
+  if (failed(api_, api_.KernelInfoGetAttributeArray_int64()(info_, name, nullptr, &n))) return false;
+  std::vector<int64_t> v(n);
+  if (n) {
+    size_t cap = n;
+    if (failed(api_, api_.KernelInfoGetAttributeArray_int64()(info_, name, v.data(), &cap)))
+      return false;
+    v.resize(std::min(cap, n));
+  }
+  *out = std::move(v);
+  return true;
+}
+
+bool Attrs::try_floats(const char* name) const {
+  size_t n = 0;
+  return !failed(api_, api_.KernelInfoGetAttributeArray_float()(info_, name, nullptr, &n));
+}
+
+Attrs::Kind Attrs::kind(const char* name) const {
+  int64_t i;
+  float f;
+  std::string s;
+  std::vector<int64_t> v;
+  if (try_int(name, &i)) return kInt;
+  if (try_float(name, &f)) return kFloat;
+  if (try_string(name, &s)) return kString;
+  if (try_ints(name, &v)) return kInts;
+  if (try_floats(name)) return kFloats;
+  return kMissing;
+}
+
+bool Attrs::has(const char* name) const { return kind(name) != kMissing; }
+
+void Attrs::wrong_type(const char* name, const char* want) const {
+  if (kind(name) == kMissing)
+    throw Error(std::string("missing required attribute '") + name + "' (" + want + ")");
+  throw Error(std::string("attribute '") + name + "' must be " + want);
+}
+
+int64_t Attrs::get_int(const char* name) const {
+  int64_t v;
+  if (!try_int(name, &v)) wrong_type(name, "an int");
+  return v;
+}
+int64_t Attrs::get_int(const char* name, int64_t def) const {
+  int64_t v;
+  if (try_int(name, &v)) return v;
+  if (has(name)) wrong_type(name, "an int");
+  return def;
+}
+float Attrs::get_float(const char* name) const {
+  float v;
+  if (!try_float(name, &v)) wrong_type(name, "a float");
+  return v;
+}
+float Attrs::get_float(const char* name, float def) const {
+  float v;
+  if (try_float(name, &v)) return v;
+  if (has(name)) wrong_type(name, "a float");
+  return def;
+}
+std::string Attrs::get_string(const char* name) const {
+  std::string v;
+  if (!try_string(name, &v)) wrong_type(name, "a string");
+  return v;
+}
+std::string Attrs::get_string(const char* name, const std::string& def) const {
+  std::string v;
+  if (try_string(name, &v)) return v;
+  if (has(name)) wrong_type(name, "a string");
+  return def;
+}
+std::vector<int64_t> Attrs::get_ints(const char* name) const {
+  std::vector<int64_t> v;
+  if (!try_ints(name, &v)) wrong_type(name, "a list of ints");
+  return v;
+}
+std::vector<int64_t> Attrs::get_ints(const char* name, const std::vector<int64_t>& def) const {
+  std::vector<int64_t> v;
+  if (try_ints(name, &v)) return v;
+  if (has(name)) wrong_type(name, "a list of ints");
+  return def;
+}
+
+// ---- tensors -------------------------------------------------------------------------------
+namespace {
+struct ShapeInfoGuard {
+  const Api& api;
+  OrtTensorTypeAndShapeInfo* p = nullptr;
+  ~ShapeInfoGuard() {
+    if (p) api.ReleaseTensorTypeAndShapeInfo()(p);
+  }
+};
+struct TypeInfoGuard {
+  const Api& api;
+  OrtTypeInfo* p = nullptr;
+  ~TypeInfoGuard() {
+    if (p) api.ReleaseTypeInfo()(p);
+  }
+};
+}  // namespace
+
+TensorView view_tensor(const Api& api, const OrtValue* v, const char* what) {
+  if (!v) throw Error(std::string(what) + ": missing");
+  int is_tensor = 0;
+  check(api, api.IsTensor()(v, &is_tensor), what);
+  if (!is_tensor) throw Error(std::string(what) + ": must be a tensor");
+  TensorView t;
+  ShapeInfoGuard g{api};
+  check(api, api.GetTensorTypeAndShape()(v, &g.p), what);
+  check(api, api.GetTensorElementType()(g.p, &t.type), what);
+  size_t rank = 0;
+  check(api, api.GetDimensionsCount()(g.p, &rank), what);
+  t.shape.assign(rank, 0);
+  if (rank) check(api, api.GetDimensions()(g.p, t.shape.data(), rank), what);
+  check(api, api.GetTensorShapeElementCount()(g.p, &t.count), what);
+  for (int64_t d : t.shape)
+    if (d < 0) throw Error(std::string(what) + ": negative dimension in " + t.shape_str());
+  if (t.type != ONNX_TENSOR_ELEMENT_DATA_TYPE_STRING) {
+    void* data = nullptr;
+    check(api, api.GetTensorMutableData()(const_cast<OrtValue*>(v), &data), what);
+    t.data = data;
+    if (t.count && !data) throw Error(std::string(what) + ": tensor has no data");
+  }
+  return t;
+}
+
+bool input_present(const Api& api, const OrtKernelInfo* info, size_t index) {
+  size_t n = 0;
+  check(api, api.KernelInfo_GetInputCount()(info, &n), "KernelInfo_GetInputCount");
+  if (index >= n) return false;
+  size_t size = 0;
+  if (failed(api, api.KernelInfo_GetInputName()(info, index, nullptr, &size))) return false;
+  return size > 1;  // the size counts the terminating NUL: "" gives 1
+}
+
+TensorView constant_input(const Api& api, const OrtKernelInfo* info, size_t index,
+                          const char* what) {
+  int is_const = 0;
+  const OrtValue* v = nullptr;
+  OrtStatus* st = api.KernelInfoGetConstantInput_tensor()(info, index, &is_const, &v);
+  if (st) {
+    std::string m = api.GetErrorMessage()(st);
+    api.ReleaseStatus()(st);
+    throw Error(std::string("input '") + what + "' (input " + std::to_string(index) +
+                ") could not be read as a constant: " + m);
+  }
+  if (!is_const || !v)
+    throw Error(std::string("input '") + what + "' (input " + std::to_string(index) +
+                ") must be a constant initializer, not a graph input or computed value");
+  return view_tensor(api, v, what);
+}
+
+bool input_static_shape(const Api& api, const OrtKernelInfo* info, size_t index,
+                        std::vector<int64_t>* dims) {
+  TypeInfoGuard ti{api};
+  if (failed(api, api.KernelInfo_GetInputTypeInfo()(info, index, &ti.p)) || !ti.p) return false;
+  ONNXType ot = ONNX_TYPE_UNKNOWN;
+  if (failed(api, api.GetOnnxTypeFromTypeInfo()(ti.p, &ot)) || ot != ONNX_TYPE_TENSOR) return false;
+  const OrtTensorTypeAndShapeInfo* tsi = nullptr;  // borrowed from the type info
+  if (failed(api, api.CastTypeInfoToTensorInfo()(ti.p, &tsi)) || !tsi) return false;
+  size_t rank = 0;
+  if (failed(api, api.GetDimensionsCount()(tsi, &rank))) return false;
+  dims->assign(rank, -1);
+  if (rank && failed(api, api.GetDimensions()(tsi, dims->data(), rank))) return false;
+  return rank > 0;
+}
+
+std::string node_name(const Api& api, const OrtKernelInfo* info) {
+  size_t size = 0;
+  if (failed(api, api.KernelInfo_GetNodeName()(info, nullptr, &size)) || size == 0) return "";
+  std::string buf(size, '\0');
+  if (failed(api, api.KernelInfo_GetNodeName()(info, &buf[0], &size))) return "";
+  while (!buf.empty() && buf.back() == '\0') buf.pop_back();
+  return buf;
+}
+
+void log_verbose(const Api& api, const OrtKernelInfo* info, const std::string& msg) {
+  const OrtLogger* logger = nullptr;
+  if (failed(api, api.KernelInfo_GetLogger()(info, &logger)) || !logger) return;
+  failed(api, api.Logger_LogMessage()(logger, ORT_LOGGING_LEVEL_VERBOSE, msg.c_str(), __FILE__,
+                                      __LINE__, "sparsekit"));
+}
+
+Activation read_activation(const Attrs& a) {
+  Activation act;
+  act.name = a.get_string("activation", "none");
+  if (act.name == "none") {
+  } else if (act.name == "relu") {
+    act.lo = 0.0f;
+  } else if (act.name == "clip") {
+    act.lo = a.get_float("clip_min", -__builtin_inff());
+    act.hi = a.get_float("clip_max", __builtin_inff());
+    if (std::isnan(act.lo) || std::isnan(act.hi))
+      throw Error("clip_min/clip_max must not be NaN");
+    if (act.lo > act.hi)
+      throw Error("clip_min (" + std::to_string(act.lo) + ") is greater than clip_max (" +
+                  std::to_string(act.hi) + ")");
+  } else {
+    throw Error("attribute 'activation' must be \"none\", \"relu\" or \"clip\", got \"" +
+                act.name + "\"");
+  }
+  if (act.name != "clip" && (a.has("clip_min") || a.has("clip_max")))
+    throw Error("clip_min/clip_max are only valid with activation \"clip\" (activation is \"" +
+                act.name + "\")");
+  return act;
+}
+
+}  // namespace skort

@@ -1,0 +1,177 @@
+// Shared plumbing of the custom ops: errors, attributes, constant tensors, run-time tensors,
+// scratch memory and ORT's ParallelFor.  Everything here throws skort::Error on failure; the
+// OrtCustomOp callbacks (register.cpp) turn every exception into an OrtStatus naming the node.
+#pragma once
+#include <atomic>
+#include <cstdint>
+#include <cstdlib>
+#include <mutex>
+#include <new>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "ort/ort_abi.h"
+
+namespace skort {
+
+// An error with its ORT code.  Messages are short and say what is wrong with which input.
+class Error : public std::runtime_error {
+ public:
+  explicit Error(const std::string& msg, OrtErrorCode code = ORT_INVALID_ARGUMENT)
+      : std::runtime_error(msg), code_(code) {}
+  OrtErrorCode code() const { return code_; }
+
+ private:
+  OrtErrorCode code_;
+};
+
+// Throw if `st` is an error status (after releasing it).
+void check(const Api& api, OrtStatus* st, const char* what);
+
+const char* dtype_name(ONNXTensorElementDataType t);
+
+// ---- attributes (KernelInfo) ---------------------------------------------------------------
+class Attrs {
+ public:
+  Attrs(const Api& api, const OrtKernelInfo* info) : api_(api), info_(info) {}
+  bool has(const char* name) const;
+  // Required (throw if missing) or with a default; throw if present with another type.
+  int64_t get_int(const char* name) const;
+  int64_t get_int(const char* name, int64_t def) const;
+  float get_float(const char* name) const;
+  float get_float(const char* name, float def) const;
+  std::string get_string(const char* name) const;
+  std::string get_string(const char* name, const std::string& def) const;
+  std::vector<int64_t> get_ints(const char* name) const;
+  std::vector<int64_t> get_ints(const char* name, const std::vector<int64_t>& def) const;
+
+ private:
+  enum Kind { kMissing, kInt, kFloat, kString, kInts, kFloats };
+  Kind kind(const char* name) const;
+  bool try_int(const char* name, int64_t* out) const;
+  bool try_float(const char* name, float* out) const;
+  bool try_string(const char* name, std::string* out) const;
+  bool try_ints(const char* name, std::vector<int64_t>* out) const;
+  bool try_floats(const char* name) const;
+  [[noreturn]] void wrong_type(const char* name, const char* want) const;
+  const Api& api_;
+  const OrtKernelInfo* info_;
+};
+
+// ---- tensors -------------------------------------------------------------------------------
+struct TensorView {
+  ONNXTensorElementDataType type = ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED;
+  std::vector<int64_t> shape;
+  size_t count = 0;
+  void* data = nullptr;
+  std::string shape_str() const;
+};
+
+// Shape/type/data of a tensor value (borrowed data pointer).
+TensorView view_tensor(const Api& api, const OrtValue* v, const char* what);
+
+// Whether node input `index` exists (present and not the empty name "").
+bool input_present(const Api& api, const OrtKernelInfo* info, size_t index);
+// Node input `index` as a constant initializer; throws if it is not one.
+TensorView constant_input(const Api& api, const OrtKernelInfo* info, size_t index,
+                          const char* what);
+// The static shape of node input `index` known at creation; dims unknown are -1.
+// Returns false when no shape is known.
+bool input_static_shape(const Api& api, const OrtKernelInfo* info, size_t index,
+                        std::vector<int64_t>* dims);
+
+std::string node_name(const Api& api, const OrtKernelInfo* info);
+void log_verbose(const Api& api, const OrtKernelInfo* info, const std::string& msg);
+
+// ---- the activation epilogue ---------------------------------------------------------------
+struct Activation {
+  std::string name = "none";  // none | relu | clip
+  float lo = -__builtin_inff();
+  float hi = __builtin_inff();
+};
+Activation read_activation(const Attrs& a);
+
+// ---- scratch memory (per call, 64-byte aligned) --------------------------------------------
+template <typename T>
+class Scratch {
+ public:
+  Scratch() = default;
+  explicit Scratch(size_t n) { reset(n); }
+  ~Scratch() { std::free(p_); }
+  Scratch(const Scratch&) = delete;
+  Scratch& operator=(const Scratch&) = delete;
+  void reset(size_t n) {
+    std::free(p_);
+    p_ = nullptr;
+    if (n == 0) return;
+    size_t bytes = (n * sizeof(T) + 63) / 64 * 64;
+    p_ = static_cast<T*>(std::aligned_alloc(64, bytes));
+    if (!p_) throw std::bad_alloc();
+  }
+  T* get() const { return p_; }
+
+ private:
+  T* p_ = nullptr;
+};
+
+// A read-only aligned array built once at kernel creation.
+template <typename T>
+struct AlignedAllocator {
+  using value_type = T;
+  AlignedAllocator() = default;
+  template <typename U>
+  AlignedAllocator(const AlignedAllocator<U>&) {}
+  T* allocate(size_t n) {
+    size_t bytes = (n * sizeof(T) + 63) / 64 * 64;
+    void* p = std::aligned_alloc(64, bytes ? bytes : 64);
+    if (!p) throw std::bad_alloc();
+    return static_cast<T*>(p);
+  }
+  void deallocate(T* p, size_t) { std::free(p); }
+  template <typename U>
+  bool operator==(const AlignedAllocator<U>&) const { return true; }
+  template <typename U>
+  bool operator!=(const AlignedAllocator<U>&) const { return false; }
+};
+template <typename T>
+using AVec = std::vector<T, AlignedAllocator<T>>;
+
+// ---- ORT's intra-op pool -------------------------------------------------------------------
+// Calls f(i) for i in [0, n) through KernelContext_ParallelFor.  f must be safe to run
+// concurrently; an exception inside f is caught on the worker and rethrown here afterwards.
+template <typename F>
+void parallel_for(const Api& api, OrtKernelContext* ctx, size_t n, F&& f) {
+  if (n == 0) return;
+  if (n == 1) {
+    f(size_t(0));
+    return;
+  }
+  struct Shared {
+    F* f;
+    std::atomic<bool> failed{false};
+    std::mutex mu;
+    std::string msg;
+  } sh;
+  sh.f = &f;
+  auto trampoline = [](void* usr, size_t i) {
+    auto* s = static_cast<Shared*>(usr);
+    if (s->failed.load(std::memory_order_relaxed)) return;
+    try {
+      (*s->f)(i);
+    } catch (const std::exception& e) {
+      std::lock_guard<std::mutex> lk(s->mu);
+      if (!s->failed.exchange(true)) s->msg = e.what();
+    } catch (...) {
+      std::lock_guard<std::mutex> lk(s->mu);
+      if (!s->failed.exchange(true)) s->msg = "unknown error in a worker";
+    }
+  };
+  check(api, api.KernelContext_ParallelFor()(ctx, +trampoline, n, 0, &sh),
+        "KernelContext_ParallelFor");
+  if (sh.failed.load()) throw Error(sh.msg, ORT_RUNTIME_EXCEPTION);
+}
+
+std::string shape_str(const std::vector<int64_t>& s);
+
+}  // namespace skort

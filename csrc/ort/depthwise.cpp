@@ -1,0 +1,93 @@
+// DepthwiseConv: NCHW depthwise convolution (group = C) with a dense constant weight.
+#include <algorithm>
+#include <climits>
+
+#include "ort/ops.h"
+
+namespace skort {
+namespace {
+std::string s(int64_t v) { return std::to_string(v); }
+enum : size_t { kDwX = 0, kDwW = 1, kDwBias = 2 };
+}  // namespace
+
+const std::vector<IoSpec>& DepthwiseConvKernel::inputs() {
+  static const std::vector<IoSpec> v = {
+      {ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, INPUT_OUTPUT_REQUIRED},  // X
+      {ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, INPUT_OUTPUT_REQUIRED},  // W [C, 1, k, k]
+      {ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, INPUT_OUTPUT_OPTIONAL},  // bias [C]
+  };
+  return v;
+}
+
+DepthwiseConvKernel::DepthwiseConvKernel(const Api& api, const OrtKernelInfo* info)
+    : api_(api) {
+  Attrs a(api, info);
+  kt_ = select_table();
+  const TensorView W = constant_input(api, info, kDwW, "W");
+  if (W.type != ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT)
+    throw Error(std::string("W must be float32, got ") + dtype_name(W.type));
+  if (W.shape.size() != 4 || W.shape[1] != 1 || W.shape[0] < 1)
+    throw Error("W has shape " + W.shape_str() + ", expected [C, 1, k, k]");
+  if (W.shape[2] != W.shape[3])
+    throw Error("W has shape " + W.shape_str() + ": only square kernels are supported");
+  C_ = W.shape[0];
+  k_ = W.shape[2];
+  if (k_ < 1 || k_ > 1024 || C_ > INT32_MAX)
+    throw Error("W has shape " + W.shape_str() + ", which is out of the supported range");
+  if (a.has("kernel_shape")) {
+    const auto ks = conv_pair_attr(a, "kernel_shape", {}, 1);
+    if (ks[0] != k_ || ks[1] != k_)
+      throw Error("attribute 'kernel_shape' " + shape_str(ks) + " does not match W's shape " +
+                  W.shape_str());
+  }
+  const auto st = conv_pair_attr(a, "strides", {1, 1}, 1);
+  if (st[0] != st[1])
+    throw Error("attribute 'strides' must be equal along H and W, got " + shape_str(st));
+  stride_ = st[0];
+  const auto dl = conv_pair_attr(a, "dilations", {1, 1}, 1);
+  if (dl[0] != 1 || dl[1] != 1)
+    throw Error("attribute 'dilations' must be [1, 1] for DepthwiseConv, got " + shape_str(dl));
+  const auto pd = conv_pads_attr(a);
+  pt_ = pd[0], pl_ = pd[1], pb_ = pd[2], pr_ = pd[3];
+  act_ = read_activation(a);
+  const float* wp = static_cast<const float*>(W.data);
+  w_.assign(wp, wp + C_ * k_ * k_);
+  bias_ = read_bias(api, info, kDwBias, C_, "W.shape[0] = channels");
+  if (bias_.empty()) bias_.assign(size_t(C_), 0.0f);
+  log_verbose(api, info,
+              std::string("sparsekit DepthwiseConv '") + node_name(api, info) + "': kernels " +
+                  kt_->name + ", C=" + s(C_) + " k=" + s(k_) + " stride=" + s(stride_));
+}
+
+void DepthwiseConvKernel::compute(OrtKernelContext* ctx) const {
+  const TensorView X = view_tensor(api_, get_input(api_, ctx, kDwX), "X");
+  if (X.type != ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT)
+    throw Error(std::string("X must be float32, got ") + dtype_name(X.type));
+  if (X.shape.size() != 4)
+    throw Error("X must be 4-D [N, C, H, W], got shape " + X.shape_str());
+  if (X.shape[1] != C_)
+    throw Error("X has shape " + X.shape_str() + " but W has " + s(C_) + " channels");
+  const int64_t N = X.shape[0], H = X.shape[2], W = X.shape[3];
+  const int64_t OH = conv_out_size(H, k_, stride_, 1, pt_, pb_);
+  const int64_t OW = conv_out_size(W, k_, stride_, 1, pl_, pr_);
+  if (OH < 1 || OW < 1)
+    throw Error("X spatial size " + s(H) + "x" + s(W) + " (padded) is smaller than the kernel " +
+                s(k_) + "x" + s(k_));
+  if (H > INT32_MAX || W > INT32_MAX || OH > INT32_MAX || OW > INT32_MAX)
+    throw Error("X spatial size " + s(H) + "x" + s(W) + " is too large");
+  float* y = get_output(api_, ctx, {N, C_, OH, OW});
+  if (N == 0) return;
+  const float* x = static_cast<const float*>(X.data);
+  sk::DwShape sh;
+  sh.H = int(H), sh.W = int(W), sh.OH = int(OH), sh.OW = int(OW);
+  sh.k = int(k_), sh.stride = int(stride_), sh.pad_t = int(pt_), sh.pad_l = int(pl_);
+  const sk::DwConvFn dw = kt_->dwconv;
+  const int64_t C = C_, kk = k_ * k_;
+  parallel_for(api_, ctx, size_t(N * C), [&](size_t i) {
+    const int64_t c = int64_t(i) % C;
+    dw(sh, x + int64_t(i) * H * W, w_.data() + c * kk, bias_[size_t(c)], act_.lo, act_.hi,
+       y + int64_t(i) * OH * OW);
+  });
+}
+
+}  // namespace skort

@@ -1,0 +1,94 @@
+// The three custom-op kernels.  Each is built (and validated) in its constructor from the
+// KernelInfo, is read-only afterwards, and computes with `compute`; both throw skort::Error.
+#pragma once
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "kernels/kernels.h"
+#include "ort/common.h"
+#include "ort/sparse.h"
+
+namespace skort {
+
+// Input/output declarations of an op, for the OrtCustomOp callbacks.
+struct IoSpec {
+  ONNXTensorElementDataType type;
+  OrtCustomOpInputOutputCharacteristic ch;
+};
+
+class SparseConvKernel {
+ public:
+  static constexpr const char* kName = "SparseConv";
+  static const std::vector<IoSpec>& inputs();
+  SparseConvKernel(const Api& api, const OrtKernelInfo* info);
+  void compute(OrtKernelContext* ctx) const;
+
+ private:
+  void run_direct(OrtKernelContext* ctx, const float* x, float* y, const float* res, int64_t N,
+                  int64_t HW) const;
+  void run_im2col(OrtKernelContext* ctx, const float* x, float* y, const float* res, int64_t N,
+                  int64_t H, int64_t W, int64_t OH, int64_t OW) const;
+  void im2col(const float* x_img, int64_t H, int64_t W, int64_t OW, int64_t p0, int64_t len,
+              float* panel) const;
+  sk::Epilogue epilogue() const;
+
+  Api api_;
+  const sk::KernelTable* kt_;
+  int64_t M_, C_, kh_, kw_, sh_, sw_, pt_, pl_, pb_, pr_, dh_, dw_;
+  Activation act_;
+  bool residual_after_act_;
+  SparseWeights w_;
+  AVec<float> bias_;
+  bool direct_;                 // 1x1, stride 1, no pads: spmm straight on X's planes
+  int64_t static_hw_ = -1;      // H*W known at creation (direct path offsets cached for it)
+  AVec<int32_t> static_xoff_;   // k * static_hw_
+  Panel panel_;                 // im2col path (and the direct path's fallback)
+  std::vector<int32_t> tap_c_, tap_dy_, tap_dx_;  // per panel row: channel, row/col shift
+};
+
+class SparseGemmKernel {
+ public:
+  static constexpr const char* kName = "SparseGemm";
+  static const std::vector<IoSpec>& inputs();
+  SparseGemmKernel(const Api& api, const OrtKernelInfo* info);
+  void compute(OrtKernelContext* ctx) const;
+
+ private:
+  Api api_;
+  const sk::KernelTable* kt_;
+  int64_t M_, K_;
+  Activation act_;
+  bool residual_after_act_;
+  SparseWeights w_;
+  AVec<float> bias_;
+  Panel panel_;
+};
+
+class DepthwiseConvKernel {
+ public:
+  static constexpr const char* kName = "DepthwiseConv";
+  static const std::vector<IoSpec>& inputs();
+  DepthwiseConvKernel(const Api& api, const OrtKernelInfo* info);
+  void compute(OrtKernelContext* ctx) const;
+
+ private:
+  Api api_;
+  const sk::KernelTable* kt_;
+  int64_t C_, k_, stride_, pt_, pl_, pb_, pr_;
+  Activation act_;
+  AVec<float> w_;     // [C, k*k]
+  AVec<float> bias_;  // [C] (zeros when absent)
+};
+
+// Conv geometry helpers shared by SparseConv and DepthwiseConv (sparse_conv.cpp).
+std::vector<int64_t> conv_pair_attr(const Attrs& a, const char* name, std::vector<int64_t> def,
+                                    int64_t min);
+std::vector<int64_t> conv_pads_attr(const Attrs& a);
+int64_t conv_out_size(int64_t in, int64_t k, int64_t stride, int64_t dil, int64_t p0, int64_t p1);
+
+// Run-time helpers shared by the ops.
+const OrtValue* get_input(const Api& api, OrtKernelContext* ctx, size_t index);
+float* get_output(const Api& api, OrtKernelContext* ctx, const std::vector<int64_t>& dims);
+
+}  // namespace skort

@@ -1,0 +1,249 @@
+#include "ort/sparse.h"
+
+#include <algorithm>
+#include <climits>
+#include <cstdlib>
+#include <string>
+
+namespace skort {
+namespace {
+
+std::string s(int64_t v) { return std::to_string(v); }
+
+bool is_index_type(ONNXTensorElementDataType t, bool bank) {
+  if (bank) return t == ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8 || t == ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT16;
+  return t == ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32 || t == ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT16;
+}
+
+int64_t index_at(const TensorView& t, size_t i) {
+  switch (t.type) {
+    case ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32: return static_cast<const int32_t*>(t.data)[i];
+    case ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT16: return static_cast<const uint16_t*>(t.data)[i];
+    case ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8: return static_cast<const uint8_t*>(t.data)[i];
+    default: throw Error("internal: unexpected index type");
+  }
+}
+
+void expect_shape(const TensorView& t, const std::vector<int64_t>& want, const char* name,
+                  const std::string& why) {
+  if (t.shape != want)
+    throw Error(std::string(name) + " has shape " + t.shape_str() + ", expected " +
+                shape_str(want) + " (" + why + ")");
+}
+
+// Appends block (k, vals) unless its B weights are all zero.
+void push_block(SparseWeights& w, int64_t k, const float* vals) {
+  bool any = false;
+  for (int b = 0; b < w.B; ++b) any |= vals[b] != 0.0f;
+  if (!any) return;
+  w.k.push_back(static_cast<int32_t>(k));
+  w.values.insert(w.values.end(), vals, vals + w.B);
+}
+
+// Rows past M in the last group must hold zeros (docs/format.md).
+void check_padding_rows(const SparseWeights& w, const float* vals, int64_t first_block,
+                        int64_t end_block, int64_t stride_blocks) {
+  const int valid = w.M - (w.G - 1) * w.B;
+  if (valid >= w.B) return;
+  for (int64_t j = first_block; j < end_block; j += stride_blocks)
+    for (int b = valid; b < w.B; ++b)
+      if (vals[j * w.B + b] != 0.0f)
+        throw Error("values: the last group's rows past " + w.m_name + " (" + s(w.M) +
+                    ") must be zero, found " + std::to_string(vals[j * w.B + b]) +
+                    " in block " + s(j) + " row " + s(b));
+}
+
+void read_bsr(SparseWeights& w, const TensorView& vals, const TensorView& idx,
+              const TensorView& gp, const std::string& k_desc) {
+  if (vals.shape.size() != 2 || vals.shape[1] != w.B)
+    throw Error("values has shape " + vals.shape_str() + ", expected [nblocks, " + s(w.B) +
+                "] for format \"bsr\" with block " + s(w.B));
+  const int64_t nb = vals.shape[0];
+  if (nb > INT32_MAX) throw Error("values: too many blocks (" + s(nb) + ")");
+  expect_shape(idx, {nb}, "indices", "one reduction index per block, nblocks = values.shape[0]");
+  if (gp.type != ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32)
+    throw Error(std::string("group_ptr must be int32, got ") + dtype_name(gp.type));
+  expect_shape(gp, {int64_t(w.G) + 1}, "group_ptr", "G + 1 with G = " + w.g_desc);
+  const int32_t* g = static_cast<const int32_t*>(gp.data);
+  if (g[0] != 0) throw Error("group_ptr[0] must be 0, got " + s(g[0]));
+  for (int i = 0; i < w.G; ++i)
+    if (g[i + 1] < g[i])
+      throw Error("group_ptr is not non-decreasing: group_ptr[" + s(i + 1) + "] = " +
+                  s(g[i + 1]) + " < group_ptr[" + s(i) + "] = " + s(g[i]));
+  if (g[w.G] != nb)
+    throw Error("group_ptr[" + s(w.G) + "] = " + s(g[w.G]) +
+                " must equal the number of blocks (values.shape[0] = " + s(nb) + ")");
+  for (int64_t j = 0; j < nb; ++j) {
+    const int64_t k = index_at(idx, size_t(j));
+    if (k < 0 || k >= w.K)
+      throw Error("indices[" + s(j) + "] = " + s(k) + " is out of range [0, K) with K = " +
+                  k_desc + " = " + s(w.K));
+  }
+  const float* v = static_cast<const float*>(vals.data);
+  check_padding_rows(w, v, g[w.G - 1], nb, 1);
+  w.stored_blocks = nb;
+  w.group_ptr.assign(size_t(w.G) + 1, 0);
+  w.k.reserve(size_t(nb));
+  w.values.reserve(size_t(nb) * w.B);
+  for (int gi = 0; gi < w.G; ++gi) {
+    for (int64_t j = g[gi]; j < g[gi + 1]; ++j) push_block(w, index_at(idx, size_t(j)), v + j * w.B);
+    w.group_ptr[gi + 1] = w.nblocks();
+  }
+}
+
+void read_bank(SparseWeights& w, const TensorView& vals, const TensorView& idx) {
+  const int64_t bs = w.bank_size;
+  const int64_t nbanks = (w.K + bs - 1) / bs;
+  if (vals.shape.size() != 4 || vals.shape[0] != w.G || vals.shape[1] != nbanks ||
+      vals.shape[3] != w.B)
+    throw Error("values has shape " + vals.shape_str() + ", expected [G, nbanks, keep, B] = [" +
+                s(w.G) + ", " + s(nbanks) + ", keep, " + s(w.B) + "] (G = " + w.g_desc +
+                ", nbanks = ceil(K / bank_size) = ceil(" + s(w.K) + " / " + s(bs) + "))");
+  const int64_t keep = vals.shape[2];
+  if (keep > bs)
+    throw Error("values: keep = " + s(keep) + " blocks per bank exceeds bank_size = " + s(bs));
+  expect_shape(idx, {w.G, nbanks, keep}, "indices", "[G, nbanks, keep], one offset per block");
+  const int64_t nb = w.G * nbanks * keep;
+  if (nb > INT32_MAX) throw Error("values: too many blocks (" + s(nb) + ")");
+  for (int64_t gi = 0; gi < w.G; ++gi)
+    for (int64_t bank = 0; bank < nbanks; ++bank) {
+      const int64_t len = std::min(bs, w.K - bank * bs);
+      for (int64_t q = 0; q < keep; ++q) {
+        const int64_t o = index_at(idx, size_t((gi * nbanks + bank) * keep + q));
+        if (o >= len)
+          throw Error("indices[" + s(gi) + ", " + s(bank) + ", " + s(q) + "] = " + s(o) +
+                      " is not below the length of bank " + s(bank) + " (" + s(len) + ")");
+      }
+    }
+  const float* v = static_cast<const float*>(vals.data);
+  check_padding_rows(w, v, (w.G - 1) * nbanks * keep, nb, 1);
+  w.stored_blocks = nb;
+  w.group_ptr.assign(size_t(w.G) + 1, 0);
+  for (int64_t gi = 0; gi < w.G; ++gi) {
+    for (int64_t bank = 0; bank < nbanks; ++bank)
+      for (int64_t q = 0; q < keep; ++q) {
+        const int64_t j = (gi * nbanks + bank) * keep + q;
+        push_block(w, bank * bs + index_at(idx, size_t(j)), v + j * w.B);
+      }
+    w.group_ptr[size_t(gi) + 1] = w.nblocks();
+  }
+}
+
+}  // namespace
+
+SparseWeights read_sparse_weights(const Api& api, const OrtKernelInfo* info, const Attrs& attrs,
+                                  int64_t M, const char* m_name, int64_t K,
+                                  const std::string& k_desc) {
+  SparseWeights w;
+  w.format = attrs.get_string("format");
+  const int64_t B = attrs.get_int("block");
+  if (B != 1 && B != 4) throw Error("attribute 'block' must be 1 or 4, got " + s(B));
+  if (M < 1 || M > INT32_MAX - 4)
+    throw Error(std::string("attribute '") + m_name + "' must be >= 1, got " + s(M));
+  if (K < 1 || K > INT32_MAX) throw Error("K = " + k_desc + " = " + s(K) + " is out of range");
+  w.B = int(B);
+  w.M = int(M);
+  w.G = int((M + B - 1) / B);
+  w.K = K;
+  w.m_name = m_name;
+  w.g_desc = "ceil(" + std::string(m_name) + " / block) = ceil(" + s(M) + " / " + s(B) + ") = " +
+             s(w.G);
+  const bool bank = w.format == "bank";
+  if (!bank && w.format != "bsr")
+    throw Error("attribute 'format' must be \"bsr\" or \"bank\", got \"" + w.format + "\"");
+  if (bank) {
+    w.bank_size = attrs.get_int("bank_size");
+    if (w.bank_size < 1 || w.bank_size > 65536)
+      throw Error("attribute 'bank_size' must be in [1, 65536], got " + s(w.bank_size));
+  } else if (attrs.has("bank_size")) {
+    throw Error("attribute 'bank_size' is only valid with format \"bank\"");
+  }
+
+  TensorView vals = constant_input(api, info, kInValues, "values");
+  if (vals.type != ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT)
+    throw Error(std::string("values must be float32, got ") + dtype_name(vals.type));
+  TensorView idx = constant_input(api, info, kInIndices, "indices");
+  if (!is_index_type(idx.type, bank))
+    throw Error(std::string("indices must be ") + (bank ? "uint8 or uint16" : "int32 or uint16") +
+                " for format \"" + w.format + "\", got " + dtype_name(idx.type));
+  const bool has_gp = input_present(api, info, kInGroupPtr);
+  if (bank) {
+    if (has_gp) throw Error("group_ptr must be absent (\"\") for format \"bank\"");
+    read_bank(w, vals, idx);
+  } else {
+    if (!has_gp) throw Error("group_ptr (input 3) is required for format \"bsr\"");
+    TensorView gp = constant_input(api, info, kInGroupPtr, "group_ptr");
+    read_bsr(w, vals, idx, gp, k_desc);
+  }
+  return w;
+}
+
+AVec<float> read_bias(const Api& api, const OrtKernelInfo* info, size_t index, int64_t M,
+                      const char* m_name) {
+  AVec<float> bias;
+  if (!input_present(api, info, index)) return bias;
+  TensorView b = constant_input(api, info, index, "bias");
+  if (b.type != ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT)
+    throw Error(std::string("bias must be float32, got ") + dtype_name(b.type));
+  if (b.shape != std::vector<int64_t>{M})
+    throw Error("bias has shape " + b.shape_str() + ", expected [" + s(M) + "] (" + m_name + ")");
+  const float* p = static_cast<const float*>(b.data);
+  bias.assign(p, p + M);
+  return bias;
+}
+
+Panel make_panel(const SparseWeights& w, const sk::KernelTable* kt) {
+  Panel pn;
+  pn.rows = w.k;
+  std::sort(pn.rows.begin(), pn.rows.end());
+  pn.rows.erase(std::unique(pn.rows.begin(), pn.rows.end()), pn.rows.end());
+  const int64_t R = std::max<int64_t>(1, int64_t(pn.rows.size()));
+  const int64_t tp = std::max(1, kt->tile_pixels);
+  // A panel of ~256 KiB (L2-resident), between 32 and 1024 pixels, a multiple of the tile.
+  int64_t T = std::min<int64_t>(1024, std::max<int64_t>(32, 65536 / R));
+  T = std::max(tp, T / tp * tp);
+  if (R * T > INT32_MAX) throw Error("weights reference too many reduction rows (" + s(R) + ")");
+  pn.T = int(T);
+  pn.x_offset.resize(w.k.size());
+  for (size_t j = 0; j < w.k.size(); ++j) {
+    const auto it = std::lower_bound(pn.rows.begin(), pn.rows.end(), w.k[j]);
+    pn.x_offset[j] = int32_t((it - pn.rows.begin()) * T);
+  }
+  return pn;
+}
+
+void direct_offsets(const SparseWeights& w, int64_t stride, int32_t* out) {
+  for (size_t j = 0; j < w.k.size(); ++j) out[j] = int32_t(int64_t(w.k[j]) * stride);
+}
+
+sk::SpMat spmat(const SparseWeights& w, const int32_t* x_offset) {
+  sk::SpMat m;
+  m.B = w.B;
+  m.rows = w.M;
+  m.groups = w.G;
+  m.group_ptr = w.group_ptr.data();
+  m.x_offset = x_offset;
+  m.values = w.values.data();
+  return m;
+}
+
+int64_t pixel_tile(const sk::KernelTable* kt) {
+  const int64_t tp = std::max(1, kt->tile_pixels);
+  return std::max<int64_t>(tp, 256 / tp * tp);
+}
+
+GroupChunks group_chunks(int G) { return GroupChunks{std::max(1, std::min(G, 32)), G}; }
+
+const sk::KernelTable* select_table() {
+  const char* err = nullptr;
+  const sk::KernelTable* t = sk::select_kernels(&err);
+  if (!t) {
+    const char* env = std::getenv("SPARSEKIT_ISA");
+    throw Error(std::string("kernel selection failed (SPARSEKIT_ISA=") + (env ? env : "") +
+                    "): " + (err ? err : "no kernels available"),
+                ORT_FAIL);
+  }
+  return t;
+}
+
+}  // namespace skort
