@@ -125,7 +125,7 @@ def prune(model, output, pattern, sparsity, bank_size, banks, block, include, ex
             source, pattern=pattern, sparsity=sparsity, bank_size=bank_size, banks=banks,
             block=block, include=include, exclude=exclude, min_params=min_params, recipe=recipe,
             fold_bn=not no_fold_bn, progress=progress)
-    io.save_model(pruned, output)
+    io.save_model(pruned, output, external_data=io.uses_external_data(model) or None)
     if as_json:
         print_json({"output": str(output), **report.to_dict()})
         return
@@ -153,6 +153,116 @@ def render_prune_report(report) -> None:
     out.print(f"params: {_fmt_count(t['params'])} -> {_fmt_count(t['params_kept'])} "
               f"({t['params_removed_pct']:.1f}% removed); FLOPs: {_fmt_count(t['flops'])} -> "
               f"{_fmt_count(t['flops_kept'])} ({t['flops_removed_pct']:.1f}% removed)")
+
+
+# ---------------------------------------------------------------------------------------------
+# sparsekit convert
+
+
+def _parse_max_density(values) -> dict:
+    out = {}
+    for v in values:
+        key, sep, num = v.partition("=")
+        if not sep or key not in ("block4", "block1"):
+            raise SparsekitError(f"--max-density takes block4=D or block1=D, got {v!r}")
+        try:
+            out[key] = float(num)
+        except ValueError:
+            raise SparsekitError(f"--max-density {v!r}: {num!r} is not a number") from None
+        if not 0.0 <= out[key] <= 1.0:
+            raise SparsekitError(f"--max-density {v!r}: density must be in [0, 1]")
+    return out
+
+
+@cli.command()
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
+              help="Where to write the sparse model.")
+@click.option("--autotune", is_flag=True,
+              help="Time dense vs sparse for each layer on this machine and keep the faster.")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="Threads for --autotune timing (default: onnxruntime's).")
+@click.option("--max-density", multiple=True, metavar="FMT=D",
+              help="Densest layer still converted, per format: block4=0.6 (1x4 blocks), "
+                   "block1=0.3 (single weights). Ignored by --autotune decisions.")
+@click.option("--no-depthwise", is_flag=True,
+              help="Leave depthwise convs to onnxruntime instead of DepthwiseConv.")
+@click.option("--include", default=None, metavar="REGEX", help="Only convert matching nodes.")
+@click.option("--exclude", default=None, metavar="REGEX", help="Never convert matching nodes.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.option("--force", is_flag=True, help="Overwrite the output file if it exists.")
+def convert(model, output, autotune, threads, max_density, no_depthwise, include, exclude,
+            as_json, force):
+    """Rewrite MODEL's sparse layers into ai.sparsekit ops with packed weights.
+
+    Reads the recipe `prune` recorded, or detects 1x4 blocks and bank-balanced rows from the
+    zeros (so models pruned by other tools convert too). Fuses bias, BatchNormalization,
+    Relu/Clip and residual Adds. Layers where sparse would not be faster stay dense.
+
+    Example: sparsekit convert pruned.onnx -o sparse.onnx
+    """
+    from . import io
+    from .convert import convert as run_convert
+
+    limits = _parse_max_density(max_density)
+    io.check_output_path(output, force, inputs=(model,))
+    source = io.load_model(model)
+    with layer_progress("converting", enabled=not as_json) as progress:
+        converted, report = run_convert(source, max_density=limits, autotune=autotune,
+                                        threads=threads, depthwise=not no_depthwise,
+                                        include=include, exclude=exclude, progress=progress)
+    io.save_model(converted, output, external_data=io.uses_external_data(model) or None)
+    if as_json:
+        print_json({"output": str(output), **report.to_dict()})
+        return
+    table = Table(title="layers")
+    for col in ("layer", "op", "result", "format", "density", "fused", "bytes", "why"):
+        table.add_column(col, justify="right" if col in ("density", "bytes") else "left")
+    for l in report.layers:
+        size = (f"{_fmt_count(l.dense_bytes)}->{_fmt_count(l.sparse_bytes)}"
+                if l.decision == "sparse" else _fmt_count(l.dense_bytes))
+        table.add_row(l.name, l.op, l.decision, l.format or "-", f"{l.density:.2f}",
+                      l.fused or "-", size, l.reason)
+    out.print(table)
+    t = report.totals
+    ratio = t["converted_bytes_ratio"]
+    out.print(f"converted {t['converted']} layer(s), {t['depthwise']} depthwise, "
+              f"kept {t['kept_dense']} dense; converted weights "
+              f"{_fmt_count(t['converted_dense_bytes'])}B -> {_fmt_count(t['converted_sparse_bytes'])}B"
+              + (f" ({ratio:.3f}x)" if ratio is not None else ""))
+    out.print(f"wrote [bold]{output}[/bold]")
+
+
+# ---------------------------------------------------------------------------------------------
+# sparsekit inspect
+
+
+@cli.command()
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def inspect(model, as_json):
+    """Per-layer table for any model, dense or sparse: shape, sparsity, pattern, format, bytes.
+
+    Example: sparsekit inspect sparse.onnx
+    """
+    from . import io
+    from .inspection import inspect as run_inspect
+
+    report = run_inspect(io.load_model(model))
+    if as_json:
+        print_json(report.to_dict())
+        return
+    table = Table(title=str(model))
+    for col in ("layer", "op", "shape", "sparsity", "pattern", "format", "bytes"):
+        table.add_column(col, justify="right" if col in ("sparsity", "bytes") else "left")
+    for l in report.layers:
+        table.add_row(l.name, l.op, "x".join(map(str, l.shape)), f"{l.sparsity:.1%}", l.pattern,
+                      l.format or "dense", _fmt_count(l.bytes))
+    out.print(table)
+    t = report.totals
+    out.print(f"{t['layers']} layers ({t['converted']} converted), {_fmt_count(t['params'])} "
+              f"weights, {t['sparsity']:.1%} zero; weights {_fmt_count(t['weight_bytes'])}B "
+              f"(dense {_fmt_count(t['dense_weight_bytes'])}B); file {_fmt_count(t['model_bytes'])}B")
 
 
 # ---------------------------------------------------------------------------------------------

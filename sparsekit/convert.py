@@ -308,17 +308,35 @@ def _conv_pads(node) -> list:
 # graph rewrite
 
 
+def _uniquify(new: onnx.NodeProto, inits: list, taken: set) -> None:
+    """Rename the new op's initializers where they clash with a name the graph already uses
+    (pack names them `<node>.values`, `<node>.bias`, ... and a model may own those names)."""
+    for t in inits:
+        if t.name in taken:
+            base, i = t.name, 1
+            while f"{base}_{i}" in taken:
+                i += 1
+            for pos, name in enumerate(new.input):
+                if name == t.name:
+                    new.input[pos] = f"{base}_{i}"
+            t.name = f"{base}_{i}"
+        taken.add(t.name)
+
+
 def _rewrite(model: onnx.ModelProto, replacements: Dict[int, tuple]) -> None:
     """Swap planned nodes in, drop absorbed nodes and initializers nobody reads any more."""
     if not replacements:
         return
     g = model.graph
+    taken = {t.name for t in g.initializer} | {i.name for i in g.input} | \
+        {o for n in g.node for o in n.output}
     # keyed by first output name: unique in a valid graph, unlike protobuf wrapper identity
     absorbed = {}
     for new, inits, nodes, _ in replacements.values():
         for n in nodes[:-1]:
             absorbed[n.output[0]] = None
         absorbed[nodes[-1].output[0]] = new  # the new op takes the place of the chain's end
+        _uniquify(new, inits, taken)
         g.initializer.extend(inits)
     kept = []
     for n in g.node:

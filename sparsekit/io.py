@@ -34,6 +34,15 @@ def load_model(path: PathLike) -> onnx.ModelProto:
     return model
 
 
+def uses_external_data(path: PathLike) -> bool:
+    """Whether the model file keeps (some of) its tensors in side files."""
+    try:
+        m = onnx.load(str(path), load_external_data=False)
+    except Exception:
+        return False
+    return any(t.data_location == onnx.TensorProto.EXTERNAL for t in _all_tensors(m))
+
+
 def as_model(model_or_path) -> onnx.ModelProto:
     """Accept a ModelProto (used as is, never modified by callers) or a path."""
     if isinstance(model_or_path, onnx.ModelProto):
@@ -90,6 +99,9 @@ def save_model(model: onnx.ModelProto, out: PathLike, external_data: bool | None
             os.replace(tmp_data, parent / data_name)
         else:
             onnx.save_model(model, tmp)
+        for t in tmp_paths:  # mkstemp makes 0600 files; give them the usual umask permissions
+            if os.path.exists(t):
+                os.chmod(t, 0o666 & ~_umask())
         os.replace(tmp, o)
     except OSError as e:
         raise SparsekitError(f"{o}: could not write ({e.strerror or e})") from e
@@ -98,6 +110,12 @@ def save_model(model: onnx.ModelProto, out: PathLike, external_data: bool | None
             if os.path.exists(t):
                 os.unlink(t)
     return o
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _rewrite_locations(model_path: str, old: str, new: str) -> None:
