@@ -266,6 +266,168 @@ def inspect(model, as_json):
 
 
 # ---------------------------------------------------------------------------------------------
+# sparsekit bench
+
+
+def _parse_list(text: str, kind, what: str) -> list:
+    try:
+        values = [kind(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise SparsekitError(f"{what}: expected a comma-separated list, got {text!r}") from None
+    if not values:
+        raise SparsekitError(f"{what}: empty list")
+    return values
+
+
+@cli.command()
+@click.argument("model", required=False, type=click.Path(dir_okay=False))
+@click.option("--against", type=click.Path(dir_okay=False), default=None,
+              help="The dense model to compare with (default: MODEL itself when MODEL is dense; "
+                   "it is then pruned and converted first).")
+@click.option("--device", default="cpu", show_default=True, help="Where to run (cpu).")
+@click.option("--threads", default="1", show_default=True, help="Thread counts, e.g. 1,2.")
+@click.option("--runs", type=click.IntRange(min=3), default=50, show_default=True,
+              help="Timed rounds per thread count (each round runs both models).")
+@click.option("--seconds", type=float, default=None, help="Stop a thread count's rounds after this long.")
+@click.option("--warmup", type=click.IntRange(min=0), default=5, show_default=True)
+@click.option("--shape", multiple=True, metavar="NAME=N", help="Size of a symbolic input dim.")
+@click.option("--inputs", "inputs_npz", type=click.Path(dir_okay=False), default=None,
+              help="An .npz of input arrays keyed by input name.")
+@click.option("--zoo", default=None, help="Benchmark a built-in model (see `sparsekit zoo`).")
+@click.option("--pattern", multiple=True, type=click.Choice(["block", "bank", "unstructured"]),
+              help="Pattern for --zoo / dense MODEL (default block; --sweep: block and bank).")
+@click.option("--sparsity", type=float, default=0.9, show_default=True,
+              help="Sparsity for --zoo / dense MODEL.")
+@click.option("--sweep", default=None, metavar="S1,S2,...",
+              help="Prune, convert and bench at each sparsity; print/plot speedup vs sparsity.")
+@click.option("--no-profile", is_flag=True, help="Skip the per-op breakdown.")
+@click.option("--no-memory", is_flag=True, help="Skip the peak-memory measurement.")
+@click.option("--json", "as_json", is_flag=True, help="Print everything as JSON.")
+@click.option("--plot", type=click.Path(dir_okay=False), default=None,
+              help="Draw the comparison to this PNG (needs matplotlib).")
+def bench(model, against, device, threads, runs, seconds, warmup, shape, inputs_npz, zoo,
+          pattern, sparsity, sweep, no_profile, no_memory, as_json, plot):
+    """Time a sparse model against dense onnxruntime, side by side, and report the speedup.
+
+    \b
+    Examples:
+      sparsekit bench --zoo mobilenet_v1 --pattern block --sparsity 0.9
+      sparsekit bench sparse.onnx --against pruned.onnx --threads 1,2
+      sparsekit bench --zoo mobilenet_v1 --sweep 0.5,0.7,0.8,0.9,0.95 --plot sweep.png
+    """
+    from . import bench as B
+    from . import io
+
+    B.check_device(device)
+    thread_list = _parse_list(threads, int, "--threads")
+    if any(t < 1 for t in thread_list):
+        raise SparsekitError("--threads: thread counts must be >= 1")
+    shapes = B.parse_shapes(shape)
+    if zoo and model:
+        raise SparsekitError("give either MODEL or --zoo, not both")
+    if not zoo and not model:
+        raise SparsekitError("nothing to benchmark: give MODEL or --zoo NAME")
+    if not 0.0 <= sparsity < 1.0:
+        raise SparsekitError(f"--sparsity must be in [0, 1), got {sparsity}")
+    patterns = list(pattern) or (["block", "bank"] if sweep else ["block"])
+    label = zoo or str(model)
+
+    if zoo:
+        dense = B.zoo_model(zoo)
+    else:
+        dense = io.load_model(model)
+    is_sparse = any(n.domain == "ai.sparsekit" for n in dense.graph.node)
+    feeds = B.make_inputs(io.load_model(against) if against else dense, shapes, inputs_npz)
+
+    if sweep:
+        if is_sparse:
+            raise SparsekitError("--sweep needs a dense model (or --zoo), not a converted one")
+        levels = _parse_list(sweep, float, "--sweep")
+        if any(not 0.0 <= v < 1.0 for v in levels):
+            raise SparsekitError("--sweep: every sparsity must be in [0, 1)")
+        with layer_progress("sweep", enabled=not as_json) as progress:
+            points = B.sweep(dense, levels, patterns, threads=thread_list,
+                             runs=min(runs, 20), seconds=seconds, feeds=feeds, progress=progress)
+        if plot:
+            from .plot import plot_sweep
+            plot_sweep(points, plot, title=f"{label}: speedup vs sparsity")
+        if as_json:
+            print_json({"model": label, "points": [p.to_dict() for p in points],
+                        "environment": B.environment()})
+            return
+        table = Table(title=f"{label}: speedup vs sparsity (dense median / sparse median)")
+        table.add_column("pattern")
+        table.add_column("threads", justify="right")
+        for v in levels:
+            table.add_column(f"{v:g}", justify="right")
+        for pat in patterns:
+            for t in thread_list:
+                row = {p.sparsity: p.speedup for p in points if p.pattern == pat and p.threads == t}
+                table.add_row(pat, str(t), *[f"{row[v]:.2f}x" for v in levels])
+        out.print(table)
+        if plot:
+            out.print(f"wrote [bold]{plot}[/bold]")
+        return
+
+    if is_sparse:
+        if not against:
+            raise SparsekitError("MODEL is already converted: give the dense model with --against")
+        sparse_m, dense_m = dense, io.load_model(against)
+    elif against:
+        raise SparsekitError("MODEL is dense: --against is for comparing a converted MODEL")
+    else:
+        dense_m, sparse_m, _, _ = B.prepare(dense, patterns[0], sparsity)
+        label = f"{label} ({patterns[0]} {sparsity:g})"
+    with layer_progress("timing", enabled=not as_json) as progress:
+        report = B.bench(sparse_m, dense_m, threads=thread_list, runs=runs, seconds=seconds,
+                         warmup=warmup, feeds=feeds, profile=not no_profile,
+                         memory=not no_memory, label=label, progress=progress)
+    agreement = B.max_relative_difference(dense_m, sparse_m, feeds, thread_list[0])
+    if plot:
+        from .plot import plot_bench
+        plot_bench(report, plot)
+    if as_json:
+        print_json({**report.to_dict(), "max_relative_difference": agreement})
+        return
+    render_bench(report, agreement)
+    if plot:
+        out.print(f"wrote [bold]{plot}[/bold]")
+
+
+def render_bench(report, agreement: float) -> None:
+    table = Table(title=f"{report.label}: dense onnxruntime vs sparsekit (ms)")
+    for col in ("threads", "dense median", "p90", "min", "sparse median", "p90", "min",
+                "speedup", "per-round q1-q3"):
+        table.add_column(col, justify="right")
+    for r in report.results:
+        table.add_row(str(r.threads), f"{r.dense.median:.3f}", f"{r.dense.p90:.3f}",
+                      f"{r.dense.min:.3f}", f"{r.sparse.median:.3f}", f"{r.sparse.p90:.3f}",
+                      f"{r.sparse.min:.3f}", f"[bold]{r.speedup:.2f}x[/bold]",
+                      f"{r.round_ratio_q1:.2f}-{r.round_ratio_q3:.2f}")
+    out.print(table)
+    for r in report.results:
+        if not r.dense_top_ops:
+            continue
+        ops = Table(title=f"top ops, {r.threads} thread(s) (ms per run, from onnxruntime's profiler)")
+        for col in ("dense op", "nodes", "ms", "sparse op", "nodes", "ms"):
+            ops.add_column(col, justify="right" if col in ("nodes", "ms") else "left")
+        n = max(len(r.dense_top_ops), len(r.sparse_top_ops))
+        for i in range(n):
+            d = r.dense_top_ops[i] if i < len(r.dense_top_ops) else None
+            s = r.sparse_top_ops[i] if i < len(r.sparse_top_ops) else None
+            ops.add_row(d["op"] if d else "", str(d["nodes"]) if d else "",
+                        f"{d['ms']:.3f}" if d else "", s["op"] if s else "",
+                        str(s["nodes"]) if s else "", f"{s['ms']:.3f}" if s else "")
+        out.print(ops)
+    e, f, m = report.environment, report.files, report.memory
+    out.print(f"kernels: {e['isa']}; onnxruntime {e['onnxruntime']}; {e['cpu']} ({e['cores']} cores)")
+    out.print(f"files: dense {_fmt_count(f['dense_bytes'])}B, sparse {_fmt_count(f['sparse_bytes'])}B"
+              + (f"; peak memory: dense {_fmt_count(m['dense_peak_rss'])}B, sparse "
+                 f"{_fmt_count(m['sparse_peak_rss'])}B" if m else ""))
+    out.print(f"outputs agree: max relative difference {agreement:.2e}")
+
+
+# ---------------------------------------------------------------------------------------------
 # sparsekit zoo
 
 
