@@ -28,6 +28,7 @@ test-asan:          ## native kernel tests and the custom-op fuzz tests under Ad
 	bash tests/run_ort_asan.sh
 
 bench:              ## benchmarks (not tests): dense onnxruntime vs sparsekit, side by side
+	$(PYTHON) benchmarks/run_suite.py --threads 1,2
 	$(PYTHON) benchmarks/bench_pointwise.py --threads 1,2
 
 lint:
