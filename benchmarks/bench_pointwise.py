@@ -7,6 +7,11 @@ and Relu, at the given sparsity.  After warm-up, runs are interleaved (dense, sp
 dense, ...) and medians compared; the ratio is dense time / sparse time (> 1: sparse is faster).
 A benchmark, not a test: absolute times on shared machines drift, ratios hold.
 
+Every session (dense and sparse alike) runs with session.intra_op.allow_spinning=0 unless
+--spin is given: with several sessions in one process, each session's pool keeps spinning after
+its run and steals the cores the next (interleaved) session needs; on a 2-core machine that made
+2-thread times 2-5x worse and noisy.
+
     python benchmarks/bench_pointwise.py --threads 1,2
     python benchmarks/bench_pointwise.py --variants bsr4,bsr1,bank4 --json
 """
@@ -86,18 +91,21 @@ def build(rng, P, C, M, sparsity, variants):
     return dense, sparse, x
 
 
-def dense_session(model, threads):
+def dense_session(model, threads, config):
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
+    for k, v in config.items():
+        so.add_session_config_entry(k, v)
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
 
 
-def bench_layer(P, C, M, threads, sparsity, variants, min_time, max_reps, rng):
+def bench_layer(P, C, M, threads, sparsity, variants, min_time, max_reps, rng, spin):
     dense, sparse, x = build(rng, P, C, M, sparsity, variants)
-    sessions = {"dense": dense_session(dense, threads)}
+    config = {} if spin else {"session.intra_op.allow_spinning": "0"}
+    sessions = {"dense": dense_session(dense, threads, config)}
     for v, m in sparse.items():
-        sessions[v] = sparsekit.session(m, threads=threads,
+        sessions[v] = sparsekit.session(m, threads=threads, config=config,
                                         graph_optimization_level=ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
     feeds = {"X": x}
     ref = sessions["dense"].run(None, feeds)[0]
@@ -132,6 +140,8 @@ def main(argv=None):
     ap.add_argument("--layers", default="", help="subset, e.g. 784x256x256,49x1024x1024")
     ap.add_argument("--min-time", type=float, default=1.0, help="seconds of timed runs per layer")
     ap.add_argument("--max-reps", type=int, default=200)
+    ap.add_argument("--spin", action="store_true",
+                    help="leave onnxruntime's intra-op spinning on (default: off for every session)")
     ap.add_argument("--json", action="store_true", help="print the results as JSON")
     args = ap.parse_args(argv)
     threads = [int(t) for t in args.threads.split(",") if t]
@@ -150,17 +160,18 @@ def main(argv=None):
     except ImportError:
         isas = []
     info = {"onnxruntime": ort.__version__, "isa_env": os.environ.get("SPARSEKIT_ISA", "(auto)"),
-            "available_isas": isas, "library": sparsekit.get_library_path()}
+            "available_isas": isas, "library": sparsekit.get_library_path(), "spin": args.spin}
     rows = []
     if not args.json:
         print(f"# onnxruntime {info['onnxruntime']}, SPARSEKIT_ISA={info['isa_env']}, "
-              f"available {isas}, sparsity {args.sparsity}")
+              f"available {isas}, sparsity {args.sparsity}, spinning {'on' if args.spin else 'off'}")
         head = f"{'layer':>14} {'thr':>3} {'dense ms':>9}" + "".join(
             f" {v + ' ms':>10} {'ratio':>6}" for v in variants)
         print(head)
     for t in threads:
         for P, C, M in layers:
-            row = bench_layer(P, C, M, t, args.sparsity, variants, args.min_time, args.max_reps, rng)
+            row = bench_layer(P, C, M, t, args.sparsity, variants, args.min_time, args.max_reps, rng,
+                              args.spin)
             rows.append(row)
             if not args.json:
                 print(f"{row['layer']:>14} {t:>3} {row['dense_ms']:>9.3f}" + "".join(
