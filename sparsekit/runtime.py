@@ -35,11 +35,12 @@ def get_library_path() -> str:
         "reinstall sparsekit (pip install .) or set SPARSEKIT_LIBRARY")
 
 
-def session_options(threads: Optional[int] = None, **kw):
+def session_options(threads: Optional[int] = None, config: Optional[dict] = None, **kw):
     """SessionOptions with the sparsekit library registered.
 
-    ``threads`` sets intra_op_num_threads (None: onnxruntime's default); any other keyword sets
-    the SessionOptions attribute of that name (e.g. graph_optimization_level).
+    ``threads`` sets intra_op_num_threads (None: onnxruntime's default); ``config`` adds session
+    config entries (e.g. {"session.intra_op.allow_spinning": "0"}); any other keyword sets the
+    SessionOptions attribute of that name (e.g. graph_optimization_level).
     """
     import onnxruntime as ort
 
@@ -52,11 +53,13 @@ def session_options(threads: Optional[int] = None, **kw):
         if not hasattr(so, k):
             raise SparsekitError(f"unknown onnxruntime SessionOptions setting {k!r}")
         setattr(so, k, v)
+    for k, v in (config or {}).items():
+        so.add_session_config_entry(str(k), str(v))
     so.register_custom_ops_library(get_library_path())
     return so
 
 
-def session(model_or_path, threads: Optional[int] = None, **kw):
+def session(model_or_path, threads: Optional[int] = None, config: Optional[dict] = None, **kw):
     """An onnxruntime InferenceSession (CPU) for a model that may use ai.sparsekit ops.
 
     ``model_or_path``: an onnx.ModelProto, serialized bytes, or a path.  Errors in the model
@@ -64,7 +67,7 @@ def session(model_or_path, threads: Optional[int] = None, **kw):
     """
     import onnxruntime as ort
 
-    so = session_options(threads, **kw)
+    so = session_options(threads, config, **kw)
     if isinstance(model_or_path, onnx.ModelProto):
         src = model_or_path.SerializeToString()
     elif isinstance(model_or_path, (bytes, bytearray)):

@@ -135,6 +135,11 @@ GEOMETRIES = {
     "3x3-dil2-s2-nopad": (1, 5, 19, 17, 6, 3, 2, (0, 0, 0, 0), 2),
     "1x3-kernel": (1, 7, 9, 11, 5, (1, 3), (1, 2), (0, 1, 0, 1), 1),
     "big-pads": (1, 3, 4, 5, 4, 3, 1, (4, 0, 3, 5), 1),
+    # K = 288 -> im2col panels of ~227 px: several panels per image, balanced tiles
+    "3x3-multi-panel": (2, 32, 40, 37, 8, 3, 1, (1, 1, 1, 1), 1),
+    "5x5-s2-multi-panel": (1, 24, 45, 41, 6, 5, 2, (2, 2, 2, 2), 1),
+    # K = 576 -> panels of ~113 px: a small (<= 196 px) image split over two panels
+    "3x3-small-multi-panel": (2, 64, 14, 14, 12, 3, 1, (1, 1, 1, 1), 1),
 }
 
 
@@ -236,6 +241,8 @@ GEMMS = {
     "rows-300": ([300, 40], 13),     # large-rows path, tiles
     "rows-50-k300": ([50, 300], 30),
     "k-one": ([5, 1], 6),
+    "rows-2000-k300": ([2000, 300], 10),   # several transposed panels, balanced tiles
+    "rows-150-k1024": ([150, 1024], 9),    # few rows over several panels (group split)
 }
 
 

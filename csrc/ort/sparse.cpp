@@ -232,6 +232,13 @@ int64_t pixel_tile(const sk::KernelTable* kt) {
   return std::max<int64_t>(tp, 256 / tp * tp);
 }
 
+int64_t balanced_tile(int64_t P, int64_t max_width, const sk::KernelTable* kt) {
+  const int64_t tp = std::max(1, kt->tile_pixels);
+  const int64_t ntiles = (P + max_width - 1) / max_width;
+  const int64_t even = (P + ntiles - 1) / ntiles;
+  return std::min(max_width, (even + tp - 1) / tp * tp);
+}
+
 GroupChunks group_chunks(int G) { return GroupChunks{std::max(1, std::min(G, 32)), G}; }
 
 const sk::KernelTable* select_table() {

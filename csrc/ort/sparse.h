@@ -69,6 +69,9 @@ sk::SpMat spmat(const SparseWeights& w, const int32_t* x_offset);
 // kSmallPixels) by output-channel group chunks.
 constexpr int64_t kSmallPixels = 196;
 int64_t pixel_tile(const sk::KernelTable* kt);  // tile width for the direct paths
+// Width of ceil(P / max_width) equal tiles covering P pixels: a multiple of the kernel's
+// register tile, at most max_width (so 784 px in 256-wide tiles become 4 x 196, not 3 x 256 + 16).
+int64_t balanced_tile(int64_t P, int64_t max_width, const sk::KernelTable* kt);
 struct GroupChunks {
   int n;       // number of chunks
   int G;

@@ -181,7 +181,7 @@ void SparseConvKernel::run_direct(OrtKernelContext* ctx, const float* x, float* 
   const sk::Epilogue ep0 = epilogue();
   const int64_t M = M_, C = C_, G = w_.G;
   if (P > kSmallPixels) {
-    const int64_t T = pixel_tile(kt_);
+    const int64_t T = balanced_tile(P, pixel_tile(kt_), kt_);
     const int64_t ntiles = (P + T - 1) / T;
     parallel_for(api_, ctx, size_t(N * ntiles), [&](size_t i) {
       const int64_t n = int64_t(i) / ntiles, p0 = (int64_t(i) % ntiles) * T;
@@ -251,9 +251,12 @@ void SparseConvKernel::run_im2col(OrtKernelContext* ctx, const float* x, float* 
   const int64_t M = M_, C = C_, G = w_.G;
   if (P > kSmallPixels) {
     // One item per (image, pixel tile): im2col into its own panel, then all output groups.
-    parallel_for(api_, ctx, size_t(N * ntiles), [&](size_t i) {
-      const int64_t n = int64_t(i) / ntiles, p0 = (int64_t(i) % ntiles) * T;
-      const int64_t len = std::min(T, P - p0);
+    // Tiles are balanced (Tb <= T pixels each); the panel's row stride stays T.
+    const int64_t Tb = balanced_tile(P, T, kt_);
+    const int64_t nb_tiles = (P + Tb - 1) / Tb;
+    parallel_for(api_, ctx, size_t(N * nb_tiles), [&](size_t i) {
+      const int64_t n = int64_t(i) / nb_tiles, p0 = (int64_t(i) % nb_tiles) * Tb;
+      const int64_t len = std::min(Tb, P - p0);
       Scratch<float> panel{size_t(panel_size)};
       im2col(x + n * C * H * W, H, W, OW, p0, len, panel.get());
       sk::Epilogue ep = ep0;
