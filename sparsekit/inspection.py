@@ -1,6 +1,14 @@
-"""inspect: a per-layer view of any model, dense or sparse: shape, sparsity, pattern, format, bytes."""
+"""inspect: a per-layer view of any model, dense or sparse: shape, sparsity, pattern, format, bytes.
+
+Layers are the main graph's Conv / Gemm / MatMul with a constant weight (any dtype) and its
+ai.sparsekit ops (SparseConv, SparseGemm, DepthwiseConv), in graph order.  The pattern comes
+from the zeros alone (detect.py); a recipe `prune` recorded only suggests the bank size to try
+first.  Packed weights are unpacked to measure them; packed tensors that do not unpack (a
+corrupt file) are reported as such rather than failing the whole table.
+"""
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass, field
 from typing import List, Optional
 
@@ -10,8 +18,10 @@ from onnx import numpy_helper
 
 from . import pack
 from .detect import detect
-from .graph import get_attr, node_names, prunable_layers
+from .errors import SparsekitError
+from .graph import get_attr, node_names, prunable_layers, tensor_to_array
 from .io import as_model
+from .prune import METADATA_KEY as RECIPE_KEY
 
 
 @dataclass
@@ -19,11 +29,14 @@ class LayerInfo:
     name: str
     op: str                     # Conv / Gemm / MatMul, or SparseConv / SparseGemm / DepthwiseConv
     shape: List[int]            # weight matrix [M, K]
-    sparsity: float
-    pattern: str
+    sparsity: float             # fraction of zero weights
+    pattern: str                # what the zeros look like (detect.Pattern.describe)
     format: Optional[str]       # packed format for converted layers, None for dense ones
     bytes: int                  # bytes of the weight tensors as stored
     dense_bytes: int            # what the same weights take as dense float32
+    block_1x4: bool = False     # every 4 consecutive output rows share their zeros
+    bank_size: Optional[int] = None  # bank-balanced with this bank size (None: not balanced)
+    dtype: str = "float32"
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -54,21 +67,26 @@ def inspect(model_or_path) -> InspectReport:
     inits = {t.name: t for t in model.graph.initializer}
     report = InspectReport(model_bytes=model.ByteSize())
     names = node_names(model.graph)
-    dense_by_index = {l.index: l for l in prunable_layers(model)}
+    recipe = _recipe(model)
+    dense_by_index = {l.index: l for l in prunable_layers(model, names)}
     for i, node in enumerate(model.graph.node):
         if i in dense_by_index:
             layer = dense_by_index[i]
             W = layer.matrix(model)
             nbytes = W.size * W.dtype.itemsize
+            info = LayerInfo(layer.name, layer.op, [layer.M, layer.K],
+                             float((W == 0).mean()) if W.size else 0.0, "", None, nbytes,
+                             W.size * 4, dtype=W.dtype.name)
             if layer.depthwise:
-                pattern = "depthwise"
+                info.pattern = "depthwise"
             elif np.issubdtype(W.dtype, np.floating):
-                pattern = detect(W).describe()
+                entry = recipe.get(layer.name)
+                hint = entry.get("bank_size") if isinstance(entry, dict) and \
+                    entry.get("pattern") == "bank" else None
+                _set_pattern(info, W, hint if isinstance(hint, int) else None)
             else:
-                pattern = f"{W.dtype.name} weights"
-            report.layers.append(LayerInfo(layer.name, layer.op, [layer.M, layer.K],
-                                           float((W == 0).mean()), pattern, None, nbytes,
-                                           W.size * 4))
+                info.pattern = f"{W.dtype.name} weights"
+            report.layers.append(info)
         elif node.domain == pack.DOMAIN:
             info = _sparse_layer(node, names[i], inits)
             if info is not None:
@@ -76,38 +94,66 @@ def inspect(model_or_path) -> InspectReport:
     return report
 
 
+def _recipe(model: onnx.ModelProto) -> dict:
+    for p in model.metadata_props:
+        if p.key == RECIPE_KEY:
+            try:
+                layers = json.loads(p.value).get("layers", {})
+            except (ValueError, AttributeError):
+                return {}
+            return layers if isinstance(layers, dict) else {}
+    return {}
+
+
+def _set_pattern(info: LayerInfo, W: np.ndarray, prefer_bank: Optional[int] = None) -> None:
+    p = detect(W, prefer_bank=prefer_bank)
+    info.pattern = p.describe()
+    info.block_1x4 = p.block_rows == 4 and p.kind in ("block", "bank")
+    info.bank_size = p.bank_size if p.kind == "bank" else None
+
+
 def _sparse_layer(node: onnx.NodeProto, name: str, inits: dict) -> Optional[LayerInfo]:
     def tensor(pos):
         if len(node.input) > pos and node.input[pos] in inits:
-            return numpy_helper.to_array(inits[node.input[pos]])
+            return tensor_to_array(inits[node.input[pos]])
         return None
 
     if node.op_type == "DepthwiseConv":
         w = tensor(1)
-        if w is None:
+        if w is None or w.ndim != 4:
             return None
         return LayerInfo(name, node.op_type, [w.shape[0], int(np.prod(w.shape[1:]))],
-                         float((w == 0).mean()), "depthwise", "dense depthwise", w.nbytes,
-                         w.size * 4)
+                         float((w == 0).mean()) if w.size else 0.0, "depthwise",
+                         "dense depthwise", w.nbytes, w.size * 4)
     if node.op_type not in ("SparseConv", "SparseGemm"):
         return None
     values, indices, group_ptr = tensor(1), tensor(2), tensor(3)
     if values is None or indices is None:
         return None
-    fmt = get_attr(node, "format", b"bsr")
+    fmt = get_attr(node, "format", "bsr")
     fmt = fmt.decode() if isinstance(fmt, bytes) else fmt
     block = int(get_attr(node, "block", 4))
     bank_size = get_attr(node, "bank_size", None)
     if node.op_type == "SparseConv":
-        kh, kw = get_attr(node, "kernel_shape", [1, 1])
-        M, K = int(get_attr(node, "out_channels", 0)), int(get_attr(node, "in_channels", 0)) * kh * kw
+        ks = list(get_attr(node, "kernel_shape", [1, 1]))
+        taps = int(np.prod(ks)) if ks else 1
+        M = int(get_attr(node, "out_channels", 0))
+        K = int(get_attr(node, "in_channels", 0)) * taps
     else:
         M, K = int(get_attr(node, "out_features", 0)), int(get_attr(node, "in_features", 0))
     packed = {"values": values, "indices": indices}
     if group_ptr is not None:
         packed["group_ptr"] = group_ptr
-    W = pack.unpack(packed, M, K, fmt, block, bank_size)
     nbytes = sum(a.nbytes for a in packed.values())
     label = f"{fmt} {'' if bank_size is None else str(bank_size) + ' '}1x{block}"
-    return LayerInfo(name, node.op_type, [M, K], float((W == 0).mean()), detect(W).describe(),
-                     label, nbytes, M * K * 4)
+    info = LayerInfo(name, node.op_type, [M, K], 0.0, "", label, nbytes, M * K * 4)
+    try:
+        if M < 1 or K < 1:
+            raise SparsekitError(f"out/in sizes {M}x{K}")
+        W = pack.unpack(packed, M, K, fmt, block, bank_size)
+    except (SparsekitError, ValueError, IndexError, KeyError, TypeError) as e:
+        info.pattern = f"invalid packed weights ({str(e).splitlines()[0] if str(e) else e!r})"
+        return info
+    info.sparsity = float((W == 0).mean())
+    _set_pattern(info, W, int(bank_size) if bank_size else None)
+    return info
