@@ -70,6 +70,10 @@ def _json_default(o):
     return str(o)
 
 
+def _fmt_ms(v) -> str:
+    return "-" if v is None else f"{v:.3f}"
+
+
 def _fmt_count(n) -> str:
     if n is None:
         return "?"
@@ -185,13 +189,15 @@ def _parse_max_density(values) -> dict:
 @click.option("--max-density", multiple=True, metavar="FMT=D",
               help="Densest layer still converted, per format: block4=0.6 (1x4 blocks), "
                    "block1=0.3 (single weights). Ignored by --autotune decisions.")
+@click.option("--dim", multiple=True, metavar="NAME=N",
+              help="--autotune: size of a symbolic input dim while timing (default 1).")
 @click.option("--no-depthwise", is_flag=True,
               help="Leave depthwise convs to onnxruntime instead of DepthwiseConv.")
 @click.option("--include", default=None, metavar="REGEX", help="Only convert matching nodes.")
 @click.option("--exclude", default=None, metavar="REGEX", help="Never convert matching nodes.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option("--force", is_flag=True, help="Overwrite the output file if it exists.")
-def convert(model, output, autotune, threads, max_density, no_depthwise, include, exclude,
+def convert(model, output, autotune, threads, max_density, dim, no_depthwise, include, exclude,
             as_json, force):
     """Rewrite MODEL's sparse layers into ai.sparsekit ops with packed weights.
 
@@ -202,28 +208,44 @@ def convert(model, output, autotune, threads, max_density, no_depthwise, include
     Example: sparsekit convert pruned.onnx -o sparse.onnx
     """
     from . import io
+    from .bench import parse_shapes
     from .convert import convert as run_convert
 
     limits = _parse_max_density(max_density)
+    dims = parse_shapes(dim)
     io.check_output_path(output, force, inputs=(model,))
     source = io.load_model(model)
     with layer_progress("converting", enabled=not as_json) as progress:
         converted, report = run_convert(source, max_density=limits, autotune=autotune,
                                         threads=threads, depthwise=not no_depthwise,
-                                        include=include, exclude=exclude, progress=progress)
+                                        include=include, exclude=exclude, autotune_dims=dims,
+                                        progress=progress)
     io.save_model(converted, output, external_data=io.uses_external_data(model) or None)
     if as_json:
         print_json({"output": str(output), **report.to_dict()})
         return
     table = Table(title="layers")
-    for col in ("layer", "op", "result", "format", "density", "fused", "bytes", "why"):
-        table.add_column(col, justify="right" if col in ("density", "bytes") else "left")
+    cols = ["layer", "op", "result", "format", "density", "fused", "bytes"]
+    if autotune:
+        cols += ["dense ms", "sparse ms"]
+    for col in cols + ["why"]:
+        table.add_column(col, justify="right" if col in ("density", "bytes", "dense ms",
+                                                         "sparse ms") else "left")
     for l in report.layers:
         size = (f"{_fmt_count(l.dense_bytes)}->{_fmt_count(l.sparse_bytes)}"
                 if l.decision == "sparse" else _fmt_count(l.dense_bytes))
-        table.add_row(l.name, l.op, l.decision, l.format or "-", f"{l.density:.2f}",
-                      l.fused or "-", size, l.reason)
+        cells = [l.name, l.op, l.decision, l.format or "-", f"{l.density:.2f}", l.fused or "-",
+                 size]
+        if autotune:
+            cells += [_fmt_ms(l.dense_ms), _fmt_ms(l.sparse_ms)]
+        table.add_row(*cells, l.reason + (f" ({l.note})" if getattr(l, "note", "") else ""))
     out.print(table)
+    if report.skipped:
+        out.print(f"skipped {len(report.skipped)} layer(s): " + ", ".join(
+            f"{s['name']} ({s['reason']})" for s in report.skipped[:8])
+            + (" ..." if len(report.skipped) > 8 else ""))
+    for note in report.notes:
+        out.print(f"note: {note}")
     t = report.totals
     ratio = t["converted_bytes_ratio"]
     out.print(f"converted {t['converted']} layer(s), {t['depthwise']} depthwise, "

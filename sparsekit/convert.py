@@ -831,13 +831,7 @@ def _single_layer_model(model, index: GraphIndex, nodes, feeds, out, extra_inits
 
 
 def _sessions(dense, sparse, threads):
-    import onnxruntime as ort
+    """The same session settings `bench` uses, so autotune and bench measure alike."""
+    from .bench import dense_session, sparse_session
 
-    from .runtime import session
-
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    if threads:
-        so.intra_op_num_threads = threads
-    ds = ort.InferenceSession(dense.SerializeToString(), so, providers=["CPUExecutionProvider"])
-    return ds, session(sparse, threads=threads)
+    return dense_session(dense, threads), sparse_session(sparse, threads)
