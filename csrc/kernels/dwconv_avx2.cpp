@@ -1,17 +1,21 @@
 // AVX2+FMA depthwise convolution of one channel plane (compiled with -mavx2 -mfma).
 //
-// Vectorised over 8 output columns of one output row.  Specialised (taps unrolled, weights
-// broadcast once per plane, one accumulator per kernel row) for k = 3 and 5, stride 1 and 2;
-// any other k with stride 1 or 2 runs the same code with a run-time k; stride >= 3 runs a
-// scalar loop.  Stride 2 loads 16 consecutive inputs per tap pair and splits them into even
-// and odd columns with one shuffle each; the lane order that leaves ([0 1 4 5 2 3 6 7]) is
-// the same for every tap, so it is undone once per output vector, before the store.
+// Vectorised over 8 output columns, two output rows per pass (each input row loaded once
+// for both; two independent sets of FMA chains).  Taps are unrolled and the weights
+// broadcast once per plane for k = 3 and 5, stride 1 and 2; other k with stride 1 or 2 run
+// the same code with a run-time k; stride >= 3 (or k > 31) runs a scalar loop.  Stride 2
+// loads 16 consecutive inputs per tap pair and splits them into even and odd columns with one
+// shuffle each; the lane order that leaves ([0 1 4 5 2 3 6 7]) is the same for every tap, so
+// it is undone once per output vector, before the store.
 //
-// No out-of-bounds read, ever: the input plane is exactly H*W floats.  Kernel rows outside
-// the plane are skipped; an 8-column chunk whose loads would leave the row (borders, tiny
-// planes) uses load8_safe, which reads only in-row elements (masked loads) and zero-fills.
-// The last partial chunk of a row is recomputed overlapping the previous one when OW >= 8,
-// else stored masked.  No alignment is assumed.
+// Borders: input rows are copied, zero-padded left and right, into a ring of rows in a 64 KiB
+// stack scratch (the whole plane when it fits: MobileNet's 112x112 does), and kernel rows
+// above/below the plane point at a zero row, so every chunk runs on plain loads with no
+// bounds logic.  Rows too wide for the scratch are read in place, border chunks through
+// load8_safe (masked loads: only in-row elements are read, the rest is zero).
+// Never reads outside the H*W input floats; the last partial chunk of a row is recomputed
+// overlapping the previous one (OW >= 8), else stored whole while 8 floats still fit in the
+// output plane (masked store for the last rows).  No alignment is assumed.
 #include <immintrin.h>
 
 #include "kernels/isa_parts.h"
