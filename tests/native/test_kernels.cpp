@@ -127,7 +127,7 @@ void check_spmm(const KernelTable& t, const SparseCase& c, int n, const EpiCase&
   const int yrows = c.groups * c.B + 2;      // rows past `rows` hold guards
   Buf x(static_cast<size_t>(K) * n);
   for (size_t i = 0; i < x.n; ++i) x[i] = randf();
-  Buf bias(rows), res(rows * rs ? static_cast<size_t>(rows) * rs : 1);
+  Buf bias(rows), res(static_cast<size_t>(rows) * rs);
   for (int r = 0; r < rows; ++r) bias[r] = randf();
   for (size_t i = 0; i < res.n; ++i) res[i] = randf();
   Buf y(static_cast<size_t>(yrows) * ys);
