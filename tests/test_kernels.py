@@ -198,6 +198,9 @@ def test_dwconv_mobilenet_planes(isa, k, stride):
     check_dwconv(isa, 112, 112, k, stride, 0, 0, p, p, -0.2, 0.0, np.inf, 7)  # TF "same" s2
     check_dwconv(isa, 2, 3, k, stride, 2, 2, 2, 2, 0.3, -np.inf, np.inf, 8)
     check_dwconv(isa, 3, 5000, k, stride, p, p, p, p, 0.0, -np.inf, np.inf, 9)  # wide rows
+    # rows that fit the kernels' stack buffer only a few at a time: the row ring wraps
+    check_dwconv(isa, 37, 1531, k, stride, p, p, p, p, 0.5, 0.0, 6.0, 10)
+    check_dwconv(isa, 20, 3002, k, stride, 1, 0, 2, 1, 0.0, -np.inf, np.inf, 11)
 
 
 # ----------------------------------------------------------------------- errors, dispatch --

@@ -316,7 +316,14 @@ void dw_suite(const KernelTable& t) {
     check_dw(t, 7, 7, k, 1, p, p, p, p, true, 0.0f, 6.0f);
     check_dw(t, 30, 57, k, 2, 0, 0, 1, 1, true, 0.0f, 6.0f);
   }
-  // Rows too wide for the kernels' stack scratch (they read the plane directly then).
+  // Planes whose rows only fit the kernels' stack buffer a few at a time (a ring of rows that
+  // wraps around, R < H), and rows too wide for it (read in place then).
+  for (int k : {3, 5})
+    for (int S : {1, 2})
+      for (int p : {0, 1, 2}) {
+        check_dw(t, 37, 1531, k, S, p, p, p, (p + 1) % 3, true, 0.0f, 6.0f);
+        check_dw(t, 20, 3001 + p, k, S, p, 2 - p, p, p, false, -INFINITY, INFINITY);
+      }
   for (int k : {3, 5, 4})
     for (int S : {1, 2})
       for (int p : {0, 1, 2}) check_dw(t, 4, 2500 + 3 * p + k, k, S, p, p, 2 - p, p, true, 0.0f, 6.0f);
