@@ -249,5 +249,6 @@ PYBIND11_MODULE(_native, m) {
         "Depthwise conv of one plane x[H, W] with w[k, k]; out-of-range input is zero.");
   m.def("time_dwconv", &time_dwconv, py::arg("isa"), py::arg("x"), py::arg("w"),
         py::arg("stride"), py::arg("pad_t"), py::arg("pad_l"), py::arg("OH"), py::arg("OW"),
-        py::arg("repeats") = 20, "Best-of-repeats seconds for dwconv (bias+ReLU6) over every plane of x[C, H, W].");
+        py::arg("repeats") = 20,
+        "Best-of-repeats seconds for dwconv (bias+ReLU6) over every plane of x[C, H, W].");
 }

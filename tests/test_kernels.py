@@ -106,7 +106,8 @@ def check_spmm(isa, B, rows, K, n, sparsity, epi, seed, empty_every=0):
     bad = err > 1e-5 * scale + 1e-30
     assert not bad.any(), (
         f"{isa} B={B} rows={rows} K={K} n={n} s={sparsity:.2f} epi={epi}: "
-        f"{bad.sum()} outputs off, worst {err.max():.3g} at {np.unravel_index(err.argmax(), err.shape)}")
+        f"{bad.sum()} outputs off, worst {err.max():.3g} "
+        f"at {np.unravel_index(err.argmax(), err.shape)}")
 
 
 @pytest.mark.parametrize("isa", ISAS)

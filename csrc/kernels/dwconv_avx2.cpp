@@ -114,22 +114,24 @@ __attribute__((always_inline)) inline void dw_chunk2(const float* const* rows, c
     const int k0 = u0 ? r : 0, k1 = u1 ? r - S : 0;
     __m256& c0 = a0[K ? k0 : (r & 1)];
     __m256& c1 = a1[K ? k1 : (r & 1)];
+    // tap i's weight vector (pre-broadcast when K is known)
+    auto wt = [&](int i) { return K ? wv[i] : _mm256_broadcast_ss(w + i); };
     if (S == 1) {
       _Pragma("GCC unroll 8") for (int kx = 0; kx < kk; ++kx) {
         const __m256 v = _mm256_loadu_ps(row + kx);
-        if (u0) c0 = _mm256_fmadd_ps(K ? wv[k0 * kk + kx] : _mm256_broadcast_ss(w + k0 * kk + kx), v, c0);
-        if (u1) c1 = _mm256_fmadd_ps(K ? wv[k1 * kk + kx] : _mm256_broadcast_ss(w + k1 * kk + kx), v, c1);
+        if (u0) c0 = _mm256_fmadd_ps(wt(k0 * kk + kx), v, c0);
+        if (u1) c1 = _mm256_fmadd_ps(wt(k1 * kk + kx), v, c1);
       }
     } else {
       _Pragma("GCC unroll 8") for (int kx = 0; kx < kk; kx += 2) {
         const __m256 lo8 = _mm256_loadu_ps(row + kx), hi8 = _mm256_loadu_ps(row + kx + 8);
         const __m256 ev = _mm256_shuffle_ps(lo8, hi8, 0x88);
-        if (u0) c0 = _mm256_fmadd_ps(K ? wv[k0 * kk + kx] : _mm256_broadcast_ss(w + k0 * kk + kx), ev, c0);
-        if (u1) c1 = _mm256_fmadd_ps(K ? wv[k1 * kk + kx] : _mm256_broadcast_ss(w + k1 * kk + kx), ev, c1);
+        if (u0) c0 = _mm256_fmadd_ps(wt(k0 * kk + kx), ev, c0);
+        if (u1) c1 = _mm256_fmadd_ps(wt(k1 * kk + kx), ev, c1);
         if (kx + 1 < kk) {
           const __m256 od = _mm256_shuffle_ps(lo8, hi8, 0xDD);
-          if (u0) c0 = _mm256_fmadd_ps(K ? wv[k0 * kk + kx + 1] : _mm256_broadcast_ss(w + k0 * kk + kx + 1), od, c0);
-          if (u1) c1 = _mm256_fmadd_ps(K ? wv[k1 * kk + kx + 1] : _mm256_broadcast_ss(w + k1 * kk + kx + 1), od, c1);
+          if (u0) c0 = _mm256_fmadd_ps(wt(k0 * kk + kx + 1), od, c0);
+          if (u1) c1 = _mm256_fmadd_ps(wt(k1 * kk + kx + 1), od, c1);
         }
       }
     }

@@ -37,8 +37,9 @@ inline __m256i tail_mask(size_t m) {
 
 // Apply the epilogue to one vector of outputs and store it (MASKED: only lanes in `mask`).
 template <bool MASKED>
-__attribute__((always_inline)) inline void store_out(float* dst, __m256 acc, const float* res, bool res_after, __m256 lo,
-                      __m256 hi, __m256i mask) {
+__attribute__((always_inline)) inline void store_out(float* dst, __m256 acc, const float* res,
+                                                     bool res_after, __m256 lo, __m256 hi,
+                                                     __m256i mask) {
   __m256 r = _mm256_setzero_ps();
   if (res) r = MASKED ? _mm256_maskload_ps(res, mask) : _mm256_loadu_ps(res);
   if (res && !res_after) acc = _mm256_add_ps(acc, r);
@@ -55,9 +56,11 @@ __attribute__((always_inline)) inline void store_out(float* dst, __m256 acc, con
 // One register tile of NV*8 pixels (NV = 3, 2, 1) x 4 rows starting at pixel p.
 // MASKED (NV == 1 only): lanes past `mask` are neither read nor written.
 template <int NV, bool MASKED>
-__attribute__((always_inline)) inline void tile_b4(size_t p, const float* x, const int32_t* off, const float* val, int32_t j0,
-                    int32_t j1, int r0, int nr, float* y, ptrdiff_t ys, const Epilogue& ep,
-                    __m256 lo, __m256 hi, __m256i mask) {
+__attribute__((always_inline)) inline void tile_b4(size_t p, const float* x,
+                                                   const int32_t* off, const float* val,
+                                                   int32_t j0, int32_t j1, int r0, int nr,
+                                                   float* y, ptrdiff_t ys, const Epilogue& ep,
+                                                   __m256 lo, __m256 hi, __m256i mask) {
   __m256 acc[4][NV];
   _Pragma("GCC unroll 8") for (int b = 0; b < 4; ++b) {
     const __m256 init =
@@ -73,7 +76,8 @@ __attribute__((always_inline)) inline void tile_b4(size_t p, const float* x, con
     const float* wj = val + 4 * static_cast<size_t>(j);
     _Pragma("GCC unroll 8") for (int b = 0; b < 4; ++b) {
       const __m256 wb = _mm256_broadcast_ss(wj + b);
-      _Pragma("GCC unroll 8") for (int v = 0; v < NV; ++v) acc[b][v] = _mm256_fmadd_ps(wb, xv[v], acc[b][v]);
+      _Pragma("GCC unroll 8") for (int v = 0; v < NV; ++v)
+        acc[b][v] = _mm256_fmadd_ps(wb, xv[v], acc[b][v]);
     }
   }
   // b is a compile-time index after unrolling (a run-time bound would put acc in memory)
@@ -122,9 +126,11 @@ void spmm_24x4_avx2(size_t n, const SpMat& w, int g_begin, int g_end, const floa
 // One tile of NV*8 pixels x 1 row.  Two accumulator sets (even/odd blocks) halve the
 // FMA dependency chains; they are summed before the epilogue.
 template <int NV, bool MASKED>
-__attribute__((always_inline)) inline void tile_b1(size_t p, const float* x, const int32_t* off, const float* val, int32_t j0,
-                    int32_t j1, int r, float* y, ptrdiff_t ys, const Epilogue& ep, __m256 lo,
-                    __m256 hi, __m256i mask) {
+__attribute__((always_inline)) inline void tile_b1(size_t p, const float* x,
+                                                   const int32_t* off, const float* val,
+                                                   int32_t j0, int32_t j1, int r, float* y,
+                                                   ptrdiff_t ys, const Epilogue& ep, __m256 lo,
+                                                   __m256 hi, __m256i mask) {
   __m256 a[NV], c[NV];
   const __m256 init = ep.bias ? _mm256_set1_ps(ep.bias[r]) : _mm256_setzero_ps();
   _Pragma("GCC unroll 8") for (int v = 0; v < NV; ++v) {

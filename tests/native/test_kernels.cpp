@@ -176,7 +176,8 @@ void check_spmm(const KernelTable& t, const SparseCase& c, int n, const EpiCase&
       const float got = y[r * ys + p];
       if (r >= rows || p >= n) {
         if (std::memcmp(&got, &kGuard, sizeof got) != 0) {
-          if (!bad++) std::snprintf(where, sizeof where, "guard overwritten at row %d px %td", r, p);
+          if (!bad++)
+            std::snprintf(where, sizeof where, "guard overwritten at row %d px %td", r, p);
         }
         continue;
       }
@@ -326,7 +327,8 @@ void dw_suite(const KernelTable& t) {
       }
   for (int k : {3, 5, 4})
     for (int S : {1, 2})
-      for (int p : {0, 1, 2}) check_dw(t, 4, 2500 + 3 * p + k, k, S, p, p, 2 - p, p, true, 0.0f, 6.0f);
+      for (int p : {0, 1, 2})
+        check_dw(t, 4, 2500 + 3 * p + k, k, S, p, p, 2 - p, p, true, 0.0f, 6.0f);
   check_dw(t, 3, 9001, 3, 1, 1, 1, 1, 1, true, -INFINITY, INFINITY);
   // Kernels larger than any specialisation.
   check_dw(t, 40, 37, 33, 1, 2, 1, 2, 3, true, -INFINITY, INFINITY);
