@@ -1,12 +1,254 @@
 // sparsekit._native: the kernels exposed to Python for tests and tooling.
+//
+// Every argument is validated here (the kernels trust their inputs, the way they trust the op
+// that repacks and validates a model's tensors); bad input raises ValueError.
+#include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <string>
+#include <vector>
+
 #include "kernels/kernels.h"
+
 namespace py = pybind11;
+
+namespace {
+
+using FArr = py::array_t<float, py::array::c_style | py::array::forcecast>;
+using IArr = py::array_t<int32_t, py::array::c_style | py::array::forcecast>;
+
+const sk::KernelTable& table_for(const std::string& name) {
+  for (sk::Isa isa : {sk::Isa::ref, sk::Isa::avx2, sk::Isa::avx512, sk::Isa::neon}) {
+    if (name == sk::isa_name(isa)) {
+      const sk::KernelTable* t = sk::kernels_for(isa);
+      if (!t) throw py::value_error("ISA '" + name + "' is not available on this CPU/build");
+      return *t;
+    }
+  }
+  throw py::value_error("unknown ISA '" + name + "' (expected ref, avx2, avx512 or neon)");
+}
+
+// A validated SpMat plus the arrays it points into, for one X of K rows x n pixels.
+struct Packed {
+  sk::SpMat w;
+  std::vector<int32_t> group_ptr, x_offset;
+  std::vector<float> values;
+  int K = 0;
+};
+
+Packed pack(int B, int rows, const IArr& group_ptr, const IArr& k_index, const FArr& values,
+            int K, size_t n) {
+  if (B != 1 && B != 4) throw py::value_error("B must be 1 or 4");
+  if (rows < 0) throw py::value_error("rows must be >= 0");
+  const int groups = (rows + B - 1) / B;
+  if (group_ptr.ndim() != 1 || group_ptr.shape(0) != groups + 1)
+    throw py::value_error("group_ptr must have ceil(rows/B) + 1 entries");
+  const int32_t* gp = group_ptr.data();
+  if (k_index.ndim() != 1) throw py::value_error("k_index must be 1-D");
+  const ptrdiff_t nblocks = k_index.shape(0);
+  if (gp[0] != 0 || gp[groups] != nblocks)
+    throw py::value_error("group_ptr must start at 0 and end at len(k_index)");
+  for (int g = 0; g < groups; ++g)
+    if (gp[g + 1] < gp[g]) throw py::value_error("group_ptr must be non-decreasing");
+  if (values.size() != nblocks * B)
+    throw py::value_error("values must hold len(k_index) * B floats");
+  if (static_cast<double>(K) * static_cast<double>(n) > std::numeric_limits<int32_t>::max())
+    throw py::value_error("K * n must fit in int32 (x offsets are int32)");
+  Packed p;
+  p.K = K;
+  p.group_ptr.assign(gp, gp + groups + 1);
+  p.x_offset.resize(nblocks);
+  const int32_t* ki = k_index.data();
+  for (ptrdiff_t j = 0; j < nblocks; ++j) {
+    if (ki[j] < 0 || ki[j] >= K) throw py::value_error("k_index out of range [0, K)");
+    p.x_offset[j] = static_cast<int32_t>(ki[j] * static_cast<int64_t>(n));
+  }
+  p.values.assign(values.data(), values.data() + values.size());
+  // rows past `rows` in the last group must be zero (the kernels may multiply by them)
+  if (B > 1 && rows % B) {
+    const int g = groups - 1;
+    for (int32_t j = p.group_ptr[g]; j < p.group_ptr[g + 1]; ++j)
+      for (int b = rows % B; b < B; ++b) p.values[static_cast<size_t>(j) * B + b] = 0.0f;
+  }
+  p.w.B = B;
+  p.w.rows = rows;
+  p.w.groups = groups;
+  p.w.group_ptr = p.group_ptr.data();
+  p.w.x_offset = p.x_offset.data();
+  p.w.values = p.values.data();
+  return p;
+}
+
+FArr check_x(const FArr& x) {
+  if (x.ndim() != 2) throw py::value_error("x must be 2-D [K, n]");
+  return x;
+}
+
+py::array_t<float> spmm(const std::string& isa, int B, int rows, const IArr& group_ptr,
+                        const IArr& k_index, const FArr& values, const FArr& x,
+                        const py::object& bias_o, const py::object& residual_o,
+                        bool residual_after_act, float lo, float hi) {
+  const sk::KernelTable& t = table_for(isa);
+  check_x(x);
+  const int K = static_cast<int>(x.shape(0));
+  const size_t n = static_cast<size_t>(x.shape(1));
+  Packed p = pack(B, rows, group_ptr, k_index, values, K, n);
+  sk::Epilogue ep;
+  FArr bias, residual;
+  if (!bias_o.is_none()) {
+    bias = FArr::ensure(bias_o);
+    if (!bias || bias.ndim() != 1 || bias.shape(0) != rows)
+      throw py::value_error("bias must be a float32 array of shape [rows]");
+    ep.bias = bias.data();
+  }
+  if (!residual_o.is_none()) {
+    residual = FArr::ensure(residual_o);
+    if (!residual || residual.ndim() != 2 || residual.shape(0) != rows ||
+        static_cast<size_t>(residual.shape(1)) != n)
+      throw py::value_error("residual must be a float32 array of shape [rows, n]");
+    ep.residual = residual.data();
+    ep.residual_stride = static_cast<ptrdiff_t>(n);
+  }
+  ep.residual_after_act = residual_after_act;
+  ep.lo = lo;
+  ep.hi = hi;
+  py::array_t<float> y({static_cast<py::ssize_t>(rows), static_cast<py::ssize_t>(n)});
+  float* yp = y.mutable_data();
+  const float* xp = x.data();
+  sk::SpmmFn fn = B == 4 ? t.spmm_b4 : t.spmm_b1;
+  {
+    py::gil_scoped_release nogil;
+    if (rows > 0 && n > 0) fn(n, p.w, 0, p.w.groups, xp, yp, static_cast<ptrdiff_t>(n), ep);
+  }
+  return y;
+}
+
+// Seconds per call (best of `repeats` timed calls after one warm-up), for benchmarks: the
+// minimum is the stable statistic on a shared, noisy machine.
+double time_spmm(const std::string& isa, int B, int rows, const IArr& group_ptr,
+                 const IArr& k_index, const FArr& values, const FArr& x, int repeats) {
+  const sk::KernelTable& t = table_for(isa);
+  check_x(x);
+  const int K = static_cast<int>(x.shape(0));
+  const size_t n = static_cast<size_t>(x.shape(1));
+  Packed p = pack(B, rows, group_ptr, k_index, values, K, n);
+  std::vector<float> y(static_cast<size_t>(rows) * n + 1);
+  std::vector<double> times;
+  sk::SpmmFn fn = B == 4 ? t.spmm_b4 : t.spmm_b1;
+  sk::Epilogue ep;
+  py::gil_scoped_release nogil;
+  for (int i = 0; i <= std::max(repeats, 1); ++i) {
+    const auto t0 = std::chrono::steady_clock::now();
+    fn(n, p.w, 0, p.w.groups, x.data(), y.data(), static_cast<ptrdiff_t>(n), ep);
+    const auto t1 = std::chrono::steady_clock::now();
+    if (i) times.push_back(std::chrono::duration<double>(t1 - t0).count());
+  }
+  return *std::min_element(times.begin(), times.end());
+}
+
+sk::DwShape dw_shape(const FArr& x, const FArr& w, int stride, int pad_t, int pad_l, int OH,
+                     int OW) {
+  if (x.ndim() != 2) throw py::value_error("x must be 2-D [H, W]");
+  if (w.ndim() != 2 || w.shape(0) != w.shape(1) || w.shape(0) < 1)
+    throw py::value_error("w must be a square 2-D [k, k] array");
+  if (stride < 1) throw py::value_error("stride must be >= 1");
+  if (pad_t < 0 || pad_l < 0) throw py::value_error("pads must be >= 0");
+  if (OH < 0 || OW < 0) throw py::value_error("OH and OW must be >= 0");
+  if (x.shape(0) < 1 || x.shape(1) < 1) throw py::value_error("x must not be empty");
+  const double big = 1 << 24;
+  if (x.shape(0) > big || x.shape(1) > big || w.shape(0) > 4096 || OH > big || OW > big ||
+      static_cast<double>(OH) * stride + w.shape(0) + pad_t > big ||
+      static_cast<double>(OW) * stride + w.shape(0) + pad_l > big)
+    throw py::value_error("dwconv shape too large");
+  sk::DwShape s;
+  s.H = static_cast<int>(x.shape(0));
+  s.W = static_cast<int>(x.shape(1));
+  s.OH = OH;
+  s.OW = OW;
+  s.k = static_cast<int>(w.shape(0));
+  s.stride = stride;
+  s.pad_t = pad_t;
+  s.pad_l = pad_l;
+  return s;
+}
+
+py::array_t<float> dwconv(const std::string& isa, const FArr& x, const FArr& w, int stride,
+                          int pad_t, int pad_l, int OH, int OW, float bias, float lo, float hi) {
+  const sk::KernelTable& t = table_for(isa);
+  const sk::DwShape s = dw_shape(x, w, stride, pad_t, pad_l, OH, OW);
+  py::array_t<float> y({static_cast<py::ssize_t>(OH), static_cast<py::ssize_t>(OW)});
+  float* yp = y.mutable_data();
+  {
+    py::gil_scoped_release nogil;
+    if (OH > 0 && OW > 0) t.dwconv(s, x.data(), w.data(), bias, lo, hi, yp);
+  }
+  return y;
+}
+
+// Seconds per call of dwconv over every plane of x [C, H, W] (best of `repeats`).
+double time_dwconv(const std::string& isa, const FArr& x, const FArr& w, int stride, int pad_t,
+                   int pad_l, int OH, int OW, int repeats) {
+  const sk::KernelTable& t = table_for(isa);
+  if (x.ndim() != 3 || w.ndim() != 3 || w.shape(0) != x.shape(0))
+    throw py::value_error("x must be [C, H, W] and w [C, k, k]");
+  const int C = static_cast<int>(x.shape(0));
+  FArr x0 = x[py::make_tuple(0)].cast<FArr>(), w0 = w[py::make_tuple(0)].cast<FArr>();
+  const sk::DwShape s = dw_shape(x0, w0, stride, pad_t, pad_l, OH, OW);
+  const size_t plane = static_cast<size_t>(s.H) * s.W, oplane = static_cast<size_t>(OH) * OW;
+  const size_t kk = static_cast<size_t>(s.k) * s.k;
+  std::vector<float> y(oplane * C + 1);
+  std::vector<double> times;
+  py::gil_scoped_release nogil;
+  for (int i = 0; i <= std::max(repeats, 1); ++i) {
+    const auto t0 = std::chrono::steady_clock::now();
+    for (int c = 0; c < C; ++c)
+      t.dwconv(s, x.data() + c * plane, w.data() + c * kk, 0.1f, 0.0f, 6.0f,
+               y.data() + c * oplane);
+    const auto t1 = std::chrono::steady_clock::now();
+    if (i) times.push_back(std::chrono::duration<double>(t1 - t0).count());
+  }
+  return *std::min_element(times.begin(), times.end());
+}
+
+}  // namespace
+
 PYBIND11_MODULE(_native, m) {
+  m.doc() = "sparsekit kernels (per ISA) for tests, benchmarks and tooling";
   m.def("available_isas", []() {
     py::list out;
     for (sk::Isa isa : {sk::Isa::ref, sk::Isa::avx2, sk::Isa::avx512, sk::Isa::neon})
       if (sk::kernels_for(isa)) out.append(sk::isa_name(isa));
     return out;
-  });
+  }, "ISAs whose kernels this build has and this CPU runs, reference first.");
+  m.def("selected_isa", []() {
+    const char* err = nullptr;
+    const sk::KernelTable* t = sk::select_kernels(&err);
+    if (!t) throw py::value_error(err ? err : "no kernels selected");
+    return std::string(t->name);
+  }, "The ISA the ops would use (best available, or SPARSEKIT_ISA); ValueError if that "
+     "variable names an unknown or unavailable ISA.");
+  const float inf = std::numeric_limits<float>::infinity();
+  m.def("spmm", &spmm, py::arg("isa"), py::arg("B"), py::arg("rows"), py::arg("group_ptr"),
+        py::arg("k_index"), py::arg("values"), py::arg("x"), py::arg("bias") = py::none(),
+        py::arg("residual") = py::none(), py::arg("residual_after_act") = false,
+        py::arg("lo") = -inf, py::arg("hi") = inf,
+        "y[rows, n] = clamp(W @ x + bias (+ residual)) (+ residual after act) with W given as "
+        "1xB row blocks: group g's blocks are group_ptr[g]:group_ptr[g+1], block j sits at "
+        "reduction index k_index[j] with weights values[j*B:(j+1)*B].");
+  m.def("time_spmm", &time_spmm, py::arg("isa"), py::arg("B"), py::arg("rows"),
+        py::arg("group_ptr"), py::arg("k_index"), py::arg("values"), py::arg("x"),
+        py::arg("repeats") = 20, "Best-of-repeats seconds per spmm call (no epilogue).");
+  m.def("dwconv", &dwconv, py::arg("isa"), py::arg("x"), py::arg("w"), py::arg("stride"),
+        py::arg("pad_t"), py::arg("pad_l"), py::arg("OH"), py::arg("OW"),
+        py::arg("bias") = 0.0f, py::arg("lo") = -inf, py::arg("hi") = inf,
+        "Depthwise conv of one plane x[H, W] with w[k, k]; out-of-range input is zero.");
+  m.def("time_dwconv", &time_dwconv, py::arg("isa"), py::arg("x"), py::arg("w"),
+        py::arg("stride"), py::arg("pad_t"), py::arg("pad_l"), py::arg("OH"), py::arg("OW"),
+        py::arg("repeats") = 20,
+        "Best-of-repeats seconds for dwconv (bias+ReLU6) over every plane of x[C, H, W].");
 }

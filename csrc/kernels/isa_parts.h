@@ -1,0 +1,16 @@
+// Kernels that one ISA file defines and that ISA's table (in another file of the same ISA)
+// refers to.  Each is a plain, non-inline function with an ISA-suffixed name, so no two
+// ISA builds of one symbol can exist for the linker to mix up.  Internal to csrc/kernels.
+#pragma once
+#include "kernels/kernels.h"
+
+namespace sk {
+
+void dwconv_avx2(const DwShape& s, const float* x, const float* w, float bias, float lo,
+                 float hi, float* y);
+void dwconv_avx512(const DwShape& s, const float* x, const float* w, float bias, float lo,
+                   float hi, float* y);
+void dwconv_neon(const DwShape& s, const float* x, const float* w, float bias, float lo,
+                 float hi, float* y);
+
+}  // namespace sk
