@@ -13,7 +13,7 @@ dev:                ## editable install for development (rebuilds C++ on reinsta
 test: test-native test-neon test-asan test-python   ## everything CI runs
 
 test-python:        ## the pytest suite against the installed package
-	$(PYTHON) -m pytest -q
+	$(PYTHON) -P -m pytest -q   # -P: test the installed package, not ./sparsekit
 
 test-native:        ## the C++ kernel test driver, every ISA this CPU has
 	cmake -S . -B build-native -G Ninja -DCMAKE_BUILD_TYPE=Release -DSPARSEKIT_PYTHON=OFF -DSPARSEKIT_NATIVE_TESTS=ON >/dev/null

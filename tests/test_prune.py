@@ -546,18 +546,9 @@ ZOO_SMALL = {
 }
 
 
-def _zoo():
-    try:
-        import models
-        return models
-    except Exception:  # the zoo is optional for these tests
-        return None
-
-
-@pytest.mark.skipif(_zoo() is None, reason="models/ zoo not importable")
 @pytest.mark.parametrize("name", sorted(ZOO_SMALL))
 def test_zoo_models(name):
-    models = _zoo()
+    from sparsekit import models
     try:
         m = models.build(name, **ZOO_SMALL[name])
     except TypeError:  # the builder's parameters changed: build at its defaults

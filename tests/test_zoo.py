@@ -11,7 +11,7 @@ import onnxruntime as ort
 import pytest
 from onnx import numpy_helper
 
-import models
+from sparsekit import models
 from sparsekit.errors import SparsekitError
 
 SMALL = {
