@@ -33,6 +33,8 @@ SparseGemmKernel::SparseGemmKernel(const Api& api, const OrtKernelInfo* info) : 
   w_ = read_sparse_weights(api, info, a, M_, "out_features", K_, "in_features");
   bias_ = read_bias(api, info, kInBias, M_, "out_features");
   panel_ = make_panel(w_, kt_);
+  row_xoff_.resize(w_.k.size());
+  direct_offsets(w_, 1, row_xoff_.data());
   log_verbose(api, info,
               std::string("sparsekit SparseGemm '") + node_name(api, info) + "': kernels " +
                   kt_->name + ", " + s(w_.nblocks()) + " nonzero blocks of " + s(w_.B) +
@@ -76,6 +78,21 @@ void SparseGemmKernel::compute(OrtKernelContext* ctx) const {
   ep0.hi = act_.hi;
   ep0.residual_after_act = residual_after_act_;
   ep0.residual_stride = T;
+
+  if (R == 1) {
+    // One row (a classifier after pooling, batch 1): X's row is the reduction "column" itself,
+    // read in place with offsets k, and Y's M values are its rows (stride 1, one pixel).  No
+    // gather, no scratch: in a network the panel and Y tile were cold-cache traffic every call.
+    const sk::SpMat m1 = spmat(w_, row_xoff_.data());
+    const GroupChunks gc = group_chunks(int(G));
+    parallel_for(api_, ctx, size_t(gc.n), [&](size_t i) {
+      const int c = int(i);
+      sk::Epilogue ep = ep0;
+      if (res) ep.residual = res, ep.residual_stride = 1;
+      spmm(1, m1, gc.begin(c), gc.end(c), x, y, 1, ep);
+    });
+    return;
+  }
 
   auto gather = [&](int64_t r0, int64_t len, float* panel) {
     for (int64_t t = 0; t < len; ++t) {

@@ -1,0 +1,66 @@
+#!/usr/bin/env python3
+"""Per-node times (ms per run, onnxruntime's profiler) of a zoo model, dense and sparse.
+
+    python benchmarks/profile_nodes.py --zoo mobilenet_v1 --pattern block --sparsity 0.9 --threads 1
+A diagnostic, not a benchmark: profiler times are per node, medians over runs.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+
+from sparsekit import bench as B
+
+
+def node_times(sess, feeds, runs):
+    for _ in range(3):
+        sess.run(None, feeds)
+    sess.end_profiling()
+    return None
+
+
+def profile(model, feeds, threads, runs, dense):
+    sess = (B.dense_session if dense else B.sparse_session)(model, threads, profile=True)
+    for _ in range(runs):
+        sess.run(None, feeds)
+    path = sess.end_profiling()
+    with open(path) as f:
+        events = json.load(f)
+    os.unlink(path)
+    per = {}
+    order = []
+    for e in events:
+        if e.get("cat") != "Node" or not e.get("name", "").endswith("_kernel_time"):
+            continue
+        name = e["name"][: -len("_kernel_time")]
+        if name not in per:
+            per[name] = (e.get("args", {}).get("op_name", "?"), [])
+            order.append(name)
+        per[name][1].append(e.get("dur", 0) / 1e3)
+    return [(n, per[n][0], statistics.median(per[n][1][1:] or per[n][1])) for n in order]
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--zoo", default="mobilenet_v1")
+    ap.add_argument("--pattern", default="block")
+    ap.add_argument("--sparsity", type=float, default=0.9)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--runs", type=int, default=30)
+    ap.add_argument("--dense", action="store_true")
+    a = ap.parse_args()
+    dense = B.zoo_model(a.zoo)
+    pruned, sparse, _, _ = B.prepare(dense, a.pattern, a.sparsity)
+    feeds = B.make_inputs(dense)
+    rows = profile(pruned if a.dense else sparse, feeds, a.threads, a.runs, a.dense)
+    tot = 0.0
+    for n, op, ms in rows:
+        tot += ms
+        print(f"{op:16s} {ms:7.3f}  {n}")
+    print(f"total {tot:.3f} ms")
+
+
+if __name__ == "__main__":
+    main()
