@@ -243,6 +243,7 @@ GEMMS = {
     "k-one": ([5, 1], 6),
     "rows-2000-k300": ([2000, 300], 10),   # several transposed panels, balanced tiles
     "rows-150-k1024": ([150, 1024], 9),    # few rows over several panels (group split)
+    "one-row-k1024": ([1, 1024], 1001),    # classifier: one row read in place, group chunks
 }
 
 

@@ -227,6 +227,11 @@ void SparseConvKernel::im2col(const float* x_img, int64_t H, int64_t W, int64_t 
         for (int64_t ox = ox0; ox < a; ++ox) dst[ox - ox0] = 0.0f;
         if (sw_ == 1) {
           if (b > a) std::memcpy(dst + (a - ox0), row + a + dx, size_t(b - a) * sizeof(float));
+        } else if (sw_ == 2) {  // the stride-2 stem convs: a loop GCC vectorises (shuffles)
+          float* __restrict d2 = dst + (a - ox0);
+          const float* __restrict s2 = row + 2 * a + dx;
+          const int64_t cnt = b - a;
+          for (int64_t i = 0; i < cnt; ++i) d2[i] = s2[2 * i];
         } else {
           for (int64_t ox = a; ox < b; ++ox) dst[ox - ox0] = row[ox * sw_ + dx];
         }
