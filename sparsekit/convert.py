@@ -869,39 +869,57 @@ def _plan_lstms(ctx: _Context, inc, exc, include, exclude, rows: Dict[int, Layer
                 why = "weights are not float32"
             elif W.ndim != 3 or R.ndim != 3:
                 why = "W/R are not 3-D"
-        D, H4 = (W.shape[0], W.shape[1]) if W is not None and W.ndim == 3 else (0, 0)
-        I = W.shape[2] if W is not None and W.ndim == 3 else 0
-        H = H4 // 4
-        shape = [int(D * H4), int(I + H)]
-        nbytes = 4 * (int(W.size) + int(R.size)) if W is not None else 0
-        density = (float(((W != 0).sum() + (R != 0).sum()) / (W.size + R.size))
-                   if W is not None and W.size + R.size else 1.0)
-        row = LayerDecision(name, "LSTM", shape, density, "-", "dense", "", dense_bytes=nbytes)
-        rows[i] = row
+        mats = {}
+        if W is not None and W.ndim == 3 and R.ndim == 3:
+            mats = {"W": W.reshape(-1, W.shape[2]), "R": R.reshape(-1, R.shape[2])}
+        # one report row per matrix, named like prune's (<node>/W, <node>/R); W's at key i
+        parts = {}
+        for part, key in (("W", i), ("R", i + 0.5)):
+            t = inits.get(node.input[1 if part == "W" else 2]) if len(node.input) > 2 else None
+            M2 = mats.get(part)
+            shape = list(M2.shape) if M2 is not None else \
+                ([int(np.prod(t.dims[:2])), int(t.dims[2])] if t is not None and len(t.dims) == 3
+                 else [])
+            density = float((M2 != 0).mean()) if M2 is not None and M2.size else 1.0
+            nbytes = 4 * int(np.prod(shape)) if shape else 0
+            if t is None:
+                continue
+            parts[part] = rows[key] = LayerDecision(f"{name}/{part}", "LSTM", shape, density,
+                                                    "-", "dense", "", dense_bytes=nbytes)
+
+        def dense(reason):
+            for r in parts.values():
+                r.reason = reason
+
         excluded = _excluded(name, inc, exc, include, exclude)
         if excluded:
-            row.reason = excluded
+            dense(excluded)
             continue
         if why:
-            row.reason = why
+            dense(why)
             continue
+        D, H4, I = W.shape
+        H = H4 // 4
         picks = []
-        for part, M2 in (("W", W.reshape(D * H4, I)), ("R", R.reshape(D * H4, H))):
-            choice, p = choose_format(M2, ctx.recipe.get(f"{name}/{part}"))
+        for part in ("W", "R"):
+            choice, p = choose_format(mats[part], ctx.recipe.get(f"{name}/{part}"))
+            parts[part].pattern = p.describe()
             if choice is None or choice.fmt != "bank" or choice.bank_size is None:
-                picks.append((part, None, p.describe()))
+                picks.append((part, None))
             else:
-                picks.append((part, choice, p.describe()))
-        row.pattern = "; ".join(f"{part}: {d}" for part, _, d in picks)
-        bad = [part for part, c, _ in picks if c is None]
-        if bad:
-            row.reason = f"{' and '.join(bad)} not bank-balanced (SparseLSTM takes bank-balanced W and R)"
+                picks.append((part, choice))
+        bad = [part for part, c in picks if c is None]
+        if all(r.pattern == "dense" for r in parts.values()):
+            dense("no zeros")
             continue
-        dens = {part: c.density for part, c, _ in picks}
+        if bad:
+            dense(f"{' and '.join(bad)} not bank-balanced (SparseLSTM takes bank-balanced W "
+                  "and R)")
+            continue
+        dens = {part: c.density for part, c in picks}
         if max(dens.values()) > LSTM_MAX_DENSITY:
-            row.reason = (f"density W {dens['W']:.2f} / R {dens['R']:.2f}: above "
-                          f"{LSTM_MAX_DENSITY:.2f}, the most at which SparseLSTM is expected "
-                          "to beat dense")
+            dense(f"density W {dens['W']:.2f} / R {dens['R']:.2f} > {LSTM_MAX_DENSITY:.2f}, "
+                  "the most at which SparseLSTM is expected to beat dense")
             continue
         cw, cr = picks[0][1], picks[1][1]
         # keep per row: a 1x4-grouped choice keeps the same positions in each row of a group
@@ -924,16 +942,19 @@ def _plan_lstms(ctx: _Context, inc, exc, include, exclude, rows: Dict[int, Layer
                                                    initial_h=ins[5], initial_c=ins[6],
                                                    direction=direction, **kw)
         except SparsekitError as e:
-            row.reason = f"could not pack: {e}"
+            dense(f"could not pack: {e}")
             continue
         taken.update(t.name for t in new_inits)
         layer = next(l for l in _lstm_layer_list(model, ctx.names) if l.index == i)
-        row.decision = "sparse"
-        row.format = f"bank W{cw.bank_size}/R{cr.bank_size} 1x1"
-        row.reason = (f"density W {dens['W']:.2f} / R {dens['R']:.2f} <= {LSTM_MAX_DENSITY:.2f} "
-                      "(SparseLSTM)")
-        row.sparse_bytes = sum(numpy_helper.to_array(t).nbytes for t in new_inits
-                               if not t.name.endswith(".B"))
+        by_name = {t.name: numpy_helper.to_array(t).nbytes for t in new_inits}
+        for part, c in picks:
+            r = parts[part]
+            r.decision = "sparse"
+            r.format = f"bank {c.bank_size} 1x1"
+            r.reason = (f"density W {dens['W']:.2f} / R {dens['R']:.2f} <= "
+                        f"{LSTM_MAX_DENSITY:.2f} (SparseLSTM)")
+            r.sparse_bytes = sum(v for k, v in by_name.items()
+                                 if k.endswith((f".{part}_values", f".{part}_indices")))
         plans[i] = _Plan(new, new_inits, [node], None, layer, cw)
 
 

@@ -588,6 +588,9 @@ def _skip_reason(c: Layer, spec, listed: bool, inc, exc, min_params, skip_first,
 
 def _geometry_problem(c: Layer, spec) -> Optional[str]:
     p = spec["pattern"]
+    if c.op == "LSTM" and p != "bank":
+        return ("LSTM weights are pruned with pattern 'bank' only (SparseLSTM takes "
+                "bank-balanced W and R)")
     if p == "block":
         a, b = spec.get("block") or DEFAULT_BLOCK
         if a > c.K or b > c.M:
