@@ -22,9 +22,10 @@ from .graph import Layer, get_attr, initializer_map, node_names
 __all__ = ["LSTM_DEFAULT_BANK", "lstm_layers", "lstm_unsupported", "make_sparse_lstm_node",
            "pack_bank_rows", "DEFAULT_ACTIVATIONS"]
 
-# Default bank size of prune for LSTM W/R: 32 keeps the whole bank in two zmm (AVX-512
-# vpermt2ps) or four ymm registers (AVX2) for the in-register gathers of the SpMV kernel.
-LSTM_DEFAULT_BANK = 32
+# Default bank size of prune for LSTM W/R: 16 keeps the bank in one zmm (AVX-512 vpermps) or
+# two ymm (AVX2 vpermps + blendv) for the SpMV kernel's in-register gathers; measured best
+# on AVX2 and within 20% of bank 32 on AVX-512 (docs/sequence.md).
+LSTM_DEFAULT_BANK = 16
 DEFAULT_ACTIVATIONS = ["Sigmoid", "Tanh", "Tanh"]
 DOMAIN = "ai.sparsekit"
 

@@ -269,8 +269,7 @@ def test_prune_and_convert_torch_style_lstm(bidirectional):
     pruned, rep = sparsekit.prune(m, "bank", 0.8)
     names = [r.name for r in rep.layers]
     assert names == ["/lstm/LSTM/W", "/lstm/LSTM/R"]
-    assert all(r.bank_size == 24 if r.name.endswith("W") else r.bank_size == 32
-               for r in rep.layers)  # min(32, K)
+    assert all(r.bank_size == 16 for r in rep.layers)  # LSTM_DEFAULT_BANK
     assert all(0.78 < r.achieved < 0.85 for r in rep.layers)
     meta = next(p.value for p in pruned.metadata_props if p.key == "sparsekit.recipe")
     assert "/lstm/LSTM/R" in meta
@@ -279,7 +278,7 @@ def test_prune_and_convert_torch_style_lstm(bidirectional):
     assert "SparseLSTM" in ops and "LSTM" not in ops, crep.layers
     row = next(l for l in crep.layers if l.op == "LSTM")
     rows = {l.name: l for l in crep.layers}
-    assert rows["/lstm/LSTM/W"].format == "bank 24 1x1" and rows["/lstm/LSTM/R"].format == "bank 32 1x1"
+    assert rows["/lstm/LSTM/W"].format == "bank 16 1x1" == rows["/lstm/LSTM/R"].format
     assert row.decision == "sparse"
     D = 2 if bidirectional else 1
     rng = np.random.default_rng(0)

@@ -6,7 +6,7 @@
 //   bank <= 32: vpermt2ps (permutex2var) on two
 //   bank <= 64: two vpermt2ps and a blend on bit 5 of the offset
 //   bank > 64:  vgatherdps from memory (fine on Intel, slow on Zen; the packer's default
-//               bank for LSTM weights is 32)
+//               bank for LSTM weights is 16)
 // One-byte offsets are widened with vpmovzxbd.  Four accumulators hide the FMA latency.
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #include <immintrin.h>
