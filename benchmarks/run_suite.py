@@ -18,6 +18,7 @@ SUITE = [  # (zoo model, pattern, sparsity, prune options)
     ("mobilenet_v2", "block", 0.85, {}),
     ("resnet50", "block", 0.80, {}),
     ("bert_layer", "bank", 0.80, {}),
+    ("bert_layer", "bank", 0.80, {"block": "1x4"}),   # 1x4 blocks balanced per bank
     ("lstm_lm", "bank", 0.80, {}),
 ]
 
@@ -37,6 +38,8 @@ def main() -> None:
             continue
         dense = B.zoo_model(name)
         pruned, sparse, _, crep = B.prepare(dense, pattern, sparsity, **kw)
+        if kw.get("block"):
+            pattern = f"{pattern}{kw['block']}"
         feeds = B.make_inputs(pruned)
         rep = B.bench(sparse, pruned, threads=threads, runs=args.runs, seconds=args.seconds,
                       feeds=feeds, profile=False, memory=False,

@@ -215,6 +215,101 @@ double time_dwconv(const std::string& isa, const FArr& x, const FArr& w, int str
   return *std::min_element(times.begin(), times.end());
 }
 
+// ---- bank-balanced SpMV: canonical [rows, nbanks, keep] in, the table's interleaved layout --
+using U8Arr = py::array_t<uint8_t, py::array::c_style | py::array::forcecast>;
+
+struct PackedBank {
+  sk::BankMat w;
+  std::vector<float> values;
+  std::vector<uint8_t> offs;
+  std::vector<float> x;  // padded to nbanks*bank_size + 64
+};
+
+PackedBank pack_bank_rows(const sk::KernelTable& t, const FArr& values, const U8Arr& offs,
+                          int bank_size, int K, const FArr& x) {
+  if (values.ndim() != 3) throw py::value_error("values must be 3-D [rows, nbanks, keep]");
+  if (offs.ndim() != 3 || offs.shape(0) != values.shape(0) || offs.shape(1) != values.shape(1) ||
+      offs.shape(2) != values.shape(2))
+    throw py::value_error("offs must have values' shape");
+  if (bank_size < 1 || bank_size > 256) throw py::value_error("bank_size must be in [1, 256]");
+  if (K < 1 || K > (1 << 24)) throw py::value_error("K must be in [1, 2^24]");
+  const int rows = static_cast<int>(values.shape(0));
+  const int nbanks = (K + bank_size - 1) / bank_size;
+  const int keep = static_cast<int>(values.shape(2));
+  if (values.shape(1) != nbanks) throw py::value_error("values.shape[1] must be ceil(K / bank_size)");
+  if (keep > bank_size) throw py::value_error("keep must be <= bank_size");
+  if (rows < 1 || static_cast<double>(rows) * nbanks * keep > 1e9)
+    throw py::value_error("rows must be >= 1 (and the matrix not huge)");
+  if (x.ndim() != 1 || x.shape(0) != K) throw py::value_error("x must be 1-D [K]");
+  PackedBank p;
+  const int L = t.spmv_lanes;
+  const int groups = (rows + L - 1) / L;
+  const size_t n = static_cast<size_t>(groups) * nbanks * keep * L;
+  p.values.assign(n, 0.0f);
+  p.offs.assign(n, 0);
+  const float* v = values.data();
+  const uint8_t* o = offs.data();
+  for (int r = 0; r < rows; ++r)
+    for (int b = 0; b < nbanks; ++b) {
+      const int len = std::min(bank_size, K - b * bank_size);
+      for (int q = 0; q < keep; ++q) {
+        const size_t src = (static_cast<size_t>(r) * nbanks + b) * keep + q;
+        if (o[src] >= len) throw py::value_error("an offset is not below its bank's length");
+        const size_t dst =
+            ((static_cast<size_t>(r / L) * nbanks + b) * keep + q) * L + static_cast<size_t>(r % L);
+        p.values[dst] = v[src];
+        p.offs[dst] = o[src];
+      }
+    }
+  p.x.assign(static_cast<size_t>(nbanks) * bank_size + 64, 0.0f);
+  std::copy(x.data(), x.data() + K, p.x.begin());
+  p.w.rows = rows;
+  p.w.lanes = L;
+  p.w.groups = groups;
+  p.w.nbanks = nbanks;
+  p.w.bank_size = bank_size;
+  p.w.keep = keep;
+  p.w.values = p.values.data();
+  p.w.offs = p.offs.data();
+  return p;
+}
+
+py::array_t<float> spmv_bank(const std::string& isa, const FArr& values, const U8Arr& offs,
+                             int bank_size, int K, const FArr& x, const py::object& init_o) {
+  const sk::KernelTable& t = table_for(isa);
+  PackedBank p = pack_bank_rows(t, values, offs, bank_size, K, x);
+  FArr init;
+  if (!init_o.is_none()) {
+    init = FArr::ensure(init_o);
+    if (!init || init.ndim() != 1 || init.shape(0) != p.w.rows)
+      throw py::value_error("init must be a float32 array of shape [rows]");
+  }
+  py::array_t<float> y(static_cast<py::ssize_t>(p.w.rows));
+  float* yp = y.mutable_data();
+  const float* ip = init_o.is_none() ? nullptr : init.data();
+  {
+    py::gil_scoped_release nogil;
+    t.spmv_bank(p.w, 0, p.w.groups, p.x.data(), ip, yp);
+  }
+  return y;
+}
+
+double time_spmv_bank(const std::string& isa, const FArr& values, const U8Arr& offs,
+                      int bank_size, int K, const FArr& x, int repeats) {
+  const sk::KernelTable& t = table_for(isa);
+  PackedBank p = pack_bank_rows(t, values, offs, bank_size, K, x);
+  std::vector<float> y(static_cast<size_t>(p.w.rows));
+  std::vector<double> times;
+  py::gil_scoped_release nogil;
+  for (int i = 0; i <= std::max(repeats, 1); ++i) {
+    const auto t0 = std::chrono::steady_clock::now();
+    t.spmv_bank(p.w, 0, p.w.groups, p.x.data(), nullptr, y.data());
+    const auto t1 = std::chrono::steady_clock::now();
+    if (i) times.push_back(std::chrono::duration<double>(t1 - t0).count());
+  }
+  return *std::min_element(times.begin(), times.end());
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_native, m) {
@@ -251,4 +346,11 @@ PYBIND11_MODULE(_native, m) {
         py::arg("stride"), py::arg("pad_t"), py::arg("pad_l"), py::arg("OH"), py::arg("OW"),
         py::arg("repeats") = 20,
         "Best-of-repeats seconds for dwconv (bias+ReLU6) over every plane of x[C, H, W].");
+  m.def("spmv_bank", &spmv_bank, py::arg("isa"), py::arg("values"), py::arg("offs"),
+        py::arg("bank_size"), py::arg("K"), py::arg("x"), py::arg("init") = py::none(),
+        "y[rows] = init + W @ x for a bank-balanced W given as values/offs [rows, nbanks, keep] "
+        "(entry (r, b, q) sits at k = b*bank_size + offs[r, b, q]; bank_size <= 256).");
+  m.def("time_spmv_bank", &time_spmv_bank, py::arg("isa"), py::arg("values"), py::arg("offs"),
+        py::arg("bank_size"), py::arg("K"), py::arg("x"), py::arg("repeats") = 20,
+        "Best-of-repeats seconds per spmv_bank call.");
 }

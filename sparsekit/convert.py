@@ -190,6 +190,8 @@ def convert(model_or_path, *, max_density: Optional[Dict[str, float]] = None,
                 plans[layer.index] = plan
         tick(layer.name)
 
+    _plan_lstms(ctx, inc, exc, include, exclude, rows, plans)
+
     # a weight some node that stays keeps reading stays in the file (and is not saved)
     for i, plan in plans.items():
         users = [ctx.names[j] for j, n in enumerate(model.graph.node)
@@ -835,3 +837,127 @@ def _sessions(dense, sparse, threads):
     from .bench import dense_session, sparse_session
 
     return dense_session(dense, threads), sparse_session(sparse, threads)
+
+
+# ---------------------------------------------------------------------------------------------
+# LSTM -> SparseLSTM (sequence.py, docs/sequence.md)
+
+# Most stored density (of W and of R) at which SparseLSTM is used: the recurrence is
+# memory-bound, a bank entry costs 5 bytes (value + 1-byte offset) against 4 dense.
+LSTM_MAX_DENSITY = 0.5
+
+
+def _plan_lstms(ctx: _Context, inc, exc, include, exclude, rows: Dict[int, LayerDecision],
+                plans: Dict[int, _Plan]) -> None:
+    from .sequence import lstm_unsupported, make_sparse_lstm_node, pack_bank_rows
+    model = ctx.model
+    inits = ctx.index.initializers
+    taken = {t.name for t in model.graph.initializer} | {o for n in model.graph.node
+                                                         for o in n.output}
+    for i, node in enumerate(model.graph.node):
+        if node.op_type != "LSTM" or node.domain not in _ONNX_DOMAINS:
+            continue
+        name = ctx.names[i]
+        why = lstm_unsupported(node, inits, ctx.graph_inputs)
+        if why is None and (not node.output or not node.output[0]):
+            why = "output Y is unnamed (SparseLSTM writes Y, Y_h and Y_c)"
+        W = R = None
+        if why is None:
+            W = numpy_helper.to_array(inits[node.input[1]])
+            R = numpy_helper.to_array(inits[node.input[2]])
+            if W.dtype != np.float32 or R.dtype != np.float32:
+                why = "weights are not float32"
+            elif W.ndim != 3 or R.ndim != 3:
+                why = "W/R are not 3-D"
+        mats = {}
+        if W is not None and W.ndim == 3 and R.ndim == 3:
+            mats = {"W": W.reshape(-1, W.shape[2]), "R": R.reshape(-1, R.shape[2])}
+        # one report row per matrix, named like prune's (<node>/W, <node>/R); W's at key i
+        parts = {}
+        for part, key in (("W", i), ("R", i + 0.5)):
+            t = inits.get(node.input[1 if part == "W" else 2]) if len(node.input) > 2 else None
+            M2 = mats.get(part)
+            shape = list(M2.shape) if M2 is not None else \
+                ([int(np.prod(t.dims[:2])), int(t.dims[2])] if t is not None and len(t.dims) == 3
+                 else [])
+            density = float((M2 != 0).mean()) if M2 is not None and M2.size else 1.0
+            nbytes = 4 * int(np.prod(shape)) if shape else 0
+            if t is None:
+                continue
+            parts[part] = rows[key] = LayerDecision(f"{name}/{part}", "LSTM", shape, density,
+                                                    "-", "dense", "", dense_bytes=nbytes)
+
+        def dense(reason):
+            for r in parts.values():
+                r.reason = reason
+
+        excluded = _excluded(name, inc, exc, include, exclude)
+        if excluded:
+            dense(excluded)
+            continue
+        if why:
+            dense(why)
+            continue
+        D, H4, I = W.shape
+        H = H4 // 4
+        picks = []
+        for part in ("W", "R"):
+            choice, p = choose_format(mats[part], ctx.recipe.get(f"{name}/{part}"))
+            parts[part].pattern = p.describe()
+            if choice is None or choice.fmt != "bank" or choice.bank_size is None:
+                picks.append((part, None))
+            else:
+                picks.append((part, choice))
+        bad = [part for part, c in picks if c is None]
+        if all(r.pattern == "dense" for r in parts.values()):
+            dense("no zeros")
+            continue
+        if bad:
+            dense(f"{' and '.join(bad)} not bank-balanced (SparseLSTM takes bank-balanced W "
+                  "and R)")
+            continue
+        dens = {part: c.density for part, c in picks}
+        if max(dens.values()) > LSTM_MAX_DENSITY:
+            dense(f"density W {dens['W']:.2f} / R {dens['R']:.2f} > {LSTM_MAX_DENSITY:.2f}, "
+                  "the most at which SparseLSTM is expected to beat dense")
+            continue
+        cw, cr = picks[0][1], picks[1][1]
+        # keep per row: a 1x4-grouped choice keeps the same positions in each row of a group
+        kw = dict(w_bank_size=cw.bank_size, r_bank_size=cr.bank_size, w_keep=cw.keep,
+                  r_keep=cr.keep)
+        ins = list(node.input) + [""] * (8 - len(node.input))
+        outs = list(node.output) + [""] * (3 - len(node.output))
+        base = name
+        k = 1
+        while any(f"{base}{sfx}" in taken for sfx in (".W_values", ".W_indices", ".R_values",
+                                                      ".R_indices", ".B", ".Y", ".Y_h", ".Y_c")):
+            base = f"{name}_{k}"
+            k += 1
+        outs = [o if o else f"{base}.{part}_unused" for o, part in zip(outs, ("Y", "Y_h", "Y_c"))]
+        direction = get_attr(node, "direction", b"forward")
+        direction = direction.decode() if isinstance(direction, bytes) else str(direction)
+        Bv = numpy_helper.to_array(inits[ins[3]]).astype(np.float32) if ins[3] else None
+        try:
+            new, new_inits = make_sparse_lstm_node(base, ins[0], outs, W, R, Bv,
+                                                   initial_h=ins[5], initial_c=ins[6],
+                                                   direction=direction, **kw)
+        except SparsekitError as e:
+            dense(f"could not pack: {e}")
+            continue
+        taken.update(t.name for t in new_inits)
+        layer = next(l for l in _lstm_layer_list(model, ctx.names) if l.index == i)
+        by_name = {t.name: numpy_helper.to_array(t).nbytes for t in new_inits}
+        for part, c in picks:
+            r = parts[part]
+            r.decision = "sparse"
+            r.format = f"bank {c.bank_size} 1x1"
+            r.reason = (f"density W {dens['W']:.2f} / R {dens['R']:.2f} <= "
+                        f"{LSTM_MAX_DENSITY:.2f} (SparseLSTM)")
+            r.sparse_bytes = sum(v for k, v in by_name.items()
+                                 if k.endswith((f".{part}_values", f".{part}_indices")))
+        plans[i] = _Plan(new, new_inits, [node], None, layer, cw)
+
+
+def _lstm_layer_list(model, names):
+    from .sequence import lstm_layers
+    return list(lstm_layers(model, names))

@@ -451,7 +451,7 @@ def prune(model_or_path, pattern: str = "block", sparsity: float = 0.9, *,
         report.notes.extend(fold_notes)
         names = node_names(g)  # same names for the nodes that remain (per-op-type numbering)
 
-    candidates = list(prunable_layers(model, names))
+    candidates = _with_lstm_layers(model, names, list(prunable_layers(model, names)))
     if not candidates:
         raise SparsekitError("no prunable layer: the model has no Conv, Gemm or MatMul "
                              "with a constant weight initializer")
@@ -588,6 +588,9 @@ def _skip_reason(c: Layer, spec, listed: bool, inc, exc, min_params, skip_first,
 
 def _geometry_problem(c: Layer, spec) -> Optional[str]:
     p = spec["pattern"]
+    if c.op == "LSTM" and p != "bank":
+        return ("LSTM weights are pruned with pattern 'bank' only (SparseLSTM takes "
+                "bank-balanced W and R)")
     if p == "block":
         a, b = spec.get("block") or DEFAULT_BLOCK
         if a > c.K or b > c.M:
@@ -602,7 +605,7 @@ def _make_mask(c: Layer, W: np.ndarray, spec) -> Tuple[np.ndarray, Dict[str, Any
     p, s = spec["pattern"], spec["sparsity"]
     if p == "bank":
         if spec.get("bank_size") is None and spec.get("banks") is None:
-            bs = min(DEFAULT_BANK_SIZE, c.K)
+            bs = min(_default_bank_size(c), c.K)
         else:
             bs = resolve_bank_size(c.K, spec.get("bank_size"), spec.get("banks"))
         rows = spec["block"][1] if spec.get("block") is not None else 1
@@ -622,6 +625,8 @@ def _flops(c: Layer, shapes) -> Optional[int]:
     n = 1
     for d in dims:
         n *= d if isinstance(d, int) and d > 0 else 1
+    if c.op == "LSTM":
+        n *= 4  # Y [seq, D, batch, H] has a quarter of the D*4H gate rows per step
     return 2 * n * c.K
 
 
@@ -690,3 +695,24 @@ def _write_metadata(model: onnx.ModelProto, report: PruneReport, current: set,
         entry = model.metadata_props.add()
         entry.key = METADATA_KEY
         entry.value = value
+
+
+# --------------------------------------------------------------------------- LSTM (sequence.py)
+
+def _with_lstm_layers(model: onnx.ModelProto, names: List[str],
+                      candidates: List[Layer]) -> List[Layer]:
+    """The Conv/Gemm/MatMul candidates plus each ONNX LSTM's W and R ([D*4H, I], [D*4H, H]
+    row matrices, banks along the input axis), in graph order."""
+    from .sequence import lstm_layers
+    extra = list(lstm_layers(model, names))
+    if not extra:
+        return candidates
+    return sorted(candidates + extra, key=lambda c: c.index)  # stable: W before R
+
+
+def _default_bank_size(c: Layer) -> int:
+    """prune's bank size when neither bank_size nor banks is given (before min(., K))."""
+    if c.op == "LSTM":
+        from .sequence import LSTM_DEFAULT_BANK
+        return LSTM_DEFAULT_BANK
+    return DEFAULT_BANK_SIZE

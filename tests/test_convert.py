@@ -15,8 +15,9 @@ import importlib
 
 import sparsekit
 from sparsekit.cli import main
-from sparsekit.convert import CONVERTED_KEY, DEFAULT_MAX_DENSITY, convert
+from sparsekit.convert import LSTM_MAX_DENSITY, CONVERTED_KEY, DEFAULT_MAX_DENSITY, convert
 from sparsekit.detect import ragged_keep
+from sparsekit.sequence import lstm_layers
 from sparsekit.errors import SparsekitError
 from sparsekit.graph import prunable_layers
 from sparsekit.models import build
@@ -187,6 +188,14 @@ def test_zoo_outputs_match_pruned_model(name, pattern, sparsity):
     limits = DEFAULT_MAX_DENSITY
     for n in pruned_names:
         row = rows[n]
+        if row.op == "LSTM":  # SparseLSTM (sequence.py): bank-balanced W and R, density <= 0.5
+            if row.decision == "sparse":
+                assert pattern.startswith("bank") and row.format.startswith("bank "), (n, row)
+                assert row.density <= LSTM_MAX_DENSITY + 1e-9, (n, row)
+            else:
+                assert "not bank-balanced" in row.reason or \
+                    f"> {LSTM_MAX_DENSITY:.2f}" in row.reason, (n, row)
+            continue
         # the format follows the pattern; the decision follows the threshold of that format
         # (a small layer's rows can balance by chance: block/unstructured masks may then be
         # packed as one bank per row, which is as good as bsr)
@@ -200,7 +209,7 @@ def test_zoo_outputs_match_pruned_model(name, pattern, sparsity):
             assert row.decision == "dense" and row.format is None
             assert f"> {limits[key]:.2f}" in row.reason, (n, row)
             assert row.density > limits[key] - 0.02, (n, row)
-    decisions = {rows[n].decision for n in pruned_names}
+    decisions = {rows[n].decision for n in pruned_names if rows[n].op != "LSTM"}
     if pattern in ("block", "bank1x4") or sparsity == 0.9:
         assert decisions == {"sparse"}
     else:  # single weights at density 0.5 are above the block1 limit (0.3)
@@ -211,7 +220,8 @@ def test_zoo_outputs_match_pruned_model(name, pattern, sparsity):
             assert row.reason == "no zeros"
     # every sparse op and DepthwiseConv in the file is a converted row, and vice versa
     kinds = [n.op_type for n in sparse_nodes(sparse)]
-    assert len(kinds) == report.totals["converted"] + report.totals["depthwise"]
+    n_rows = len(kinds) + kinds.count("SparseLSTM")  # one row each for an LSTM's W and R
+    assert n_rows == report.totals["converted"] + report.totals["depthwise"]
 
 
 @pytest.mark.parametrize("name", ["mobilenet_v1", "mobilenet_v2"])
@@ -231,7 +241,9 @@ def test_depthwise_convs_between_sparse_ops_become_depthwiseconv(name):
 
 def test_file_shrinks_at_90_percent_1x4_and_report_bytes_are_the_initializers():
     for name in ZOO:
-        pruned, _ = sparsekit.prune(zoo(name), sparsity=0.9, min_params=0)
+        # LSTM weights are pruned with the bank pattern only (SparseLSTM)
+        pattern = "bank" if name == "lstm_lm" else "block"
+        pruned, _ = sparsekit.prune(zoo(name), pattern, sparsity=0.9, min_params=0)
         sparse, report = convert(pruned)
         t = report.totals
         assert t["converted"] > 0
@@ -239,12 +251,12 @@ def test_file_shrinks_at_90_percent_1x4_and_report_bytes_are_the_initializers():
         # what the report says is what the file holds
         inits = {x.name: numpy_helper.to_array(x) for x in sparse.graph.initializer}
         packed = sum(inits[i].nbytes for n in sparse_nodes(sparse) if n.op_type != "DepthwiseConv"
-                     for i in n.input[1:4] if i)
+                     for i in n.input[1:5 if n.op_type == "SparseLSTM" else 4] if i)
         assert packed == t["converted_sparse_bytes"]
         src = {x.name: x for x in pruned.graph.initializer}
         by_name = {l.name: l for l in report.layers}
         dense = 0
-        for layer in prunable_layers(pruned):
+        for layer in list(prunable_layers(pruned)) + list(lstm_layers(pruned)):
             if by_name[layer.name].decision == "sparse":
                 dense += numpy_helper.to_array(src[layer.weight]).nbytes
         assert dense == t["converted_dense_bytes"]

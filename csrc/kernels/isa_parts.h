@@ -13,4 +13,13 @@ void dwconv_avx512(const DwShape& s, const float* x, const float* w, float bias,
 void dwconv_neon(const DwShape& s, const float* x, const float* w, float bias, float lo,
                  float hi, float* y);
 
+void spmv_bank_ref(const BankMat& w, int g_begin, int g_end, const float* x, const float* init,
+                   float* y);
+void spmv_bank_avx2(const BankMat& w, int g_begin, int g_end, const float* x, const float* init,
+                    float* y);
+void spmv_bank_avx512(const BankMat& w, int g_begin, int g_end, const float* x,
+                      const float* init, float* y);
+void spmv_bank_neon(const BankMat& w, int g_begin, int g_end, const float* x, const float* init,
+                    float* y);
+
 }  // namespace sk

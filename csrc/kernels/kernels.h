@@ -62,6 +62,31 @@ struct DwShape {
 using DwConvFn = void (*)(const DwShape& s, const float* x, const float* w, float bias,
                           float lo, float hi, float* y);
 
+// Bank-balanced matrix-vector product, the 1-row case (LSTM recurrence, decoding).
+// Rows are interleaved in groups of L = KernelTable::spmv_lanes: lane l of group g is row
+// g*L + l.  Every row keeps `keep` entries in each of the `nbanks` banks of `bank_size`
+// consecutive reduction positions, so all lanes step through the same (bank, q) sequence:
+//   values[((g*nbanks + b)*keep + q)*L + l], offs[same]  (offs: in-bank offset, < bank_size).
+// Padding entries (ragged last bank, lanes past `rows`) hold value 0 and a valid offset.
+// bank_size <= 256 (one-byte offsets); the SIMD kernels gather inside registers for banks of
+// up to 16/32/64 (AVX2 8/16/32) floats and use a hardware gather beyond that.
+struct BankMat {
+  int rows = 0;
+  int lanes = 0;
+  int groups = 0;      // ceil(rows / lanes)
+  int nbanks = 0;
+  int bank_size = 0;   // 1..256
+  int keep = 0;        // entries per bank per row, 0..bank_size
+  const float* values = nullptr;
+  const uint8_t* offs = nullptr;
+};
+// For rows of groups [g_begin, g_end):
+//   y[r] = (init ? init[r] : 0) + sum_{b,q} values[..] * x[b*bank_size + offs[..]]
+// x must be readable for nbanks*bank_size + 64 floats (the kernels load whole banks);
+// positions past the matrix's K may hold anything finite.  y and init have `rows` entries.
+using SpmvFn = void (*)(const BankMat& w, int g_begin, int g_end, const float* x,
+                        const float* init, float* y);
+
 struct KernelTable {
   Isa isa;
   const char* name;   // "ref", "avx2", ...
@@ -69,6 +94,8 @@ struct KernelTable {
   SpmmFn spmm_b1;     // B == 1
   SpmmFn spmm_b4;     // B == 4
   DwConvFn dwconv;    // any k, stride (the SIMD ones specialise 3x3/5x5, stride 1/2)
+  int spmv_lanes;     // rows interleaved per group in BankMat (ref 8, avx2 8, avx512 16, neon 4)
+  SpmvFn spmv_bank;   // bank-balanced matrix-vector product
 };
 
 // Per-ISA tables; null when that ISA was not compiled in or the CPU lacks it.

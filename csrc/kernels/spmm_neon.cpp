@@ -176,7 +176,8 @@ void spmm_16x1_neon(size_t n, const SpMat& w, int g_begin, int g_end, const floa
   }
 }
 
-const KernelTable kTable = {Isa::neon, "neon", 16, spmm_16x1_neon, spmm_16x4_neon, dwconv_neon};
+const KernelTable kTable = {Isa::neon, "neon", 16, spmm_16x1_neon, spmm_16x4_neon, dwconv_neon,
+                            4, spmv_bank_neon};
 
 }  // namespace
 

@@ -1,4 +1,5 @@
 // Scalar reference kernels: the definition every SIMD kernel is tested against.
+#include "kernels/isa_parts.h"
 #include "kernels/kernels.h"
 
 namespace sk {
@@ -51,7 +52,8 @@ void dwconv_ref(const DwShape& s, const float* x, const float* w, float bias, fl
   }
 }
 
-const KernelTable kTable = {Isa::ref, "ref", 1, spmm_ref, spmm_ref, dwconv_ref};
+const KernelTable kTable = {Isa::ref, "ref", 1, spmm_ref, spmm_ref, dwconv_ref,
+                            8, spmv_bank_ref};
 
 }  // namespace
 

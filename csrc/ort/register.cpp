@@ -1,5 +1,5 @@
 // RegisterCustomOps: the library's only exported symbol.  Registers domain "ai.sparsekit"
-// (op set 1) with SparseConv, SparseGemm and DepthwiseConv.
+// (op set 1) with SparseConv, SparseGemm, DepthwiseConv and SparseLSTM.
 //
 // ABI rules followed here (shared/ort-abi.md): the API table comes only from the OrtApiBase
 // argument (GetApi(17); NULL on an older runtime -> return NULL, the ops stay unregistered);
@@ -11,8 +11,10 @@
 #include <mutex>
 #include <new>
 #include <string>
+#include <type_traits>
 #include <vector>
 
+#include "ort/lstm.h"
 #include "ort/ops.h"
 
 namespace skort {
@@ -39,6 +41,21 @@ float* get_output(const Api& api, OrtKernelContext* ctx, const std::vector<int64
 }
 
 namespace {
+
+// An op's outputs: K::outputs() where the kernel declares them (SparseLSTM), else one
+// required float32 output.
+template <class K, class = void>
+struct OutputSpec {
+  static const std::vector<IoSpec>& get() {
+    static const std::vector<IoSpec> v = {
+        {ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, INPUT_OUTPUT_REQUIRED}};
+    return v;
+  }
+};
+template <class K>
+struct OutputSpec<K, std::void_t<decltype(K::outputs())>> {
+  static const std::vector<IoSpec>& get() { return K::outputs(); }
+};
 
 OrtStatus* make_status(const Api& api, OrtErrorCode code, const char* op, const std::string& node,
                        const char* msg) {
@@ -97,12 +114,14 @@ struct OpDef {
     const auto& in = K::inputs();
     return i < in.size() ? in[i].ch : INPUT_OUTPUT_OPTIONAL;
   }
-  static size_t output_count(const OrtCustomOp*) { return 1; }
-  static ONNXTensorElementDataType output_type(const OrtCustomOp*, size_t) {
-    return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
+  static size_t output_count(const OrtCustomOp*) { return OutputSpec<K>::get().size(); }
+  static ONNXTensorElementDataType output_type(const OrtCustomOp*, size_t i) {
+    const auto& out = OutputSpec<K>::get();
+    return i < out.size() ? out[i].type : ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED;
   }
-  static OrtCustomOpInputOutputCharacteristic output_ch(const OrtCustomOp*, size_t) {
-    return INPUT_OUTPUT_REQUIRED;
+  static OrtCustomOpInputOutputCharacteristic output_ch(const OrtCustomOp*, size_t i) {
+    const auto& out = OutputSpec<K>::get();
+    return i < out.size() ? out[i].ch : INPUT_OUTPUT_OPTIONAL;
   }
   static OrtMemType mem_type(const OrtCustomOp*, size_t) { return OrtMemTypeDefault; }
   static int variadic_min_arity(const OrtCustomOp*) { return 1; }
@@ -167,7 +186,8 @@ extern "C" __attribute__((visibility("default"))) OrtStatus* RegisterCustomOps(
     check(api, api.CreateCustomOpDomain()("ai.sparsekit", &domain), "CreateCustomOpDomain");
     parked.push_back(domain);
     for (const OrtCustomOp* op : {OpDef<SparseConvKernel>::op(), OpDef<SparseGemmKernel>::op(),
-                                  OpDef<DepthwiseConvKernel>::op()})
+                                  OpDef<DepthwiseConvKernel>::op(),
+                                  OpDef<SparseLSTMKernel>::op()})
       check(api, api.CustomOpDomain_Add()(domain, op), "CustomOpDomain_Add");
     check(api, api.AddCustomOpDomain()(options, domain), "AddCustomOpDomain");
     return nullptr;
