@@ -31,8 +31,8 @@ bench:              ## benchmarks (not tests): dense onnxruntime vs sparsekit, s
 	$(PYTHON) benchmarks/run_suite.py --threads 1,2
 	$(PYTHON) benchmarks/bench_pointwise.py --threads 1,2
 
-lint:
-	$(PYTHON) -m ruff check sparsekit models tests benchmarks || true
+lint:               ## ruff (pip install ruff)
+	$(PYTHON) -m ruff check sparsekit models tests benchmarks
 
 clean:
 	rm -rf build build-* dist *.egg-info

@@ -320,7 +320,8 @@ def finish(g: GraphBuilder, model_name: str, description: str, **params) -> onnx
     for out in model.graph.output:
         got = shapes.get(out.name)
         if got is not None and _dims(got) != _dims(out):
-            raise AssertionError(f"{model_name}: output {out.name} inferred as {_dims(got)}, declared {_dims(out)}")
+            raise AssertionError(f"{model_name}: output {out.name} inferred as {_dims(got)}, "
+                                 f"declared {_dims(out)}")
     declared = {vi.name for vi in model.graph.output}
     model.graph.value_info.extend(vi for vi in inferred.graph.value_info if vi.name not in declared)
     return model

@@ -282,8 +282,8 @@ def bench(sparse_model, dense_model, *, threads: Sequence[int] = (1,), runs: int
     for t in threads:
         ds, ss = dense_session(dense, t), sparse_session(sparse, t)
         tick = (lambda done, total, t=t: progress(done, total, f"{t} thread(s)")) if progress else None
-        times = interleaved({"dense": lambda: ds.run(None, feeds),
-                             "sparse": lambda: ss.run(None, feeds)},
+        times = interleaved({"dense": lambda ds=ds: ds.run(None, feeds),
+                             "sparse": lambda ss=ss: ss.run(None, feeds)},
                             warmup=warmup, runs=runs, seconds=seconds, progress=tick)
         r = ratio(times["dense"], times["sparse"])
         tr = ThreadResult(t, Stats.of(times["dense"]), Stats.of(times["sparse"]), r["speedup"],

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 import re
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Dict, List, Optional, Tuple
@@ -849,7 +848,7 @@ LSTM_MAX_DENSITY = 0.5
 
 def _plan_lstms(ctx: _Context, inc, exc, include, exclude, rows: Dict[int, LayerDecision],
                 plans: Dict[int, _Plan]) -> None:
-    from .sequence import lstm_unsupported, make_sparse_lstm_node, pack_bank_rows
+    from .sequence import lstm_unsupported, make_sparse_lstm_node
     model = ctx.model
     inits = ctx.index.initializers
     taken = {t.name for t in model.graph.initializer} | {o for n in model.graph.node
@@ -887,7 +886,7 @@ def _plan_lstms(ctx: _Context, inc, exc, include, exclude, rows: Dict[int, Layer
             parts[part] = rows[key] = LayerDecision(f"{name}/{part}", "LSTM", shape, density,
                                                     "-", "dense", "", dense_bytes=nbytes)
 
-        def dense(reason):
+        def dense(reason, parts=parts):
             for r in parts.values():
                 r.reason = reason
 
@@ -899,7 +898,6 @@ def _plan_lstms(ctx: _Context, inc, exc, include, exclude, rows: Dict[int, Layer
             dense(why)
             continue
         D, H4, I = W.shape
-        H = H4 // 4
         picks = []
         for part in ("W", "R"):
             choice, p = choose_format(mats[part], ctx.recipe.get(f"{name}/{part}"))

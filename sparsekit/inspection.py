@@ -14,7 +14,6 @@ from typing import List, Optional
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
 
 from . import pack
 from .detect import detect

@@ -460,7 +460,7 @@ def prune(model_or_path, pattern: str = "block", sparsity: float = 0.9, *,
     overrides: Dict[str, Dict[str, Any]] = {}
     listed: set = set()
     if rec:
-        for key, spec in rec["layers"].items():
+        for key in rec["layers"]:
             hit = [c.name for c in candidates if _key_matches(key, c.name)]
             if not hit:
                 known = ", ".join(c.name for c in candidates[:8])

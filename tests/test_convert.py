@@ -22,8 +22,9 @@ from sparsekit.errors import SparsekitError
 from sparsekit.graph import prunable_layers
 from sparsekit.models import build
 
-convert_mod = importlib.import_module("sparsekit.convert")
 from sparsekit.prune import METADATA_KEY as RECIPE_KEY
+
+convert_mod = importlib.import_module("sparsekit.convert")
 
 IR = 8
 ZOO = {

@@ -237,7 +237,7 @@ def _bank_offset(m, r):
 
 
 def _bank_keep(m, r):
-    v, idx = get(m, ".values"), get(m, ".indices")
+    v = get(m, ".values")
     G, nb, keep, B = v.shape
     put(m, ".values", np.zeros((G, nb, 17, B), np.float32))
     put(m, ".indices", np.zeros((G, nb, 17), np.uint8))

@@ -4,7 +4,6 @@ bank-balanced SpMV kernels against numpy, and SparseLSTM's validation of untrust
 from __future__ import annotations
 
 import numpy as np
-import onnx
 import onnxruntime as ort
 import pytest
 from hypothesis import HealthCheck, given, settings
