@@ -10,7 +10,7 @@ install:            ## build and install sparsekit with its test extras
 dev:                ## editable install for development (rebuilds C++ on reinstall)
 	$(PIP) install --no-build-isolation -e ".[test]"
 
-test: test-native test-neon test-asan test-python   ## everything CI runs
+test: lint test-native test-neon test-asan test-python   ## everything CI runs
 
 test-python:        ## the pytest suite against the installed package
 	$(PYTHON) -P -m pytest -q   # -P: test the installed package, not ./sparsekit
