@@ -2,10 +2,18 @@
 PYTHON ?= python3
 PIP ?= $(PYTHON) -m pip
 
-.PHONY: install dev test test-python test-native test-neon test-asan bench lint clean
+.PHONY: install system-deps dev test test-python test-native test-neon test-asan bench lint clean
 
-install:            ## build and install sparsekit with its test extras
+install: system-deps ## build and install sparsekit with its test extras
 	$(PIP) install ".[test]"
+
+system-deps:        ## the aarch64 cross compiler and qemu-user for the NEON tests (Debian, as root)
+	@if command -v aarch64-linux-gnu-g++ >/dev/null && command -v qemu-aarch64 >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	    --no-install-recommends g++-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user >/dev/null; \
+	else echo "note: the NEON tests need g++-aarch64-linux-gnu and qemu-user;" \
+	  "install them (apt-get install g++-aarch64-linux-gnu qemu-user) before make test"; fi
 
 dev:                ## editable install for development (rebuilds C++ on reinstall)
 	$(PIP) install --no-build-isolation -e ".[test]"
@@ -16,7 +24,7 @@ test-python:        ## the pytest suite against the installed package
 	$(PYTHON) -P -m pytest -q   # -P: test the installed package, not ./sparsekit
 
 test-native:        ## the C++ kernel test driver, every ISA this CPU has
-	cmake -S . -B build-native -G Ninja -DCMAKE_BUILD_TYPE=Release -DSPARSEKIT_PYTHON=OFF -DSPARSEKIT_NATIVE_TESTS=ON >/dev/null
+	cmake -S . -B build-native $$(command -v ninja >/dev/null && echo -G Ninja) -DCMAKE_BUILD_TYPE=Release -DSPARSEKIT_PYTHON=OFF -DSPARSEKIT_NATIVE_TESTS=ON >/dev/null
 	cmake --build build-native --target sk_kernel_tests >/dev/null
 	./build-native/sk_kernel_tests
 
