@@ -366,4 +366,13 @@ void dwconv_avx2(const DwShape& s, const float* x, const float* w, float bias, f
   dw_plane_scalar(s, x, w, bias, lo, hi, y);
 }
 
+void dwconv_multi_avx2(const DwShape& s, int nch, const float* x, const float* w,
+                       const float* bias, float lo, float hi, float* y) {
+  const ptrdiff_t plane = static_cast<ptrdiff_t>(s.H) * s.W;
+  const ptrdiff_t oplane = static_cast<ptrdiff_t>(s.OH) * s.OW;
+  for (int c = 0; c < nch; ++c)
+    dwconv_avx2(s, x + c * plane, w + static_cast<ptrdiff_t>(c) * s.k * s.k, bias[c], lo, hi,
+              y + c * oplane);
+}
+
 }  // namespace sk
