@@ -190,9 +190,30 @@ py::array_t<float> dwconv(const std::string& isa, const FArr& x, const FArr& w, 
   return y;
 }
 
+py::array_t<float> dwconv_multi(const std::string& isa, const FArr& x, const FArr& w,
+                                const FArr& bias, int stride, int pad_t, int pad_l, int OH,
+                                int OW, float lo, float hi) {
+  const sk::KernelTable& t = table_for(isa);
+  if (x.ndim() != 3 || w.ndim() != 3 || w.shape(0) != x.shape(0) || bias.ndim() != 1 ||
+      bias.shape(0) != x.shape(0))
+    throw py::value_error("x must be [C, H, W], w [C, k, k] and bias [C]");
+  if (x.shape(0) < 1 || x.shape(0) > (1 << 24)) throw py::value_error("bad channel count");
+  const int C = static_cast<int>(x.shape(0));
+  FArr x0 = x[py::make_tuple(0)].cast<FArr>(), w0 = w[py::make_tuple(0)].cast<FArr>();
+  const sk::DwShape s = dw_shape(x0, w0, stride, pad_t, pad_l, OH, OW);
+  py::array_t<float> y({static_cast<py::ssize_t>(C), static_cast<py::ssize_t>(OH),
+                        static_cast<py::ssize_t>(OW)});
+  float* yp = y.mutable_data();
+  {
+    py::gil_scoped_release nogil;
+    if (OH > 0 && OW > 0) t.dwconv_multi(s, C, x.data(), w.data(), bias.data(), lo, hi, yp);
+  }
+  return y;
+}
+
 // Seconds per call of dwconv over every plane of x [C, H, W] (best of `repeats`).
 double time_dwconv(const std::string& isa, const FArr& x, const FArr& w, int stride, int pad_t,
-                   int pad_l, int OH, int OW, int repeats) {
+                   int pad_l, int OH, int OW, int repeats, bool multi) {
   const sk::KernelTable& t = table_for(isa);
   if (x.ndim() != 3 || w.ndim() != 3 || w.shape(0) != x.shape(0))
     throw py::value_error("x must be [C, H, W] and w [C, k, k]");
@@ -201,14 +222,17 @@ double time_dwconv(const std::string& isa, const FArr& x, const FArr& w, int str
   const sk::DwShape s = dw_shape(x0, w0, stride, pad_t, pad_l, OH, OW);
   const size_t plane = static_cast<size_t>(s.H) * s.W, oplane = static_cast<size_t>(OH) * OW;
   const size_t kk = static_cast<size_t>(s.k) * s.k;
-  std::vector<float> y(oplane * C + 1);
+  std::vector<float> y(oplane * C + 1), bias(static_cast<size_t>(C), 0.1f);
   std::vector<double> times;
   py::gil_scoped_release nogil;
   for (int i = 0; i <= std::max(repeats, 1); ++i) {
     const auto t0 = std::chrono::steady_clock::now();
-    for (int c = 0; c < C; ++c)
-      t.dwconv(s, x.data() + c * plane, w.data() + c * kk, 0.1f, 0.0f, 6.0f,
-               y.data() + c * oplane);
+    if (multi)
+      t.dwconv_multi(s, C, x.data(), w.data(), bias.data(), 0.0f, 6.0f, y.data());
+    else
+      for (int c = 0; c < C; ++c)
+        t.dwconv(s, x.data() + c * plane, w.data() + c * kk, 0.1f, 0.0f, 6.0f,
+                 y.data() + c * oplane);
     const auto t1 = std::chrono::steady_clock::now();
     if (i) times.push_back(std::chrono::duration<double>(t1 - t0).count());
   }
@@ -344,8 +368,13 @@ PYBIND11_MODULE(_native, m) {
         "Depthwise conv of one plane x[H, W] with w[k, k]; out-of-range input is zero.");
   m.def("time_dwconv", &time_dwconv, py::arg("isa"), py::arg("x"), py::arg("w"),
         py::arg("stride"), py::arg("pad_t"), py::arg("pad_l"), py::arg("OH"), py::arg("OW"),
-        py::arg("repeats") = 20,
-        "Best-of-repeats seconds for dwconv (bias+ReLU6) over every plane of x[C, H, W].");
+        py::arg("repeats") = 20, py::arg("multi") = false,
+        "Best-of-repeats seconds for dwconv (bias+ReLU6) over every plane of x[C, H, W]; "
+        "multi: one dwconv_multi call for all planes instead of dwconv plane by plane.");
+  m.def("dwconv_multi", &dwconv_multi, py::arg("isa"), py::arg("x"), py::arg("w"),
+        py::arg("bias"), py::arg("stride"), py::arg("pad_t"), py::arg("pad_l"), py::arg("OH"),
+        py::arg("OW"), py::arg("lo") = -inf, py::arg("hi") = inf,
+        "Depthwise conv of x[C, H, W] with w[C, k, k] and bias[C] in one dwconv_multi call.");
   m.def("spmv_bank", &spmv_bank, py::arg("isa"), py::arg("values"), py::arg("offs"),
         py::arg("bank_size"), py::arg("K"), py::arg("x"), py::arg("init") = py::none(),
         "y[rows] = init + W @ x for a bank-balanced W given as values/offs [rows, nbanks, keep] "

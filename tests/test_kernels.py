@@ -204,6 +204,32 @@ def test_dwconv_mobilenet_planes(isa, k, stride):
     check_dwconv(isa, 20, 3002, k, stride, 1, 0, 2, 1, 0.0, -np.inf, np.inf, 11)
 
 
+@pytest.mark.parametrize("isa", ISAS)
+@SETTINGS
+@given(C=st.integers(1, 40), H=st.integers(1, 30), W=st.integers(1, 34),
+       k=st.sampled_from([1, 3, 5, 7]), stride=st.integers(1, 3),
+       pads=st.tuples(*[st.integers(0, 2)] * 4), clamp=st.sampled_from(CLAMPS),
+       seed=st.integers(0, 2**32 - 1))
+def test_dwconv_multi_random(isa, C, H, W, k, stride, pads, clamp, seed):
+    """dwconv_multi (several planes per call; AVX-512 vectorises over 16 channels) against the
+    per-plane reference, channel by channel, including ragged channel groups."""
+    pt, pl, pb, pr = pads
+    if H + pt + pb < k or W + pl + pr < k:
+        return
+    OH = (H + pt + pb - k) // stride + 1
+    OW = (W + pl + pr - k) // stride + 1
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((C, H, W)).astype(np.float32)
+    w = rng.standard_normal((C, k, k)).astype(np.float32)
+    b = rng.standard_normal(C).astype(np.float32)
+    y = _native.dwconv_multi(isa, x, w, b, stride, pt, pl, OH, OW, lo=clamp[0], hi=clamp[1])
+    assert y.shape == (C, OH, OW)
+    for c in range(C):
+        want, scale = dwconv_reference(x[c], w[c], stride, pt, pl, OH, OW, b[c], *clamp)
+        err = np.abs(y[c] - want)
+        assert not (err > 1e-5 * scale + 1e-30).any(), (isa, c, H, W, k, stride, pads)
+
+
 # ----------------------------------------------------------------------- errors, dispatch --
 def test_available_isas():
     isas = _native.available_isas()

@@ -300,7 +300,142 @@ void dw_plane_scalar(const DwShape& s, const float* x, const float* w, float bia
   }
 }
 
+// ---- small planes, 16 channels per vector ----------------------------------------------
+// Per group of 16 channels: the input planes are transposed (16x16 blocks in registers) into
+// a zero-padded tile T[ty][tx][16 channels] on the stack, the outputs are computed 16 pixels
+// at a time (16 independent accumulators, one broadcast-free weight vector per tap) and
+// transposed back into the 16 output planes.  Every lane does useful work whatever the plane
+// width, and there is no per-plane set-up; used while the tile fits kTileVecs vectors.
+constexpr int kTileVecs = 1024;  // 64 KiB
+constexpr int kMultiMaxTaps = 49;
+
+// Butterfly transpose of a 16x16 block held as 16 rows: stage h swaps bit h of the row index
+// with bit h of the column index; the four stages together swap all bits.
+struct TransposeIdx {
+  __m512i a[4], b[4];
+  TransposeIdx() {
+    for (int st = 0; st < 4; ++st) {
+      const int h = 8 >> st;
+      alignas(64) int ia[16], ib[16];
+      for (int c = 0; c < 16; ++c) {
+        ia[c] = (c & h) ? 16 + c - h : c;
+        ib[c] = (c & h) ? 16 + c : c + h;
+      }
+      a[st] = _mm512_load_si512(ia);
+      b[st] = _mm512_load_si512(ib);
+    }
+  }
+};
+
+__attribute__((always_inline)) inline void transpose16(__m512* r, const TransposeIdx& t) {
+  _Pragma("GCC unroll 4") for (int st = 0; st < 4; ++st) {
+    const int h = 8 >> st;
+    _Pragma("GCC unroll 16") for (int i = 0; i < 16; ++i) {
+      if (i & h) continue;
+      const __m512 a = r[i], b = r[i + h];
+      r[i] = _mm512_permutex2var_ps(a, t.a[st], b);
+      r[i + h] = _mm512_permutex2var_ps(a, t.b[st], b);
+    }
+  }
+}
+
+// Tile extent the outputs read: rows/cols [-pad, -pad + extent) of the input.
+inline int tile_extent(int O, int S, int k) { return (O - 1) * S + k; }
+
+bool multi_fits(const DwShape& s) {
+  if (s.k * s.k > kMultiMaxTaps || s.stride < 1) return false;
+  const long th = tile_extent(s.OH, s.stride, s.k), tw = tile_extent(s.OW, s.stride, s.k);
+  return th * tw <= kTileVecs;
+}
+
+void dw_multi16(const DwShape& s, int nch, const float* x, const float* w, const float* bias,
+                float lo, float hi, float* y) {
+  const int H = s.H, W = s.W, OH = s.OH, OW = s.OW, k = s.k, S = s.stride, kk = k * k;
+  const int TH = tile_extent(OH, S, k), TW = tile_extent(OW, S, k);
+  const int HW = H * W, OHW = OH * OW;
+  alignas(64) float tile[kTileVecs * 16];
+  __m512* T = reinterpret_cast<__m512*>(tile);
+  for (int i = 0; i < TH * TW; ++i) T[i] = _mm512_setzero_ps();  // borders stay zero
+  // Tile index of each input pixel (-1: not read by any output), and of each output pixel's
+  // first tap; the output table is padded to a multiple of 16 with a valid index.
+  int in_at[kTileVecs], out_at[kTileVecs + 16];  // the caller checked H*W <= kTileVecs
+  int n_in = 0;
+  for (int iy = 0; iy < H; ++iy)
+    for (int ix = 0; ix < W; ++ix, ++n_in) {
+      const int ty = iy + s.pad_t, tx = ix + s.pad_l;
+      in_at[n_in] = (ty < TH && tx < TW) ? ty * TW + tx : -1;
+    }
+  const int OHWp = (OHW + 15) & ~15;
+  for (int p = 0; p < OHWp; ++p)
+    out_at[p] = p < OHW ? (p / OW) * S * TW + (p % OW) * S : 0;
+  int tap_at[kMultiMaxTaps];
+  for (int ky = 0; ky < k; ++ky)
+    for (int kx = 0; kx < k; ++kx) tap_at[ky * k + kx] = ky * TW + kx;
+  const TransposeIdx ti;
+  const __m512 vlo = _mm512_set1_ps(lo), vhi = _mm512_set1_ps(hi);
+  for (int c0 = 0; c0 < nch; c0 += 16) {
+    const int cnt = nch - c0 < 16 ? nch - c0 : 16;
+    const __mmask16 cmask = tail_mask(cnt);
+    // Weights and bias, transposed to one vector per tap.
+    __m512 wt[kMultiMaxTaps];
+    for (int t = 0; t < kk; ++t)
+      wt[t] = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), cmask,
+                                       _mm512_mullo_epi32(_mm512_set1_epi32(kk),
+                                                          _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8,
+                                                                            9, 10, 11, 12, 13, 14, 15)),
+                                       w + static_cast<ptrdiff_t>(c0) * kk + t, 4);
+    const __m512 vb = _mm512_maskz_loadu_ps(cmask, bias + c0);
+    const float* xc = x + static_cast<ptrdiff_t>(c0) * HW;
+    float* yc = y + static_cast<ptrdiff_t>(c0) * OHW;
+    // Input: 16 pixels x 16 channels at a time.
+    for (int p0 = 0; p0 < HW; p0 += 16) {
+      const int np = HW - p0 < 16 ? HW - p0 : 16;
+      const __mmask16 pm = tail_mask(np);
+      __m512 r[16];
+      _Pragma("GCC unroll 16") for (int c = 0; c < 16; ++c)
+        r[c] = c < cnt ? _mm512_maskz_loadu_ps(pm, xc + static_cast<ptrdiff_t>(c) * HW + p0)
+                       : _mm512_setzero_ps();
+      transpose16(r, ti);
+      for (int j = 0; j < np; ++j) {
+        const int at = in_at[p0 + j];
+        if (at >= 0) T[at] = r[j];
+      }
+    }
+    // Output: 16 pixels at a time.
+    for (int p0 = 0; p0 < OHW; p0 += 16) {
+      __m512 acc[16];
+      const int* oa = out_at + p0;
+      _Pragma("GCC unroll 16") for (int j = 0; j < 16; ++j) acc[j] = vb;
+      for (int t = 0; t < kk; ++t) {
+        const __m512 wv = wt[t];
+        const __m512* Tt = T + tap_at[t];
+        _Pragma("GCC unroll 16") for (int j = 0; j < 16; ++j)
+          acc[j] = _mm512_fmadd_ps(wv, Tt[oa[j]], acc[j]);
+      }
+      _Pragma("GCC unroll 16") for (int j = 0; j < 16; ++j)
+        acc[j] = _mm512_min_ps(vhi, _mm512_max_ps(vlo, acc[j]));
+      transpose16(acc, ti);
+      const int np = OHW - p0 < 16 ? OHW - p0 : 16;
+      const __mmask16 pm = tail_mask(np);
+      for (int c = 0; c < cnt; ++c)
+        _mm512_mask_storeu_ps(yc + static_cast<ptrdiff_t>(c) * OHW + p0, pm, acc[c]);
+    }
+  }
+}
+
 }  // namespace
+
+void dwconv_multi_avx512(const DwShape& s, int nch, const float* x, const float* w,
+                         const float* bias, float lo, float hi, float* y) {
+  if (nch <= 0) return;
+  if (multi_fits(s) && static_cast<long>(s.H) * s.W <= kTileVecs)
+    return dw_multi16(s, nch, x, w, bias, lo, hi, y);
+  const ptrdiff_t plane = static_cast<ptrdiff_t>(s.H) * s.W;
+  const ptrdiff_t oplane = static_cast<ptrdiff_t>(s.OH) * s.OW;
+  for (int c = 0; c < nch; ++c)
+    dwconv_avx512(s, x + c * plane, w + static_cast<ptrdiff_t>(c) * s.k * s.k, bias[c], lo, hi,
+                  y + c * oplane);
+}
 
 void dwconv_avx512(const DwShape& s, const float* x, const float* w, float bias, float lo,
                    float hi, float* y) {

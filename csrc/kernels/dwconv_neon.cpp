@@ -309,4 +309,13 @@ void dwconv_neon(const DwShape& s, const float* x, const float* w, float bias, f
   dw_plane_scalar(s, x, w, bias, lo, hi, y);
 }
 
+void dwconv_multi_neon(const DwShape& s, int nch, const float* x, const float* w,
+                       const float* bias, float lo, float hi, float* y) {
+  const ptrdiff_t plane = static_cast<ptrdiff_t>(s.H) * s.W;
+  const ptrdiff_t oplane = static_cast<ptrdiff_t>(s.OH) * s.OW;
+  for (int c = 0; c < nch; ++c)
+    dwconv_neon(s, x + c * plane, w + static_cast<ptrdiff_t>(c) * s.k * s.k, bias[c], lo, hi,
+              y + c * oplane);
+}
+
 }  // namespace sk

@@ -12,6 +12,12 @@ void dwconv_avx512(const DwShape& s, const float* x, const float* w, float bias,
                    float hi, float* y);
 void dwconv_neon(const DwShape& s, const float* x, const float* w, float bias, float lo,
                  float hi, float* y);
+void dwconv_multi_avx2(const DwShape& s, int nch, const float* x, const float* w,
+                       const float* bias, float lo, float hi, float* y);
+void dwconv_multi_avx512(const DwShape& s, int nch, const float* x, const float* w,
+                         const float* bias, float lo, float hi, float* y);
+void dwconv_multi_neon(const DwShape& s, int nch, const float* x, const float* w,
+                       const float* bias, float lo, float hi, float* y);
 
 void spmv_bank_ref(const BankMat& w, int g_begin, int g_end, const float* x, const float* init,
                    float* y);

@@ -61,6 +61,13 @@ struct DwShape {
 };
 using DwConvFn = void (*)(const DwShape& s, const float* x, const float* w, float bias,
                           float lo, float hi, float* y);
+// The same over `nch` consecutive planes of one shape: plane c reads x + c*H*W, weights
+// w + c*k*k and bias[c] (bias not null), and writes y + c*OH*OW; the result equals calling
+// DwConvFn plane by plane.  Kernels with dw_multi_lanes > 1 vectorise over that many channels
+// for small planes (no per-plane fixed cost; a [padded plane][lanes] tile in L1) and go
+// plane by plane for planes too large for their stack tile.
+using DwMultiFn = void (*)(const DwShape& s, int nch, const float* x, const float* w,
+                           const float* bias, float lo, float hi, float* y);
 
 // Bank-balanced matrix-vector product, the 1-row case (LSTM recurrence, decoding).
 // Rows are interleaved in groups of L = KernelTable::spmv_lanes: lane l of group g is row
@@ -96,6 +103,8 @@ struct KernelTable {
   DwConvFn dwconv;    // any k, stride (the SIMD ones specialise 3x3/5x5, stride 1/2)
   int spmv_lanes;     // rows interleaved per group in BankMat (ref 8, avx2 8, avx512 16, neon 4)
   SpmvFn spmv_bank;   // bank-balanced matrix-vector product
+  DwMultiFn dwconv_multi;  // several planes per call (see DwMultiFn)
+  int dw_multi_lanes;      // channels per vector in dwconv_multi (1: plane by plane)
 };
 
 // Per-ISA tables; null when that ISA was not compiled in or the CPU lacks it.

@@ -52,8 +52,17 @@ void dwconv_ref(const DwShape& s, const float* x, const float* w, float bias, fl
   }
 }
 
+void dwconv_multi_ref(const DwShape& s, int nch, const float* x, const float* w,
+                      const float* bias, float lo, float hi, float* y) {
+  const ptrdiff_t plane = static_cast<ptrdiff_t>(s.H) * s.W;
+  const ptrdiff_t oplane = static_cast<ptrdiff_t>(s.OH) * s.OW;
+  for (int c = 0; c < nch; ++c)
+    dwconv_ref(s, x + c * plane, w + static_cast<ptrdiff_t>(c) * s.k * s.k, bias[c], lo, hi,
+               y + c * oplane);
+}
+
 const KernelTable kTable = {Isa::ref, "ref", 1, spmm_ref, spmm_ref, dwconv_ref,
-                            8, spmv_bank_ref};
+                            8, spmv_bank_ref, dwconv_multi_ref, 1};
 
 }  // namespace
 

@@ -8,6 +8,9 @@ namespace skort {
 namespace {
 std::string s(int64_t v) { return std::to_string(v); }
 enum : size_t { kDwX = 0, kDwW = 1, kDwBias = 2 };
+// Planes up to this many pixels go through dwconv_multi (measured on AVX-512, 3x3: 1024x7x7
+// 0.126 -> 0.046 ms, 512x14x14 s2 0.096 -> 0.033, 256x28x28 0.168 -> 0.146, 56x56 unchanged).
+constexpr int64_t kSmallPlane = 1024;
 }  // namespace
 
 const std::vector<IoSpec>& DepthwiseConvKernel::inputs() {
@@ -83,6 +86,18 @@ void DepthwiseConvKernel::compute(OrtKernelContext* ctx) const {
   sh.k = int(k_), sh.stride = int(stride_), sh.pad_t = int(pt_), sh.pad_l = int(pl_);
   const sk::DwConvFn dw = kt_->dwconv;
   const int64_t C = C_, kk = k_ * k_;
+  const int64_t L = kt_->dw_multi_lanes;
+  if (L > 1 && H * W <= kSmallPlane) {
+    // Small planes: one call per group of L channels (vectorised over channels).
+    const int64_t groups = (C + L - 1) / L;
+    parallel_for(api_, ctx, size_t(N * groups), [&](size_t i) {
+      const int64_t n = int64_t(i) / groups, c0 = int64_t(i) % groups * L;
+      const int64_t nc = std::min(L, C - c0);
+      kt_->dwconv_multi(sh, int(nc), x + (n * C + c0) * H * W, w_.data() + c0 * kk,
+                        bias_.data() + c0, act_.lo, act_.hi, y + (n * C + c0) * OH * OW);
+    });
+    return;
+  }
   parallel_for(api_, ctx, size_t(N * C), [&](size_t i) {
     const int64_t c = int64_t(i) % C;
     dw(sh, x + int64_t(i) * H * W, w_.data() + c * kk, bias_[size_t(c)], act_.lo, act_.hi,

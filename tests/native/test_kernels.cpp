@@ -336,6 +336,71 @@ void dw_suite(const KernelTable& t) {
   check_dw(t, 9, 70, 9, 2, 4, 4, 4, 4, true, 0.0f, INFINITY);
 }
 
+// dwconv_multi over nch planes (channel groups of the table's lanes plus a ragged one) against
+// a double reference, with a guard after the last plane.
+void check_dw_multi(const KernelTable& t, int nch, int H, int W, int k, int S, int pt, int pl,
+                    int pb, int pr, float lo, float hi) {
+  const int OH = (H + pt + pb - k) / S + 1, OW = (W + pl + pr - k) / S + 1;
+  if (H + pt + pb < k || W + pl + pr < k || OH <= 0 || OW <= 0) return;
+  const size_t plane = static_cast<size_t>(H) * W, oplane = static_cast<size_t>(OH) * OW;
+  Buf x(plane * nch), w(static_cast<size_t>(k) * k * nch), b(nch), y(oplane * nch + 8);
+  for (size_t i = 0; i < x.n; ++i) x[i] = randf();
+  for (size_t i = 0; i < w.n; ++i) w[i] = randf();
+  for (size_t i = 0; i < b.n; ++i) b[i] = randf();
+  for (size_t i = 0; i < y.n; ++i) y[i] = kGuard;
+  DwShape s{H, W, OH, OW, k, S, pt, pl};
+  t.dwconv_multi(s, nch, x.data(), w.data(), b.data(), lo, hi, y.data());
+  int bad = 0;
+  char where[160] = "";
+  for (int c = 0; c < nch; ++c)
+    for (int oy = 0; oy < OH; ++oy)
+      for (int ox = 0; ox < OW; ++ox) {
+        double acc = b[c], scale = std::fabs(b[c]);
+        for (int ky = 0; ky < k; ++ky)
+          for (int kx = 0; kx < k; ++kx) {
+            const int iy = oy * S - pt + ky, ix = ox * S - pl + kx;
+            if (iy < 0 || iy >= H || ix < 0 || ix >= W) continue;
+            const double term = static_cast<double>(w[c * k * k + ky * k + kx]) *
+                                x[c * plane + iy * W + ix];
+            acc += term;
+            scale += std::fabs(term);
+          }
+        const double want = clampf(acc, lo, hi);
+        const float got = y[c * oplane + oy * OW + ox];
+        if (!(std::fabs(got - want) <= 1e-5 * (scale + std::fabs(want)) + 1e-30) && !bad++)
+          std::snprintf(where, sizeof where, "c=%d (%d,%d): got %.9g want %.9g", c, oy, ox, got,
+                        want);
+      }
+  for (size_t i = oplane * nch; i < y.n; ++i)
+    if (std::memcmp(&y[i], &kGuard, sizeof(float)) != 0 && !bad++)
+      std::snprintf(where, sizeof where, "guard after the output overwritten");
+  char msg[400];
+  std::snprintf(msg, sizeof msg, "%s dwconv_multi C=%d %dx%d k=%d s=%d pads=%d,%d,%d,%d: %s",
+                t.name, nch, H, W, k, S, pt, pl, pb, pr, bad ? where : "ok");
+  record(bad == 0, msg);
+}
+
+void dw_multi_suite(const KernelTable& t) {
+  const int sizes[][2] = {{1, 1}, {2, 3}, {5, 5}, {7, 7}, {8, 8}, {13, 16},
+                          {14, 14}, {17, 9}, {28, 28}, {31, 33}, {40, 40}};
+  int i = 0;
+  for (int nch : {1, 5, 16, 17, 40})
+    for (int k : {1, 3, 5, 7, 8})
+      for (int S : {1, 2, 3})
+        for (const auto& hw : sizes) {
+          const int p = i % 3, pb = (i / 3) % 3, pl = (i + 1) % 3, pr = (i / 2) % 3;
+          const float lo = (i % 3 == 1) ? 0.0f : -INFINITY;
+          const float hi = (i % 4 == 2) ? 0.5f : INFINITY;
+          check_dw_multi(t, nch, hw[0], hw[1], k, S, p, pl, pb, pr, lo, hi);
+          ++i;
+        }
+  // MobileNet small planes.
+  check_dw_multi(t, 64, 7, 7, 3, 1, 1, 1, 1, 1, 0.0f, 6.0f);
+  check_dw_multi(t, 48, 14, 14, 3, 2, 0, 0, 1, 1, 0.0f, 6.0f);
+  check_dw_multi(t, 33, 14, 14, 3, 2, 1, 1, 1, 1, 0.0f, 6.0f);
+  check_dw_multi(t, 20, 56, 56, 3, 1, 1, 1, 1, 1, 0.0f, 6.0f);
+}
+
 // ------------------------------------------------------------------- bank-balanced SpMV --
 // A random bank-balanced [rows, K] matrix in the interleaved BankMat layout of table t (its
 // spmv_lanes), with ragged last banks and padding lanes, against a double reference.
@@ -459,6 +524,7 @@ int main(int argc, char** argv) {
     const int before_p = g_passed, before_f = g_failed;
     spmm_suite(*t);
     dw_suite(*t);
+    dw_multi_suite(*t);
     spmv_suite(*t);
     std::printf("%-6s %d passed, %d failed\n", t->name, g_passed - before_p,
                 g_failed - before_f);
