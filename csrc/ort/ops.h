@@ -91,5 +91,9 @@ int64_t conv_out_size(int64_t in, int64_t k, int64_t stride, int64_t dil, int64_
 // Run-time helpers shared by the ops.
 const OrtValue* get_input(const Api& api, OrtKernelContext* ctx, size_t index);
 float* get_output(const Api& api, OrtKernelContext* ctx, const std::vector<int64_t>& dims);
+// The optional residual input at `index`: null when absent; an error unless float32 of
+// exactly Y's shape (the kernels add it element by element, no broadcasting).
+const float* get_residual(const Api& api, OrtKernelContext* ctx, size_t index,
+                          const std::vector<int64_t>& ydims);
 
 }  // namespace skort

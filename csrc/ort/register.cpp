@@ -28,6 +28,19 @@ const OrtValue* get_input(const Api& api, OrtKernelContext* ctx, size_t index) {
   return v;
 }
 
+const float* get_residual(const Api& api, OrtKernelContext* ctx, size_t index,
+                          const std::vector<int64_t>& ydims) {
+  const OrtValue* rv = get_input(api, ctx, index);
+  if (!rv) return nullptr;
+  const TensorView R = view_tensor(api, rv, "residual");
+  if (R.type != ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT)
+    throw Error(std::string("residual must be float32, got ") + dtype_name(R.type));
+  if (R.shape != ydims)
+    throw Error("residual has shape " + R.shape_str() + ", expected Y's shape " +
+                shape_str(ydims));
+  return static_cast<const float*>(R.data);
+}
+
 float* get_output(const Api& api, OrtKernelContext* ctx, const std::vector<int64_t>& dims) {
   OrtValue* out = nullptr;
   check(api, api.KernelContext_GetOutput()(ctx, 0, dims.data(), dims.size(), &out),

@@ -148,16 +148,7 @@ void SparseConvKernel::compute(OrtKernelContext* ctx) const {
   if (OH > INT32_MAX || OW > INT32_MAX || H > INT32_MAX || W > INT32_MAX)
     throw Error("X spatial size " + s(H) + "x" + s(W) + " is too large");
   const std::vector<int64_t> ydims = {N, M_, OH, OW};
-  const float* res = nullptr;
-  if (const OrtValue* rv = get_input(api_, ctx, kInResidual)) {
-    const TensorView R = view_tensor(api_, rv, "residual");
-    if (R.type != ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT)
-      throw Error(std::string("residual must be float32, got ") + dtype_name(R.type));
-    if (R.shape != ydims)
-      throw Error("residual has shape " + R.shape_str() + ", expected Y's shape " +
-                  shape_str(ydims));
-    res = static_cast<const float*>(R.data);
-  }
+  const float* res = get_residual(api_, ctx, kInResidual, ydims);
   float* y = get_output(api_, ctx, ydims);
   if (N == 0) return;
   const float* x = static_cast<const float*>(X.data);

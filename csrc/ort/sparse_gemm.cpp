@@ -51,16 +51,7 @@ void SparseGemmKernel::compute(OrtKernelContext* ctx) const {
   std::vector<int64_t> ydims = X.shape;
   ydims.back() = M_;
   const int64_t R = int64_t(X.count) / K_;  // rows (product of the leading dims)
-  const float* res = nullptr;
-  if (const OrtValue* rv = get_input(api_, ctx, kInResidual)) {
-    const TensorView Rv = view_tensor(api_, rv, "residual");
-    if (Rv.type != ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT)
-      throw Error(std::string("residual must be float32, got ") + dtype_name(Rv.type));
-    if (Rv.shape != ydims)
-      throw Error("residual has shape " + Rv.shape_str() + ", expected Y's shape " +
-                  shape_str(ydims));
-    res = static_cast<const float*>(Rv.data);
-  }
+  const float* res = get_residual(api_, ctx, kInResidual, ydims);
   float* y = get_output(api_, ctx, ydims);
   if (R == 0) return;
   const float* x = static_cast<const float*>(X.data);
