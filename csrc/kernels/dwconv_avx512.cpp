@@ -277,27 +277,11 @@ void dw_plane(const DwShape& s, const float* x, const float* w, float bias, floa
     dw_plane_direct<K, S>(s, x, w, bias, lo, hi, y);
 }
 
-// Stride >= 3 or huge k: scalar, tap ranges clipped per output.
+// Stride >= 3 or a kernel too large for the vector paths: rare, so the scalar reference
+// (compiled without ISA flags) does it rather than a copy of it here.
 void dw_plane_scalar(const DwShape& s, const float* x, const float* w, float bias, float lo,
                      float hi, float* y) {
-  const int k = s.k, S = s.stride;
-  for (int oy = 0; oy < s.OH; ++oy) {
-    const int iy0 = oy * S - s.pad_t;
-    const int ky_lo = iy0 < 0 ? -iy0 : 0;
-    const int ky_hi = s.H - iy0 < k ? s.H - iy0 : k;
-    for (int ox = 0; ox < s.OW; ++ox) {
-      const int ix0 = ox * S - s.pad_l;
-      const int kx_lo = ix0 < 0 ? -ix0 : 0;
-      const int kx_hi = s.W - ix0 < k ? s.W - ix0 : k;
-      float acc = bias;
-      for (int ky = ky_lo; ky < ky_hi; ++ky) {
-        const float* row = x + static_cast<ptrdiff_t>(iy0 + ky) * s.W;
-        const float* wr = w + ky * k;
-        for (int kx = kx_lo; kx < kx_hi; ++kx) acc += wr[kx] * row[ix0 + kx];
-      }
-      y[static_cast<ptrdiff_t>(oy) * s.OW + ox] = clampf(acc, lo, hi);
-    }
-  }
+  kernels_ref()->dwconv(s, x, w, bias, lo, hi, y);
 }
 
 // ---- small planes, 16 channels per vector ----------------------------------------------
