@@ -36,6 +36,9 @@ __all__ = [
     "prunable_layers",
     "infer_shapes",
     "PRUNABLE_OPS",
+    "set_initializer",
+    "all_names",
+    "unique_name",
 ]
 
 PRUNABLE_OPS = ("Conv", "Gemm", "MatMul")
@@ -326,3 +329,30 @@ def _attr_graphs(a: onnx.AttributeProto):
         yield a.g
     elif a.type == onnx.AttributeProto.GRAPHS:
         yield from a.graphs
+
+
+def set_initializer(t: onnx.TensorProto, arr: np.ndarray) -> None:
+    """Replace an initializer's data in place (name, doc string kept; dtype of ``arr``)."""
+    doc = t.doc_string
+    new = numpy_helper.from_array(np.ascontiguousarray(arr), t.name)
+    t.CopyFrom(new)
+    if doc:
+        t.doc_string = doc
+
+
+def all_names(g: onnx.GraphProto) -> set:
+    s = {t.name for t in g.initializer} | {v.name for v in g.input} | {v.name for v in g.output}
+    s |= {v.name for v in g.value_info}
+    for n in g.node:
+        s.update(n.input)
+        s.update(n.output)
+    return s
+
+
+def unique_name(base: str, taken: set) -> str:
+    name, k = base, 1
+    while name in taken:
+        name = f"{base}_{k}"
+        k += 1
+    taken.add(name)
+    return name

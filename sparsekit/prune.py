@@ -19,11 +19,12 @@ import onnx
 from onnx import numpy_helper
 
 from .errors import SparsekitError
-from .graph import (Layer, consumer_map, get_attr, infer_shapes, initializer_map, node_names,
-                    prunable_layers, subgraph_references, tensor_to_array)
+from .graph import (Layer, all_names, consumer_map, get_attr, infer_shapes, initializer_map, node_names,
+                    prunable_layers, set_initializer, subgraph_references, tensor_to_array, unique_name)
 from .io import as_model
 from .patterns import (_positive_int, bank_mask, block_mask, parse_block, resolve_bank_size,
                        unstructured_mask)
+from .reconstruct import DEFAULT_DAMP, MATCH_MODES, LayerwiseReconstruction
 
 __all__ = ["prune", "PruneReport", "LayerRow", "SkippedLayer", "PruneTotals", "load_recipe",
            "fold_batchnorms", "PATTERNS", "DEFAULT_BANK_SIZE", "METADATA_KEY"]
@@ -63,6 +64,9 @@ class LayerRow:
     flops_kept: Optional[int]        # flops · nonzeros / params
     shared_with: Optional[str] = None  # the layer that pruned this shared weight
     note: Optional[str] = None
+    method: str = "magnitude"        # "magnitude" or "reconstruction" (--calibration)
+    error_magnitude: Optional[float] = None  # relative layer output error of the magnitude mask
+    error: Optional[float] = None    # ... of the weights written (calibration data only)
 
 
 @dataclass
@@ -268,7 +272,7 @@ def fold_batchnorms(model: onnx.ModelProto, names: Optional[List[str]] = None
     inits = initializer_map(g)
     cons = consumer_map(g)
     graph_outputs = {o.name for o in g.output}
-    taken = _all_names(g)
+    taken = all_names(g)
     remove: set = set()
     bn_params: set = set()
     folded: List[Dict[str, str]] = []
@@ -306,11 +310,11 @@ def fold_batchnorms(model: onnx.ModelProto, names: Optional[List[str]] = None
             continue
         W_new = (W * s.reshape((M,) + (1,) * (W.ndim - 1))).astype(np.float32)
         b_new = ((b - mean) * s + beta).astype(np.float32)
-        _set_initializer(w_t, W_new)
+        set_initializer(w_t, W_new)
         if has_bias:
-            _set_initializer(inits[n.input[2]], b_new)
+            set_initializer(inits[n.input[2]], b_new)
         else:
-            bname = _unique(f"{n.input[1]}.folded_bias", taken)
+            bname = unique_name(f"{n.input[1]}.folded_bias", taken)
             g.initializer.append(numpy_helper.from_array(b_new, bname))
             inits[bname] = g.initializer[-1]
             if len(n.input) == 2:
@@ -360,33 +364,6 @@ def _fold_obstacle(conv, bn, y, inits, cons, conv_index) -> Optional[str]:
     return None
 
 
-def _set_initializer(t: onnx.TensorProto, arr: np.ndarray) -> None:
-    """Replace an initializer's data in place (name, doc string kept; dtype of ``arr``)."""
-    doc = t.doc_string
-    new = numpy_helper.from_array(np.ascontiguousarray(arr), t.name)
-    t.CopyFrom(new)
-    if doc:
-        t.doc_string = doc
-
-
-def _all_names(g: onnx.GraphProto) -> set:
-    s = {t.name for t in g.initializer} | {v.name for v in g.input} | {v.name for v in g.output}
-    s |= {v.name for v in g.value_info}
-    for n in g.node:
-        s.update(n.input)
-        s.update(n.output)
-    return s
-
-
-def _unique(base: str, taken: set) -> str:
-    name, k = base, 1
-    while name in taken:
-        name = f"{base}_{k}"
-        k += 1
-    taken.add(name)
-    return name
-
-
 def _drop_unused_initializers(g: onnx.GraphProto, candidates: set) -> None:
     """Remove those of ``candidates`` (initializer names) that nothing references any more."""
     used = {o.name for o in g.output} | {v.name for v in g.input}
@@ -404,6 +381,7 @@ def prune(model_or_path, pattern: str = "block", sparsity: float = 0.9, *,
           bank_size: Optional[int] = None, banks: Optional[int] = None, block=None,
           include=None, exclude=None, min_params: int = 1024, skip_first: bool = True,
           skip_depthwise: bool = True, recipe=None, fold_bn: bool = True,
+          calibration=None, damp: float = DEFAULT_DAMP, match: str = "dense",
           progress: Optional[Callable[[int, int, str], None]] = None,
           ) -> Tuple[onnx.ModelProto, PruneReport]:
     """Prune a model's Conv / Gemm / MatMul weights; return ``(pruned copy, report)``.
@@ -415,6 +393,11 @@ def prune(model_or_path, pattern: str = "block", sparsity: float = 0.9, *,
     a regex or list of regexes searched (``re.search``) in the layer names.  ``recipe``: path or
     dict, see docs/prune.md; its settings override the keyword arguments.  The input model is
     never modified.  ``progress(done, total, name)`` is called after each pruned layer.
+
+    ``calibration`` (a :class:`~sparsekit.calibration.Calibration`, or a path to an .npz of
+    input samples) switches from magnitude pruning to one-shot reconstruction
+    (:mod:`sparsekit.reconstruct`): masks chosen by second-order saliency and kept weights
+    updated layer by layer, in graph order, with ``damp`` and ``match`` as documented there.
     """
     # ---- validate everything cheap before touching the model
     base = _check_spec({"pattern": pattern, "sparsity": sparsity, "bank_size": bank_size,
@@ -423,6 +406,10 @@ def prune(model_or_path, pattern: str = "block", sparsity: float = 0.9, *,
     if isinstance(min_params, bool) or not isinstance(min_params, (int, np.integer)) \
             or min_params < 0:
         raise SparsekitError(f"min_params must be a non-negative integer, got {min_params!r}")
+    if match not in MATCH_MODES:
+        raise SparsekitError(f"match must be one of {', '.join(MATCH_MODES)}, got {match!r}")
+    if isinstance(damp, bool) or not isinstance(damp, (int, float)) or not (0.0 <= damp < 1e3):
+        raise SparsekitError(f"damp must be a non-negative number, got {damp!r}")
     inc = _compile_regexes(include, "include")
     exc = _compile_regexes(exclude, "exclude")
     rec = load_recipe(recipe)
@@ -445,6 +432,12 @@ def prune(model_or_path, pattern: str = "block", sparsity: float = 0.9, *,
         "recipe": (str(recipe) if isinstance(recipe, (str, os.PathLike))
                    else ("<dict>" if recipe is not None else None)),
     }
+    calib = None
+    if calibration is not None:
+        from .calibration import Calibration, load_calibration
+        calib = calibration if isinstance(calibration, Calibration) else load_calibration(calibration, src)
+        report.settings.update(calibration=calib.source or "<arrays>", calibration_samples=calib.samples,
+                               damp=float(damp), match=match)
 
     if fold_bn:
         report.folded_bn, fold_notes = fold_batchnorms(model, names)
@@ -501,6 +494,7 @@ def prune(model_or_path, pattern: str = "block", sparsity: float = 0.9, *,
             plan.append((c, spec))
 
     # ---- pruning
+    recon = LayerwiseReconstruction(model, calib, damp, match, [c for c, _ in plan], cons) if calib else None
     pruned_by: Dict[str, LayerRow] = {}      # weight name -> row of the layer that pruned it
     rows: Dict[str, LayerRow] = {}
     layer_of: Dict[str, Layer] = {}
@@ -513,9 +507,21 @@ def prune(model_or_path, pattern: str = "block", sparsity: float = 0.9, *,
             W = c.to_matrix(tensor_to_array(t))
             mask, eff = _make_mask(c, W, spec)
             Wp = np.where(mask, W, np.zeros((), dtype=W.dtype))
-            _set_initializer(t, c.from_matrix(Wp).astype(W.dtype, copy=False))
+            why_not = recon.why_not(c) if recon else None
+            if recon and why_not is None:
+                Wp, errors, note = recon.run(c, W, Wp, eff, spec["sparsity"], inits)
+            set_initializer(t, c.from_matrix(Wp).astype(W.dtype, copy=False))
             nnz = int(np.count_nonzero(Wp))
             row = _row(c, eff, spec["sparsity"], nnz, shapes)
+            if recon and why_not is None:
+                row.method = "reconstruction"
+                row.error_magnitude, row.error = errors
+                if note:
+                    row.note = note
+                    report.notes.append(f"{c.name}: {note}")
+            elif recon:
+                row.note = why_not
+                report.notes.append(f"{c.name}: {why_not}")
             others = [names[k] for k, _ in cons.get(c.weight, []) if k != c.index]
             if others:
                 row.note = (f"weight shared with {', '.join(others)}: pruned once, "
