@@ -83,6 +83,33 @@ def _fmt_count(n) -> str:
     return f"{n:.0f}"
 
 
+def _fmt_err(v) -> str:
+    return "-" if v is None else f"{v:.4f}"
+
+
+def calibration_options(f):
+    """--calibration and the options that say how to read it (prune and analyze)."""
+    f = click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True,
+                     help="Calibration samples per onnxruntime run (inputs with a symbolic batch dim).")(f)
+    f = click.option("--calibration-samples", type=click.IntRange(min=1), default=None,
+                     help="Use only the first N calibration samples.")(f)
+    f = click.option("--preprocess", type=click.Choice(["imagenet"]), default=None,
+                     help="How to turn a folder of images into inputs (resize 256, centre crop 224, "
+                          "ImageNet mean/std).")(f)
+    return click.option("--calibration", type=click.Path(), default=None, metavar="DATA",
+                        help=".npz of input samples keyed by input name, or a folder of images "
+                             "(with --preprocess).")(f)
+
+
+def load_calibration_option(path, preprocess, samples, batch_size, model):
+    if path is None:
+        if preprocess or samples:
+            raise SparsekitError("--preprocess and --calibration-samples need --calibration")
+        return None
+    from .calibration import load_calibration
+    return load_calibration(path, model, preprocess=preprocess, batch_size=batch_size, limit=samples)
+
+
 # ---------------------------------------------------------------------------------------------
 # sparsekit prune
 
@@ -108,14 +135,26 @@ def _fmt_count(n) -> str:
 @click.option("--recipe", type=click.Path(dir_okay=False), default=None,
               help="YAML/JSON recipe with per-layer pattern and sparsity overrides.")
 @click.option("--no-fold-bn", is_flag=True, help="Keep BatchNormalization nodes (no folding).")
+@calibration_options
+@click.option("--damp", type=click.FloatRange(min=0.0), default=0.01, show_default=True,
+              help="--calibration: dampening added to the input Gram matrix (fraction of its mean "
+                   "diagonal).")
+@click.option("--match", type=click.Choice(["dense", "layer"]), default="dense", show_default=True,
+              help="--calibration: reconstruct the dense model's layer outputs (dense) or the layer's "
+                   "own outputs on the pruned inputs (layer).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option("--force", is_flag=True, help="Overwrite the output file if it exists.")
 def prune(model, output, pattern, sparsity, bank_size, banks, block, include, exclude, min_params,
-          recipe, no_fold_bn, as_json, force):
+          recipe, no_fold_bn, calibration, preprocess, calibration_samples, batch_size, damp, match,
+          as_json, force):
     """Prune MODEL's Conv/Gemm/MatMul weights with a sparsity pattern.
 
     The output is plain ONNX (it runs in stock onnxruntime) with the recipe recorded in its
     metadata for `sparsekit convert`.
+
+    With --calibration DATA (an .npz of input samples keyed by input name, or a folder of
+    images with --preprocess imagenet) each layer's mask and kept weights are chosen to keep
+    its outputs on that data (one-shot reconstruction, no retraining; docs/accuracy.md).
 
     Example: sparsekit prune model.onnx -o pruned.onnx --pattern block --sparsity 0.9
     """
@@ -124,11 +163,12 @@ def prune(model, output, pattern, sparsity, bank_size, banks, block, include, ex
 
     io.check_output_path(output, force, inputs=(model,))
     source = io.load_model(model)
+    calib = load_calibration_option(calibration, preprocess, calibration_samples, batch_size, source)
     with layer_progress("pruning", enabled=not as_json) as progress:
         pruned, report = run_prune(
             source, pattern=pattern, sparsity=sparsity, bank_size=bank_size, banks=banks,
             block=block, include=include, exclude=exclude, min_params=min_params, recipe=recipe,
-            fold_bn=not no_fold_bn, progress=progress)
+            fold_bn=not no_fold_bn, calibration=calib, damp=damp, match=match, progress=progress)
     io.save_model(pruned, output, external_data=io.uses_external_data(model) or None)
     if as_json:
         print_json({"output": str(output), **report.to_dict()})
@@ -139,15 +179,21 @@ def prune(model, output, pattern, sparsity, bank_size, banks, block, include, ex
 
 def render_prune_report(report) -> None:
     d = report.to_dict()
+    recon = any(r["error"] is not None for r in d["layers"])
     table = Table(title="pruned layers", show_lines=False)
-    for col, justify in (("layer", "left"), ("op", "left"), ("weight", "left"),
-                         ("pattern", "left"), ("sparsity", "right"), ("params", "right"),
-                         ("FLOPs", "right")):
+    cols = [("layer", "left"), ("op", "left"), ("weight", "left"), ("pattern", "left"),
+            ("sparsity", "right"), ("params", "right"), ("FLOPs", "right")]
+    if recon:   # relative layer output error on the calibration data: magnitude mask vs written
+        cols += [("err mag", "right"), ("err rec", "right")]
+    for col, justify in cols:
         table.add_column(col, justify=justify)
     for row in d["layers"]:
-        table.add_row(row["name"], row["op"], "x".join(str(s) for s in row["weight_shape"]),
-                      row["pattern"], f"{row['achieved']:.1%}", _fmt_count(row["params"]),
-                      _fmt_count(row["flops"]))
+        cells = [row["name"], row["op"], "x".join(str(s) for s in row["weight_shape"]),
+                 row["pattern"], f"{row['achieved']:.1%}", _fmt_count(row["params"]),
+                 _fmt_count(row["flops"])]
+        if recon:
+            cells += [_fmt_err(row["error_magnitude"]), _fmt_err(row["error"])]
+        table.add_row(*cells)
     out.print(table)
     if d.get("skipped"):
         out.print(f"skipped {len(d['skipped'])} layer(s): " + ", ".join(
@@ -157,6 +203,98 @@ def render_prune_report(report) -> None:
     out.print(f"params: {_fmt_count(t['params'])} -> {_fmt_count(t['params_kept'])} "
               f"({t['params_removed_pct']:.1f}% removed); FLOPs: {_fmt_count(t['flops'])} -> "
               f"{_fmt_count(t['flops_kept'])} ({t['flops_removed_pct']:.1f}% removed)")
+
+
+# ---------------------------------------------------------------------------------------------
+# sparsekit analyze
+
+
+@cli.command()
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("--target", type=float, required=True,
+              help="Global sparsity to reach over the analysed layers, in (0, 1).")
+@click.option("--by", type=click.Choice(["params", "flops"]), default="params", show_default=True,
+              help="Count the target in weights or in FLOPs.")
+@click.option("--pattern", type=click.Choice(["block", "bank", "unstructured"]), default="block",
+              show_default=True, help="Sparsity pattern (as prune).")
+@click.option("--bank-size", type=int, default=None, help="bank: reduction positions per bank.")
+@click.option("--banks", type=int, default=None, help="bank: number of equal banks per row.")
+@click.option("--block", default=None, help="Block shape AxB (default 1x4).")
+@click.option("--include", default=None, metavar="REGEX", help="Only analyse nodes whose name matches.")
+@click.option("--exclude", default=None, metavar="REGEX", help="Never prune nodes whose name matches.")
+@click.option("--min-params", type=int, default=1024, show_default=True,
+              help="Skip layers with fewer weights than this.")
+@calibration_options
+@click.option("--grid", default=",".join(str(g) for g in (0.3, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)),
+              show_default=True, help="Sparsities each layer is tried at.")
+@click.option("--method", type=click.Choice(["reconstruction", "magnitude"]), default="reconstruction",
+              show_default=True, help="How a layer is pruned for its trials.")
+@click.option("--samples", type=click.IntRange(min=1), default=64, show_default=True,
+              help="Calibration samples the output comparisons use.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
+              help="Write the recipe here (YAML, or JSON for a .json name).")
+@click.option("--plot", type=click.Path(dir_okay=False), default=None,
+              help="Save the sensitivity curves and the allocation as a PNG.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.option("--force", is_flag=True, help="Overwrite the output files if they exist.")
+def analyze(model, target, by, pattern, bank_size, banks, block, include, exclude, min_params,
+            calibration, preprocess, calibration_samples, batch_size, grid, method, samples, output,
+            plot, as_json, force):
+    """Measure each layer's sensitivity to pruning and allocate per-layer sparsities.
+
+    Every layer prune would select is pruned alone at each --grid sparsity and the model's
+    outputs on the calibration data are compared with the dense model's; then per-layer
+    sparsities reaching --target (in params or FLOPs) with the least predicted error are chosen
+    and written as a recipe for `sparsekit prune --recipe`.
+
+    Example: sparsekit analyze model.onnx --calibration calib.npz --target 0.8 -o recipe.yaml
+    """
+    from . import io
+    from .analyze import analyze as run_analyze
+
+    if calibration is None:
+        raise SparsekitError("analyze needs --calibration DATA")
+    for path in (output, plot):
+        if path is not None:
+            io.check_output_path(path, force, inputs=(model,))
+    grid_values = _parse_list(grid, float, "--grid")
+    source = io.load_model(model)
+    calib = load_calibration_option(calibration, preprocess, calibration_samples, batch_size, source)
+    with layer_progress("analysing", enabled=not as_json) as progress:
+        report = run_analyze(source, calib, target, by=by, pattern=pattern, bank_size=bank_size,
+                             banks=banks, block=block, include=include, exclude=exclude,
+                             min_params=min_params, grid=grid_values, method=method, samples=samples,
+                             progress=progress)
+    if output is not None:
+        recipe = report.recipe()
+        if str(output).lower().endswith(".json"):
+            text = json.dumps(recipe, indent=2) + "\n"
+        else:
+            import yaml
+            text = yaml.safe_dump(recipe, sort_keys=False)
+        io.save_text(text, output)
+    if plot is not None:
+        from .plot import plot_sensitivity
+        plot_sensitivity(report, plot)
+    if as_json:
+        print_json({"output": output, "plot": plot, **report.to_dict()})
+        return
+    table = Table(title=f"sensitivity (model output error, one layer pruned, {method})")
+    table.add_column("layer")
+    table.add_column(by, justify="right")
+    for g in report.grid:
+        table.add_column(f"{g:g}", justify="right")
+    table.add_column("allocated", justify="right")
+    for ls in report.layers:
+        table.add_row(ls.name, _fmt_count(ls.params if by == "params" else ls.flops),
+                      *[f"{e:.2g}" for e in ls.errors], f"{ls.sparsity:.1%}")
+    out.print(table)
+    out.print(f"target {report.target:.1%} of {by}: allocated {report.achieved:.2%} "
+              f"({report.achieved_counts:.2%} after rounding keep counts to whole weights), "
+              f"predicted output error {report.predicted_error:.3g}")
+    for path, what in ((output, "recipe"), (plot, "plot")):
+        if path is not None:
+            out.print(f"wrote {what} [bold]{path}[/bold]")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -112,6 +112,23 @@ def save_model(model: onnx.ModelProto, out: PathLike, external_data: bool | None
     return o
 
 
+def save_text(text: str, out: PathLike) -> Path:
+    """Write a text file (a recipe) atomically, like :func:`save_model`."""
+    o = Path(out)
+    fd, tmp = tempfile.mkstemp(prefix=f".{o.name}.", suffix=".tmp", dir=o.resolve().parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, o)
+    except OSError as e:
+        raise SparsekitError(f"{o}: could not write ({e.strerror or e})") from e
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return o
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

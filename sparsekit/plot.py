@@ -58,3 +58,27 @@ def plot_sweep(points: List, path: str, title: str = "") -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def plot_sensitivity(report, path: str) -> None:
+    """analyze: each layer's error curve (log scale) and the allocated sparsity per layer."""
+    plt = _pyplot()
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4.5))
+    for ls in report.layers:
+        ax.plot(report.grid, [max(e, 1e-12) for e in ls.errors], marker=".", lw=1, label=ls.name)
+    ax.set_yscale("log")
+    ax.set_xlabel("sparsity of one layer")
+    ax.set_ylabel("model output error (relative)")
+    ax.set_title("sensitivity")
+    if len(report.layers) <= 12:
+        ax.legend(fontsize=7)
+    xs = range(len(report.layers))
+    bx.bar(xs, [ls.sparsity for ls in report.layers], color="#2a7ab9")
+    bx.axhline(report.target, color="k", lw=0.8, ls="--", label=f"target {report.target:g} ({report.by})")
+    bx.set_xticks(list(xs), [ls.name for ls in report.layers], rotation=90, fontsize=6)
+    bx.set_ylabel("allocated sparsity")
+    bx.set_ylim(0, 1)
+    bx.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,236 @@
+"""``sparsekit analyze``: per-layer sensitivity to pruning, and per-layer sparsities for a global target.
+
+1. Sensitivity: every layer ``prune`` would select is pruned alone at each sparsity of a grid (by
+   reconstruction from the calibration data, or by magnitude) and the whole model's outputs on
+   the calibration data are compared with the dense model's: the error is
+   ``sum |y - y_dense|² / sum |y_dense|²`` over all outputs.  One onnxruntime session serves
+   every trial: the pruned weights are fed as overriding initializers.
+2. Allocation: each layer's error curve is replaced by its lower convex hull through (0, 0), so
+   removing weights has a rising marginal cost; the segments with the least error per removed
+   parameter (or FLOP) are taken first until the target is met exactly, the last one partly.
+   Summed per-layer errors are the prediction (errors of different layers add up to first order).
+3. The result is a recipe that ``sparsekit prune --recipe`` takes (the default sparsity is 0, so
+   only the listed layers are pruned).
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import onnx
+
+from .errors import SparsekitError
+from .graph import initializer_map, prunable_layers, tensor_to_array
+from .io import as_model
+from .prune import RECIPE_VERSION, _make_mask, fold_batchnorms
+from .prune import prune as magnitude_prune
+from .reconstruct import DEFAULT_DAMP, capture_stats, reconstruct, supports
+
+__all__ = ["analyze", "allocate", "AnalyzeReport", "LayerSensitivity", "DEFAULT_GRID", "COST_UNITS"]
+
+DEFAULT_GRID = (0.3, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
+COST_UNITS = ("params", "flops")
+METHODS = ("reconstruction", "magnitude")
+
+
+@dataclass
+class LayerSensitivity:
+    name: str
+    op: str
+    params: int
+    flops: Optional[int]
+    errors: List[float]              # model output error at each grid sparsity, this layer alone
+    method: str                      # how the layer was pruned for the trial
+    sparsity: float = 0.0            # allocated
+    predicted_error: float = 0.0     # its hull's error at the allocated sparsity
+
+
+@dataclass
+class AnalyzeReport:
+    grid: List[float]
+    target: float
+    by: str
+    layers: List[LayerSensitivity] = field(default_factory=list)
+    settings: Dict[str, Any] = field(default_factory=dict)
+    achieved: float = 0.0            # allocated sparsity over the analysed layers, counted ``by``
+    achieved_counts: float = 0.0     # the same after prune rounds keep counts (per bank or layer)
+    predicted_error: float = 0.0     # sum of the layers' predicted errors
+    notes: List[str] = field(default_factory=list)
+
+    def recipe(self) -> Dict[str, Any]:
+        """The recipe for ``prune --recipe``: the pattern as default, every layer's sparsity."""
+        default = {k: v for k, v in self.settings.get("pattern_spec", {}).items() if v is not None}
+        default["sparsity"] = 0.0
+        return {"version": RECIPE_VERSION, "default": default,
+                "layers": {r.name: {"sparsity": round(r.sparsity, 6)} for r in self.layers}}
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {"grid": self.grid, "target": self.target, "by": self.by,
+                "achieved": self.achieved, "achieved_counts": self.achieved_counts,
+                "predicted_error": self.predicted_error,
+                "settings": self.settings, "notes": self.notes,
+                "layers": [asdict(r) for r in self.layers], "recipe": self.recipe()}
+
+
+# --------------------------------------------------------------------------- allocation
+
+def _lower_hull(xs: Sequence[float], ys: Sequence[float]) -> List[Tuple[float, float]]:
+    """Lower convex hull of points sorted by x (monotone chain)."""
+    hull: List[Tuple[float, float]] = []
+    for p in zip(xs, ys):
+        while len(hull) >= 2:
+            (x1, y1), (x2, y2) = hull[-2], hull[-1]
+            if (x2 - x1) * (p[1] - y1) - (y2 - y1) * (p[0] - x1) <= 0:   # not a left turn
+                hull.pop()
+            else:
+                break
+        hull.append(p)
+    return hull
+
+
+def allocate(costs: Sequence[float], grid: Sequence[float], errors: Sequence[Sequence[float]],
+             target: float) -> Tuple[List[float], List[float]]:
+    """Per-layer sparsities with ``sum(c·s) = target·sum(c)`` and the least summed error.
+
+    ``errors[l][g]`` is layer l's error at ``grid[g]`` (0 at sparsity 0).  Returns the
+    sparsities and each layer's predicted error (on its convex hull).
+    """
+    costs = np.asarray(costs, dtype=np.float64)
+    if not 0.0 <= target <= max(grid):
+        raise SparsekitError(f"target {target} is outside [0, {max(grid)}] (the largest analysed sparsity)")
+    hulls = [_lower_hull([0.0] + list(grid), [0.0] + [max(float(e), 0.0) for e in errs]) for errs in errors]
+    segs = []
+    for li, h in enumerate(hulls):
+        for (x1, y1), (x2, y2) in zip(h, h[1:]):
+            per_cost = (y2 - y1) / (costs[li] * (x2 - x1)) if costs[li] > 0 else 0.0
+            segs.append((per_cost, li, x1, x2))
+    segs.sort(key=lambda t: t[0])      # convex hulls: each layer's segments stay in order
+    need = target * float(costs.sum())
+    alloc = np.zeros(len(costs))
+    for _, li, x1, x2 in segs:
+        if need <= 0:
+            break
+        gain = costs[li] * (x2 - x1)
+        take = min(1.0, need / gain) if gain > 0 else 1.0
+        alloc[li] = x1 + take * (x2 - x1)
+        need -= take * gain
+    predicted = [float(np.interp(s, [p[0] for p in h], [p[1] for p in h])) for s, h in zip(alloc, hulls)]
+    return [float(s) for s in alloc], predicted
+
+
+# --------------------------------------------------------------------------- sensitivity
+
+class _OutputProbe:
+    """One session of the dense model whose selected weights can be overridden per run."""
+
+    def __init__(self, model: onnx.ModelProto, weights: List[str], feeds: List[Dict[str, np.ndarray]]):
+        import onnxruntime as ort
+        m = onnx.ModelProto()
+        m.CopyFrom(model)
+        inits = initializer_map(m)
+        for w in weights:     # an initializer that is also a graph input can be fed at run time
+            t = inits[w]
+            m.graph.input.append(onnx.helper.make_tensor_value_info(w, t.data_type, list(t.dims)))
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        self.sess = ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+        self.feeds = feeds
+        self.reference = [self._outputs(f) for f in feeds]
+        self.scale = sum(float(np.sum(y ** 2)) for ys in self.reference for y in ys) or 1.0
+
+    def _outputs(self, feed):
+        return [np.asarray(y, dtype=np.float64) for y in self.sess.run(None, feed)]
+
+    def error(self, weight: str, value: np.ndarray) -> float:
+        tot = 0.0
+        for feed, ref in zip(self.feeds, self.reference):
+            ys = self._outputs({**feed, weight: value})
+            tot += sum(float(np.sum((y - r) ** 2)) for y, r in zip(ys, ref))
+        return tot / self.scale
+
+
+def analyze(model_or_path, calibration, target: float, *, by: str = "params", pattern: str = "block",
+            bank_size: Optional[int] = None, banks: Optional[int] = None, block=None, include=None,
+            exclude=None, min_params: int = 1024, skip_first: bool = True, skip_depthwise: bool = True,
+            fold_bn: bool = True, grid: Sequence[float] = DEFAULT_GRID, method: str = "reconstruction",
+            samples: Optional[int] = 64, damp: float = DEFAULT_DAMP,
+            progress: Optional[Callable[[int, int, str], None]] = None) -> AnalyzeReport:
+    """Sensitivity of every selected layer and an allocation reaching ``target`` (see module doc).
+
+    ``calibration``: a :class:`~sparsekit.calibration.Calibration` or an .npz path.  The layer
+    selection and pattern options are those of :func:`sparsekit.prune.prune`.  ``samples``:
+    how many calibration samples the output comparisons use (all of them feed the Gram
+    matrices).
+    """
+    if by not in COST_UNITS:
+        raise SparsekitError(f"by must be one of {', '.join(COST_UNITS)}, got {by!r}")
+    if method not in METHODS:
+        raise SparsekitError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
+    grid = sorted({float(g) for g in grid})
+    if not grid or grid[0] <= 0.0 or grid[-1] >= 1.0:
+        raise SparsekitError(f"grid sparsities must be in (0, 1), got {grid}")
+    if isinstance(target, bool) or not isinstance(target, (int, float)) or not 0.0 < target < 1.0:
+        raise SparsekitError(f"target must be a sparsity in (0, 1), got {target!r}")
+    if target > grid[-1]:
+        raise SparsekitError(f"target {target} is above the largest grid sparsity {grid[-1]}")
+    src = as_model(model_or_path)
+    # prune's own selection: which layers, with which resolved pattern (a magnitude dry run)
+    _, dry = magnitude_prune(src, pattern, grid[-1], bank_size=bank_size, banks=banks, block=block,
+                             include=include, exclude=exclude, min_params=min_params,
+                             skip_first=skip_first, skip_depthwise=skip_depthwise, fold_bn=fold_bn)
+    rows = {r.name: r for r in dry.layers if r.shared_with is None and r.op != "LSTM"}
+    model = onnx.ModelProto()
+    model.CopyFrom(src)
+    if fold_bn:
+        fold_batchnorms(model)
+    layers = [c for c in prunable_layers(model) if c.name in rows]
+    if not layers:
+        raise SparsekitError("no layer to analyse after selection")
+    from .calibration import Calibration, load_calibration
+    calib = calibration if isinstance(calibration, Calibration) else load_calibration(calibration, src)
+    report = AnalyzeReport(grid=grid, target=float(target), by=by)
+    report.settings = {"pattern_spec": {"pattern": pattern, "bank_size": bank_size, "banks": banks,
+                                        "block": block if isinstance(block, (str, type(None))) else
+                                        f"{block[0]}x{block[1]}"},
+                       "method": method, "calibration": calib.source, "samples": calib.samples,
+                       "probe_samples": min(samples or calib.samples, calib.samples), "damp": damp}
+    stats = {}
+    if method == "reconstruction":
+        stats = capture_stats(model, [c for c in layers if supports(c) is None], calib.batches)
+    probe_cal = calib.subset(samples) if samples else calib
+    probe = _OutputProbe(model, [c.weight for c in layers], list(probe_cal.batches()))
+    inits = initializer_map(model)
+    for done, c in enumerate(layers, start=1):
+        r = rows[c.name]
+        eff = {"pattern": r.pattern, "bank_size": r.bank_size, "block": r.block}
+        spec = {"pattern": r.pattern, "bank_size": r.bank_size, "block": r.block}
+        W = c.to_matrix(tensor_to_array(inits[c.weight]))
+        errs = []
+        for s in grid:
+            if c.name in stats:
+                Wn, _, _ = reconstruct(W, stats[c.name], eff, s, damp)
+            else:
+                mask, _ = _make_mask(c, W, {**spec, "sparsity": s})
+                Wn = np.where(mask, W, 0.0).astype(W.dtype)
+            errs.append(probe.error(c.weight, c.from_matrix(Wn).astype(W.dtype)))
+        cost = r.params if by == "params" else r.flops
+        if cost is None:
+            raise SparsekitError(f"{c.name}: FLOPs unknown (shape inference failed); use --by params")
+        report.layers.append(LayerSensitivity(c.name, c.op, r.params, r.flops, errs,
+                                              "reconstruction" if c.name in stats else "magnitude"))
+        if progress is not None:
+            progress(done, len(layers), c.name)
+    costs = [(ls.params if by == "params" else ls.flops) for ls in report.layers]
+    alloc, predicted = allocate(costs, grid, [ls.errors for ls in report.layers], target)
+    for ls, s, e in zip(report.layers, alloc, predicted):
+        ls.sparsity, ls.predicted_error = s, e
+    report.achieved = float(np.dot(costs, alloc) / np.sum(costs))
+    report.predicted_error = float(sum(predicted))
+    # what prune will actually remove: keep counts are whole weights per bank / per layer
+    _, final = magnitude_prune(src, pattern, 0.0, bank_size=bank_size, banks=banks, block=block,
+                               recipe=report.recipe(), fold_bn=fold_bn)
+    done_rows = {r.name: r for r in final.layers}
+    removed = [(done_rows[ls.name].achieved if ls.name in done_rows else 0.0) for ls in report.layers]
+    report.achieved_counts = float(np.dot(costs, removed) / np.sum(costs))
+    return report
