@@ -107,9 +107,10 @@ def allocate(costs: Sequence[float], grid: Sequence[float], errors: Sequence[Seq
             segs.append((per_cost, li, x1, x2))
     segs.sort(key=lambda t: t[0])      # convex hulls: each layer's segments stay in order
     need = target * float(costs.sum())
+    tol = 1e-12 * float(costs.sum())
     alloc = np.zeros(len(costs))
     for _, li, x1, x2 in segs:
-        if need <= 0:
+        if need <= tol:     # rounding leftovers must not open the next segment
             break
         gain = costs[li] * (x2 - x1)
         take = min(1.0, need / gain) if gain > 0 else 1.0
