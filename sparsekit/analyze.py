@@ -29,7 +29,7 @@ from .reconstruct import DEFAULT_DAMP, capture_stats, reconstruct, supports
 
 __all__ = ["analyze", "allocate", "AnalyzeReport", "LayerSensitivity", "DEFAULT_GRID", "COST_UNITS"]
 
-DEFAULT_GRID = (0.3, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
+DEFAULT_GRID = (0.1, 0.2, 0.3, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
 COST_UNITS = ("params", "flops")
 METHODS = ("reconstruction", "magnitude")
 
@@ -196,10 +196,17 @@ def analyze(model_or_path, calibration, target: float, *, by: str = "params", pa
                                         f"{block[0]}x{block[1]}"},
                        "method": method, "calibration": calib.source, "samples": calib.samples,
                        "probe_samples": min(samples or calib.samples, calib.samples), "damp": damp}
+    probe_cal = calib.subset(samples) if samples else calib
+    # fit on other samples than the probe's when there are enough, or a refit that follows its
+    # calibration set would look better than it is
+    fit_cal = calib.rest(probe_cal.samples) if calib.samples >= 2 * probe_cal.samples else calib
+    if fit_cal is calib:
+        report.notes.append(f"{calib.samples} calibration samples: the {probe_cal.samples} probe samples "
+                            "are also fitted (give at least twice --samples to keep them apart)")
+    report.settings["fit_samples"] = fit_cal.samples
     stats = {}
     if method == "reconstruction":
-        stats = capture_stats(model, [c for c in layers if supports(c) is None], calib.batches)
-    probe_cal = calib.subset(samples) if samples else calib
+        stats = capture_stats(model, [c for c in layers if supports(c) is None], fit_cal.batches)
     probe = _OutputProbe(model, [c.weight for c in layers], list(probe_cal.batches()))
     inits = initializer_map(model)
     for done, c in enumerate(layers, start=1):

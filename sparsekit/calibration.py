@@ -56,8 +56,14 @@ class Calibration:
             yield {k: v[i:i + self.step] for k, v in self.inputs.items()}
 
     def subset(self, limit: int) -> "Calibration":
+        """The first ``limit`` samples (rounded down to whole batches, at least one batch)."""
         n = max(self.step, min(limit, self.samples) // self.step * self.step)
         return Calibration({k: v[:n] for k, v in self.inputs.items()}, self.step, self.source)
+
+    def rest(self, skip: int) -> "Calibration":
+        """The samples after :meth:`subset` (``skip``) took its own."""
+        n = self.subset(skip).samples
+        return Calibration({k: v[n:] for k, v in self.inputs.items()}, self.step, self.source)
 
 
 def _input_specs(model: onnx.ModelProto) -> List[_InputSpec]:

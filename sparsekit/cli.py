@@ -225,7 +225,7 @@ def render_prune_report(report) -> None:
 @click.option("--min-params", type=int, default=1024, show_default=True,
               help="Skip layers with fewer weights than this.")
 @calibration_options
-@click.option("--grid", default=",".join(str(g) for g in (0.3, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)),
+@click.option("--grid", default=",".join(str(g) for g in (0.1, 0.2, 0.3, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)),
               show_default=True, help="Sparsities each layer is tried at.")
 @click.option("--method", type=click.Choice(["reconstruction", "magnitude"]), default="reconstruction",
               show_default=True, help="How a layer is pruned for its trials.")

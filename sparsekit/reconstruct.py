@@ -39,7 +39,12 @@ __all__ = ["LayerStats", "capture_stats", "reconstruct", "layer_error", "support
 DEFAULT_DAMP = 0.01        # H += damp · mean(diag H) · I, as SparseGPT
 MATCH_MODES = ("dense", "layer")
 _SWEEP_BLOCK = 128         # columns per lazy-update block (blocks and unstructured)
-_MAX_PATCH_ELEMENTS = 1 << 24   # im2col rows are produced in chunks of at most this many floats
+_MAX_PATCH_ELEMENTS = 1 << 24
+# match="dense" refits every weight of the layer; with fewer input vectors than this many per
+# input (a classifier sees one per sample) that fit follows the calibration set, not the data
+# (measured on MobileNetV2's classifier: 62% top-1 agreement refitted, 88% with SparseGPT's own
+# target), so such layers keep the layer target
+DENSE_MIN_ROWS = 4   # im2col rows are produced in chunks of at most this many floats
 
 
 def supports(layer: Layer) -> Optional[str]:
@@ -272,9 +277,12 @@ def reconstruct(W: np.ndarray, stats: LayerStats, eff: Dict, sparsity: float,
     dead = np.diag(H) <= 0
     H[dead, dead] = 1.0     # inputs that are always zero: any weight there is free to remove
     Hd, U, lam = _inverse_factor(H, damp)
-    if stats.cross is not None:
+    refit = stats.cross is not None and stats.rows >= DENSE_MIN_ROWS * K
+    if refit:
         # the least-squares weights that map the pruned-upstream inputs onto the dense output
-        target = np.linalg.solve(Hd, stats.cross @ W0.T).T
+        # (ridge towards W itself, so more dampening means closer to W, never towards zero)
+        ridge = Hd - H
+        target = np.linalg.solve(Hd, stats.cross @ W0.T + ridge @ W0.T).T
     else:
         target = W0
     Wk = target.copy()
@@ -301,7 +309,8 @@ def reconstruct(W: np.ndarray, stats: LayerStats, eff: Dict, sparsity: float,
     Wk[~mask] = 0.0
     mean_dense = stats.mean_dense if stats.mean_dense is not None else stats.mean
     bias_delta = mean_dense @ W0.T - stats.mean @ Wk.T
-    return Wk.astype(np.float32), mask, {"damp": lam, "bias_delta": bias_delta}
+    return Wk.astype(np.float32), mask, {"damp": lam, "bias_delta": bias_delta,
+                                         "target": "dense" if refit else "layer"}
 
 
 def layer_error(W_new: np.ndarray, W: np.ndarray, stats: LayerStats) -> float:
@@ -357,11 +366,13 @@ class LayerwiseReconstruction:
         stats = self._stats(layer)
         Wn, _, info = reconstruct(W, stats, eff, sparsity, self.damp)
         errors = (layer_error(W_magnitude, W, stats), layer_error(Wn, W, stats))
-        note = self._correct_bias(layer, info["bias_delta"], inits)
+        notes = [self._correct_bias(layer, info["bias_delta"], inits)]
         if info["damp"] > self.damp * 1.0001:
-            extra = f"input Gram matrix needed dampening {info['damp']:g}"
-            note = f"{note}; {extra}" if note else extra
-        return Wn, errors, note
+            notes.append(f"input Gram matrix needed dampening {info['damp']:g}")
+        if self.dense is not None and info["target"] == "layer":
+            notes.append(f"{stats.rows} input vectors for K={layer.K} (< {DENSE_MIN_ROWS}·K): "
+                         "kept the layer's own output as target (match=layer)")
+        return Wn, errors, "; ".join(n for n in notes if n) or None
 
     def _correct_bias(self, layer: Layer, delta: np.ndarray, inits) -> Optional[str]:
         """Add the mean output shift to the layer's bias; a note when there is none to add it to."""

@@ -256,3 +256,19 @@ def test_bad_reconstruction_settings_are_one_line_errors():
         prune(model, "block", 0.5, damp=-1.0)
     with pytest.raises(SparsekitError, match="no array for model input 'input'"):
         prune(model, "block", 0.5, calibration=DATA / "digits.npz")
+
+
+def test_dense_target_shrinks_towards_the_weights_and_needs_enough_rows():
+    rng = np.random.default_rng(8)
+    Xd = _correlated(rng, 400, 10)
+    Xp = Xd + 0.5 * rng.standard_normal(Xd.shape)
+    W = rng.standard_normal((3, 10))
+    # heavy dampening: the refit moves towards W itself, not towards zero
+    Wn, _, info = reconstruct(W, _stats(Xp, Xd), UNSTRUCTURED, 0.0, damp=1e6)
+    assert info["target"] == "dense"
+    np.testing.assert_allclose(Wn, W, rtol=1e-4, atol=1e-4)
+    # fewer than 4 input vectors per input: no refit, SparseGPT's own target
+    few = _stats(Xp[:30], Xd[:30])
+    Wf, _, info = reconstruct(W, few, UNSTRUCTURED, 0.0)
+    assert info["target"] == "layer"
+    np.testing.assert_allclose(Wf, W, rtol=1e-5, atol=1e-5)
