@@ -3,6 +3,8 @@
 Pipeline: ``prune`` (plain ONNX with zeros) -> ``convert`` (ai.sparsekit ops) -> run in
 onnxruntime with the custom-op library from ``get_library_path()``.
 """
+from .analyze import analyze
+from .calibration import load_calibration
 from .convert import convert
 from .errors import SparsekitError
 from .pack import (make_depthwise_node, make_sparse_conv_node, make_sparse_gemm_node, pack_bank,
@@ -12,6 +14,7 @@ from .runtime import get_library_path, session
 
 __version__ = "0.1.0"
 
-__all__ = ["prune", "convert", "SparsekitError", "__version__", "get_library_path", "session", "pack_bsr",
+__all__ = ["prune", "analyze", "load_calibration", "convert", "SparsekitError",
+           "__version__", "get_library_path", "session", "pack_bsr",
            "pack_bank", "unpack", "make_sparse_conv_node", "make_sparse_gemm_node",
            "make_depthwise_node"]
