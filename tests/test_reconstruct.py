@@ -272,3 +272,24 @@ def test_dense_target_shrinks_towards_the_weights_and_needs_enough_rows():
     Wf, _, info = reconstruct(W, few, UNSTRUCTURED, 0.0)
     assert info["target"] == "layer"
     np.testing.assert_allclose(Wf, W, rtol=1e-5, atol=1e-5)
+
+
+def _halved(Xp, Xd):
+    n = len(Xp) // 2
+    full = _stats(Xp, Xd)
+    full.halves = (_stats(Xp[:n], Xd[:n]), _stats(Xp[n:], Xd[n:]))
+    return full
+
+
+def test_dense_refit_is_kept_only_when_it_validates_across_halves():
+    rng = np.random.default_rng(9)
+    W = rng.standard_normal((4, 30))
+    # a real, learnable upstream change, plenty of rows: the refit generalises
+    Xd = _correlated(rng, 4000, 30)
+    A = np.eye(30) + 0.2 * rng.standard_normal((30, 30))
+    _, _, info = reconstruct(W, _halved(Xd @ A, Xd), UNSTRUCTURED, 0.5)
+    assert info["target"] == "dense"
+    # pure noise between the two models and fewer rows than inputs: the refit only memorises
+    Xd = _correlated(rng, 40, 30)
+    _, _, info = reconstruct(W, _halved(Xd + rng.standard_normal(Xd.shape), Xd), UNSTRUCTURED, 0.5)
+    assert info["target"] == "layer"
