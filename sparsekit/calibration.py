@@ -194,7 +194,7 @@ def _load_images(folder: Path, specs: List[_InputSpec]) -> Dict[str, np.ndarray]
     try:
         from PIL import Image
     except ImportError:
-        raise SparsekitError("reading images needs Pillow (pip install pillow)") from None
+        raise SparsekitError("reading images needs Pillow: pip install 'sparsekit[images]'") from None
     batch = np.empty((len(files), 3, h, w), dtype=np.float32)
     for i, f in enumerate(files):
         try:
