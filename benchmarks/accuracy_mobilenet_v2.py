@@ -114,7 +114,8 @@ def main() -> int:
             "layers": [ls.name for ls in rep.layers]}
     Path(args.out + ".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
     lines = [f"ImageNet MobileNetV2 (torchvision checkpoint), {args.evaluation} evaluation crops of "
-             f"scikit-image sample photos; calibration: {args.calibration} crops of other photos. "
+             f"scikit-image sample photos; calibration: {args.calibration} crops of the other half of "
+             "every photo. "
              f"{meta['date']}, onnxruntime {meta['onnxruntime']}. Agreement = top-1 equal to the dense "
              "model's; KL = mean KL(dense || pruned).", "",
              "| pattern | sparsity | magnitude agree / KL | reconstruction agree / KL | "
