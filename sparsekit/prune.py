@@ -24,7 +24,7 @@ from .graph import (Layer, all_names, consumer_map, get_attr, infer_shapes, init
 from .io import as_model
 from .patterns import (_positive_int, bank_mask, block_mask, parse_block, resolve_bank_size,
                        unstructured_mask)
-from .reconstruct import DEFAULT_DAMP, MATCH_MODES, LayerwiseReconstruction
+from .reconstruct import DEFAULT_DAMP, MATCH_MODES, LayerwiseReconstruction, supports
 
 __all__ = ["prune", "PruneReport", "LayerRow", "SkippedLayer", "PruneTotals", "load_recipe",
            "fold_batchnorms", "PATTERNS", "DEFAULT_BANK_SIZE", "METADATA_KEY"]
@@ -507,7 +507,7 @@ def prune(model_or_path, pattern: str = "block", sparsity: float = 0.9, *,
             W = c.to_matrix(tensor_to_array(t))
             mask, eff = _make_mask(c, W, spec)
             Wp = np.where(mask, W, np.zeros((), dtype=W.dtype))
-            why_not = recon.why_not(c) if recon else None
+            why_not = supports(c) if recon else None
             if recon and why_not is None:
                 Wp, errors, note = recon.run(c, W, Wp, eff, spec["sparsity"], inits)
             set_initializer(t, c.from_matrix(Wp).astype(W.dtype, copy=False))

@@ -31,7 +31,7 @@ import onnx
 
 from .errors import SparsekitError
 from .graph import Layer, get_attr
-from .patterns import bank_keep_counts, keep_count
+from .patterns import _topk_flat, bank_keep_counts, keep_count
 
 __all__ = ["LayerStats", "capture_stats", "reconstruct", "layer_error", "supports",
            "DEFAULT_DAMP", "MATCH_MODES"]
@@ -199,8 +199,8 @@ def _moments(acc: list, halves=None) -> LayerStats:
 
 # --------------------------------------------------------------------------- the sweep
 
-def _inverse_factor(H: np.ndarray, damp: float) -> Tuple[np.ndarray, np.ndarray, float]:
-    """(damped H, upper U with U^T U = H⁻¹, the damping used); more damping while not PD."""
+def _inverse_factor(H: np.ndarray, damp: float) -> Tuple[np.ndarray, float]:
+    """(upper U with U^T U = H⁻¹, the damping used); more damping while not PD."""
     K = H.shape[0]
     scale = float(np.mean(np.diag(H)))
     scale = scale if np.isfinite(scale) and scale > 0 else 1.0
@@ -212,7 +212,7 @@ def _inverse_factor(H: np.ndarray, damp: float) -> Tuple[np.ndarray, np.ndarray,
             Linv = np.linalg.inv(L)
             U = np.linalg.cholesky(Linv.T @ Linv).T
             if np.all(np.isfinite(U)):
-                return Hd, U, lam
+                return U, lam
         except np.linalg.LinAlgError:
             pass
     raise SparsekitError("the input Gram matrix stays singular after dampening")
@@ -231,15 +231,6 @@ def _group_mean(S: np.ndarray, b: int, a: int) -> np.ndarray:
 
 def _expand(kept: np.ndarray, b: int, a: int, M: int, n: int) -> np.ndarray:
     return np.repeat(np.repeat(kept, b, axis=0), a, axis=1)[:M, :n]
-
-
-def _topk(scores: np.ndarray, k: int) -> np.ndarray:
-    """Mask of the k largest (ties: lower flat index), like patterns' magnitude selection."""
-    flat = scores.ravel()
-    order = np.argsort(-flat, kind="stable")
-    mask = np.zeros(flat.size, dtype=bool)
-    mask[order[:k]] = True
-    return mask.reshape(scores.shape)
 
 
 class _Pattern:
@@ -273,7 +264,7 @@ class _Pattern:
         else:
             c0, c1 = i1 // self.a, i1 // self.a + score.shape[1]
             quota = min(self._share(c1) - self._share(c0), score.size)
-            kept = _topk(score, quota)
+            kept = _topk_flat(score.ravel(), quota).reshape(score.shape)
         return _expand(kept, self.b, self.a, M, n)
 
 
@@ -288,7 +279,7 @@ def reconstruct(W: np.ndarray, stats: LayerStats, eff: Dict, sparsity: float,
     H = stats.gram.copy()
     dead = np.diag(H) <= 0
     H[dead, dead] = 1.0     # inputs that are always zero: any weight there is free to remove
-    Hd, U, lam = _inverse_factor(H, damp)
+    U, lam = _inverse_factor(H, damp)
     refit = stats.cross is not None and _refit_generalises(W0, stats, lam)
     target = _refit(W0, H, stats.cross, lam) if refit else W0
     Wk = target.copy()
@@ -374,10 +365,6 @@ class LayerwiseReconstruction:
         self.planned = planned
         self.consumers = consumers
         self.cache: Dict[str, LayerStats] = {}
-
-    @staticmethod
-    def why_not(layer: Layer) -> Optional[str]:
-        return supports(layer)
 
     def _stats(self, layer: Layer) -> LayerStats:
         if layer.name not in self.cache:
