@@ -7,6 +7,12 @@ and Relu, at the given sparsity.  After warm-up, runs are interleaved (dense, sp
 dense, ...) and medians compared; the ratio is dense time / sparse time (> 1: sparse is faster).
 A benchmark, not a test: absolute times on shared machines drift, ratios hold.
 
+Each session runs through an IOBinding with its input and a preallocated output bound once (as
+inside a network, where onnxruntime's memory plan reuses buffers): with plain `run()` every call
+allocates and page-faults a fresh output (3.2 MB for the first layer), which on this machine
+made the same kernel measure 0.15 or 0.25 ms depending on where the allocator put it, on both
+sides.  `--no-binding` measures plain `run()` calls instead.
+
 Every session (dense and sparse alike) runs with session.intra_op.allow_spinning=0 unless
 --spin is given: with several sessions in one process, each session's pool keeps spinning after
 its run and steals the cores the next (interleaved) session needs; on a 2-core machine that made
@@ -99,25 +105,40 @@ def dense_session(model, threads, config):
     return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
 
 
-def bench_layer(P, C, M, threads, sparsity, variants, min_time, max_reps, rng, spin):
+def _runner(session, x, out_shape, binding):
+    """A no-argument callable running `session` once on x (bound, or via run())."""
+    if not binding:
+        return lambda: session.run(None, {"X": x})
+    y = np.empty(out_shape, np.float32)
+    io = session.io_binding()
+    io.bind_input("X", "cpu", 0, np.float32, list(x.shape), x.ctypes.data)
+    io.bind_output("Y", "cpu", 0, np.float32, list(y.shape), y.ctypes.data)
+    return lambda: (session.run_with_iobinding(io), y)[1]
+
+
+def bench_layer(P, C, M, threads, sparsity, variants, min_time, max_reps, rng, spin,
+                binding=True):
     dense, sparse, x = build(rng, P, C, M, sparsity, variants)
     config = {} if spin else {"session.intra_op.allow_spinning": "0"}
     sessions = {"dense": dense_session(dense, threads, config)}
     for v, m in sparse.items():
         sessions[v] = sparsekit.session(m, threads=threads, config=config,
                                         graph_optimization_level=ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
-    feeds = {"X": x}
-    ref = sessions["dense"].run(None, feeds)[0]
-    for s in sessions.values():  # warm-up
+    shape = (1, M, SIDE[P], SIDE[P])
+    runners = {k: _runner(s, x, shape, binding) for k, s in sessions.items()}
+    ref = np.array(sessions["dense"].run(None, {"X": x})[0])
+    for k, run in runners.items():  # warm-up; every variant must compute the same layer shape
         for _ in range(3):
-            s.run(None, feeds)
+            out = run()
+        out = out[0] if isinstance(out, list) else out
+        assert out.shape == ref.shape, (k, out.shape)
     times = {k: [] for k in sessions}
     t_start = time.perf_counter()
     reps = 0
     while reps < max_reps and (reps < 5 or time.perf_counter() - t_start < min_time):
-        for k, s in sessions.items():
+        for k, run in runners.items():
             t0 = time.perf_counter()
-            s.run(None, feeds)
+            run()
             times[k].append(time.perf_counter() - t0)
         reps += 1
     med = {k: statistics.median(v) * 1e3 for k, v in times.items()}
@@ -126,7 +147,7 @@ def bench_layer(P, C, M, threads, sparsity, variants, min_time, max_reps, rng, s
     for v in variants:
         row[f"{v}_ms"] = round(med[v], 4)
         row[f"{v}_ratio"] = round(med["dense"] / med[v], 3)
-    assert ref.shape == (1, M, SIDE[P], SIDE[P])
+    assert ref.shape == shape
     return row
 
 
@@ -141,6 +162,9 @@ def main(argv=None):
     ap.add_argument("--max-reps", type=int, default=200)
     ap.add_argument("--spin", action="store_true",
                     help="leave onnxruntime's intra-op spinning on (default: off for every session)")
+    ap.add_argument("--no-binding", action="store_true",
+                    help="time plain run() calls (a fresh output every call) instead of an "
+                         "IOBinding with a preallocated output")
     ap.add_argument("--json", action="store_true", help="print the results as JSON")
     args = ap.parse_args(argv)
     threads = [int(t) for t in args.threads.split(",") if t]
@@ -159,18 +183,20 @@ def main(argv=None):
     except ImportError:
         isas = []
     info = {"onnxruntime": ort.__version__, "isa_env": os.environ.get("SPARSEKIT_ISA", "(auto)"),
-            "available_isas": isas, "library": sparsekit.get_library_path(), "spin": args.spin}
+            "available_isas": isas, "library": sparsekit.get_library_path(), "spin": args.spin,
+            "binding": not args.no_binding}
     rows = []
     if not args.json:
         print(f"# onnxruntime {info['onnxruntime']}, SPARSEKIT_ISA={info['isa_env']}, "
-              f"available {isas}, sparsity {args.sparsity}, spinning {'on' if args.spin else 'off'}")
+              f"available {isas}, sparsity {args.sparsity}, spinning {'on' if args.spin else 'off'}, "
+              f"{'run()' if args.no_binding else 'IOBinding, preallocated outputs'}")
         head = f"{'layer':>14} {'thr':>3} {'dense ms':>9}" + "".join(
             f" {v + ' ms':>10} {'ratio':>6}" for v in variants)
         print(head)
     for t in threads:
         for P, C, M in layers:
             row = bench_layer(P, C, M, t, args.sparsity, variants, args.min_time, args.max_reps, rng,
-                              args.spin)
+                              args.spin, not args.no_binding)
             rows.append(row)
             if not args.json:
                 print(f"{row['layer']:>14} {t:>3} {row['dense_ms']:>9.3f}" + "".join(

@@ -68,9 +68,11 @@ sk::SpMat spmat(const SparseWeights& w, const int32_t* x_offset);
 // Work splitting (design.md §4): large images are split by pixel tiles, small ones (at most
 // kSmallPixels) by output-channel group chunks.
 constexpr int64_t kSmallPixels = 196;
-int64_t pixel_tile(const sk::KernelTable* kt);  // tile width for the direct paths
-// Width of ceil(P / max_width) equal tiles covering P pixels: a multiple of the kernel's
-// register tile, at most max_width (so 784 px in 256-wide tiles become 4 x 196, not 3 x 256 + 16).
+// Tile width for the direct paths, whose X has K reduction rows.
+int64_t pixel_tile(const sk::KernelTable* kt, int64_t K);
+// Width of equal tiles covering P pixels: a multiple of the kernel's register tile, at most
+// max_width (so 784 px in 256-wide tiles become 4 x 196, not 3 x 256 + 16); at least 4 tiles
+// where P allows and an even number of them, for 2- and 4-thread pools.
 int64_t balanced_tile(int64_t P, int64_t max_width, const sk::KernelTable* kt);
 struct GroupChunks {
   int n;       // number of chunks

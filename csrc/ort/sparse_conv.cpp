@@ -172,7 +172,7 @@ void SparseConvKernel::run_direct(OrtKernelContext* ctx, const float* x, float* 
   const sk::Epilogue ep0 = epilogue();
   const int64_t M = M_, C = C_, G = w_.G;
   if (P > kSmallPixels) {
-    const int64_t T = balanced_tile(P, pixel_tile(kt_), kt_);
+    const int64_t T = balanced_tile(P, pixel_tile(kt_, C), kt_);
     const int64_t ntiles = (P + T - 1) / T;
     parallel_for(api_, ctx, size_t(N * ntiles), [&](size_t i) {
       const int64_t n = int64_t(i) / ntiles, p0 = (int64_t(i) % ntiles) * T;
