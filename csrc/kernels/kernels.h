@@ -105,6 +105,7 @@ struct KernelTable {
   SpmvFn spmv_bank;   // bank-balanced matrix-vector product
   DwMultiFn dwconv_multi;  // several planes per call (see DwMultiFn)
   int dw_multi_lanes;      // channels per vector in dwconv_multi (1: plane by plane)
+  int b1_tile_pixels;      // pixels per register tile of the B=1 kernel
 };
 
 // Per-ISA tables; null when that ISA was not compiled in or the CPU lacks it.

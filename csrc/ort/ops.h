@@ -63,6 +63,7 @@ class SparseGemmKernel {
   SparseWeights w_;
   AVec<float> bias_;
   Panel panel_;
+  KChunks kchunks_;         // the panel's blocks by chunks of panel rows (B = 1, large K)
   AVec<int32_t> row_xoff_;  // k: offsets into one row of X (the R == 1 path, no gather)
 };
 

@@ -1,5 +1,9 @@
 #include "ort/sparse.h"
 
+#if defined(__SSE2__)
+#include <xmmintrin.h>
+#endif
+
 #include <algorithm>
 #include <climits>
 #include <cstdlib>
@@ -199,9 +203,11 @@ Panel make_panel(const SparseWeights& w, const sk::KernelTable* kt) {
   pn.rows.erase(std::unique(pn.rows.begin(), pn.rows.end()), pn.rows.end());
   const int64_t R = std::max<int64_t>(1, int64_t(pn.rows.size()));
   const int64_t tp = std::max(1, kt->tile_pixels);
-  // A panel of ~256 KiB (L2-resident), between 32 and 1024 pixels, a multiple of the tile.
+  // A panel of ~256 KiB (L2-resident), between 32 and 1024 pixels, a multiple of the tile;
+  // K-chunked weights use the chunks' pixel count instead.
   int64_t T = std::min<int64_t>(1024, std::max<int64_t>(32, 65536 / R));
   T = std::max(tp, T / tp * tp);
+  if (want_kchunks(w, R, kt)) T = kchunk_pixels(kt);
   if (R * T > INT32_MAX) throw Error("weights reference too many reduction rows (" + s(R) + ")");
   pn.T = int(T);
   pn.x_offset.resize(w.k.size());
@@ -210,6 +216,107 @@ Panel make_panel(const SparseWeights& w, const sk::KernelTable* kt) {
     pn.x_offset[j] = int32_t((it - pn.rows.begin()) * T);
   }
   return pn;
+}
+
+int64_t kchunk_pixels(const sk::KernelTable* kt) {
+  const int64_t t = std::max(1, kt->b1_tile_pixels);
+  return (48 + t - 1) / t * t;  // one or two register tiles: avx2 48, avx512 64, neon 48
+}
+
+int64_t kchunk_rows(const sk::KernelTable* kt) {
+  return std::max<int64_t>(16, (24 << 10) / (4 * kchunk_pixels(kt)));
+}
+
+bool want_kchunks(const SparseWeights& w, int64_t x_rows, const sk::KernelTable* kt) {
+  return w.B == 1 && x_rows >= 2 * kchunk_rows(kt);
+}
+
+KChunks make_kchunks(const SparseWeights& w, const int32_t* x_row, int64_t x_rows,
+                     int64_t stride, const sk::KernelTable* kt) {
+  KChunks kc;
+  kc.B = w.B;
+  kc.rows = w.M;
+  const int64_t per = kchunk_rows(kt);
+  const size_t n = size_t((x_rows + per - 1) / per), G = size_t(w.G), B = size_t(w.B);
+  kc.chunks.resize(std::max<size_t>(1, n));
+  for (auto& c : kc.chunks) c.group_ptr.assign(G + 1, 0);
+  for (size_t g = 0; g < G; ++g)
+    for (int32_t j = w.group_ptr[g]; j < w.group_ptr[g + 1]; ++j)
+      ++kc.chunks[size_t(x_row[j] / per)].group_ptr[g + 1];
+  for (auto& c : kc.chunks) {
+    for (size_t g = 0; g < G; ++g) c.group_ptr[g + 1] += c.group_ptr[g];
+    c.x_offset.resize(size_t(c.group_ptr[G]));
+    c.values.resize(size_t(c.group_ptr[G]) * B);
+  }
+  std::vector<int32_t> fill(kc.chunks.size());
+  for (size_t g = 0; g < G; ++g) {
+    for (size_t c = 0; c < kc.chunks.size(); ++c) fill[c] = kc.chunks[c].group_ptr[g];
+    for (int32_t j = w.group_ptr[g]; j < w.group_ptr[g + 1]; ++j) {
+      const size_t c = size_t(x_row[j] / per);
+      const size_t d = size_t(fill[c]++);
+      kc.chunks[c].x_offset[d] = int32_t(int64_t(x_row[j]) * stride);
+      std::copy_n(w.values.data() + size_t(j) * B, B, kc.chunks[c].values.data() + d * B);
+    }
+  }
+  return kc;
+}
+
+void spmm_kchunked(const KChunks& kc, sk::SpmmFn spmm, size_t n, int g0, int g1,
+                   const float* x, float* y, ptrdiff_t y_stride, const sk::Epilogue& ep) {
+  const size_t last = kc.chunks.size() - 1;
+  // Groups per pass: Y's slice (rows x n floats) within 64 KiB, L2-resident.  Each pass
+  // brings every chunk's X rows into L1 once, so passes should be few (8 KiB slices, L1-resident,
+  // measured slower: 3.7 vs 3.3 ms for K = 3072, M = 768, 128 rows).
+  const int gb = int(std::max<size_t>(1, 16384 / std::max<size_t>(1, n * size_t(kc.B))));
+  for (int a = g0; a < g1; a += gb) {
+    const int b = std::min(g1, a + gb);
+    for (size_t c = 0; c <= last; ++c) {
+      const KChunks::Chunk& ch = kc.chunks[c];
+      sk::SpMat m;
+      m.B = kc.B;
+      m.rows = kc.rows;
+      m.groups = int(ch.group_ptr.size()) - 1;
+      m.group_ptr = ch.group_ptr.data();
+      m.x_offset = ch.x_offset.data();
+      m.values = ch.values.data();
+      sk::Epilogue e;  // no bias, no residual, no clamp
+      if (c == 0) {
+        e.bias = ep.bias;
+        e.residual = ep.residual;
+        e.residual_stride = ep.residual_stride;
+      } else {
+        e.residual = y;  // the partial sums so far
+        e.residual_stride = y_stride;
+      }
+      if (c == last) e.lo = ep.lo, e.hi = ep.hi;
+      spmm(n, m, a, b, x, y, y_stride, e);
+    }
+  }
+}
+
+void transpose(const float* src, int64_t ss, float* dst, int64_t ds, int64_t rows,
+               int64_t cols) {
+  int64_t r = 0;
+#if defined(__SSE2__)
+  for (; r + 4 <= rows; r += 4) {
+    const float* s = src + r * ss;
+    int64_t c = 0;
+    for (; c + 4 <= cols; c += 4) {
+      __m128 a = _mm_loadu_ps(s + c), b = _mm_loadu_ps(s + ss + c);
+      __m128 e = _mm_loadu_ps(s + 2 * ss + c), f = _mm_loadu_ps(s + 3 * ss + c);
+      _MM_TRANSPOSE4_PS(a, b, e, f);
+      float* d = dst + c * ds + r;
+      _mm_storeu_ps(d, a);
+      _mm_storeu_ps(d + ds, b);
+      _mm_storeu_ps(d + 2 * ds, e);
+      _mm_storeu_ps(d + 3 * ds, f);
+    }
+    for (; c < cols; ++c)
+      for (int64_t i = 0; i < 4; ++i) dst[c * ds + r + i] = s[i * ss + c];
+  }
+#endif
+  for (; r < rows; ++r)
+    for (int64_t c = 0; c < cols; ++c) dst[c * ds + r] = src[r * ss + c];
 }
 
 void direct_offsets(const SparseWeights& w, int64_t stride, int32_t* out) {

@@ -60,6 +60,39 @@ struct Panel {
 };
 Panel make_panel(const SparseWeights& w, const sk::KernelTable* kt);
 
+// K chunks (B = 1).  The B = 1 kernels load X once per FMA; with X's rows in L2 they ran
+// ~35 GFLOP/s, with the rows of the call in L1 ~55 (Zen3, 768x768 bank-balanced at 80%, 48
+// pixels).  So the blocks are regrouped by ranges of X rows small enough for L1 (`rows` rows
+// of `pixels` pixels, 24 KiB), and the chunks run one after the other over the same pixels:
+// bias on the first, each later chunk adding onto Y (passed to the kernel as its residual),
+// the activation on the last.  Y's slice stays in L1 across the chunks (a few groups at a time).
+struct KChunks {
+  struct Chunk {
+    AVec<int32_t> group_ptr;  // [G + 1]
+    AVec<int32_t> x_offset;
+    AVec<float> values;
+  };
+  std::vector<Chunk> chunks;  // empty: not chunked
+  int B = 1, rows = 0;
+  bool active() const { return !chunks.empty(); }
+};
+int64_t kchunk_pixels(const sk::KernelTable* kt);  // pixels per call when chunked
+int64_t kchunk_rows(const sk::KernelTable* kt);    // X rows per chunk
+// Chunked only for B = 1 and at least two chunks' worth of X rows.
+bool want_kchunks(const SparseWeights& w, int64_t x_rows, const sk::KernelTable* kt);
+// x_row[j]: the X row block j reads (a panel row or an input channel); x_offset = x_row * stride.
+KChunks make_kchunks(const SparseWeights& w, const int32_t* x_row, int64_t x_rows,
+                     int64_t stride, const sk::KernelTable* kt);
+// spmm over groups [g0, g1) and n pixels, chunk by chunk.  ep.residual_after_act must be false
+// (the chunks carry Y in the residual slot); callers run unchunked otherwise.
+void spmm_kchunked(const KChunks& kc, sk::SpmmFn spmm, size_t n, int g0, int g1,
+                   const float* x, float* y, ptrdiff_t y_stride, const sk::Epilogue& ep);
+
+// dst[c * dst_stride + r] = src[r * src_stride + c] for r < rows, c < cols (4x4 SSE blocks on
+// x86-64; SparseGemm's X -> panel and Yᵀ -> Y).
+void transpose(const float* src, int64_t src_stride, float* dst, int64_t dst_stride,
+               int64_t rows, int64_t cols);
+
 // x_offset[j] = k[j] * stride (the direct path, where X's reduction rows are `stride` apart).
 void direct_offsets(const SparseWeights& w, int64_t stride, int32_t* out);
 

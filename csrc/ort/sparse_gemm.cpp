@@ -33,12 +33,18 @@ SparseGemmKernel::SparseGemmKernel(const Api& api, const OrtKernelInfo* info) : 
   w_ = read_sparse_weights(api, info, a, M_, "out_features", K_, "in_features");
   bias_ = read_bias(api, info, kInBias, M_, "out_features");
   panel_ = make_panel(w_, kt_);
+  if (want_kchunks(w_, int64_t(panel_.rows.size()), kt_) && !residual_after_act_) {
+    std::vector<int32_t> u(w_.k.size());  // panel row of each block
+    for (size_t j = 0; j < u.size(); ++j) u[j] = panel_.x_offset[j] / panel_.T;
+    kchunks_ = make_kchunks(w_, u.data(), int64_t(panel_.rows.size()), panel_.T, kt_);
+  }
   row_xoff_.resize(w_.k.size());
   direct_offsets(w_, 1, row_xoff_.data());
   log_verbose(api, info,
               std::string("sparsekit SparseGemm '") + node_name(api, info) + "': kernels " +
                   kt_->name + ", " + s(w_.nblocks()) + " nonzero blocks of " + s(w_.B) +
-                  ", panel T=" + s(panel_.T));
+                  ", panel T=" + s(panel_.T) +
+                  (kchunks_.active() ? ", " + s(int64_t(kchunks_.chunks.size())) + " K chunks" : ""));
 }
 
 void SparseGemmKernel::compute(OrtKernelContext* ctx) const {
@@ -69,6 +75,14 @@ void SparseGemmKernel::compute(OrtKernelContext* ctx) const {
   ep0.hi = act_.hi;
   ep0.residual_after_act = residual_after_act_;
   ep0.residual_stride = T;
+  // Yᵀ tile [groups g0..g1) of one panel, through the K chunks when there are some.
+  auto run_spmm = [&](int64_t len, int g0, int g1, const float* panel, float* yt,
+                      const sk::Epilogue& ep) {
+    if (kchunks_.active())
+      spmm_kchunked(kchunks_, spmm, size_t(len), g0, g1, panel, yt, T, ep);
+    else
+      spmm(size_t(len), m, g0, g1, panel, yt, T, ep);
+  };
 
   if (R == 1) {
     // One row (a classifier after pooling, batch 1): X's row is the reduction "column" itself,
@@ -85,7 +99,11 @@ void SparseGemmKernel::compute(OrtKernelContext* ctx) const {
     return;
   }
 
+  // X rows -> panel columns: a plain transpose when the weights use every column of X (the
+  // usual case), an indexed gather otherwise.
+  const bool all_cols = nrows == K;
   auto gather = [&](int64_t r0, int64_t len, float* panel) {
+    if (all_cols) return transpose(x + r0 * K, K, panel, T, len, K);
     for (int64_t t = 0; t < len; ++t) {
       const float* xr = x + (r0 + t) * K;
       for (int64_t u = 0; u < nrows; ++u) panel[u * T + t] = xr[rows[u]];
@@ -93,12 +111,10 @@ void SparseGemmKernel::compute(OrtKernelContext* ctx) const {
   };
   // Rows [m0, m1) of a tile: residual into Rᵀ before, Yᵀ back into Y after.
   auto res_in = [&](int64_t r0, int64_t len, int64_t m0, int64_t m1, float* rt) {
-    for (int64_t t = 0; t < len; ++t)
-      for (int64_t mm = m0; mm < m1; ++mm) rt[mm * T + t] = res[(r0 + t) * M + mm];
+    transpose(res + r0 * M + m0, M, rt + m0 * T, T, len, m1 - m0);
   };
   auto store = [&](int64_t r0, int64_t len, int64_t m0, int64_t m1, const float* yt) {
-    for (int64_t t = 0; t < len; ++t)
-      for (int64_t mm = m0; mm < m1; ++mm) y[(r0 + t) * M + mm] = yt[mm * T + t];
+    transpose(yt + m0 * T, T, y + r0 * M + m0, M, m1 - m0, len);
   };
 
   if (R > kSmallPixels) {
@@ -117,7 +133,7 @@ void SparseGemmKernel::compute(OrtKernelContext* ctx) const {
         res_in(r0, len, 0, M, rt);
         ep.residual = rt;
       }
-      spmm(size_t(len), m, 0, int(G), panel, yt, T, ep);
+      run_spmm(len, 0, int(G), panel, yt, ep);
       store(r0, len, 0, M, yt);
     });
     return;
@@ -131,7 +147,12 @@ void SparseGemmKernel::compute(OrtKernelContext* ctx) const {
     const int64_t r0 = int64_t(i) * T;
     gather(r0, std::min(T, R - r0), panels + int64_t(i) * panel_size);
   });
-  const GroupChunks gc = group_chunks(int(G));
+  // K-chunked: few group chunks (about 8 items in all), since every item walks the whole panel.
+  const GroupChunks gc =
+      kchunks_.active()
+          ? GroupChunks{int(std::max<int64_t>(1, std::min<int64_t>(G, (8 + ntiles - 1) / ntiles))),
+                        int(G)}
+          : group_chunks(int(G));
   parallel_for(api_, ctx, size_t(ntiles * gc.n), [&](size_t i) {
     const int64_t t = int64_t(i) / gc.n;
     const int c = int(int64_t(i) % gc.n);
@@ -145,7 +166,7 @@ void SparseGemmKernel::compute(OrtKernelContext* ctx) const {
       res_in(r0, len, m0, m1, rt);
       ep.residual = rt;
     }
-    spmm(size_t(len), m, gc.begin(c), gc.end(c), panels + t * panel_size, yt, T, ep);
+    run_spmm(len, gc.begin(c), gc.end(c), panels + t * panel_size, yt, ep);
     store(r0, len, m0, m1, yt);
   });
 }
