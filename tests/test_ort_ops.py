@@ -181,6 +181,17 @@ def test_conv_epilogue(isa, epi, k, H, threads):
                **EPILOGUES[epi])
 
 
+@pytest.mark.parametrize("pattern", ["bsr1", "bank1"])
+@pytest.mark.parametrize("H", [7, 17])
+@pytest.mark.parametrize("epi", list(EPILOGUES))
+def test_conv_epilogue_k_chunked(isa, epi, H, pattern):
+    """B = 1 with K = 48*3*3 = 432 reduction rows: the im2col path runs in K chunks (bias on the
+    first, partial sums carried as the residual, activation on the last; residual after the
+    activation runs unchunked).  H = 7: the small-image path, 17: pixel tiles."""
+    check_conv(2, N=2, C=48, H=H, W=H, M=10, k=3, pads=(1, 1, 1, 1), pattern=pattern,
+               sparsity=0.7, **EPILOGUES[epi])
+
+
 @pytest.mark.parametrize("k", [1, 3])
 def test_conv_symbolic_shapes_and_changing_sizes(isa, k):
     """H, W, N unknown at creation (per-run offsets); one session, several input sizes."""
@@ -270,6 +281,20 @@ def test_gemm_epilogue(isa, epi, rows, sparsity):
                                        **EPILOGUES[epi])
     y = sparsekit.session(sparse, threads=2).run(None, feeds)[0]
     assert_close(y, run_stock(dense, feeds), 64)
+
+
+@pytest.mark.parametrize("pattern", ["bsr1", "bank1"])
+@pytest.mark.parametrize("sparsity", [0.0, 0.8, 0.995])
+@pytest.mark.parametrize("epi", list(EPILOGUES))
+@pytest.mark.parametrize("rows", [7, 130, 250])
+def test_gemm_epilogue_k_chunked(isa, epi, rows, sparsity, pattern):
+    """B = 1 with K = 700: panels in K chunks (at 0.995 some columns of X go unused, so the
+    panel is gathered, not transposed); 130 rows: three tiles of the few-rows path."""
+    rng = np.random.default_rng(rows + int(sparsity * 1000))
+    sparse, dense, feeds = gemm_models(rng, [rows, 700], 21, 700, sparsity=sparsity,
+                                       pattern=pattern, **EPILOGUES[epi])
+    y = sparsekit.session(sparse, threads=2).run(None, feeds)[0]
+    assert_close(y, run_stock(dense, feeds), 700)
 
 
 def test_gemm_symbolic_batch(isa):

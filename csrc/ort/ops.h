@@ -44,6 +44,7 @@ class SparseConvKernel {
   int64_t static_hw_ = -1;      // H*W known at creation (direct path offsets cached for it)
   AVec<int32_t> static_xoff_;   // k * static_hw_
   Panel panel_;                 // im2col path (and the direct path's fallback)
+  KChunks kchunks_;             // im2col path, B = 1, large K: blocks by chunks of panel rows
   std::vector<int32_t> tap_c_, tap_dy_, tap_dx_;  // per panel row: channel, row/col shift
 };
 

@@ -74,6 +74,7 @@ struct KChunks {
   };
   std::vector<Chunk> chunks;  // empty: not chunked
   int B = 1, rows = 0;
+  int pixels = 1;             // pixels per kernel call (longer calls are split)
   bool active() const { return !chunks.empty(); }
 };
 int64_t kchunk_pixels(const sk::KernelTable* kt);  // pixels per call when chunked
@@ -83,7 +84,9 @@ bool want_kchunks(const SparseWeights& w, int64_t x_rows, const sk::KernelTable*
 // x_row[j]: the X row block j reads (a panel row or an input channel); x_offset = x_row * stride.
 KChunks make_kchunks(const SparseWeights& w, const int32_t* x_row, int64_t x_rows,
                      int64_t stride, const sk::KernelTable* kt);
-// spmm over groups [g0, g1) and n pixels, chunk by chunk.  ep.residual_after_act must be false
+// K chunks over a panel's rows; inactive unless want_kchunks.
+KChunks make_panel_kchunks(const SparseWeights& w, const Panel& pn, const sk::KernelTable* kt);
+// spmm over groups [g0, g1) and n pixels (in runs of kc.pixels), chunk by chunk.  ep.residual_after_act must be false
 // (the chunks carry Y in the residual slot); callers run unchunked otherwise.
 void spmm_kchunked(const KChunks& kc, sk::SpmmFn spmm, size_t n, int g0, int g1,
                    const float* x, float* y, ptrdiff_t y_stride, const sk::Epilogue& ep);

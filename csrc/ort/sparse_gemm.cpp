@@ -33,11 +33,7 @@ SparseGemmKernel::SparseGemmKernel(const Api& api, const OrtKernelInfo* info) : 
   w_ = read_sparse_weights(api, info, a, M_, "out_features", K_, "in_features");
   bias_ = read_bias(api, info, kInBias, M_, "out_features");
   panel_ = make_panel(w_, kt_);
-  if (want_kchunks(w_, int64_t(panel_.rows.size()), kt_) && !residual_after_act_) {
-    std::vector<int32_t> u(w_.k.size());  // panel row of each block
-    for (size_t j = 0; j < u.size(); ++j) u[j] = panel_.x_offset[j] / panel_.T;
-    kchunks_ = make_kchunks(w_, u.data(), int64_t(panel_.rows.size()), panel_.T, kt_);
-  }
+  if (!residual_after_act_) kchunks_ = make_panel_kchunks(w_, panel_, kt_);
   row_xoff_.resize(w_.k.size());
   direct_offsets(w_, 1, row_xoff_.data());
   log_verbose(api, info,
