@@ -180,7 +180,7 @@ def analyze(model_or_path, calibration, target: float, *, by: str = "params", pa
     _, dry = magnitude_prune(src, pattern, grid[-1], bank_size=bank_size, banks=banks, block=block,
                              include=include, exclude=exclude, min_params=min_params,
                              skip_first=skip_first, skip_depthwise=skip_depthwise, fold_bn=fold_bn)
-    rows = {r.name: r for r in dry.layers if r.shared_with is None and r.op != "LSTM"}
+    rows = {r.name: r for r in dry.layers if r.shared_with is None and r.op not in ("LSTM", "GRU")}
     model = onnx.ModelProto()
     model.CopyFrom(src)
     if fold_bn:

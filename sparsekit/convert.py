@@ -839,27 +839,30 @@ def _sessions(dense, sparse, threads):
 
 
 # ---------------------------------------------------------------------------------------------
-# LSTM -> SparseLSTM (sequence.py, docs/sequence.md)
+# LSTM -> SparseLSTM, GRU -> SparseGRU (sequence.py, docs/sequence.md)
 
-# Most stored density (of W and of R) at which SparseLSTM is used: the recurrence is
+# Most stored density (of W and of R) at which SparseLSTM/GRU is used: the recurrence is
 # memory-bound, a bank entry costs 5 bytes (value + 1-byte offset) against 4 dense.
 LSTM_MAX_DENSITY = 0.5
 
 
 def _plan_lstms(ctx: _Context, inc, exc, include, exclude, rows: Dict[int, LayerDecision],
                 plans: Dict[int, _Plan]) -> None:
-    from .sequence import lstm_unsupported, make_sparse_lstm_node
+    from .sequence import (RECURRENT_OPS, lstm_unsupported, make_sparse_gru_node,
+                           make_sparse_lstm_node)
     model = ctx.model
     inits = ctx.index.initializers
     taken = {t.name for t in model.graph.initializer} | {o for n in model.graph.node
                                                          for o in n.output}
     for i, node in enumerate(model.graph.node):
-        if node.op_type != "LSTM" or node.domain not in _ONNX_DOMAINS:
+        if node.op_type not in RECURRENT_OPS or node.domain not in _ONNX_DOMAINS:
             continue
+        op = node.op_type
+        _, _, out_names, sparse_op = RECURRENT_OPS[op]
         name = ctx.names[i]
         why = lstm_unsupported(node, inits, ctx.graph_inputs)
         if why is None and (not node.output or not node.output[0]):
-            why = "output Y is unnamed (SparseLSTM writes Y, Y_h and Y_c)"
+            why = f"output Y is unnamed ({sparse_op} writes {', '.join(out_names)})"
         W = R = None
         if why is None:
             W = numpy_helper.to_array(inits[node.input[1]])
@@ -883,7 +886,7 @@ def _plan_lstms(ctx: _Context, inc, exc, include, exclude, rows: Dict[int, Layer
             nbytes = 4 * int(np.prod(shape)) if shape else 0
             if t is None:
                 continue
-            parts[part] = rows[key] = LayerDecision(f"{name}/{part}", "LSTM", shape, density,
+            parts[part] = rows[key] = LayerDecision(f"{name}/{part}", op, shape, density,
                                                     "-", "dense", "", dense_bytes=nbytes)
 
         def dense(reason, parts=parts):
@@ -911,34 +914,43 @@ def _plan_lstms(ctx: _Context, inc, exc, include, exclude, rows: Dict[int, Layer
             dense("no zeros")
             continue
         if bad:
-            dense(f"{' and '.join(bad)} not bank-balanced (SparseLSTM takes bank-balanced W "
+            dense(f"{' and '.join(bad)} not bank-balanced ({sparse_op} takes bank-balanced W "
                   "and R)")
+            continue
+        if op == "GRU" and picks[1][1].bank_size > 256:
+            dense(f"R bank size {picks[1][1].bank_size} > 256 (SparseGRU's recurrence needs "
+                  "one-byte in-bank offsets)")
             continue
         dens = {part: c.density for part, c in picks}
         if max(dens.values()) > LSTM_MAX_DENSITY:
             dense(f"density W {dens['W']:.2f} / R {dens['R']:.2f} > {LSTM_MAX_DENSITY:.2f}, "
-                  "the most at which SparseLSTM is expected to beat dense")
+                  f"the most at which {sparse_op} is expected to beat dense")
             continue
         cw, cr = picks[0][1], picks[1][1]
         # keep per row: a 1x4-grouped choice keeps the same positions in each row of a group
         kw = dict(w_bank_size=cw.bank_size, r_bank_size=cr.bank_size, w_keep=cw.keep,
                   r_keep=cr.keep)
         ins = list(node.input) + [""] * (8 - len(node.input))
-        outs = list(node.output) + [""] * (3 - len(node.output))
+        outs = list(node.output) + [""] * (len(out_names) - len(node.output))
         base = name
         k = 1
         while any(f"{base}{sfx}" in taken for sfx in (".W_values", ".W_indices", ".R_values",
                                                       ".R_indices", ".B", ".Y", ".Y_h", ".Y_c")):
             base = f"{name}_{k}"
             k += 1
-        outs = [o if o else f"{base}.{part}_unused" for o, part in zip(outs, ("Y", "Y_h", "Y_c"))]
+        outs = [o if o else f"{base}.{part}_unused" for o, part in zip(outs, out_names)]
         direction = get_attr(node, "direction", b"forward")
         direction = direction.decode() if isinstance(direction, bytes) else str(direction)
         Bv = numpy_helper.to_array(inits[ins[3]]).astype(np.float32) if ins[3] else None
         try:
-            new, new_inits = make_sparse_lstm_node(base, ins[0], outs, W, R, Bv,
-                                                   initial_h=ins[5], initial_c=ins[6],
-                                                   direction=direction, **kw)
+            if op == "LSTM":
+                new, new_inits = make_sparse_lstm_node(base, ins[0], outs, W, R, Bv,
+                                                       initial_h=ins[5], initial_c=ins[6],
+                                                       direction=direction, **kw)
+            else:
+                new, new_inits = make_sparse_gru_node(
+                    base, ins[0], outs, W, R, Bv, initial_h=ins[5], direction=direction,
+                    linear_before_reset=int(get_attr(node, "linear_before_reset", 0)), **kw)
         except SparsekitError as e:
             dense(f"could not pack: {e}")
             continue
@@ -950,7 +962,7 @@ def _plan_lstms(ctx: _Context, inc, exc, include, exclude, rows: Dict[int, Layer
             r.decision = "sparse"
             r.format = f"bank {c.bank_size} 1x1"
             r.reason = (f"density W {dens['W']:.2f} / R {dens['R']:.2f} <= "
-                        f"{LSTM_MAX_DENSITY:.2f} (SparseLSTM)")
+                        f"{LSTM_MAX_DENSITY:.2f} ({sparse_op})")
             r.sparse_bytes = sum(v for k, v in by_name.items()
                                  if k.endswith((f".{part}_values", f".{part}_indices")))
         plans[i] = _Plan(new, new_inits, [node], None, layer, cw)

@@ -25,6 +25,7 @@ from .io import as_model
 from .patterns import (_positive_int, bank_mask, block_mask, parse_block, resolve_bank_size,
                        unstructured_mask)
 from .reconstruct import DEFAULT_DAMP, MATCH_MODES, LayerwiseReconstruction, supports
+from .sequence import LSTM_DEFAULT_BANK, RECURRENT_OPS
 
 __all__ = ["prune", "PruneReport", "LayerRow", "SkippedLayer", "PruneTotals", "load_recipe",
            "fold_batchnorms", "PATTERNS", "DEFAULT_BANK_SIZE", "METADATA_KEY"]
@@ -594,8 +595,8 @@ def _skip_reason(c: Layer, spec, listed: bool, inc, exc, min_params, skip_first,
 
 def _geometry_problem(c: Layer, spec) -> Optional[str]:
     p = spec["pattern"]
-    if c.op == "LSTM" and p != "bank":
-        return ("LSTM weights are pruned with pattern 'bank' only (SparseLSTM takes "
+    if c.op in RECURRENT_OPS and p != "bank":
+        return (f"{c.op} weights are pruned with pattern 'bank' only (Sparse{c.op} takes "
                 "bank-balanced W and R)")
     if p == "block":
         a, b = spec.get("block") or DEFAULT_BLOCK
@@ -631,8 +632,8 @@ def _flops(c: Layer, shapes) -> Optional[int]:
     n = 1
     for d in dims:
         n *= d if isinstance(d, int) and d > 0 else 1
-    if c.op == "LSTM":
-        n *= 4  # Y [seq, D, batch, H] has a quarter of the D*4H gate rows per step
+    if c.op in RECURRENT_OPS:
+        n *= RECURRENT_OPS[c.op][0]  # Y [seq, D, batch, H]: one row of the G gate rows per unit
     return 2 * n * c.K
 
 
@@ -707,8 +708,8 @@ def _write_metadata(model: onnx.ModelProto, report: PruneReport, current: set,
 
 def _with_lstm_layers(model: onnx.ModelProto, names: List[str],
                       candidates: List[Layer]) -> List[Layer]:
-    """The Conv/Gemm/MatMul candidates plus each ONNX LSTM's W and R ([D*4H, I], [D*4H, H]
-    row matrices, banks along the input axis), in graph order."""
+    """The Conv/Gemm/MatMul candidates plus each ONNX LSTM's or GRU's W and R ([D*G*H, I],
+    [D*G*H, H] row matrices, banks along the input axis), in graph order."""
     from .sequence import lstm_layers
     extra = list(lstm_layers(model, names))
     if not extra:
@@ -718,7 +719,6 @@ def _with_lstm_layers(model: onnx.ModelProto, names: List[str],
 
 def _default_bank_size(c: Layer) -> int:
     """prune's bank size when neither bank_size nor banks is given (before min(., K))."""
-    if c.op == "LSTM":
-        from .sequence import LSTM_DEFAULT_BANK
+    if c.op in RECURRENT_OPS:
         return LSTM_DEFAULT_BANK
     return DEFAULT_BANK_SIZE

@@ -48,8 +48,8 @@ DENSE_MIN_ROWS = 4
 
 def supports(layer: Layer) -> Optional[str]:
     """None when the layer can be reconstructed, else why it is pruned by magnitude instead."""
-    if layer.op == "LSTM":
-        return "LSTM weights are pruned by magnitude (no reconstruction for recurrences)"
+    if layer.op in ("LSTM", "GRU"):
+        return f"{layer.op} weights are pruned by magnitude (no reconstruction for recurrences)"
     if layer.op == "Conv" and layer.group != 1:
         return "grouped conv: pruned by magnitude (reconstruction handles group 1)"
     return None

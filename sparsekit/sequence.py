@@ -1,9 +1,11 @@
-"""Sequence models: ONNX ``LSTM`` nodes with bank-balanced W and R (docs/sequence.md).
+"""Sequence models: ONNX ``LSTM`` and ``GRU`` nodes with bank-balanced W and R (docs/sequence.md).
 
-* :func:`lstm_layers`: the W ``[D, 4H, I]`` and R ``[D, 4H, H]`` initializers of every LSTM node
-  seen as row matrices ``[D·4H, I]`` / ``[D·4H, H]`` (banks along the input axis), for ``prune``;
-* :func:`lstm_unsupported`: why an LSTM node cannot become SparseLSTM (or None);
-* :func:`make_sparse_lstm_node`: the ``ai.sparsekit`` SparseLSTM node and its packed tensors;
+* :func:`lstm_layers`: the W ``[D, G·H, I]`` and R ``[D, G·H, H]`` initializers of every LSTM
+  (G = 4 gates) and GRU (G = 3) node seen as row matrices ``[D·G·H, I]`` / ``[D·G·H, H]``
+  (banks along the input axis), for ``prune``;
+* :func:`lstm_unsupported`: why an LSTM or GRU node cannot become SparseLSTM / SparseGRU (or None);
+* :func:`make_sparse_lstm_node`, :func:`make_sparse_gru_node`: the ``ai.sparsekit`` nodes and
+  their packed tensors;
 * :func:`pack_bank_rows`: a vectorised bank packer for single-row blocks (LSTM matrices are
   large: 6000 rows x 1500 for the zoo's language model).
 """
@@ -19,14 +21,18 @@ from .detect import ragged_keep
 from .errors import SparsekitError
 from .graph import Layer, get_attr, initializer_map, node_names
 
-__all__ = ["LSTM_DEFAULT_BANK", "lstm_layers", "lstm_unsupported", "make_sparse_lstm_node",
-           "pack_bank_rows", "DEFAULT_ACTIVATIONS"]
+__all__ = ["LSTM_DEFAULT_BANK", "RECURRENT_OPS", "lstm_layers", "lstm_unsupported",
+           "make_sparse_lstm_node", "make_sparse_gru_node", "pack_bank_rows",
+           "DEFAULT_ACTIVATIONS"]
 
 # Default bank size of prune for LSTM W/R: 16 keeps the bank in one zmm (AVX-512 vpermps) or
 # two ymm (AVX2 vpermps + blendv) for the SpMV kernel's in-register gathers; measured best
 # on AVX2 and within 20% of bank 32 on AVX-512 (docs/sequence.md).
 LSTM_DEFAULT_BANK = 16
-DEFAULT_ACTIVATIONS = ["Sigmoid", "Tanh", "Tanh"]
+# ONNX op -> (gates per hidden unit, default activations per direction, outputs, sparse op)
+RECURRENT_OPS = {"LSTM": (4, ["Sigmoid", "Tanh", "Tanh"], ("Y", "Y_h", "Y_c"), "SparseLSTM"),
+                 "GRU": (3, ["Sigmoid", "Tanh"], ("Y", "Y_h"), "SparseGRU")}
+DEFAULT_ACTIVATIONS = RECURRENT_OPS["LSTM"][1]
 DOMAIN = "ai.sparsekit"
 
 
@@ -37,18 +43,19 @@ def _directions(node: onnx.NodeProto) -> int:
 
 
 def lstm_layers(model_or_graph, names: Optional[List[str]] = None) -> Iterator[Layer]:
-    """Yield W and R of every top-level ONNX LSTM whose weight is a 3-D initializer.
+    """Yield W and R of every top-level ONNX LSTM or GRU whose weight is a 3-D initializer.
 
-    Each is a :class:`Layer` with ``op="LSTM"``, name ``<node name>/W`` or ``<node name>/R``,
-    ``M = D·4H`` rows (gate order i, o, f, c per direction) and ``K = input_size`` or
-    ``hidden_size``; the initializer ``[D, 4H, K]`` reshapes to ``[M, K]`` directly.
+    Each is a :class:`Layer` with ``op="LSTM"`` or ``"GRU"``, name ``<node name>/W`` or
+    ``<node name>/R``, ``M = D·G·H`` rows (gate order i, o, f, c or z, r, h per direction) and
+    ``K = input_size`` or ``hidden_size``; the initializer ``[D, G·H, K]`` reshapes to
+    ``[M, K]`` directly.
     """
     g = model_or_graph.graph if isinstance(model_or_graph, onnx.ModelProto) else model_or_graph
     inits = initializer_map(g)
     if names is None:
         names = node_names(g)
     for i, n in enumerate(g.node):
-        if n.op_type != "LSTM" or n.domain not in ("", "ai.onnx") or len(n.input) < 3:
+        if n.op_type not in RECURRENT_OPS or n.domain not in ("", "ai.onnx") or len(n.input) < 3:
             continue
         for pos, part in ((1, "W"), (2, "R")):
             t = inits.get(n.input[pos])
@@ -59,35 +66,39 @@ def lstm_layers(model_or_graph, names: Optional[List[str]] = None) -> Iterator[L
                 dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t.data_type))
             except Exception:
                 dtype = np.dtype("O")
-            yield Layer(index=i, node=n, name=f"{names[i]}/{part}", op="LSTM", weight=t.name,
+            yield Layer(index=i, node=n, name=f"{names[i]}/{part}", op=n.op_type, weight=t.name,
                         weight_shape=shape, dtype=dtype, M=shape[0] * shape[1], K=shape[2],
                         transposed=False, in_channels=shape[2],
                         output=n.output[0] if n.output else "")
 
 
 def lstm_unsupported(node: onnx.NodeProto, inits: dict, graph_inputs: set) -> Optional[str]:
-    """Why this LSTM node cannot become a SparseLSTM, or None."""
-    if node.domain not in ("", "ai.onnx"):
-        return "not an ONNX LSTM"
+    """Why this LSTM / GRU node cannot become a SparseLSTM / SparseGRU, or None."""
+    if node.domain not in ("", "ai.onnx") or node.op_type not in RECURRENT_OPS:
+        return "not an ONNX LSTM or GRU"
+    op = node.op_type
+    default_acts = RECURRENT_OPS[op][1]
     acts = get_attr(node, "activations")
     if acts is not None:
         acts = [a.decode() if isinstance(a, bytes) else str(a) for a in acts]
         D = _directions(node)
-        if [a.lower() for a in acts] != [a.lower() for a in DEFAULT_ACTIVATIONS * D]:
-            return f"activations {acts} (only the default Sigmoid, Tanh, Tanh)"
+        if [a.lower() for a in acts] != [a.lower() for a in default_acts * D]:
+            return f"activations {acts} (only the default {', '.join(default_acts)})"
     for a in ("activation_alpha", "activation_beta"):
         if get_attr(node, a) is not None:
             return f"attribute {a} is not supported"
     if get_attr(node, "clip") is not None:
         return "attribute clip is not supported"
-    if int(get_attr(node, "input_forget", 0)):
+    if op == "LSTM" and int(get_attr(node, "input_forget", 0)):
         return "input_forget = 1 is not supported"
+    if op == "GRU" and int(get_attr(node, "linear_before_reset", 0)) not in (0, 1):
+        return "linear_before_reset must be 0 or 1"
     if int(get_attr(node, "layout", 0)):
         return "layout = 1 (batch first) is not supported"
     ins = list(node.input) + [""] * (8 - len(node.input))
     if ins[4]:
         return "sequence_lens is not supported"
-    if ins[7]:
+    if op == "LSTM" and ins[7]:
         return "peepholes (input P) are not supported"
     for pos, what in ((1, "W"), (2, "R")):
         if ins[pos] not in inits:
@@ -147,6 +158,48 @@ def pack_bank_rows(W2d, bank_size: int, keep: Optional[int] = None) -> dict:
     return {"values": values, "indices": indices}
 
 
+def _sparse_recurrent_node(op: str, name: str, x: str, outputs: List[str], W, R, B,
+                           state_inputs: List[str], direction: str, w_bank_size: int,
+                           r_bank_size: int, w_keep: Optional[int], r_keep: Optional[int],
+                           **attrs) -> Tuple[onnx.NodeProto, List[onnx.TensorProto]]:
+    gates, _, out_names, sparse_op = RECURRENT_OPS[op]
+    W = np.asarray(W, np.float32)
+    R = np.asarray(R, np.float32)
+    if W.ndim != 3 or R.ndim != 3 or W.shape[:2] != R.shape[:2] or W.shape[1] % gates:
+        raise SparsekitError(f"expected W [D, {gates}H, I] and R [D, {gates}H, H], got "
+                             f"{list(W.shape)} and {list(R.shape)}")
+    D, HG, I = W.shape
+    H = HG // gates
+    if R.shape[2] != H:
+        raise SparsekitError(f"R has shape {list(R.shape)}, expected [{D}, {HG}, {H}]")
+    if direction not in ("forward", "reverse", "bidirectional") or \
+            (D == 2) != (direction == "bidirectional"):
+        raise SparsekitError(f"direction {direction!r} does not match num_directions {D}")
+    if len(outputs) != len(out_names) or not all(outputs):
+        raise SparsekitError(f"{sparse_op} needs {len(out_names)} output names "
+                             f"({', '.join(out_names)})")
+    pw = pack_bank_rows(W.reshape(D * HG, I), w_bank_size, w_keep)
+    pr = pack_bank_rows(R.reshape(D * HG, H), r_bank_size, r_keep)
+    inits = [numpy_helper.from_array(pw["values"], f"{name}.W_values"),
+             numpy_helper.from_array(pw["indices"], f"{name}.W_indices"),
+             numpy_helper.from_array(pr["values"], f"{name}.R_values"),
+             numpy_helper.from_array(pr["indices"], f"{name}.R_indices")]
+    inputs = [x, f"{name}.W_values", f"{name}.W_indices", f"{name}.R_values",
+              f"{name}.R_indices", "", ""] + list(state_inputs)
+    if B is not None:
+        Bv = np.asarray(B, np.float32)
+        if Bv.shape != (D, 2 * gates * H):
+            raise SparsekitError(f"B has shape {list(Bv.shape)}, expected [{D}, {2 * gates * H}]")
+        inits.append(numpy_helper.from_array(Bv, f"{name}.B"))
+        inputs[5] = f"{name}.B"
+    while inputs[-1] == "":
+        inputs.pop()
+    node = helper.make_node(sparse_op, inputs, list(outputs), name=name, domain=DOMAIN,
+                            hidden_size=int(H), input_size=int(I), direction=direction,
+                            w_bank_size=int(w_bank_size), r_bank_size=int(r_bank_size), **attrs)
+    return node, inits
+
+
 def make_sparse_lstm_node(name: str, x: str, outputs: List[str], W, R, B=None, *,
                           initial_h: str = "", initial_c: str = "", direction: str = "forward",
                           w_bank_size: int = LSTM_DEFAULT_BANK,
@@ -159,37 +212,25 @@ def make_sparse_lstm_node(name: str, x: str, outputs: List[str], W, R, B=None, *
     bank-balanced along their last axis with the given bank sizes.  Returns (node, inits),
     initializers named ``<name>.W_values``, ``.W_indices``, ``.R_values``, ``.R_indices``, ``.B``.
     """
-    W = np.asarray(W, np.float32)
-    R = np.asarray(R, np.float32)
-    if W.ndim != 3 or R.ndim != 3 or W.shape[:2] != R.shape[:2] or W.shape[1] % 4:
-        raise SparsekitError(f"expected W [D, 4H, I] and R [D, 4H, H], got {list(W.shape)} "
-                             f"and {list(R.shape)}")
-    D, H4, I = W.shape
-    H = H4 // 4
-    if R.shape[2] != H:
-        raise SparsekitError(f"R has shape {list(R.shape)}, expected [{D}, {H4}, {H}]")
-    if direction not in ("forward", "reverse", "bidirectional") or \
-            (D == 2) != (direction == "bidirectional"):
-        raise SparsekitError(f"direction {direction!r} does not match num_directions {D}")
-    if len(outputs) != 3 or not all(outputs):
-        raise SparsekitError("SparseLSTM needs three output names (Y, Y_h, Y_c)")
-    pw = pack_bank_rows(W.reshape(D * H4, I), w_bank_size, w_keep)
-    pr = pack_bank_rows(R.reshape(D * H4, H), r_bank_size, r_keep)
-    inits = [numpy_helper.from_array(pw["values"], f"{name}.W_values"),
-             numpy_helper.from_array(pw["indices"], f"{name}.W_indices"),
-             numpy_helper.from_array(pr["values"], f"{name}.R_values"),
-             numpy_helper.from_array(pr["indices"], f"{name}.R_indices")]
-    inputs = [x, f"{name}.W_values", f"{name}.W_indices", f"{name}.R_values",
-              f"{name}.R_indices", "", "", initial_h, initial_c]
-    if B is not None:
-        Bv = np.asarray(B, np.float32)
-        if Bv.shape != (D, 8 * H):
-            raise SparsekitError(f"B has shape {list(Bv.shape)}, expected [{D}, {8 * H}]")
-        inits.append(numpy_helper.from_array(Bv, f"{name}.B"))
-        inputs[5] = f"{name}.B"
-    while inputs[-1] == "":
-        inputs.pop()
-    node = helper.make_node("SparseLSTM", inputs, list(outputs), name=name, domain=DOMAIN,
-                            hidden_size=int(H), input_size=int(I), direction=direction,
-                            w_bank_size=int(w_bank_size), r_bank_size=int(r_bank_size))
-    return node, inits
+    return _sparse_recurrent_node("LSTM", name, x, outputs, W, R, B, [initial_h, initial_c],
+                                  direction, w_bank_size, r_bank_size, w_keep, r_keep)
+
+
+def make_sparse_gru_node(name: str, x: str, outputs: List[str], W, R, B=None, *,
+                         initial_h: str = "", direction: str = "forward",
+                         linear_before_reset: int = 0, w_bank_size: int = LSTM_DEFAULT_BANK,
+                         r_bank_size: int = LSTM_DEFAULT_BANK, w_keep: Optional[int] = None,
+                         r_keep: Optional[int] = None
+                         ) -> Tuple[onnx.NodeProto, List[onnx.TensorProto]]:
+    """A SparseGRU node for ONNX GRU weights W [D, 3H, I], R [D, 3H, H], B [D, 6H] (or None).
+
+    ``outputs``: the two output names (Y, Y_h).  ``r_bank_size`` at most 256 (the recurrence
+    runs on the SpMV kernel).  Otherwise as :func:`make_sparse_lstm_node`.
+    """
+    if not 1 <= int(r_bank_size) <= 256:
+        raise SparsekitError(f"SparseGRU needs r_bank_size in [1, 256], got {r_bank_size}")
+    if int(linear_before_reset) not in (0, 1):
+        raise SparsekitError(f"linear_before_reset must be 0 or 1, got {linear_before_reset}")
+    return _sparse_recurrent_node("GRU", name, x, outputs, W, R, B, [initial_h], direction,
+                                  w_bank_size, r_bank_size, w_keep, r_keep,
+                                  linear_before_reset=int(linear_before_reset))

@@ -1,6 +1,7 @@
-"""Sequence models (docs/sequence.md): SparseLSTM against onnxruntime's LSTM, prune/convert of
-LSTMs and of a PyTorch-style transformer layer with a symbolic sequence length, the
-bank-balanced SpMV kernels against numpy, and SparseLSTM's validation of untrusted input."""
+"""Sequence models (docs/sequence.md): SparseLSTM / SparseGRU against onnxruntime's LSTM / GRU,
+prune/convert of LSTMs, GRUs and of a PyTorch-style transformer layer with a symbolic sequence
+length, the bank-balanced SpMV kernels against numpy, and the ops' validation of untrusted
+input."""
 from __future__ import annotations
 
 import numpy as np
@@ -13,7 +14,7 @@ from onnx import TensorProto, helper, numpy_helper
 import sparsekit
 from sparsekit import _native
 from sparsekit.patterns import bank_mask
-from sparsekit.sequence import make_sparse_lstm_node, pack_bank_rows
+from sparsekit.sequence import make_sparse_gru_node, make_sparse_lstm_node, pack_bank_rows
 from ort_helpers import IR_VERSION, ONNX_OPSET, vinfo
 
 AVAILABLE = set(_native.available_isas())
@@ -106,6 +107,69 @@ def test_sparse_lstm_run_time_shape_errors_leave_session_usable():
     with pytest.raises(Exception, match="initial_h has shape"):
         ss.run(None, {"X": x, "h0": h[:, :1], "c0": h})
     ss.run(None, {"X": x, "h0": h, "c0": h})
+
+
+# ------------------------------------------------------------------ SparseGRU vs ORT GRU --
+def _gru_pair(rng, direction, H, I, wbank, rbank, state, lbr, bias=True, sparsity=0.75):
+    D = 2 if direction == "bidirectional" else 1
+    W = (rng.standard_normal((D, 3 * H, I)) / np.sqrt(max(1.0, (1 - sparsity) * I))).astype(np.float32)
+    R = (rng.standard_normal((D, 3 * H, H)) / np.sqrt(max(1.0, (1 - sparsity) * H))).astype(np.float32)
+    B = (0.3 * rng.standard_normal((D, 6 * H))).astype(np.float32)
+    W *= bank_mask(W.reshape(D * 3 * H, I), sparsity, bank_size=wbank).reshape(W.shape)
+    R *= bank_mask(R.reshape(D * 3 * H, H), sparsity, bank_size=rbank).reshape(R.shape)
+    extra = ["h0"] if state else []
+    ins = ["X", "W", "R", "B" if bias else "", ""] + extra
+    dense = _model([helper.make_node("GRU", ins, ["Y", "Y_h"], hidden_size=H, direction=direction,
+                                     linear_before_reset=lbr)],
+                   [numpy_helper.from_array(a, n) for a, n in ((W, "W"), (R, "R"), (B, "B"))],
+                   [vinfo("X", ["S", "N", I])] + [vinfo(n, [D, "N", H]) for n in extra],
+                   outputs=("Y", "Y_h"))
+    node, inits = make_sparse_gru_node("gru", "X", ["Y", "Y_h"], W, R, B if bias else None,
+                                       initial_h="h0" if state else "", direction=direction,
+                                       linear_before_reset=lbr, w_bank_size=wbank,
+                                       r_bank_size=rbank)
+    sparse = _model([node], inits, [vinfo("X", ["S", "N", I])] +
+                    [vinfo(n, [D, "N", H]) for n in extra], outputs=("Y", "Y_h"))
+    return dense, sparse, D
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("direction", ["forward", "reverse", "bidirectional"])
+@pytest.mark.parametrize("H,I,wbank,rbank", [(5, 7, 4, 5), (24, 40, 16, 8), (33, 20, 20, 32),
+                                             (40, 300, 300, 17)])
+@pytest.mark.parametrize("state", [False, True])
+@pytest.mark.parametrize("lbr", [0, 1])
+def test_sparse_gru_matches_onnxruntime(monkeypatch, isa, direction, H, I, wbank, rbank, state,
+                                        lbr):
+    monkeypatch.setenv("SPARSEKIT_ISA", isa)
+    rng = np.random.default_rng(H * 7 + I + lbr)
+    dense, sparse, D = _gru_pair(rng, direction, H, I, wbank, rbank, state, lbr, bias=H != 33)
+    ds = ort.InferenceSession(dense.SerializeToString(), providers=["CPUExecutionProvider"])
+    for threads in (1, 2):
+        ss = sparsekit.session(sparse, threads=threads)
+        for S, N in ((1, 1), (2, 3), (17, 1), (64, 2)):
+            feeds = {"X": rng.standard_normal((S, N, I)).astype(np.float32)}
+            if state:
+                feeds["h0"] = rng.standard_normal((D, N, H)).astype(np.float32)
+            _close(ss.run(None, feeds), ds.run(None, feeds))
+
+
+GRU_CORRUPTIONS = [
+    (lambda m: _edit(m, ".R_indices", _bad_offset), "is not below the length of bank"),
+    (lambda m: _edit(m, ".B", lambda a: a[:, :-1]), "B has shape .*6\\*hidden_size"),
+    (lambda m: _set_attr(m, "hidden_size", 9), "W_values has shape .* = 1\\*3\\*9"),
+    (lambda m: _set_attr(m, "linear_before_reset", 2), "linear_before_reset"),
+    (lambda m: _set_attr(m, "r_bank_size", 300), "r_bank_size' must be in \\[1, 256\\]"),
+]
+
+
+@pytest.mark.parametrize("corrupt,match", GRU_CORRUPTIONS)
+def test_sparse_gru_rejects_corrupted_models(corrupt, match):
+    rng = np.random.default_rng(5)
+    _, sparse, _ = _gru_pair(rng, "forward", 8, 6, 6, 8, False, 0)
+    with pytest.raises(Exception, match=match) as e:
+        sparsekit.session(corrupt(sparse))
+    assert "SparseGRU node 'gru'" in str(e.value)
 
 
 # ------------------------------------------------------------------ validation (untrusted) --
@@ -310,6 +374,73 @@ def test_convert_leaves_dense_lstm_dense():
     sparse, crep = sparsekit.convert(m)
     row = next(l for l in crep.layers if l.op == "LSTM")
     assert row.decision == "dense" and row.reason == "no zeros"
+
+
+def _torch_style_gru(I=24, H=32, bidirectional=False, extra_attrs=None):
+    """What torch.onnx.export writes for nn.GRU(batch_first=True): Transpose in, GRU with
+    linear_before_reset = 1 and W/R/B initializers, Transpose/Reshape out; symbolic dims."""
+    rng = np.random.default_rng(12)
+    D = 2 if bidirectional else 1
+    W = (rng.standard_normal((D, 3 * H, I)) / np.sqrt(I)).astype(np.float32)
+    R = (rng.standard_normal((D, 3 * H, H)) / np.sqrt(H)).astype(np.float32)
+    B = (0.1 * rng.standard_normal((D, 6 * H))).astype(np.float32)
+    inits = [numpy_helper.from_array(W, "onnx::GRU_W"), numpy_helper.from_array(R, "onnx::GRU_R"),
+             numpy_helper.from_array(B, "onnx::GRU_B"),
+             numpy_helper.from_array(np.array([0, 0, -1], np.int64), "shape")]
+    attrs = dict(linear_before_reset=1, **(extra_attrs or {}))
+    nodes = [
+        helper.make_node("Transpose", ["input"], ["xt"], name="/Transpose", perm=[1, 0, 2]),
+        helper.make_node("GRU", ["xt", "onnx::GRU_W", "onnx::GRU_R", "onnx::GRU_B", "", "h0"],
+                         ["y", "hn"], name="/gru/GRU", hidden_size=H,
+                         direction="bidirectional" if bidirectional else "forward", **attrs),
+        helper.make_node("Transpose", ["y"], ["yt"], name="/Transpose_1", perm=[2, 0, 1, 3]),
+        helper.make_node("Reshape", ["yt", "shape"], ["output"], name="/Reshape"),
+    ]
+    ins = [vinfo("input", ["batch", "seq", I]), vinfo("h0", [D, "batch", H])]
+    g = helper.make_graph(nodes, "torch_gru", ins, [vinfo("output", None), vinfo("hn", None)],
+                          inits)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", ONNX_OPSET)],
+                             ir_version=IR_VERSION)
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_prune_and_convert_torch_style_gru(bidirectional):
+    m = _torch_style_gru(bidirectional=bidirectional)
+    pruned, rep = sparsekit.prune(m, "bank", 0.8)
+    assert [r.name for r in rep.layers] == ["/gru/GRU/W", "/gru/GRU/R"]
+    assert all(r.op == "GRU" and r.bank_size == 16 for r in rep.layers)
+    assert all(0.78 < r.achieved < 0.85 for r in rep.layers)
+    sparse, crep = sparsekit.convert(pruned)
+    ops = [n.op_type for n in sparse.graph.node]
+    assert "SparseGRU" in ops and "GRU" not in ops, crep.layers
+    rows = {l.name: l for l in crep.layers}
+    assert rows["/gru/GRU/W"].decision == "sparse" == rows["/gru/GRU/R"].decision
+    D = 2 if bidirectional else 1
+    rng = np.random.default_rng(0)
+    ds = ort.InferenceSession(pruned.SerializeToString(), providers=["CPUExecutionProvider"])
+    ss = sparsekit.session(sparse)
+    for batch, seq in ((1, 1), (3, 10), (2, 64)):
+        feeds = {"input": rng.standard_normal((batch, seq, 24)).astype(np.float32),
+                 "h0": rng.standard_normal((D, batch, 32)).astype(np.float32)}
+        _close(ss.run(None, feeds), ds.run(None, feeds))
+
+
+@pytest.mark.parametrize("kw,reason", [
+    (dict(extra_attrs={"clip": 3.0}), "clip"),
+    (dict(extra_attrs={"activations": ["Sigmoid", "Relu"]}), "activations"),
+])
+def test_convert_leaves_unsupported_grus_dense(kw, reason):
+    pruned, _ = sparsekit.prune(_torch_style_gru(**kw), "bank", 0.8)
+    sparse, crep = sparsekit.convert(pruned)
+    row = next(l for l in crep.layers if l.op == "GRU")
+    assert row.decision == "dense" and reason in row.reason
+    assert "GRU" in [n.op_type for n in sparse.graph.node]
+
+
+def test_prune_skips_gru_weights_for_non_bank_patterns():
+    with pytest.raises(sparsekit.SparsekitError, match="GRU weights are pruned with pattern "
+                                                       "'bank' only"):
+        sparsekit.prune(_torch_style_gru(), "block", 0.8)
 
 
 def test_zoo_lstm_lm_converts_to_sparse_lstm():

@@ -1,4 +1,5 @@
-// SparseLSTM: see lstm.h, docs/format.md (the op) and docs/sequence.md (the design).
+// SparseLSTM and SparseGRU: see lstm.h, docs/format.md (the ops) and docs/sequence.md (the
+// design).
 #include "ort/lstm.h"
 
 #include <algorithm>
@@ -82,7 +83,110 @@ BankInput read_bank_input(const Api& api, const OrtKernelInfo* info, size_t vi, 
   return m;
 }
 
-// Row p of a direction's gate-interleaved order is ONNX row (p % 4)*H + p / 4 (gates i, o, f, c).
+using RowMap = std::function<int64_t(int64_t)>;  // op row -> row of the packed input
+
+// Rows [0, rows) of R, row p taken from R's row src(p), in the SpMV kernel's interleaved form.
+Recurrent banked_recurrent(const BankInput& R, int64_t rows, const RowMap& src, int L) {
+  Recurrent rec;
+  rec.banked = true;
+  const int64_t groups = (rows + L - 1) / L;
+  const size_t n = size_t(groups * R.nbanks * R.keep * L);
+  rec.values.assign(n, 0.0f);
+  rec.offs.assign(n, 0);
+  for (int64_t p = 0; p < rows; ++p) {
+    const int64_t r = src(p);
+    for (int64_t b = 0; b < R.nbanks; ++b)
+      for (int64_t q = 0; q < R.keep; ++q) {
+        const size_t i = R.at(r, b, q);
+        const size_t dst = size_t(((p / L * R.nbanks + b) * R.keep + q) * L + p % L);
+        rec.values[dst] = R.v[i];
+        rec.offs[dst] = uint8_t(R.off(i));
+      }
+  }
+  rec.m.rows = int(rows);
+  rec.m.lanes = L;
+  rec.m.groups = int(groups);
+  rec.m.nbanks = int(R.nbanks);
+  rec.m.bank_size = int(R.bs);
+  rec.m.keep = int(R.keep);
+  rec.m.values = rec.values.data();
+  rec.m.offs = rec.offs.data();
+  return rec;
+}
+
+// Rows [0, rows) of a bank input as general sparse weights (zeros dropped), row p from src(p).
+SparseWeights bank_rows(const BankInput& A, int64_t rows, const RowMap& src) {
+  SparseWeights g;
+  g.format = "bank";
+  g.B = 1;
+  g.M = int(rows);
+  g.G = int(rows);
+  g.K = A.K;
+  g.bank_size = A.bs;
+  g.stored_blocks = rows * A.nbanks * A.keep;
+  g.m_name = "rows";
+  g.group_ptr.assign(size_t(rows) + 1, 0);
+  for (int64_t p = 0; p < rows; ++p) {
+    const int64_t r = src(p);
+    for (int64_t b = 0; b < A.nbanks; ++b)
+      for (int64_t q = 0; q < A.keep; ++q) {
+        const size_t i = A.at(r, b, q);
+        if (A.v[i] == 0.0f) continue;
+        g.k.push_back(int32_t(b * A.bs + A.off(i)));
+        g.values.push_back(A.v[i]);
+      }
+    g.group_ptr[size_t(p) + 1] = g.nblocks();
+  }
+  return g;
+}
+
+Projection make_projection(const BankInput& W, int64_t rows, const RowMap& src,
+                           AVec<float> bias, const sk::KernelTable* kt) {
+  Projection pr;
+  pr.w = bank_rows(W, rows, src);
+  pr.panel = make_panel(pr.w, kt);
+  pr.kchunks = make_panel_kchunks(pr.w, pr.panel, kt);
+  pr.bias = std::move(bias);
+  return pr;
+}
+
+// The constant bias input [D, width] (zeros when absent), checked.
+std::vector<float> bias_input(const Api& api, const OrtKernelInfo* info, size_t index,
+                              int64_t D, int64_t width, const char* what) {
+  std::vector<float> out(size_t(D * width), 0.0f);
+  if (!input_present(api, info, index)) return out;
+  TensorView b = constant_input(api, info, index, "B");
+  if (b.type != ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT)
+    throw Error(std::string("B must be float32, got ") + dtype_name(b.type));
+  if (b.shape != std::vector<int64_t>{D, width})
+    throw Error("B has shape " + b.shape_str() + ", expected [" + s(D) + ", " + s(width) +
+                "] [num_directions, " + what + "]");
+  const float* bp = static_cast<const float*>(b.data);
+  out.assign(bp, bp + D * width);
+  return out;
+}
+
+struct DirectionAttr {
+  int64_t D;
+  bool reverse_only;
+};
+
+DirectionAttr read_direction(const Attrs& a) {
+  const std::string dir = a.get_string("direction", "forward");
+  if (dir != "forward" && dir != "reverse" && dir != "bidirectional")
+    throw Error("attribute 'direction' must be \"forward\", \"reverse\" or \"bidirectional\", got \"" +
+                dir + "\"");
+  return {dir == "bidirectional" ? 2 : 1, dir == "reverse"};
+}
+
+void check_sizes(int64_t H, int64_t I) {
+  if (H < 1 || H > (1 << 26))
+    throw Error("attribute 'hidden_size' must be in [1, 2^26], got " + s(H));
+  if (I < 1 || I > INT32_MAX) throw Error("attribute 'input_size' must be >= 1, got " + s(I));
+}
+
+// Row p of a direction's LSTM gate-interleaved order is ONNX row (p % 4)*H + p / 4 (gates
+// i, o, f, c).
 inline int64_t onnx_row(int64_t p, int64_t H) { return (p % 4) * H + p / 4; }
 
 inline float sigmoid(float x) { return 1.0f / (1.0f + std::exp(-x)); }
@@ -116,6 +220,47 @@ const float* state_input(const Api& api, OrtKernelContext* ctx, size_t index, co
 
 }  // namespace
 
+void Projection::run(const Api& api, OrtKernelContext* ctx, const sk::KernelTable* kt,
+                     const float* x, int64_t P, float* xw) const {
+  const int64_t T = panel.T, K = w.K, M = w.M;
+  const int64_t nrows = int64_t(panel.rows.size());
+  const int64_t panel_size = std::max<int64_t>(1, nrows * T);
+  const int64_t ntiles = (P + T - 1) / T;
+  const int32_t* rows = panel.rows.data();
+  Scratch<float> buf(size_t(ntiles * (panel_size + M * T)));
+  float* panels = buf.get();
+  float* yts = panels + ntiles * panel_size;
+  parallel_for(api, ctx, size_t(ntiles), [&](size_t i) {
+    const int64_t r0 = int64_t(i) * T, len = std::min(T, P - r0);
+    float* pn = panels + int64_t(i) * panel_size;
+    if (nrows == K) return transpose(x + r0 * K, K, pn, T, len, K);
+    for (int64_t t = 0; t < len; ++t) {
+      const float* xr = x + (r0 + t) * K;
+      for (int64_t u = 0; u < nrows; ++u) pn[u * T + t] = xr[rows[u]];
+    }
+  });
+  const sk::SpMat m = spmat(w, panel.x_offset.data());
+  const GroupChunks gc = group_chunks(w.G);
+  sk::Epilogue ep;
+  ep.bias = bias.data();
+  parallel_for(api, ctx, size_t(ntiles * gc.n), [&](size_t i) {
+    const int64_t t = int64_t(i) / gc.n;
+    const int c = int(int64_t(i) % gc.n);
+    const int64_t r0 = t * T, len = std::min(T, P - r0);
+    float* yt = yts + t * M * T;
+    const float* pn = panels + t * panel_size;
+    if (kchunks.active())
+      spmm_kchunked(kchunks, kt->spmm_b1, size_t(len), gc.begin(c), gc.end(c), pn, yt, T, ep);
+    else
+      kt->spmm_b1(size_t(len), m, gc.begin(c), gc.end(c), pn, yt, T, ep);
+    transpose(yt + int64_t(gc.begin(c)) * T, T, xw + r0 * M + gc.begin(c), M,
+              gc.end(c) - gc.begin(c), len);
+  });
+}
+
+// ---------------------------------------------------------------------------------------------
+// SparseLSTM
+
 const std::vector<IoSpec>& SparseLSTMKernel::inputs() {
   static const std::vector<IoSpec> v = {
       {ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, INPUT_OUTPUT_REQUIRED},      // X
@@ -145,19 +290,14 @@ SparseLSTMKernel::SparseLSTMKernel(const Api& api, const OrtKernelInfo* info) : 
   kt_ = select_table();
   H_ = a.get_int("hidden_size");
   I_ = a.get_int("input_size");
-  const std::string dir = a.get_string("direction", "forward");
-  if (dir != "forward" && dir != "reverse" && dir != "bidirectional")
-    throw Error("attribute 'direction' must be \"forward\", \"reverse\" or \"bidirectional\", got \"" +
-                dir + "\"");
-  D_ = dir == "bidirectional" ? 2 : 1;
-  reverse_only_ = dir == "reverse";
-  if (H_ < 1 || H_ > (1 << 26))
-    throw Error("attribute 'hidden_size' must be in [1, 2^26], got " + s(H_));
-  if (I_ < 1 || I_ > INT32_MAX) throw Error("attribute 'input_size' must be >= 1, got " + s(I_));
+  const DirectionAttr dir = read_direction(a);
+  D_ = dir.D;
+  reverse_only_ = dir.reverse_only;
+  check_sizes(H_, I_);
   if (input_present(api, info, kSeqLens))
     throw Error("sequence_lens (input 6) is not supported: every batch entry runs the full "
                 "sequence (convert leaves such LSTMs dense)");
-  const int64_t M = D_ * 4 * H_;
+  const int64_t M = D_ * 4 * H_, H = H_, G4 = 4 * H_;
   const std::string rows_desc = "num_directions*4*hidden_size = " + s(D_) + "*4*" + s(H_);
   const int64_t wbs = a.get_int("w_bank_size");
   const int64_t rbs = a.get_int("r_bank_size");
@@ -165,142 +305,35 @@ SparseLSTMKernel::SparseLSTMKernel(const Api& api, const OrtKernelInfo* info) : 
                                       "input_size", wbs, "w_bank_size");
   const BankInput R = read_bank_input(api, info, kRValues, kRIndices, "R", M, rows_desc, H_,
                                       "hidden_size", rbs, "r_bank_size");
-
-  // W: a general sparse matrix (zeros dropped) in the gate-interleaved row order, for SpMM.
-  w_.format = "bank";
-  w_.B = 1;
-  w_.M = int(M);
-  w_.G = int(M);
-  w_.K = I_;
-  w_.bank_size = wbs;
-  w_.stored_blocks = M * W.nbanks * W.keep;
-  w_.m_name = "rows";
-  w_.group_ptr.assign(size_t(M) + 1, 0);
-  for (int64_t d = 0; d < D_; ++d)
-    for (int64_t p = 0; p < 4 * H_; ++p) {
-      const int64_t src = d * 4 * H_ + onnx_row(p, H_);
-      for (int64_t b = 0; b < W.nbanks; ++b)
-        for (int64_t q = 0; q < W.keep; ++q) {
-          const size_t i = W.at(src, b, q);
-          if (W.v[i] == 0.0f) continue;
-          w_.k.push_back(int32_t(b * wbs + W.off(i)));
-          w_.values.push_back(W.v[i]);
-        }
-      w_.group_ptr[size_t(d * 4 * H_ + p) + 1] = w_.nblocks();
-    }
-  panel_ = make_panel(w_, kt_);
-
-  // Bias: Wb + Rb, permuted the same way.
-  bias_.assign(size_t(M), 0.0f);
-  if (input_present(api, info, kB)) {
-    TensorView b = constant_input(api, info, kB, "B");
-    if (b.type != ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT)
-      throw Error(std::string("B must be float32, got ") + dtype_name(b.type));
-    if (b.shape != std::vector<int64_t>{D_, 8 * H_})
-      throw Error("B has shape " + b.shape_str() + ", expected [" + s(D_) + ", " + s(8 * H_) +
-                  "] [num_directions, 8*hidden_size]");
-    const float* bp = static_cast<const float*>(b.data);
-    for (int64_t d = 0; d < D_; ++d)
-      for (int64_t p = 0; p < 4 * H_; ++p) {
-        const int64_t src = onnx_row(p, H_);
-        bias_[size_t(d * 4 * H_ + p)] = bp[d * 8 * H_ + src] + bp[d * 8 * H_ + 4 * H_ + src];
-      }
+  // Rows gate-interleaved per direction; bias Wb + Rb, permuted the same way.
+  const RowMap src = [H, G4](int64_t p) { return p / G4 * G4 + onnx_row(p % G4, H); };
+  const std::vector<float> b = bias_input(api, info, kB, D_, 8 * H_, "8*hidden_size");
+  AVec<float> bias(static_cast<size_t>(M), 0.0f);
+  for (int64_t p = 0; p < M; ++p) {
+    const int64_t d = p / G4, r = onnx_row(p % G4, H);
+    bias[size_t(p)] = b[size_t(d * 8 * H + r)] + b[size_t(d * 8 * H + G4 + r)];
   }
+  proj_ = make_projection(W, M, src, std::move(bias), kt_);
 
   // R: per direction, interleaved for the SpMV kernel (banks <= 256), else general.
   r_bank_ = rbs;
   r_nbanks_ = R.nbanks;
-  const int L = kt_->spmv_lanes;
-  r_.resize(size_t(D_));
   for (int64_t d = 0; d < D_; ++d) {
-    Recurrent& rec = r_[size_t(d)];
-    const int64_t rows = 4 * H_;
+    const RowMap rsrc = [d, H, G4](int64_t p) { return d * G4 + onnx_row(p, H); };
     if (rbs <= 256) {
-      rec.banked = true;
-      const int64_t groups = (rows + L - 1) / L;
-      const size_t n = size_t(groups * R.nbanks * R.keep * L);
-      rec.values.assign(n, 0.0f);
-      rec.offs.assign(n, 0);
-      for (int64_t p = 0; p < rows; ++p) {
-        const int64_t src = d * rows + onnx_row(p, H_);
-        for (int64_t b = 0; b < R.nbanks; ++b)
-          for (int64_t q = 0; q < R.keep; ++q) {
-            const size_t i = R.at(src, b, q);
-            const size_t dst = size_t(((p / L * R.nbanks + b) * R.keep + q) * L + p % L);
-            rec.values[dst] = R.v[i];
-            rec.offs[dst] = uint8_t(R.off(i));
-          }
-      }
-      rec.m.rows = int(rows);
-      rec.m.lanes = L;
-      rec.m.groups = int(groups);
-      rec.m.nbanks = int(R.nbanks);
-      rec.m.bank_size = int(rbs);
-      rec.m.keep = int(R.keep);
-      rec.m.values = rec.values.data();
-      rec.m.offs = rec.offs.data();
+      r_.push_back(banked_recurrent(R, G4, rsrc, kt_->spmv_lanes));
     } else {
-      SparseWeights& g = rec.general;
-      g.format = "bank";
-      g.B = 1;
-      g.M = int(rows);
-      g.G = int(rows);
-      g.K = H_;
-      g.bank_size = rbs;
-      g.group_ptr.assign(size_t(rows) + 1, 0);
-      for (int64_t p = 0; p < rows; ++p) {
-        const int64_t src = d * rows + onnx_row(p, H_);
-        for (int64_t b = 0; b < R.nbanks; ++b)
-          for (int64_t q = 0; q < R.keep; ++q) {
-            const size_t i = R.at(src, b, q);
-            if (R.v[i] == 0.0f) continue;
-            g.k.push_back(int32_t(b * rbs + R.off(i)));
-            g.values.push_back(R.v[i]);
-          }
-        g.group_ptr[size_t(p) + 1] = g.nblocks();
-      }
-      rec.x_offset.assign(g.k.begin(), g.k.end());
+      Recurrent rec;
+      rec.general = bank_rows(R, G4, rsrc);
+      rec.x_offset.assign(rec.general.k.begin(), rec.general.k.end());
+      r_.push_back(std::move(rec));
     }
   }
   log_verbose(api, info,
               std::string("sparsekit SparseLSTM '") + node_name(api, info) + "': kernels " +
-                  kt_->name + ", hidden " + s(H_) + ", " + dir + ", W " + s(w_.nblocks()) +
-                  " nonzeros, R bank " + s(rbs) + " keep " + s(R.keep) +
+                  kt_->name + ", hidden " + s(H_) + ", " + s(D_) + " direction(s), W " +
+                  s(proj_.w.nblocks()) + " nonzeros, R bank " + s(rbs) + " keep " + s(R.keep) +
                   (rbs <= 256 ? " (SpMV kernel)" : " (general SpMM path)"));
-}
-
-// xw[p, :] = W·x[p] + bias for P rows x[p] of length I (all steps and batch entries at once).
-void SparseLSTMKernel::project(OrtKernelContext* ctx, const float* x, int64_t P,
-                               float* xw) const {
-  const int64_t T = panel_.T, K = I_, M = D_ * 4 * H_;
-  const int64_t nrows = int64_t(panel_.rows.size());
-  const int64_t panel_size = std::max<int64_t>(1, nrows * T);
-  const int64_t ntiles = (P + T - 1) / T;
-  const int32_t* rows = panel_.rows.data();
-  Scratch<float> buf(size_t(ntiles * (panel_size + M * T)));
-  float* panels = buf.get();
-  float* yts = panels + ntiles * panel_size;
-  parallel_for(api_, ctx, size_t(ntiles), [&](size_t i) {
-    const int64_t r0 = int64_t(i) * T, len = std::min(T, P - r0);
-    float* panel = panels + int64_t(i) * panel_size;
-    for (int64_t t = 0; t < len; ++t) {
-      const float* xr = x + (r0 + t) * K;
-      for (int64_t u = 0; u < nrows; ++u) panel[u * T + t] = xr[rows[u]];
-    }
-  });
-  const sk::SpMat m = spmat(w_, panel_.x_offset.data());
-  const GroupChunks gc = group_chunks(w_.G);
-  sk::Epilogue ep;
-  ep.bias = bias_.data();
-  parallel_for(api_, ctx, size_t(ntiles * gc.n), [&](size_t i) {
-    const int64_t t = int64_t(i) / gc.n;
-    const int c = int(int64_t(i) % gc.n);
-    const int64_t r0 = t * T, len = std::min(T, P - r0);
-    float* yt = yts + t * M * T;
-    kt_->spmm_b1(size_t(len), m, gc.begin(c), gc.end(c), panels + t * panel_size, yt, T, ep);
-    for (int64_t tt = 0; tt < len; ++tt)
-      for (int64_t mm = gc.begin(c); mm < gc.end(c); ++mm) xw[(r0 + tt) * M + mm] = yt[mm * T + tt];
-  });
 }
 
 void SparseLSTMKernel::compute(OrtKernelContext* ctx) const {
@@ -334,7 +367,7 @@ void SparseLSTMKernel::compute(OrtKernelContext* ctx) const {
   }
 
   Scratch<float> xwbuf(size_t(std::max<int64_t>(1, S * N * D * G4)));
-  if (S > 0) project(ctx, static_cast<const float*>(X.data), S * N, xwbuf.get());
+  if (S > 0) proj_.run(api_, ctx, kt_, static_cast<const float*>(X.data), S * N, xwbuf.get());
 
   // Work per step: (direction, batch entry, chunk of row groups); a chunk covers whole hidden
   // units (groups hold lanes/4 units; the general path uses groups of 4 rows = 1 unit).
@@ -384,6 +417,204 @@ void SparseLSTMKernel::compute(OrtKernelContext* ctx) const {
     std::memcpy(Yh + i * H, hbuf.get() + (fin * D * N + i) * HP, sizeof(float) * size_t(H));
     std::memcpy(Yc + i * H, cbuf.get() + i * H, sizeof(float) * size_t(H));
   }
+}
+
+// ---------------------------------------------------------------------------------------------
+// SparseGRU
+
+const std::vector<IoSpec>& SparseGRUKernel::inputs() {
+  static const std::vector<IoSpec> v = {
+      {ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, INPUT_OUTPUT_REQUIRED},      // X
+      {ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, INPUT_OUTPUT_REQUIRED},      // W_values
+      {ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED, INPUT_OUTPUT_REQUIRED},  // W_indices (u8/u16)
+      {ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, INPUT_OUTPUT_REQUIRED},      // R_values
+      {ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8, INPUT_OUTPUT_REQUIRED},      // R_indices (u8)
+      {ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, INPUT_OUTPUT_OPTIONAL},      // B
+      {ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32, INPUT_OUTPUT_OPTIONAL},      // sequence_lens
+      {ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, INPUT_OUTPUT_OPTIONAL},      // initial_h
+  };
+  return v;
+}
+
+const std::vector<IoSpec>& SparseGRUKernel::outputs() {
+  static const std::vector<IoSpec> v = {
+      {ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, INPUT_OUTPUT_REQUIRED},  // Y
+      {ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, INPUT_OUTPUT_REQUIRED},  // Y_h
+  };
+  return v;
+}
+
+SparseGRUKernel::SparseGRUKernel(const Api& api, const OrtKernelInfo* info) : api_(api) {
+  Attrs a(api, info);
+  kt_ = select_table();
+  H_ = a.get_int("hidden_size");
+  I_ = a.get_int("input_size");
+  const DirectionAttr dir = read_direction(a);
+  D_ = dir.D;
+  reverse_only_ = dir.reverse_only;
+  check_sizes(H_, I_);
+  const int64_t lbr = a.get_int("linear_before_reset", 0);
+  if (lbr != 0 && lbr != 1)
+    throw Error("attribute 'linear_before_reset' must be 0 or 1, got " + s(lbr));
+  linear_before_reset_ = lbr == 1;
+  if (input_present(api, info, kSeqLens))
+    throw Error("sequence_lens (input 6) is not supported: every batch entry runs the full "
+                "sequence (convert leaves such GRUs dense)");
+  const int64_t H = H_, G3 = 3 * H_, M = D_ * G3;
+  const std::string rows_desc = "num_directions*3*hidden_size = " + s(D_) + "*3*" + s(H_);
+  const int64_t wbs = a.get_int("w_bank_size");
+  const int64_t rbs = a.get_int("r_bank_size");
+  if (rbs > 256)
+    throw Error("attribute 'r_bank_size' must be in [1, 256] (the SpMV kernel's one-byte "
+                "offsets), got " + s(rbs));
+  const BankInput W = read_bank_input(api, info, kWValues, kWIndices, "W", M, rows_desc, I_,
+                                      "input_size", wbs, "w_bank_size");
+  const BankInput R = read_bank_input(api, info, kRValues, kRIndices, "R", M, rows_desc, H_,
+                                      "hidden_size", rbs, "r_bank_size");
+  // Op row q of a direction: zr rows 2j (z_j), 2j+1 (r_j) for q < 2H, then h_j = q - 2H.
+  auto gate_row = [H](int64_t q) { return q < 2 * H ? (q % 2) * H + q / 2 : q; };
+  const RowMap src = [G3, gate_row](int64_t p) { return p / G3 * G3 + gate_row(p % G3); };
+  // B = [Wb_z, Wb_r, Wb_h, Rb_z, Rb_r, Rb_h] per direction.  Rb_h joins the projection's bias
+  // unless linear_before_reset = 1 (then r multiplies it).
+  const std::vector<float> b = bias_input(api, info, kB, D_, 6 * H_, "6*hidden_size");
+  AVec<float> bias(static_cast<size_t>(M), 0.0f);
+  rbh_.assign(size_t(D_ * H), 0.0f);
+  for (int64_t p = 0; p < M; ++p) {
+    const int64_t d = p / G3, q = p % G3, r = gate_row(q);
+    const float rb = b[size_t(d * 6 * H + G3 + r)];
+    const bool keep_rb_apart = linear_before_reset_ && q >= 2 * H;
+    bias[size_t(p)] = b[size_t(d * 6 * H + r)] + (keep_rb_apart ? 0.0f : rb);
+    if (keep_rb_apart) rbh_[size_t(d * H + q - 2 * H)] = rb;
+  }
+  proj_ = make_projection(W, M, src, std::move(bias), kt_);
+  r_bank_ = rbs;
+  r_nbanks_ = R.nbanks;
+  const int L = kt_->spmv_lanes;
+  for (int64_t d = 0; d < D_; ++d) {
+    zr_.push_back(banked_recurrent(
+        R, 2 * H, [d, G3, gate_row](int64_t q) { return d * G3 + gate_row(q); }, L));
+    h_.push_back(banked_recurrent(
+        R, H, [d, G3, H](int64_t j) { return d * G3 + 2 * H + j; }, L));
+  }
+  log_verbose(api, info,
+              std::string("sparsekit SparseGRU '") + node_name(api, info) + "': kernels " +
+                  kt_->name + ", hidden " + s(H_) + ", " + s(D_) + " direction(s), W " +
+                  s(proj_.w.nblocks()) + " nonzeros, R bank " + s(rbs) + " keep " + s(R.keep) +
+                  ", linear_before_reset " + s(lbr));
+}
+
+void SparseGRUKernel::compute(OrtKernelContext* ctx) const {
+  const TensorView X = view_tensor(api_, get_input(api_, ctx, kX), "X");
+  if (X.type != ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT)
+    throw Error(std::string("X must be float32, got ") + dtype_name(X.type));
+  if (X.shape.size() != 3 || X.shape[2] != I_)
+    throw Error("X has shape " + X.shape_str() + ", expected [seq_length, batch_size, " + s(I_) +
+                "] (input_size = " + s(I_) + ")");
+  const int64_t S = X.shape[0], N = X.shape[1], H = H_, D = D_, G3 = 3 * H_;
+  const std::vector<int64_t> sdims = {D, N, H};
+  const float* h0 = state_input(api_, ctx, kInitH, "initial_h", sdims);
+  float* Y = output(api_, ctx, 0, {S, D, N, H});
+  float* Yh = output(api_, ctx, 1, sdims);
+  if (N == 0) return;
+
+  // h ping-pong [2][D][N][HP] and r⊙h [D][N][HP], zero tails (the kernels load whole banks);
+  // gates [D][N][3H]: zr pre-activations, then R_h·(·) + init.
+  const int64_t HP = std::max<int64_t>(H, r_nbanks_ * r_bank_) + 64;
+  Scratch<float> hbuf(size_t(2 * D * N * HP)), rhbuf(size_t(D * N * HP)),
+      gbuf(size_t(D * N * G3));
+  std::memset(hbuf.get(), 0, sizeof(float) * size_t(2 * D * N * HP));
+  std::memset(rhbuf.get(), 0, sizeof(float) * size_t(D * N * HP));
+  if (h0)
+    for (int64_t i = 0; i < D * N; ++i)
+      std::memcpy(hbuf.get() + i * HP, h0 + i * H, sizeof(float) * size_t(H));
+  Scratch<float> xwbuf(size_t(std::max<int64_t>(1, S * N * D * G3)));
+  if (S > 0) proj_.run(api_, ctx, kt_, static_cast<const float*>(X.data), S * N, xwbuf.get());
+
+  // Items per step: (direction, batch entry, chunk of hidden units).  Chunk bounds are
+  // multiples of L units, so zr rows (2 per unit) and h rows (1 per unit) both start on group
+  // boundaries of the SpMV kernel (L rows per group).
+  const int64_t L = kt_->spmv_lanes;
+  const int64_t ublocks = (H + L - 1) / L;
+  const int64_t nch = std::min<int64_t>(ublocks, 8);
+  const float* xw = xwbuf.get();
+  auto unit_range = [&](int64_t c, int64_t* u0, int64_t* u1) {
+    *u0 = std::min(H, ublocks * c / nch * L);
+    *u1 = std::min(H, ublocks * (c + 1) / nch * L);
+  };
+  auto groups = [L](int64_t r0, int64_t r1, int* g0, int* g1) {
+    *g0 = int(r0 / L);
+    *g1 = int((r1 + L - 1) / L);
+  };
+  for (int64_t step = 0; step < S; ++step) {
+    const int64_t cur = step & 1, nxt = cur ^ 1;
+    // The parts of one item: d, b, units, and its buffers.
+    struct Item {
+      int64_t d, b, t, u0, u1;
+      const float* hprev;
+      float* hnext;
+      const float* xw;  // [3H] this step's projection (+ biases)
+      float* gates;     // [3H]
+      float* rh;        // [HP]
+    };
+    auto item_of = [&](size_t i) {
+      Item it;
+      it.d = int64_t(i) / (N * nch);
+      it.b = int64_t(i) / nch % N;
+      const int64_t c = int64_t(i) % nch;
+      it.t = (reverse_only_ || it.d == 1) ? S - 1 - step : step;
+      unit_range(c, &it.u0, &it.u1);
+      it.hprev = hbuf.get() + ((cur * D + it.d) * N + it.b) * HP;
+      it.hnext = hbuf.get() + ((nxt * D + it.d) * N + it.b) * HP;
+      it.xw = xw + (it.t * N + it.b) * D * G3 + it.d * G3;
+      it.gates = gbuf.get() + (it.d * N + it.b) * G3;
+      it.rh = rhbuf.get() + (it.d * N + it.b) * HP;
+      return it;
+    };
+    auto zr_pass = [&](const Item& it) {  // gates[0, 2H) = xw_zr + R_zr·h
+      int g0, g1;
+      groups(2 * it.u0, 2 * it.u1, &g0, &g1);
+      kt_->spmv_bank(zr_[size_t(it.d)].m, g0, g1, it.hprev, it.xw, it.gates);
+    };
+    auto h_pass = [&](const Item& it, const float* x, const float* init) {
+      int g0, g1;
+      groups(it.u0, it.u1, &g0, &g1);
+      kt_->spmv_bank(h_[size_t(it.d)].m, g0, g1, x, init, it.gates + 2 * H);
+    };
+    auto finish = [&](const Item& it, int64_t j, float z, float hh) {
+      const float h = (1.0f - z) * hh + z * it.hprev[j];
+      it.hnext[j] = h;
+      Y[((it.t * D + it.d) * N + it.b) * H + j] = h;
+    };
+    if (linear_before_reset_) {
+      // One pass: hh = tanh(xw_h + r ⊙ (R_h·h + Rb_h)).
+      parallel_for(api_, ctx, size_t(D * N * nch), [&](size_t i) {
+        const Item it = item_of(i);
+        zr_pass(it);
+        h_pass(it, it.hprev, rbh_.data() + it.d * H);
+        for (int64_t j = it.u0; j < it.u1; ++j) {
+          const float z = sigmoid(it.gates[2 * j]), r = sigmoid(it.gates[2 * j + 1]);
+          finish(it, j, z, std::tanh(it.xw[2 * H + j] + r * it.gates[2 * H + j]));
+        }
+      });
+    } else {
+      // Two passes: r first (all units), then hh = tanh(xw_h + R_h·(r ⊙ h)).
+      parallel_for(api_, ctx, size_t(D * N * nch), [&](size_t i) {
+        const Item it = item_of(i);
+        zr_pass(it);
+        for (int64_t j = it.u0; j < it.u1; ++j)
+          it.rh[j] = sigmoid(it.gates[2 * j + 1]) * it.hprev[j];
+      });
+      parallel_for(api_, ctx, size_t(D * N * nch), [&](size_t i) {
+        const Item it = item_of(i);
+        h_pass(it, it.rh, it.xw + 2 * H);
+        for (int64_t j = it.u0; j < it.u1; ++j)
+          finish(it, j, sigmoid(it.gates[2 * j]), std::tanh(it.gates[2 * H + j]));
+      });
+    }
+  }
+  const int64_t fin = S & 1;
+  for (int64_t i = 0; i < D * N; ++i)
+    std::memcpy(Yh + i * H, hbuf.get() + (fin * D * N + i) * HP, sizeof(float) * size_t(H));
 }
 
 }  // namespace skort

@@ -1,5 +1,5 @@
 // RegisterCustomOps: the library's only exported symbol.  Registers domain "ai.sparsekit"
-// (op set 1) with SparseConv, SparseGemm, DepthwiseConv and SparseLSTM.
+// (op set 1) with SparseConv, SparseGemm, DepthwiseConv, SparseLSTM and SparseGRU.
 //
 // ABI rules followed here (shared/ort-abi.md): the API table comes only from the OrtApiBase
 // argument (GetApi(17); NULL on an older runtime -> return NULL, the ops stay unregistered);
@@ -55,7 +55,7 @@ float* get_output(const Api& api, OrtKernelContext* ctx, const std::vector<int64
 
 namespace {
 
-// An op's outputs: K::outputs() where the kernel declares them (SparseLSTM), else one
+// An op's outputs: K::outputs() where the kernel declares them (SparseLSTM/GRU), else one
 // required float32 output.
 template <class K, class = void>
 struct OutputSpec {
@@ -200,7 +200,7 @@ extern "C" __attribute__((visibility("default"))) OrtStatus* RegisterCustomOps(
     parked.push_back(domain);
     for (const OrtCustomOp* op : {OpDef<SparseConvKernel>::op(), OpDef<SparseGemmKernel>::op(),
                                   OpDef<DepthwiseConvKernel>::op(),
-                                  OpDef<SparseLSTMKernel>::op()})
+                                  OpDef<SparseLSTMKernel>::op(), OpDef<SparseGRUKernel>::op()})
       check(api, api.CustomOpDomain_Add()(domain, op), "CustomOpDomain_Add");
     check(api, api.AddCustomOpDomain()(options, domain), "AddCustomOpDomain");
     return nullptr;
