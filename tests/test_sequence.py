@@ -75,7 +75,7 @@ def test_sparse_lstm_matches_onnxruntime(monkeypatch, isa, direction, H, I, wban
     ds = ort.InferenceSession(dense.SerializeToString(), providers=["CPUExecutionProvider"])
     for threads in (1, 2):
         ss = sparsekit.session(sparse, threads=threads)
-        for S, N in ((1, 1), (2, 3), (17, 1), (64, 2)):
+        for S, N in ((1, 1), (2, 2), (2, 3), (17, 1), (64, 2)):
             feeds = {"X": rng.standard_normal((S, N, I)).astype(np.float32)}
             if state:
                 feeds["h0"] = rng.standard_normal((D, N, H)).astype(np.float32)
@@ -147,7 +147,7 @@ def test_sparse_gru_matches_onnxruntime(monkeypatch, isa, direction, H, I, wbank
     ds = ort.InferenceSession(dense.SerializeToString(), providers=["CPUExecutionProvider"])
     for threads in (1, 2):
         ss = sparsekit.session(sparse, threads=threads)
-        for S, N in ((1, 1), (2, 3), (17, 1), (64, 2)):
+        for S, N in ((1, 1), (2, 2), (2, 3), (17, 1), (64, 2)):
             feeds = {"X": rng.standard_normal((S, N, I)).astype(np.float32)}
             if state:
                 feeds["h0"] = rng.standard_normal((D, N, H)).astype(np.float32)

@@ -147,6 +147,10 @@ Projection make_projection(const BankInput& W, int64_t rows, const RowMap& src,
   pr.panel = make_panel(pr.w, kt);
   pr.kchunks = make_panel_kchunks(pr.w, pr.panel, kt);
   pr.bias = std::move(bias);
+  if (W.bs <= 256) {
+    pr.few = banked_recurrent(W, rows, src, kt->spmv_lanes);
+    pr.x_padded = W.nbanks * W.bs + 64;
+  }
   return pr;
 }
 
@@ -223,6 +227,21 @@ const float* state_input(const Api& api, OrtKernelContext* ctx, size_t index, co
 void Projection::run(const Api& api, OrtKernelContext* ctx, const sk::KernelTable* kt,
                      const float* x, int64_t P, float* xw) const {
   const int64_t T = panel.T, K = w.K, M = w.M;
+  if (P <= kFewRows && few.banked) {
+    // x rows copied into zero-padded buffers (the kernel loads whole banks), then one SpMV
+    // per row and chunk of row groups.
+    Scratch<float> xp(size_t(P * x_padded));
+    std::memset(xp.get(), 0, sizeof(float) * size_t(P * x_padded));
+    for (int64_t p = 0; p < P; ++p)
+      std::memcpy(xp.get() + p * x_padded, x + p * K, sizeof(float) * size_t(K));
+    const int64_t groups = few.m.groups, nch = std::min<int64_t>(groups, 8);
+    parallel_for(api, ctx, size_t(P * nch), [&](size_t i) {
+      const int64_t p = int64_t(i) / nch, c = int64_t(i) % nch;
+      kt->spmv_bank(few.m, int(groups * c / nch), int(groups * (c + 1) / nch),
+                    xp.get() + p * x_padded, bias.data(), xw + p * M);
+    });
+    return;
+  }
   const int64_t nrows = int64_t(panel.rows.size());
   const int64_t panel_size = std::max<int64_t>(1, nrows * T);
   const int64_t ntiles = (P + T - 1) / T;

@@ -29,11 +29,16 @@ struct Recurrent {
 };
 
 // X·Wᵀ + bias for all steps and batch entries at once: W's rows in the op's own order.
+// A few rows (single-step decoding) run on the SpMV kernel instead: the SpMM kernel would spend
+// a whole masked pixel tile on each of them.
 struct Projection {
   SparseWeights w;
   Panel panel;
   KChunks kchunks;
   AVec<float> bias;
+  Recurrent few;           // banked copy of W for <= kFewRows rows (W banks <= 256), else unset
+  int64_t x_padded = 0;    // floats of a padded x row for the SpMV kernel
+  static constexpr int64_t kFewRows = 4;
   // xw[p, :] = W·x[p] + bias for P rows x[p] of length w.K.
   void run(const Api& api, OrtKernelContext* ctx, const sk::KernelTable* kt, const float* x,
            int64_t P, float* xw) const;
