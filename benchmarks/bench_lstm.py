@@ -69,10 +69,11 @@ def main() -> None:
                  .astype(np.float32)}
         err = B.max_relative_difference(pruned, sparse, feeds)
         for t in (int(x) for x in args.threads.split(",")):
-            ds, ss = B.dense_session(pruned, t), B.sparse_session(sparse, t)
-            times = interleaved({"dense": lambda ds=ds, feeds=feeds: ds.run(None, feeds),
-                                 "sparse": lambda ss=ss, feeds=feeds: ss.run(None, feeds)},
-                                warmup=3, runs=args.runs)
+            with B.pinned(t) as cfg:
+                ds, ss = B.dense_session(pruned, t, config=cfg), B.sparse_session(sparse, t, config=cfg)
+                times = interleaved({"dense": lambda ds=ds, feeds=feeds: ds.run(None, feeds),
+                                     "sparse": lambda ss=ss, feeds=feeds: ss.run(None, feeds)},
+                                    warmup=3, runs=args.runs)
             r = ratio(times["dense"], times["sparse"])
             dm = float(np.median(times["dense"])) / seq
             sm = float(np.median(times["sparse"])) / seq

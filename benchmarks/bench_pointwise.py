@@ -35,6 +35,7 @@ import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
 import sparsekit
+from sparsekit.bench import pinned
 from sparsekit.pack import make_sparse_conv_node, opset_import
 
 # pixels x in x out, NCHW (MobileNetV1-224)
@@ -117,9 +118,10 @@ def _runner(session, x, out_shape, binding):
 
 
 def bench_layer(P, C, M, threads, sparsity, variants, min_time, max_reps, rng, spin,
-                binding=True):
+                binding=True, pin=None):
     dense, sparse, x = build(rng, P, C, M, sparsity, variants)
     config = {} if spin else {"session.intra_op.allow_spinning": "0"}
+    config.update(pin or {})  # sparsekit.bench.pinned: pool workers on their own CPUs
     sessions = {"dense": dense_session(dense, threads, config)}
     for v, m in sparse.items():
         sessions[v] = sparsekit.session(m, threads=threads, config=config,
@@ -162,6 +164,9 @@ def main(argv=None):
     ap.add_argument("--max-reps", type=int, default=200)
     ap.add_argument("--spin", action="store_true",
                     help="leave onnxruntime's intra-op spinning on (default: off for every session)")
+    ap.add_argument("--no-pin", action="store_true",
+                    help="leave threads unpinned (default: the main thread on the first CPU, "
+                         "onnxruntime's pool workers on the next ones, as sparsekit bench does)")
     ap.add_argument("--no-binding", action="store_true",
                     help="time plain run() calls (a fresh output every call) instead of an "
                          "IOBinding with a preallocated output")
@@ -195,8 +200,9 @@ def main(argv=None):
         print(head)
     for t in threads:
         for P, C, M in layers:
-            row = bench_layer(P, C, M, t, args.sparsity, variants, args.min_time, args.max_reps, rng,
-                              args.spin, not args.no_binding)
+            with pinned(t, not args.no_pin) as pin:
+                row = bench_layer(P, C, M, t, args.sparsity, variants, args.min_time,
+                                  args.max_reps, rng, args.spin, not args.no_binding, pin)
             rows.append(row)
             if not args.json:
                 print(f"{row['layer']:>14} {t:>3} {row['dense_ms']:>9.3f}" + "".join(

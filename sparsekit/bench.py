@@ -14,6 +14,7 @@ import os
 import platform
 import resource
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence
 
@@ -116,12 +117,36 @@ def make_inputs(model: onnx.ModelProto, shapes: Optional[Dict[str, int]] = None,
 NO_SPIN = {"session.intra_op.allow_spinning": "0", "session.inter_op.allow_spinning": "0"}
 
 
-def dense_session(model, threads: Optional[int], profile: bool = False):
+@contextmanager
+def pinned(threads: Optional[int], enabled: bool = True):
+    """Pin the calling thread to its first allowed CPU for the duration, and yield the session
+    config that pins onnxruntime's threads-1 pool workers to the next ones ({} when threads < 2,
+    too few CPUs, or not Linux).  Unpinned, a 2-thread pool whose worker sleeps between ops
+    (no spinning) was often woken on the main thread's CPU and stayed there: on Zen3,
+    MobileNetV1 at 2 threads measured 2.07-2.74x run to run, pinned 2.74-2.75x in 4 of 4."""
+    if not enabled or not threads or threads < 2 or not hasattr(os, "sched_setaffinity"):
+        yield {}
+        return
+    before = os.sched_getaffinity(0)
+    cpus = sorted(before)
+    if len(cpus) < threads:
+        yield {}
+        return
+    os.sched_setaffinity(0, {cpus[0]})
+    try:
+        # onnxruntime numbers logical processors from 1; one entry per pool worker
+        yield {"session.intra_op_thread_affinities": ";".join(str(c + 1) for c in cpus[1:threads])}
+    finally:
+        os.sched_setaffinity(0, before)
+
+
+def dense_session(model, threads: Optional[int], profile: bool = False,
+                  config: Optional[dict] = None):
     import onnxruntime as ort
 
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    for k, v in NO_SPIN.items():
+    for k, v in {**NO_SPIN, **(config or {})}.items():
         so.add_session_config_entry(k, v)
     if threads:
         so.intra_op_num_threads = threads
@@ -131,14 +156,16 @@ def dense_session(model, threads: Optional[int], profile: bool = False):
     return ort.InferenceSession(_source(model), so, providers=["CPUExecutionProvider"])
 
 
-def sparse_session(model, threads: Optional[int], profile: bool = False):
+def sparse_session(model, threads: Optional[int], profile: bool = False,
+                   config: Optional[dict] = None):
     from .runtime import session
 
     kw = {}
     if profile:
         kw = {"enable_profiling": True,
               "profile_file_prefix": os.path.join(tempfile.gettempdir(), "sparsekit_sparse")}
-    return session(_source_model(model), threads=threads, config=NO_SPIN, **kw)
+    return session(_source_model(model), threads=threads, config={**NO_SPIN, **(config or {})},
+                   **kw)
 
 
 def _source(model):
@@ -270,8 +297,8 @@ def environment() -> dict:
 def bench(sparse_model, dense_model, *, threads: Sequence[int] = (1,), runs: int = 50,
           seconds: Optional[float] = None, warmup: int = 5, feeds=None, shapes=None,
           inputs_npz: Optional[str] = None, profile: bool = True, memory: bool = True,
-          label: str = "", progress: Optional[Callable[[int, int, str], None]] = None
-          ) -> BenchReport:
+          label: str = "", progress: Optional[Callable[[int, int, str], None]] = None,
+          pin: bool = True) -> BenchReport:
     """Time `sparse_model` (sparsekit.session) against `dense_model` (stock onnxruntime)."""
     sparse = as_model(sparse_model)
     dense = as_model(dense_model)
@@ -280,11 +307,13 @@ def bench(sparse_model, dense_model, *, threads: Sequence[int] = (1,), runs: int
     _check_same_interface(dense, sparse)
     results = []
     for t in threads:
-        ds, ss = dense_session(dense, t), sparse_session(sparse, t)
         tick = (lambda done, total, t=t: progress(done, total, f"{t} thread(s)")) if progress else None
-        times = interleaved({"dense": lambda ds=ds: ds.run(None, feeds),
-                             "sparse": lambda ss=ss: ss.run(None, feeds)},
-                            warmup=warmup, runs=runs, seconds=seconds, progress=tick)
+        with pinned(t, pin) as cfg:
+            ds, ss = dense_session(dense, t, config=cfg), sparse_session(sparse, t, config=cfg)
+            times = interleaved({"dense": lambda ds=ds: ds.run(None, feeds),
+                                 "sparse": lambda ss=ss: ss.run(None, feeds)},
+                                warmup=warmup, runs=runs, seconds=seconds, progress=tick)
+            del ds, ss
         r = ratio(times["dense"], times["sparse"])
         tr = ThreadResult(t, Stats.of(times["dense"]), Stats.of(times["sparse"]), r["speedup"],
                           r["round_ratio_q1"], r["round_ratio_q3"])
@@ -364,8 +393,8 @@ class SweepPoint:
 
 def sweep(dense_model, sparsities: Sequence[float], patterns: Sequence[str], *,
           threads: Sequence[int] = (1,), runs: int = 20, seconds: Optional[float] = None,
-          feeds=None, progress: Optional[Callable[[int, int, str], None]] = None
-          ) -> List[SweepPoint]:
+          feeds=None, progress: Optional[Callable[[int, int, str], None]] = None,
+          pin: bool = True) -> List[SweepPoint]:
     """Prune + convert + bench at each sparsity for each pattern: where does sparse start to win?"""
     dense = as_model(dense_model)
     if feeds is None:
@@ -379,7 +408,7 @@ def sweep(dense_model, sparsities: Sequence[float], patterns: Sequence[str], *,
                 progress(step, total, f"{pattern} {s:.2f}")
             pruned, sparse, _, crep = prepare(dense, pattern, s)
             rep = bench(sparse, pruned, threads=threads, runs=runs, seconds=seconds, warmup=3,
-                        feeds=feeds, profile=False, memory=False)
+                        feeds=feeds, profile=False, memory=False, pin=pin)
             for r in rep.results:
                 points.append(SweepPoint(pattern, s, r.threads, r.speedup, r.dense.median,
                                          r.sparse.median, crep.totals["converted"]))

@@ -462,11 +462,14 @@ def _parse_list(text: str, kind, what: str) -> list:
               help="Prune, convert and bench at each sparsity; print/plot speedup vs sparsity.")
 @click.option("--no-profile", is_flag=True, help="Skip the per-op breakdown.")
 @click.option("--no-memory", is_flag=True, help="Skip the peak-memory measurement.")
+@click.option("--no-pin", is_flag=True,
+              help="Leave threads unpinned (default: this process's thread on its first CPU, "
+                   "onnxruntime's pool workers on the next ones, for both sides).")
 @click.option("--json", "as_json", is_flag=True, help="Print everything as JSON.")
 @click.option("--plot", type=click.Path(dir_okay=False), default=None,
               help="Draw the comparison to this PNG (needs matplotlib).")
 def bench(model, against, device, threads, runs, seconds, warmup, shape, inputs_npz, zoo,
-          pattern, sparsity, sweep, no_profile, no_memory, as_json, plot):
+          pattern, sparsity, sweep, no_profile, no_memory, no_pin, as_json, plot):
     """Time a sparse model against dense onnxruntime, side by side, and report the speedup.
 
     \b
@@ -507,7 +510,8 @@ def bench(model, against, device, threads, runs, seconds, warmup, shape, inputs_
             raise SparsekitError("--sweep: every sparsity must be in [0, 1)")
         with layer_progress("sweep", enabled=not as_json) as progress:
             points = B.sweep(dense, levels, patterns, threads=thread_list,
-                             runs=min(runs, 20), seconds=seconds, feeds=feeds, progress=progress)
+                             runs=min(runs, 20), seconds=seconds, feeds=feeds, progress=progress,
+                             pin=not no_pin)
         if plot:
             from .plot import plot_sweep
             plot_sweep(points, plot, title=f"{label}: speedup vs sparsity")
@@ -540,7 +544,7 @@ def bench(model, against, device, threads, runs, seconds, warmup, shape, inputs_
         label = f"{label} ({patterns[0]} {sparsity:g})"
     with layer_progress("timing", enabled=not as_json) as progress:
         report = B.bench(sparse_m, dense_m, threads=thread_list, runs=runs, seconds=seconds,
-                         warmup=warmup, feeds=feeds, profile=not no_profile,
+                         warmup=warmup, feeds=feeds, profile=not no_profile, pin=not no_pin,
                          memory=not no_memory, label=label, progress=progress)
     agreement = B.max_relative_difference(dense_m, sparse_m, feeds, thread_list[0])
     if plot:

@@ -803,9 +803,14 @@ class _AutoTuner:
         dense = _single_layer_model(model, self.index, plan.absorbed, feeds, out)
         sparse = _single_layer_model(model, self.index, [plan.node], feeds, out,
                                      extra_inits=plan.inits)
-        ds, ss = _sessions(dense, sparse, self.threads)
-        times = interleaved({"dense": lambda: ds.run(None, feeds),
-                             "sparse": lambda: ss.run(None, feeds)}, warmup=2, runs=15)
+        from .bench import dense_session, pinned, sparse_session
+
+        # the same session settings and thread pinning `bench` uses, so both measure alike
+        with pinned(self.threads) as cfg:
+            ds = dense_session(dense, self.threads, config=cfg)
+            ss = sparse_session(sparse, self.threads, config=cfg)
+            times = interleaved({"dense": lambda: ds.run(None, feeds),
+                                 "sparse": lambda: ss.run(None, feeds)}, warmup=2, runs=15)
         return float(np.median(times["dense"])), float(np.median(times["sparse"]))
 
 
@@ -829,13 +834,6 @@ def _single_layer_model(model, index: GraphIndex, nodes, feeds, out, extra_inits
         consts + list(extra_inits))
     opsets = [o for o in model.opset_import if o.domain != pack.DOMAIN] + [pack.opset_import()]
     return helper.make_model(graph, opset_imports=opsets, ir_version=model.ir_version)
-
-
-def _sessions(dense, sparse, threads):
-    """The same session settings `bench` uses, so autotune and bench measure alike."""
-    from .bench import dense_session, sparse_session
-
-    return dense_session(dense, threads), sparse_session(sparse, threads)
 
 
 # ---------------------------------------------------------------------------------------------

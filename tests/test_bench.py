@@ -147,3 +147,31 @@ def test_plot_files(tmp_path):
     plot_sweep(B.sweep(_matmul_model(), [0.5, 0.9], ["block"], runs=3), str(tmp_path / "s.png"))
     for name in ("b.png", "s.png"):
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_pinned_pins_workers_and_restores_affinity():
+    import os
+
+    from sparsekit.bench import pinned
+    with pinned(1) as cfg:
+        assert cfg == {}
+    if not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("needs Linux and 2 CPUs")
+    before = os.sched_getaffinity(0)
+    cpus = sorted(before)
+    with pinned(2) as cfg:
+        assert os.sched_getaffinity(0) == {cpus[0]}
+        assert cfg == {"session.intra_op_thread_affinities": str(cpus[1] + 1)}
+        # onnxruntime accepts it: a pinned 2-thread session runs
+        x = helper.make_tensor_value_info("X", TensorProto.FLOAT, [4])
+        y = helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)
+        m = helper.make_model(helper.make_graph([helper.make_node("Relu", ["X"], ["Y"])], "g",
+                                                [x], [y]),
+                              opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
+        out = B.dense_session(m, 2, config=cfg).run(None, {"X": -np.ones(4, np.float32)})[0]
+        assert (out == 0).all()
+    assert os.sched_getaffinity(0) == before
+    with pinned(len(cpus) + 1) as cfg:  # more threads than CPUs: nothing pinned
+        assert cfg == {} and os.sched_getaffinity(0) == before
+    with pinned(2, enabled=False) as cfg:
+        assert cfg == {}
