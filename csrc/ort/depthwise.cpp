@@ -88,11 +88,14 @@ void DepthwiseConvKernel::compute(OrtKernelContext* ctx) const {
   const int64_t C = C_, kk = k_ * k_;
   const int64_t L = kt_->dw_multi_lanes;
   if (L > 1 && H * W <= kSmallPlane) {
-    // Small planes: one call per group of L channels (vectorised over channels).
-    const int64_t groups = (C + L - 1) / L;
-    parallel_for(api_, ctx, size_t(N * groups), [&](size_t i) {
-      const int64_t n = int64_t(i) / groups, c0 = int64_t(i) % groups * L;
-      const int64_t nc = std::min(L, C - c0);
+    // Small planes, vectorised over channels: at most 8 calls per image, each over a run of
+    // whole channel groups.  Each call sets up its padded tile and index tables once; one call
+    // per group of L channels cost 0.096 ms for 512x14x14 against 0.061 in one call (AVX2).
+    const int64_t per = (C + 8 * L - 1) / (8 * L) * L;  // channels per call, a multiple of L
+    const int64_t chunks = (C + per - 1) / per;
+    parallel_for(api_, ctx, size_t(N * chunks), [&](size_t i) {
+      const int64_t n = int64_t(i) / chunks, c0 = int64_t(i) % chunks * per;
+      const int64_t nc = std::min(per, C - c0);
       kt_->dwconv_multi(sh, int(nc), x + (n * C + c0) * H * W, w_.data() + c0 * kk,
                         bias_.data() + c0, act_.lo, act_.hi, y + (n * C + c0) * OH * OW);
     });
