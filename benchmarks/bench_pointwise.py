@@ -13,10 +13,10 @@ allocates and page-faults a fresh output (3.2 MB for the first layer), which on 
 made the same kernel measure 0.15 or 0.25 ms depending on where the allocator put it, on both
 sides.  `--no-binding` measures plain `run()` calls instead.
 
-Every session (dense and sparse alike) runs with session.intra_op.allow_spinning=0 unless
---spin is given: with several sessions in one process, each session's pool keeps spinning after
-its run and steals the cores the next (interleaved) session needs; on a 2-core machine that made
-2-thread times 2-5x worse and noisy.
+Every session (dense and sparse alike) runs with sparsekit.bench's SESSION_CONFIG (the pool
+spins during a run, stops at its end) and pinned threads, as `sparsekit bench` does; --spin
+gives onnxruntime's default instead (a pool keeps spinning after its run and steals the cores
+the next, interleaved, session needs: on a 2-core machine 2-5x worse and noisy).
 
     python benchmarks/bench_pointwise.py --threads 1,2
     python benchmarks/bench_pointwise.py --variants bsr4,bsr1,bank4 --json
@@ -35,7 +35,7 @@ import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
 import sparsekit
-from sparsekit.bench import pinned
+from sparsekit.bench import SESSION_CONFIG, pinned
 from sparsekit.pack import make_sparse_conv_node, opset_import
 
 # pixels x in x out, NCHW (MobileNetV1-224)
@@ -120,7 +120,7 @@ def _runner(session, x, out_shape, binding):
 def bench_layer(P, C, M, threads, sparsity, variants, min_time, max_reps, rng, spin,
                 binding=True, pin=None):
     dense, sparse, x = build(rng, P, C, M, sparsity, variants)
-    config = {} if spin else {"session.intra_op.allow_spinning": "0"}
+    config = {} if spin else dict(SESSION_CONFIG)
     config.update(pin or {})  # sparsekit.bench.pinned: pool workers on their own CPUs
     sessions = {"dense": dense_session(dense, threads, config)}
     for v, m in sparse.items():
@@ -163,7 +163,8 @@ def main(argv=None):
     ap.add_argument("--min-time", type=float, default=1.0, help="seconds of timed runs per layer")
     ap.add_argument("--max-reps", type=int, default=200)
     ap.add_argument("--spin", action="store_true",
-                    help="leave onnxruntime's intra-op spinning on (default: off for every session)")
+                    help="onnxruntime's default spinning, which continues after each run "
+                         "(default: spin only during a run, for every session)")
     ap.add_argument("--no-pin", action="store_true",
                     help="leave threads unpinned (default: the main thread on the first CPU, "
                          "onnxruntime's pool workers on the next ones, as sparsekit bench does)")
@@ -193,7 +194,7 @@ def main(argv=None):
     rows = []
     if not args.json:
         print(f"# onnxruntime {info['onnxruntime']}, SPARSEKIT_ISA={info['isa_env']}, "
-              f"available {isas}, sparsity {args.sparsity}, spinning {'on' if args.spin else 'off'}, "
+              f"available {isas}, sparsity {args.sparsity}, spinning {'default' if args.spin else 'during runs'}, "
               f"{'run()' if args.no_binding else 'IOBinding, preallocated outputs'}")
         head = f"{'layer':>14} {'thr':>3} {'dense ms':>9}" + "".join(
             f" {v + ' ms':>10} {'ratio':>6}" for v in variants)

@@ -14,15 +14,14 @@ import statistics
 from sparsekit import bench as B
 
 
-def node_times(sess, feeds, runs):
-    for _ in range(3):
-        sess.run(None, feeds)
-    sess.end_profiling()
-    return None
-
-
 def profile(model, feeds, threads, runs, dense):
-    sess = (B.dense_session if dense else B.sparse_session)(model, threads, profile=True)
+    with B.pinned(threads) as cfg:  # as sparsekit bench runs them
+        sess = (B.dense_session if dense else B.sparse_session)(model, threads, profile=True,
+                                                                config=cfg)
+        return _profile_run(sess, feeds, runs)
+
+
+def _profile_run(sess, feeds, runs):
     for _ in range(runs):
         sess.run(None, feeds)
     path = sess.end_profiling()
