@@ -194,7 +194,8 @@ def main(argv=None):
     rows = []
     if not args.json:
         print(f"# onnxruntime {info['onnxruntime']}, SPARSEKIT_ISA={info['isa_env']}, "
-              f"available {isas}, sparsity {args.sparsity}, spinning {'default' if args.spin else 'during runs'}, "
+              f"available {isas}, sparsity {args.sparsity}, "
+              f"spinning {'default' if args.spin else 'during runs'}, "
               f"{'run()' if args.no_binding else 'IOBinding, preallocated outputs'}")
         head = f"{'layer':>14} {'thr':>3} {'dense ms':>9}" + "".join(
             f" {v + ' ms':>10} {'ratio':>6}" for v in variants)
