@@ -356,14 +356,15 @@ int64_t pixel_tile(const sk::KernelTable* kt, int64_t K) {
   return std::max<int64_t>(tp, want / tp * tp);
 }
 
-int64_t balanced_tile(int64_t P, int64_t max_width, const sk::KernelTable* kt) {
+PixelSplit split_pixels(int64_t P, int64_t max_width, const sk::KernelTable* kt) {
   const int64_t tp = std::max(1, kt->tile_pixels);
-  int64_t ntiles = (P + max_width - 1) / max_width;
-  // At least 4 tiles where P allows, and an even count, so 2 or 4 threads get equal shares.
-  ntiles = std::max(ntiles, std::min<int64_t>(4, P / tp));
-  if (ntiles > 1) ntiles += ntiles & 1;
-  const int64_t even = (P + ntiles - 1) / ntiles;
-  return std::min(max_width, (even + tp - 1) / tp * tp);
+  const int64_t tiles = (P + tp - 1) / tp, per = std::max<int64_t>(1, max_width / tp);
+  int64_t n = (tiles + per - 1) / per;
+  n = std::max(n, std::min<int64_t>(4, P / tp));
+  if (n > 1) n += n & 1;
+  // each item gets floor or ceil(tiles / n) tiles; an even n may not push that past max_width
+  while (n > 1 && (tiles + n - 1) / n > per) ++n;
+  return PixelSplit{P, tp, std::max<int64_t>(1, std::min(n, tiles))};
 }
 
 GroupChunks group_chunks(int G) { return GroupChunks{std::max(1, std::min(G, 32)), G}; }

@@ -2,6 +2,7 @@
 // validated, and repacked once into the kernels' internal form; plus the work-splitting and
 // "panel" (gathered reduction rows) machinery shared by SparseConv and SparseGemm.
 #pragma once
+#include <algorithm>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -106,10 +107,19 @@ sk::SpMat spmat(const SparseWeights& w, const int32_t* x_offset);
 constexpr int64_t kSmallPixels = 196;
 // Tile width for the direct paths, whose X has K reduction rows.
 int64_t pixel_tile(const sk::KernelTable* kt, int64_t K);
-// Width of equal tiles covering P pixels: a multiple of the kernel's register tile, at most
-// max_width (so 784 px in 256-wide tiles become 4 x 196, not 3 x 256 + 16); at least 4 tiles
-// where P allows and an even number of them, for 2- and 4-thread pools.
-int64_t balanced_tile(int64_t P, int64_t max_width, const sk::KernelTable* kt);
+// P pixels split into n parallel items of whole register tiles (tp pixels; the last item
+// takes the remainder), the register tiles spread evenly: widths differ by at most one tile
+// and are at most max_width.  n is at least ceil(P / max_width), at least 4 where P allows,
+// and even, for 2- and 4-thread pools (784 px, tile 24: 192 192 192 208, not 216 216 216 136).
+struct PixelSplit {
+  int64_t P, tp, n;
+  int64_t begin(int64_t i) const {
+    const int64_t tiles = (P + tp - 1) / tp;
+    return std::min(P, tiles * i / n * tp);
+  }
+  int64_t len(int64_t i) const { return begin(i + 1) - begin(i); }
+};
+PixelSplit split_pixels(int64_t P, int64_t max_width, const sk::KernelTable* kt);
 struct GroupChunks {
   int n;       // number of chunks
   int G;

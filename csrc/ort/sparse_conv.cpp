@@ -176,11 +176,10 @@ void SparseConvKernel::run_direct(OrtKernelContext* ctx, const float* x, float* 
   const sk::Epilogue ep0 = epilogue();
   const int64_t M = M_, C = C_, G = w_.G;
   if (P > kSmallPixels) {
-    const int64_t T = balanced_tile(P, pixel_tile(kt_, C), kt_);
-    const int64_t ntiles = (P + T - 1) / T;
-    parallel_for(api_, ctx, size_t(N * ntiles), [&](size_t i) {
-      const int64_t n = int64_t(i) / ntiles, p0 = (int64_t(i) % ntiles) * T;
-      const int64_t len = std::min(T, P - p0);
+    const PixelSplit ps = split_pixels(P, pixel_tile(kt_, C), kt_);
+    parallel_for(api_, ctx, size_t(N * ps.n), [&](size_t i) {
+      const int64_t n = int64_t(i) / ps.n, t = int64_t(i) % ps.n;
+      const int64_t p0 = ps.begin(t), len = ps.len(t);
       sk::Epilogue ep = ep0;
       if (res) ep.residual = res + n * M * P + p0, ep.residual_stride = P;
       spmm(size_t(len), m, 0, int(G), x + n * C * P + p0, y + n * M * P + p0, P, ep);
@@ -258,12 +257,11 @@ void SparseConvKernel::run_im2col(OrtKernelContext* ctx, const float* x, float* 
   };
   if (P > kSmallPixels) {
     // One item per (image, pixel tile): im2col into its own panel, then all output groups.
-    // Tiles are balanced (Tb <= T pixels each); the panel's row stride stays T.
-    const int64_t Tb = balanced_tile(P, T, kt_);
-    const int64_t nb_tiles = (P + Tb - 1) / Tb;
-    parallel_for(api_, ctx, size_t(N * nb_tiles), [&](size_t i) {
-      const int64_t n = int64_t(i) / nb_tiles, p0 = (int64_t(i) % nb_tiles) * Tb;
-      const int64_t len = std::min(Tb, P - p0);
+    // Tiles are balanced (at most T pixels each); the panel's row stride stays T.
+    const PixelSplit ps = split_pixels(P, T, kt_);
+    parallel_for(api_, ctx, size_t(N * ps.n), [&](size_t i) {
+      const int64_t n = int64_t(i) / ps.n, t = int64_t(i) % ps.n;
+      const int64_t p0 = ps.begin(t), len = ps.len(t);
       Scratch<float> panel{size_t(panel_size)};
       im2col(x + n * C * H * W, H, W, OW, p0, len, panel.get());
       sk::Epilogue ep = ep0;

@@ -115,10 +115,10 @@ void SparseGemmKernel::compute(OrtKernelContext* ctx) const {
 
   if (R > kSmallPixels) {
     // Many rows: one item per tile of T rows, all output groups.
-    // Balanced tiles of Tb <= T rows; panel and Yᵀ keep the row stride T.
-    const int64_t Tb = balanced_tile(R, T, kt_);
-    parallel_for(api_, ctx, size_t((R + Tb - 1) / Tb), [&](size_t i) {
-      const int64_t r0 = int64_t(i) * Tb, len = std::min(Tb, R - r0);
+    // Balanced tiles of at most T rows; panel and Yᵀ keep the row stride T.
+    const PixelSplit ps = split_pixels(R, T, kt_);
+    parallel_for(api_, ctx, size_t(ps.n), [&](size_t i) {
+      const int64_t r0 = ps.begin(int64_t(i)), len = ps.len(int64_t(i));
       Scratch<float> buf(size_t(panel_size + M * T * (res ? 2 : 1)));
       float* panel = buf.get();
       float* yt = panel + panel_size;
