@@ -94,6 +94,27 @@ struct BankMat {
 using SpmvFn = void (*)(const BankMat& w, int g_begin, int g_end, const float* x,
                         const float* init, float* y);
 
+// ---- ReLU-output prediction (SeerNet; docs/predict.md) ---------------------------------------
+// A conv/GEMM weight [M, K] in two forms: int8 per row (wq = round(w / wq_scale[m]), |wq| <= 127),
+// packed [ceil(M/8)][K4/4][8 rows][4 k] with zero padding (K4 = K rounded up to 4), and fp32.
+struct PredictMat {
+  int M = 0, K = 0, K4 = 0;
+  const int8_t* wq = nullptr;          // packed as above
+  const int32_t* wq_rowsum = nullptr;  // [M] sum over k of wq[m][k]
+  const float* wq_scale = nullptr;     // [M]
+  const float* w = nullptr;            // [M][K] full precision
+  const float* bias = nullptr;         // [M]
+  float hi = __builtin_inff();         // activation: min(hi, max(0, v))
+};
+// For n pixels given as xq [n][K4] (7-bit activations 0..127, zero past K) and xf [n][K] (the
+// same pixels in fp32), output (m, p) is predicted as
+//   fma(float(sum_k wq[m][k] * xq[p][k] - zx * wq_rowsum[m]), sx * wq_scale[m], bias[m])
+// and y[m * y_stride + p] = min(hi, max(0, w[m]·xf[p] + bias[m])) where that is > 0, else 0.
+// Returns how many outputs were computed in full precision.  The prediction is exact integer
+// arithmetic then one fma, so every ISA makes the same decisions.
+using PredictFn = int64_t (*)(const PredictMat& w, size_t n, const uint8_t* xq, const float* xf,
+                              float sx, int zx, float* y, ptrdiff_t y_stride);
+
 struct KernelTable {
   Isa isa;
   const char* name;   // "ref", "avx2", ...
@@ -106,6 +127,7 @@ struct KernelTable {
   DwMultiFn dwconv_multi;  // several planes per call (see DwMultiFn)
   int dw_multi_lanes;      // channels per vector in dwconv_multi (1: plane by plane)
   int b1_tile_pixels;      // pixels per register tile of the B=1 kernel
+  PredictFn predict;       // ReLU-output prediction + full precision where predicted positive
 };
 
 // Per-ISA tables; null when that ISA was not compiled in or the CPU lacks it.
@@ -113,6 +135,13 @@ const KernelTable* kernels_ref();
 const KernelTable* kernels_avx2();
 const KernelTable* kernels_avx512();
 const KernelTable* kernels_neon();
+// The prediction kernels (predict_ref.cpp, predict_avx2.cpp), shared by several tables.
+int64_t predict_ref(const PredictMat& w, size_t n, const uint8_t* xq, const float* xf, float sx,
+                    int zx, float* y, ptrdiff_t y_stride);
+#if defined(SK_HAVE_X86)
+int64_t predict_avx2(const PredictMat& w, size_t n, const uint8_t* xq, const float* xf, float sx,
+                     int zx, float* y, ptrdiff_t y_stride);
+#endif
 
 // The table for `isa`, or null if unavailable on this build/CPU.
 const KernelTable* kernels_for(Isa isa);

@@ -84,6 +84,32 @@ class DepthwiseConvKernel {
   AVec<float> bias_;  // [C] (zeros when absent)
 };
 
+// PredictedConv (docs/predict.md): Conv (group 1) followed by ReLU or Clip(0, hi), computed in
+// full precision only where an int8 prediction of the output is positive; zero elsewhere.
+class PredictedConvKernel {
+ public:
+  static constexpr const char* kName = "PredictedConv";
+  static const std::vector<IoSpec>& inputs();
+  PredictedConvKernel(const Api& api, const OrtKernelInfo* info);
+  void compute(OrtKernelContext* ctx) const;
+
+ private:
+  // Pixel-major im2col of pixels [p0, p0 + n) of one image into xf [n][K], 7-bit quantized
+  // into xq [n][K4] (zero past K).
+  void gather(const float* x_img, int64_t H, int64_t W, int64_t OW, int64_t p0, int64_t n,
+              float sx, int zx, float* xf, uint8_t* xq) const;
+
+  Api api_;
+  const sk::KernelTable* kt_;
+  int64_t M_, C_, kh_, kw_, sh_, sw_, pt_, pl_, pb_, pr_, dh_, dw_, K_, K4_;
+  float hi_;
+  AVec<float> w_;          // [M][K] full precision
+  AVec<float> bias_;       // [M] (zeros when absent)
+  AVec<int8_t> wq_;        // packed [ceil(M/8)][K4/4][8][4]
+  AVec<float> wq_scale_;   // [M]
+  AVec<int32_t> wq_rowsum_;
+};
+
 // Conv geometry helpers shared by SparseConv and DepthwiseConv (sparse_conv.cpp).
 std::vector<int64_t> conv_pair_attr(const Attrs& a, const char* name, std::vector<int64_t> def,
                                     int64_t min);

@@ -1,0 +1,166 @@
+// PredictedConv: see ops.h and docs/predict.md.
+#include <algorithm>
+#include <climits>
+#include <cmath>
+
+#include "ort/ops.h"
+
+namespace skort {
+namespace {
+std::string s(int64_t v) { return std::to_string(v); }
+enum : size_t { kPX = 0, kPW = 1, kPBias = 2, kPWq = 3, kPWqScale = 4 };
+constexpr int64_t kTile = 64;  // pixels per parallel item
+}  // namespace
+
+const std::vector<IoSpec>& PredictedConvKernel::inputs() {
+  static const std::vector<IoSpec> v = {
+      {ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, INPUT_OUTPUT_REQUIRED},  // X [N, C, H, W]
+      {ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, INPUT_OUTPUT_REQUIRED},  // W [M, C, kh, kw]
+      {ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, INPUT_OUTPUT_OPTIONAL},  // bias [M]
+      {ONNX_TENSOR_ELEMENT_DATA_TYPE_INT8, INPUT_OUTPUT_REQUIRED},   // W_q [M, C*kh*kw]
+      {ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, INPUT_OUTPUT_REQUIRED},  // W_q_scale [M]
+  };
+  return v;
+}
+
+PredictedConvKernel::PredictedConvKernel(const Api& api, const OrtKernelInfo* info)
+    : api_(api) {
+  Attrs a(api, info);
+  kt_ = select_table();
+  const TensorView W = constant_input(api, info, kPW, "W");
+  if (W.type != ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT)
+    throw Error(std::string("W must be float32, got ") + dtype_name(W.type));
+  if (W.shape.size() != 4 || W.shape[0] < 1 || W.shape[1] < 1 || W.shape[2] < 1 ||
+      W.shape[3] < 1)
+    throw Error("W has shape " + W.shape_str() + ", expected [M, C, kh, kw]");
+  M_ = W.shape[0], C_ = W.shape[1], kh_ = W.shape[2], kw_ = W.shape[3];
+  if (double(M_) * double(C_) * double(kh_) * double(kw_) > double(INT32_MAX) / 2)
+    throw Error("W has shape " + W.shape_str() + ", which is too large");
+  K_ = C_ * kh_ * kw_;
+  K4_ = (K_ + 3) / 4 * 4;
+  if (a.has("kernel_shape")) {
+    const auto ks = conv_pair_attr(a, "kernel_shape", {}, 1);
+    if (ks[0] != kh_ || ks[1] != kw_)
+      throw Error("attribute 'kernel_shape' " + shape_str(ks) + " does not match W's shape " +
+                  W.shape_str());
+  }
+  const auto st = conv_pair_attr(a, "strides", {1, 1}, 1);
+  sh_ = st[0], sw_ = st[1];
+  const auto dl = conv_pair_attr(a, "dilations", {1, 1}, 1);
+  dh_ = dl[0], dw_ = dl[1];
+  const auto pd = conv_pads_attr(a);
+  pt_ = pd[0], pl_ = pd[1], pb_ = pd[2], pr_ = pd[3];
+  const Activation act = read_activation(a);
+  if (act.name == "none" || act.lo != 0.0f)
+    throw Error("attribute 'activation' must be \"relu\" or \"clip\" with clip_min = 0 (the "
+                "prediction skips outputs the activation sets to 0)");
+  hi_ = act.hi;
+  const float* wp = static_cast<const float*>(W.data);
+  w_.assign(wp, wp + M_ * K_);
+  for (float v : w_)
+    if (!std::isfinite(v)) throw Error("W has a non-finite value");
+  bias_ = read_bias(api, info, kPBias, M_, "W.shape[0] = out_channels");
+  if (bias_.empty()) bias_.assign(size_t(M_), 0.0f);
+
+  const TensorView Q = constant_input(api, info, kPWq, "W_q");
+  if (Q.type != ONNX_TENSOR_ELEMENT_DATA_TYPE_INT8)
+    throw Error(std::string("W_q must be int8, got ") + dtype_name(Q.type));
+  if (Q.shape != std::vector<int64_t>{M_, K_})
+    throw Error("W_q has shape " + Q.shape_str() + ", expected [" + s(M_) + ", " + s(K_) +
+                "] [out_channels, in_channels*kh*kw]");
+  const TensorView S = constant_input(api, info, kPWqScale, "W_q_scale");
+  if (S.type != ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT)
+    throw Error(std::string("W_q_scale must be float32, got ") + dtype_name(S.type));
+  if (S.shape != std::vector<int64_t>{M_})
+    throw Error("W_q_scale has shape " + S.shape_str() + ", expected [" + s(M_) + "]");
+  const int8_t* qp = static_cast<const int8_t*>(Q.data);
+  const float* sp = static_cast<const float*>(S.data);
+  wq_scale_.assign(sp, sp + M_);
+  for (int64_t m = 0; m < M_; ++m)
+    if (!(std::isfinite(wq_scale_[size_t(m)]) && wq_scale_[size_t(m)] >= 0.0f))
+      throw Error("W_q_scale[" + s(m) + "] = " + std::to_string(wq_scale_[size_t(m)]) +
+                  " is not a finite value >= 0");
+  // packed [ceil(M/8)][K4/4][8 rows][4 k], zero padded; -128 is excluded so |w_q| <= 127
+  const int64_t nb = (M_ + 7) / 8;
+  wq_.assign(size_t(nb * K4_ * 8), 0);
+  wq_rowsum_.assign(size_t(M_), 0);
+  for (int64_t m = 0; m < M_; ++m)
+    for (int64_t k = 0; k < K_; ++k) {
+      const int8_t v = qp[m * K_ + k];
+      if (v == -128) throw Error("W_q[" + s(m) + ", " + s(k) + "] = -128 (must be in [-127, 127])");
+      wq_[size_t((m / 8) * K4_ * 8 + (k / 4) * 32 + (m % 8) * 4 + k % 4)] = v;
+      wq_rowsum_[size_t(m)] += v;
+    }
+  log_verbose(api, info,
+              std::string("sparsekit PredictedConv '") + node_name(api, info) + "': kernels " +
+                  kt_->name + ", M=" + s(M_) + " K=" + s(K_));
+}
+
+void PredictedConvKernel::gather(const float* x_img, int64_t H, int64_t W, int64_t OW,
+                                 int64_t p0, int64_t n, float sx, int zx, float* xf,
+                                 uint8_t* xq) const {
+  const float inv = sx > 0.0f ? 1.0f / sx : 0.0f;
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t oy = (p0 + i) / OW, ox = (p0 + i) % OW;
+    float* f = xf + i * K_;
+    uint8_t* q = xq + i * K4_;
+    int64_t k = 0;
+    for (int64_t c = 0; c < C_; ++c)
+      for (int64_t ky = 0; ky < kh_; ++ky) {
+        const int64_t iy = oy * sh_ - pt_ + ky * dh_;
+        for (int64_t kx = 0; kx < kw_; ++kx, ++k) {
+          const int64_t ix = ox * sw_ - pl_ + kx * dw_;
+          const float v = (iy >= 0 && iy < H && ix >= 0 && ix < W) ? x_img[(c * H + iy) * W + ix]
+                                                                   : 0.0f;
+          f[k] = v;
+          const long r = std::lround(v * inv) + zx;
+          q[k] = uint8_t(r < 0 ? 0 : (r > 127 ? 127 : r));
+        }
+      }
+    for (; k < K4_; ++k) q[k] = 0;
+  }
+}
+
+void PredictedConvKernel::compute(OrtKernelContext* ctx) const {
+  const TensorView X = view_tensor(api_, get_input(api_, ctx, kPX), "X");
+  if (X.type != ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT)
+    throw Error(std::string("X must be float32, got ") + dtype_name(X.type));
+  if (X.shape.size() != 4 || X.shape[1] != C_)
+    throw Error("X has shape " + X.shape_str() + ", expected [N, " + s(C_) + ", H, W]");
+  const int64_t N = X.shape[0], H = X.shape[2], W = X.shape[3];
+  const int64_t OH = conv_out_size(H, kh_, sh_, dh_, pt_, pb_);
+  const int64_t OW = conv_out_size(W, kw_, sw_, dw_, pl_, pr_);
+  if (OH < 1 || OW < 1)
+    throw Error("X spatial size " + s(H) + "x" + s(W) + " is smaller than the dilated kernel");
+  float* y = get_output(api_, ctx, {N, M_, OH, OW});
+  const int64_t P = OH * OW;
+  if (N == 0 || P == 0) return;
+  const float* x = static_cast<const float*>(X.data);
+  sk::PredictMat pm;
+  pm.M = int(M_), pm.K = int(K_), pm.K4 = int(K4_);
+  pm.wq = wq_.data(), pm.wq_rowsum = wq_rowsum_.data(), pm.wq_scale = wq_scale_.data();
+  pm.w = w_.data(), pm.bias = bias_.data(), pm.hi = hi_;
+  const int64_t ntiles = (P + kTile - 1) / kTile;
+  for (int64_t n = 0; n < N; ++n) {
+    // 7-bit activations per image: [0, max] -> 0..127, or [min, max] with a zero point
+    const float* xi = x + n * C_ * H * W;
+    float lo = 0.0f, hi = 0.0f;
+    for (int64_t i = 0; i < C_ * H * W; ++i) {
+      if (!std::isfinite(xi[i])) throw Error("X has a non-finite value");
+      lo = std::min(lo, xi[i]);
+      hi = std::max(hi, xi[i]);
+    }
+    const float sx = (hi - lo) / 127.0f;
+    const int zx = sx > 0.0f ? int(std::lround(-lo / sx)) : 0;
+    float* yi = y + n * M_ * P;
+    parallel_for(api_, ctx, size_t(ntiles), [&](size_t t) {
+      const int64_t p0 = int64_t(t) * kTile, len = std::min(kTile, P - p0);
+      Scratch<float> xf(size_t(len * K_));
+      Scratch<uint8_t> xq(size_t(len * K4_));
+      gather(xi, H, W, OW, p0, len, sx, zx, xf.get(), xq.get());
+      kt_->predict(pm, size_t(len), xq.get(), xf.get(), sx, zx, yi + p0, P);
+    });
+  }
+}
+
+}  // namespace skort
