@@ -69,10 +69,9 @@ def _predicted(W, b, x, strides, pads, dil):
         lo, hi = min(0.0, float(x[n].min())), max(0.0, float(x[n].max()))
         sx = np.float32((np.float32(hi) - np.float32(lo)) / np.float32(127))
         inv = np.float32(1) / sx if sx > 0 else np.float32(0)
-        zx = int(np.floor(abs(-lo / sx) + 0.5)) * (1 if -lo >= 0 else -1) if sx > 0 else 0
-        v = cols[n].astype(np.float32) * inv
-        r = np.sign(v) * np.floor(np.abs(v) + 0.5) + zx          # round half away from zero
-        xq = np.clip(r, 0, 127).astype(np.int64)
+        zx = int(np.floor(np.float32(-lo) / sx + 0.5)) if sx > 0 else 0   # lround, -lo >= 0
+        t = (cols[n].astype(np.float32) * inv).astype(np.float32) + np.float32(zx + 0.5)
+        xq = np.floor(np.clip(t, 0, 127)).astype(np.int64)
         acc = xq @ q.astype(np.int64).T - zx * q.astype(np.int64).sum(axis=1)   # [P, M]
         s = (sx * scale).astype(np.float32).astype(np.float64)
         pred = acc.astype(np.float32).astype(np.float64) * s + np.asarray(b, np.float64)
