@@ -170,23 +170,45 @@ std::vector<float> bias_input(const Api& api, const OrtKernelInfo* info, size_t 
   return out;
 }
 
-struct DirectionAttr {
-  int64_t D;
-  bool reverse_only;
+// The attributes and packed W, R of a SparseLSTM (4 gates) / SparseGRU (3 gates) node.
+struct RecurrentSpec {
+  int64_t H, I, D;
+  bool reverse_only;  // direction "reverse"
+  BankInput W, R;
 };
 
-DirectionAttr read_direction(const Attrs& a) {
+RecurrentSpec read_recurrent(const Api& api, const OrtKernelInfo* info, const Attrs& a,
+                             int64_t gates, const char* op, int64_t max_r_bank) {
+  // max_r_bank: SparseGRU's recurrence runs only on the SpMV kernel (one-byte offsets)
+  RecurrentSpec r;
+  r.H = a.get_int("hidden_size");
+  r.I = a.get_int("input_size");
   const std::string dir = a.get_string("direction", "forward");
   if (dir != "forward" && dir != "reverse" && dir != "bidirectional")
     throw Error("attribute 'direction' must be \"forward\", \"reverse\" or \"bidirectional\", got \"" +
                 dir + "\"");
-  return {dir == "bidirectional" ? 2 : 1, dir == "reverse"};
-}
-
-void check_sizes(int64_t H, int64_t I) {
-  if (H < 1 || H > (1 << 26))
-    throw Error("attribute 'hidden_size' must be in [1, 2^26], got " + s(H));
-  if (I < 1 || I > INT32_MAX) throw Error("attribute 'input_size' must be >= 1, got " + s(I));
+  r.D = dir == "bidirectional" ? 2 : 1;
+  r.reverse_only = dir == "reverse";
+  if (r.H < 1 || r.H > (1 << 26))
+    throw Error("attribute 'hidden_size' must be in [1, 2^26], got " + s(r.H));
+  if (r.I < 1 || r.I > INT32_MAX)
+    throw Error("attribute 'input_size' must be >= 1, got " + s(r.I));
+  if (input_present(api, info, kSeqLens))
+    throw Error(std::string("sequence_lens (input 6) is not supported: every batch entry runs "
+                            "the full sequence (convert leaves such ") + op + "s dense)");
+  const int64_t M = r.D * gates * r.H;
+  const std::string rows_desc = "num_directions*" + s(gates) + "*hidden_size = " + s(r.D) +
+                                "*" + s(gates) + "*" + s(r.H);
+  const int64_t wbs = a.get_int("w_bank_size");
+  const int64_t rbs = a.get_int("r_bank_size");
+  if (rbs > max_r_bank)
+    throw Error("attribute 'r_bank_size' must be in [1, " + s(max_r_bank) + "] for Sparse" +
+                op + ", got " + s(rbs));
+  r.W = read_bank_input(api, info, kWValues, kWIndices, "W", M, rows_desc, r.I, "input_size",
+                        wbs, "w_bank_size");
+  r.R = read_bank_input(api, info, kRValues, kRIndices, "R", M, rows_desc, r.H, "hidden_size",
+                        rbs, "r_bank_size");
+  return r;
 }
 
 // Row p of a direction's LSTM gate-interleaved order is ONNX row (p % 4)*H + p / 4 (gates
@@ -268,10 +290,8 @@ void Projection::run(const Api& api, OrtKernelContext* ctx, const sk::KernelTabl
     const int64_t r0 = t * T, len = std::min(T, P - r0);
     float* yt = yts + t * M * T;
     const float* pn = panels + t * panel_size;
-    if (kchunks.active())
-      spmm_kchunked(kchunks, kt->spmm_b1, size_t(len), gc.begin(c), gc.end(c), pn, yt, T, ep);
-    else
-      kt->spmm_b1(size_t(len), m, gc.begin(c), gc.end(c), pn, yt, T, ep);
+    spmm_maybe_chunked(kchunks, kt->spmm_b1, m, size_t(len), gc.begin(c), gc.end(c), pn, yt, T,
+                       ep);
     transpose(yt + int64_t(gc.begin(c)) * T, T, xw + r0 * M + gc.begin(c), M,
               gc.end(c) - gc.begin(c), len);
   });
@@ -307,23 +327,10 @@ const std::vector<IoSpec>& SparseLSTMKernel::outputs() {
 SparseLSTMKernel::SparseLSTMKernel(const Api& api, const OrtKernelInfo* info) : api_(api) {
   Attrs a(api, info);
   kt_ = select_table();
-  H_ = a.get_int("hidden_size");
-  I_ = a.get_int("input_size");
-  const DirectionAttr dir = read_direction(a);
-  D_ = dir.D;
-  reverse_only_ = dir.reverse_only;
-  check_sizes(H_, I_);
-  if (input_present(api, info, kSeqLens))
-    throw Error("sequence_lens (input 6) is not supported: every batch entry runs the full "
-                "sequence (convert leaves such LSTMs dense)");
-  const int64_t M = D_ * 4 * H_, H = H_, G4 = 4 * H_;
-  const std::string rows_desc = "num_directions*4*hidden_size = " + s(D_) + "*4*" + s(H_);
-  const int64_t wbs = a.get_int("w_bank_size");
-  const int64_t rbs = a.get_int("r_bank_size");
-  const BankInput W = read_bank_input(api, info, kWValues, kWIndices, "W", M, rows_desc, I_,
-                                      "input_size", wbs, "w_bank_size");
-  const BankInput R = read_bank_input(api, info, kRValues, kRIndices, "R", M, rows_desc, H_,
-                                      "hidden_size", rbs, "r_bank_size");
+  const RecurrentSpec spec = read_recurrent(api, info, a, 4, "LSTM", 65536);
+  H_ = spec.H, I_ = spec.I, D_ = spec.D, reverse_only_ = spec.reverse_only;
+  const BankInput &W = spec.W, &R = spec.R;
+  const int64_t M = D_ * 4 * H_, H = H_, G4 = 4 * H_, rbs = R.bs;
   // Rows gate-interleaved per direction; bias Wb + Rb, permuted the same way.
   const RowMap src = [H, G4](int64_t p) { return p / G4 * G4 + onnx_row(p % G4, H); };
   const std::vector<float> b = bias_input(api, info, kB, D_, 8 * H_, "8*hidden_size");
@@ -466,30 +473,14 @@ const std::vector<IoSpec>& SparseGRUKernel::outputs() {
 SparseGRUKernel::SparseGRUKernel(const Api& api, const OrtKernelInfo* info) : api_(api) {
   Attrs a(api, info);
   kt_ = select_table();
-  H_ = a.get_int("hidden_size");
-  I_ = a.get_int("input_size");
-  const DirectionAttr dir = read_direction(a);
-  D_ = dir.D;
-  reverse_only_ = dir.reverse_only;
-  check_sizes(H_, I_);
+  const RecurrentSpec spec = read_recurrent(api, info, a, 3, "GRU", 256);
+  H_ = spec.H, I_ = spec.I, D_ = spec.D, reverse_only_ = spec.reverse_only;
+  const BankInput &W = spec.W, &R = spec.R;
   const int64_t lbr = a.get_int("linear_before_reset", 0);
   if (lbr != 0 && lbr != 1)
     throw Error("attribute 'linear_before_reset' must be 0 or 1, got " + s(lbr));
   linear_before_reset_ = lbr == 1;
-  if (input_present(api, info, kSeqLens))
-    throw Error("sequence_lens (input 6) is not supported: every batch entry runs the full "
-                "sequence (convert leaves such GRUs dense)");
-  const int64_t H = H_, G3 = 3 * H_, M = D_ * G3;
-  const std::string rows_desc = "num_directions*3*hidden_size = " + s(D_) + "*3*" + s(H_);
-  const int64_t wbs = a.get_int("w_bank_size");
-  const int64_t rbs = a.get_int("r_bank_size");
-  if (rbs > 256)
-    throw Error("attribute 'r_bank_size' must be in [1, 256] (the SpMV kernel's one-byte "
-                "offsets), got " + s(rbs));
-  const BankInput W = read_bank_input(api, info, kWValues, kWIndices, "W", M, rows_desc, I_,
-                                      "input_size", wbs, "w_bank_size");
-  const BankInput R = read_bank_input(api, info, kRValues, kRIndices, "R", M, rows_desc, H_,
-                                      "hidden_size", rbs, "r_bank_size");
+  const int64_t H = H_, G3 = 3 * H_, M = D_ * G3, rbs = R.bs;
   // Op row q of a direction: zr rows 2j (z_j), 2j+1 (r_j) for q < 2H, then h_j = q - 2H.
   auto gate_row = [H](int64_t q) { return q < 2 * H ? (q % 2) * H + q / 2 : q; };
   const RowMap src = [G3, gate_row](int64_t p) { return p / G3 * G3 + gate_row(p % G3); };

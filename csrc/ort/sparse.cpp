@@ -270,8 +270,10 @@ KChunks make_panel_kchunks(const SparseWeights& w, const Panel& pn, const sk::Ke
   return make_kchunks(w, u.data(), nrows, pn.T, kt);
 }
 
-void spmm_kchunked(const KChunks& kc, sk::SpmmFn spmm, size_t n, int g0, int g1,
-                   const float* x, float* y, ptrdiff_t y_stride, const sk::Epilogue& ep) {
+void spmm_maybe_chunked(const KChunks& kc, sk::SpmmFn spmm, const sk::SpMat& m, size_t n,
+                        int g0, int g1, const float* x, float* y, ptrdiff_t y_stride,
+                        const sk::Epilogue& ep) {
+  if (!kc.active()) return spmm(n, m, g0, g1, x, y, y_stride, ep);
   const size_t last = kc.chunks.size() - 1, tp = size_t(std::max(1, kc.pixels));
   // Groups per pass: Y's slice (rows x tp floats) within 64 KiB, L2-resident.  Each pass brings
   // every chunk's X rows into L1 once, so passes should be few (8 KiB slices, L1-resident,
@@ -283,13 +285,13 @@ void spmm_kchunked(const KChunks& kc, sk::SpmmFn spmm, size_t n, int g0, int g1,
       const int b = std::min(g1, a + gb);
       for (size_t c = 0; c <= last; ++c) {
         const KChunks::Chunk& ch = kc.chunks[c];
-        sk::SpMat m;
-        m.B = kc.B;
-        m.rows = kc.rows;
-        m.groups = int(ch.group_ptr.size()) - 1;
-        m.group_ptr = ch.group_ptr.data();
-        m.x_offset = ch.x_offset.data();
-        m.values = ch.values.data();
+        sk::SpMat cm;
+        cm.B = kc.B;
+        cm.rows = kc.rows;
+        cm.groups = int(ch.group_ptr.size()) - 1;
+        cm.group_ptr = ch.group_ptr.data();
+        cm.x_offset = ch.x_offset.data();
+        cm.values = ch.values.data();
         sk::Epilogue e;  // no bias, no residual, no clamp
         if (c == 0) {
           e.bias = ep.bias;
@@ -300,7 +302,7 @@ void spmm_kchunked(const KChunks& kc, sk::SpmmFn spmm, size_t n, int g0, int g1,
           e.residual_stride = y_stride;
         }
         if (c == last) e.lo = ep.lo, e.hi = ep.hi;
-        spmm(len, m, a, b, x + p0, y + p0, y_stride, e);
+        spmm(len, cm, a, b, x + p0, y + p0, y_stride, e);
       }
     }
   }

@@ -87,10 +87,12 @@ KChunks make_kchunks(const SparseWeights& w, const int32_t* x_row, int64_t x_row
                      int64_t stride, const sk::KernelTable* kt);
 // K chunks over a panel's rows; inactive unless want_kchunks.
 KChunks make_panel_kchunks(const SparseWeights& w, const Panel& pn, const sk::KernelTable* kt);
-// spmm over groups [g0, g1) and n pixels (in runs of kc.pixels), chunk by chunk.  ep.residual_after_act must be false
-// (the chunks carry Y in the residual slot); callers run unchunked otherwise.
-void spmm_kchunked(const KChunks& kc, sk::SpmmFn spmm, size_t n, int g0, int g1,
-                   const float* x, float* y, ptrdiff_t y_stride, const sk::Epilogue& ep);
+// spmm over groups [g0, g1) and n pixels: when kc is active, chunk by chunk (in runs of
+// kc.pixels; ep.residual_after_act must be false, as the chunks carry Y in the residual slot:
+// kernels build no chunks for such nodes), else one call with m.
+void spmm_maybe_chunked(const KChunks& kc, sk::SpmmFn spmm, const sk::SpMat& m, size_t n,
+                        int g0, int g1, const float* x, float* y, ptrdiff_t y_stride,
+                        const sk::Epilogue& ep);
 
 // dst[c * dst_stride + r] = src[r * src_stride + c] for r < rows, c < cols (4x4 SSE blocks on
 // x86-64; SparseGemm's X -> panel and Yᵀ -> Y).

@@ -248,13 +248,6 @@ void SparseConvKernel::run_im2col(OrtKernelContext* ctx, const float* x, float* 
   const sk::SpmmFn spmm = spmm_fn(kt_, w_.B);
   const sk::Epilogue ep0 = epilogue();
   const int64_t M = M_, C = C_, G = w_.G;
-  auto run_spmm = [&](int64_t len, int g0, int g1, const float* panel, float* yp,
-                      const sk::Epilogue& ep) {
-    if (kchunks_.active())
-      spmm_kchunked(kchunks_, spmm, size_t(len), g0, g1, panel, yp, P, ep);
-    else
-      spmm(size_t(len), m, g0, g1, panel, yp, P, ep);
-  };
   if (P > kSmallPixels) {
     // One item per (image, pixel tile): im2col into its own panel, then all output groups.
     // Tiles are balanced (at most T pixels each); the panel's row stride stays T.
@@ -266,7 +259,8 @@ void SparseConvKernel::run_im2col(OrtKernelContext* ctx, const float* x, float* 
       im2col(x + n * C * H * W, H, W, OW, p0, len, panel.get());
       sk::Epilogue ep = ep0;
       if (res) ep.residual = res + n * M * P + p0, ep.residual_stride = P;
-      run_spmm(len, 0, int(G), panel.get(), y + n * M * P + p0, ep);
+      spmm_maybe_chunked(kchunks_, spmm, m, size_t(len), 0, int(G), panel.get(),
+                         y + n * M * P + p0, P, ep);
     });
     return;
   }
@@ -288,8 +282,8 @@ void SparseConvKernel::run_im2col(OrtKernelContext* ctx, const float* x, float* 
       const int64_t len = std::min(T, P - p0);
       sk::Epilogue ep = ep0;
       if (res) ep.residual = res + (n0 + n) * M * P + p0, ep.residual_stride = P;
-      run_spmm(len, gc.begin(c), gc.end(c), panels.get() + nt * panel_size,
-               y + (n0 + n) * M * P + p0, ep);
+      spmm_maybe_chunked(kchunks_, spmm, m, size_t(len), gc.begin(c), gc.end(c),
+                         panels.get() + nt * panel_size, y + (n0 + n) * M * P + p0, P, ep);
     });
   }
 }

@@ -71,14 +71,6 @@ void SparseGemmKernel::compute(OrtKernelContext* ctx) const {
   ep0.hi = act_.hi;
   ep0.residual_after_act = residual_after_act_;
   ep0.residual_stride = T;
-  // Yᵀ tile [groups g0..g1) of one panel, through the K chunks when there are some.
-  auto run_spmm = [&](int64_t len, int g0, int g1, const float* panel, float* yt,
-                      const sk::Epilogue& ep) {
-    if (kchunks_.active())
-      spmm_kchunked(kchunks_, spmm, size_t(len), g0, g1, panel, yt, T, ep);
-    else
-      spmm(size_t(len), m, g0, g1, panel, yt, T, ep);
-  };
 
   if (R == 1) {
     // One row (a classifier after pooling, batch 1): X's row is the reduction "column" itself,
@@ -129,7 +121,7 @@ void SparseGemmKernel::compute(OrtKernelContext* ctx) const {
         res_in(r0, len, 0, M, rt);
         ep.residual = rt;
       }
-      run_spmm(len, 0, int(G), panel, yt, ep);
+      spmm_maybe_chunked(kchunks_, spmm, m, size_t(len), 0, int(G), panel, yt, T, ep);
       store(r0, len, 0, M, yt);
     });
     return;
@@ -162,7 +154,8 @@ void SparseGemmKernel::compute(OrtKernelContext* ctx) const {
       res_in(r0, len, m0, m1, rt);
       ep.residual = rt;
     }
-    run_spmm(len, gc.begin(c), gc.end(c), panels + t * panel_size, yt, ep);
+    spmm_maybe_chunked(kchunks_, spmm, m, size_t(len), gc.begin(c), gc.end(c),
+                       panels + t * panel_size, yt, T, ep);
     store(r0, len, m0, m1, yt);
   });
 }
