@@ -7,10 +7,15 @@ precision only the outputs predicted positive; the rest are 0.  Outputs that are
 predicted otherwise are lost: that is the accuracy the per-layer decision weighs.
 
 * :func:`quantize_rows`: symmetric int8 per row, |q| <= 127;
-* :func:`make_predicted_conv_node`: the node and its initializers for an ONNX Conv weight.
+* :func:`make_predicted_conv_node`: the node and its initializers for an ONNX Conv weight;
+* :func:`rewrite_predicted`: every eligible Conv [-> bias/BatchNormalization] -> ReLU or
+  Clip(0, hi) chain of a model replaced by one PredictedConv (a study tool for now: the op is
+  not yet faster than dense, so ``convert`` does not call it).
 """
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -18,9 +23,13 @@ import onnx
 from onnx import helper, numpy_helper
 
 from .errors import SparsekitError
-from .pack import DOMAIN
+from .fuse import GraphIndex, plan_fusion
+from .graph import all_names, get_attr, node_names, unique_name
+from .io import as_model
+from .pack import DOMAIN, opset_import
 
-__all__ = ["quantize_rows", "make_predicted_conv_node"]
+__all__ = ["quantize_rows", "make_predicted_conv_node", "predicted_mask", "rewrite_predicted",
+           "PredictedLayer"]
 
 
 def quantize_rows(W2d) -> Tuple[np.ndarray, np.ndarray]:
@@ -67,3 +76,131 @@ def make_predicted_conv_node(name: str, x: str, y: str, weight, bias=None, *,
         attrs.update(clip_min=0.0, clip_max=float(np.inf if clip_max is None else clip_max))
     node = helper.make_node("PredictedConv", inputs, [y], name=name, domain=DOMAIN, **attrs)
     return node, inits
+
+
+def im2col_pixels(x, kh, kw, strides, pads, dil):
+    """Pixel-major patches ([N, OH*OW, C*kh*kw] in (c, ky, kx) order, zero outside), OH, OW."""
+    N, C, H, W = x.shape
+    xp = np.pad(x, ((0, 0), (0, 0), (pads[0], pads[2]), (pads[1], pads[3])))
+    OH = (H + pads[0] + pads[2] - dil[0] * (kh - 1) - 1) // strides[0] + 1
+    OW = (W + pads[1] + pads[3] - dil[1] * (kw - 1) - 1) // strides[1] + 1
+    cols = np.empty((N, OH, OW, C, kh, kw), np.float32)
+    for ky in range(kh):
+        for kx in range(kw):
+            ys, xs = ky * dil[0], kx * dil[1]
+            cols[:, :, :, :, ky, kx] = xp[:, :, ys:ys + strides[0] * OH:strides[0],
+                                          xs:xs + strides[1] * OW:strides[1]].transpose(0, 2, 3, 1)
+    return cols.reshape(N, OH * OW, C * kh * kw), OH, OW
+
+
+def predicted_mask(W, b, x, strides=(1, 1), pads=(0, 0, 0, 0), dil=(1, 1)):
+    """Which outputs PredictedConv computes in full precision ([N, M, OH, OW] bool) for
+    Conv weight W, bias b and input x: the documented integer prediction, in numpy (the
+    reference the kernels are tested against)."""
+    M = W.shape[0]
+    q, scale = quantize_rows(W.reshape(M, -1))
+    cols, OH, OW = im2col_pixels(x, W.shape[2], W.shape[3], strides, pads, dil)
+    out = np.empty((x.shape[0], M, OH * OW), bool)
+    for n in range(x.shape[0]):
+        lo, hi = min(0.0, float(x[n].min())), max(0.0, float(x[n].max()))
+        sx = np.float32((np.float32(hi) - np.float32(lo)) / np.float32(127))
+        inv = np.float32(1) / sx if sx > 0 else np.float32(0)
+        zx = int(np.floor(np.float32(-lo) / sx + 0.5)) if sx > 0 else 0   # lround, -lo >= 0
+        t = (cols[n].astype(np.float32) * inv).astype(np.float32) + np.float32(zx + 0.5)
+        xq = np.floor(np.clip(t, 0, 127)).astype(np.int64)
+        acc = xq @ q.astype(np.int64).T - zx * q.astype(np.int64).sum(axis=1)   # [P, M]
+        s = (sx * scale).astype(np.float32).astype(np.float64)
+        pred = acc.astype(np.float32).astype(np.float64) * s + np.asarray(b, np.float64)
+        out[n] = (pred > 0).T
+    return out.reshape(x.shape[0], M, OH, OW)
+
+
+@dataclass
+class PredictedLayer:
+    """One Conv of the model and what :func:`rewrite_predicted` did with it."""
+    name: str
+    input: str          # the Conv's input tensor
+    output: str         # the tensor the activation wrote (PredictedConv writes it now)
+    weight_shape: List[int]
+    activation: str     # "relu" | "clip" | "" when not eligible
+    replaced: bool
+    reason: str
+
+
+def rewrite_predicted(model, include: Optional[str] = None, exclude: Optional[str] = None
+                      ) -> Tuple[onnx.ModelProto, List[PredictedLayer]]:
+    """A copy of `model` where every eligible chain  Conv (group 1, constant float weight) ->
+    [constant Add | BatchNormalization]* -> Relu | Clip(0, hi)  is one PredictedConv writing the
+    activation's output; and a row per Conv saying why it was or was not replaced.  `include` /
+    `exclude`: regular expressions on node names.  The input model is not modified."""
+    src = as_model(model)
+    m = onnx.ModelProto()
+    m.CopyFrom(src)
+    g = m.graph
+    index = GraphIndex(m)
+    names = node_names(g)
+    taken = all_names(g)
+    rows: List[PredictedLayer] = []
+    replace = {}  # node index -> (new node, inits, absorbed nodes)
+    for i, node in enumerate(g.node):
+        if node.op_type != "Conv" or node.domain not in ("", "ai.onnx"):
+            continue
+        name = names[i]
+        W = index.constant(node.input[1]) if len(node.input) > 1 else None
+        row = PredictedLayer(name, node.input[0], node.output[0],
+                             list(W.shape) if W is not None else [], "", False, "")
+        rows.append(row)
+        if (include and not re.search(include, name)) or (exclude and re.search(exclude, name)):
+            row.reason = "excluded by --include/--exclude"
+            continue
+        if W is None or W.dtype != np.float32 or W.ndim != 4:
+            row.reason = "weight is not a constant float32 [M, C, kh, kw]"
+            continue
+        if int(get_attr(node, "group", 1)) != 1:
+            row.reason = "grouped conv (PredictedConv is group 1)"
+            continue
+        if get_attr(node, "auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
+            row.reason = "auto_pad is not supported"
+            continue
+        b = index.constant(node.input[2]) if len(node.input) > 2 and node.input[2] else None
+        if len(node.input) > 2 and node.input[2] and b is None:
+            row.reason = "bias is not a constant"
+            continue
+        f = plan_fusion(index, node, int(W.shape[0]), True, None, {}, allow_residual=False)
+        if f.activation == "none" or f.clip_min != 0.0:
+            row.reason = "not followed by ReLU or Clip(0, hi)"
+            continue
+        Wf, bf = f.apply(W, b)
+        pads = [int(v) for v in (get_attr(node, "pads") or [0, 0, 0, 0])]
+        base = unique_name(f"{name}.predicted", taken)
+        new, inits = make_predicted_conv_node(
+            base, node.input[0], f.output, Wf, bf,
+            strides=[int(v) for v in (get_attr(node, "strides") or [1, 1])],
+            pads=[pads[0], pads[1], pads[2], pads[3]],
+            dilations=[int(v) for v in (get_attr(node, "dilations") or [1, 1])],
+            activation=f.activation, clip_max=f.clip_max if f.activation == "clip" else None)
+        taken.update(t.name for t in inits)
+        replace[i] = (new, inits, f.nodes)
+        row.activation, row.replaced, row.output = f.activation, True, f.output
+        row.reason = "+".join(f.steps)
+    if not replace:
+        return m, rows
+    absorbed = {id(n) for _, _, ns in replace.values() for n in ns}
+    nodes = []
+    for i, node in enumerate(g.node):
+        if i in replace:
+            nodes.append(replace[i][0])
+        elif id(node) not in absorbed:
+            nodes.append(node)
+    del g.node[:]
+    g.node.extend(nodes)
+    for _, inits, _ in replace.values():
+        g.initializer.extend(inits)
+    used = {x for n in g.node for x in n.input}
+    visible = {v.name for v in g.input} | {v.name for v in g.output}
+    keep = [t for t in g.initializer if t.name in used or t.name in visible]
+    del g.initializer[:]
+    g.initializer.extend(keep)
+    if not any(o.domain == DOMAIN for o in m.opset_import):
+        m.opset_import.append(opset_import())
+    return m, rows

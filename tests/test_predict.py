@@ -11,7 +11,7 @@ from onnx import TensorProto, helper, numpy_helper
 import sparsekit
 from sparsekit import _native
 from sparsekit.pack import opset_import
-from sparsekit.predict import make_predicted_conv_node, quantize_rows
+from sparsekit.predict import make_predicted_conv_node, predicted_mask, quantize_rows
 
 ISAS = list(_native.available_isas())
 
@@ -44,41 +44,6 @@ def _models(W, b, xshape, strides=(1, 1), pads=(0, 0, 0, 0), dil=(1, 1), act="re
     return sparse, dense
 
 
-def _im2col(x, kh, kw, strides, pads, dil):
-    """Pixel-major patches [N, P, C*kh*kw] in (c, ky, kx) order, zero outside."""
-    N, C, H, W = x.shape
-    xp = np.pad(x, ((0, 0), (0, 0), (pads[0], pads[2]), (pads[1], pads[3])))
-    OH = (H + pads[0] + pads[2] - dil[0] * (kh - 1) - 1) // strides[0] + 1
-    OW = (W + pads[1] + pads[3] - dil[1] * (kw - 1) - 1) // strides[1] + 1
-    cols = np.empty((N, OH, OW, C, kh, kw), np.float32)
-    for ky in range(kh):
-        for kx in range(kw):
-            ys, xs = ky * dil[0], kx * dil[1]
-            cols[:, :, :, :, ky, kx] = xp[:, :, ys:ys + strides[0] * OH:strides[0],
-                                          xs:xs + strides[1] * OW:strides[1]].transpose(0, 2, 3, 1)
-    return cols.reshape(N, OH * OW, C * kh * kw), OH, OW
-
-
-def _predicted(W, b, x, strides, pads, dil):
-    """Which outputs the op must compute: the documented integer prediction, in numpy."""
-    M = W.shape[0]
-    q, scale = quantize_rows(W.reshape(M, -1))
-    cols, OH, OW = _im2col(x, W.shape[2], W.shape[3], strides, pads, dil)
-    out = np.empty((x.shape[0], M, OH * OW), bool)
-    for n in range(x.shape[0]):
-        lo, hi = min(0.0, float(x[n].min())), max(0.0, float(x[n].max()))
-        sx = np.float32((np.float32(hi) - np.float32(lo)) / np.float32(127))
-        inv = np.float32(1) / sx if sx > 0 else np.float32(0)
-        zx = int(np.floor(np.float32(-lo) / sx + 0.5)) if sx > 0 else 0   # lround, -lo >= 0
-        t = (cols[n].astype(np.float32) * inv).astype(np.float32) + np.float32(zx + 0.5)
-        xq = np.floor(np.clip(t, 0, 127)).astype(np.int64)
-        acc = xq @ q.astype(np.int64).T - zx * q.astype(np.int64).sum(axis=1)   # [P, M]
-        s = (sx * scale).astype(np.float32).astype(np.float64)
-        pred = acc.astype(np.float32).astype(np.float64) * s + np.asarray(b, np.float64)
-        out[n] = (pred > 0).T
-    return out.reshape(x.shape[0], M, OH, OW)
-
-
 CASES = {
     # name: (N, C, H, W, M, kh, kw, strides, pads, dilations)
     "3x3-pad": (2, 16, 13, 11, 24, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1)),
@@ -105,7 +70,7 @@ def test_computes_exactly_where_predicted_positive(isa, case, signed, act):
         y = sparsekit.session(sparse, threads=threads).run(None, {"X": x})[0]
         want = ort.InferenceSession(dense.SerializeToString(),
                                     providers=["CPUExecutionProvider"]).run(None, {"X": x})[0]
-        computed = _predicted(W, b, x, st, pd, dl)
+        computed = predicted_mask(W, b, x, st, pd, dl)
         scale = max(1e-3, float(np.abs(want).max()))
         np.testing.assert_allclose(y[computed], want[computed], rtol=1e-4, atol=1e-5 * scale)
         assert (y[~computed] == 0).all()
@@ -195,3 +160,49 @@ def test_non_finite_input_is_a_clear_run_error():
     with pytest.raises(Exception, match="non-finite"):
         s.run(None, {"X": x})
     assert s.run(None, {"X": np.ones((1, 4, 8, 8), np.float32)})[0].shape == (1, 6, 8, 8)
+
+
+def test_rewrite_predicted_replaces_conv_relu_chains():
+    """Conv -> BatchNormalization -> ReLU and Conv -> Clip(0, 6) become PredictedConv; a Conv
+    without activation and a grouped Conv stay; the input model is not modified; outputs stay
+    close to the original's (a mispredicted small positive output is lost and propagates)."""
+    from sparsekit.predict import rewrite_predicted
+    rng = np.random.default_rng(8)
+    W1 = (0.3 * rng.standard_normal((8, 3, 3, 3))).astype(np.float32)
+    W2 = (0.3 * rng.standard_normal((8, 8, 1, 1))).astype(np.float32)
+    W3 = (0.3 * rng.standard_normal((8, 1, 3, 3))).astype(np.float32)
+    W4 = (0.3 * rng.standard_normal((4, 8, 1, 1))).astype(np.float32)
+    bn = [numpy_helper.from_array(rng.uniform(0.5, 1.5, 8).astype(np.float32), n)
+          for n in ("g", "beta", "mean", "var")]
+    nodes = [
+        helper.make_node("Conv", ["x", "W1"], ["c1"], name="c1", pads=[1, 1, 1, 1]),
+        helper.make_node("BatchNormalization", ["c1", "g", "beta", "mean", "var"], ["b1"]),
+        helper.make_node("Relu", ["b1"], ["r1"]),
+        helper.make_node("Conv", ["r1", "W2"], ["c2"], name="c2"),
+        helper.make_node("Clip", ["c2", "zero", "six"], ["r2"]),
+        helper.make_node("Conv", ["r2", "W3"], ["c3"], name="dw", group=8, pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c3"], ["r3"]),
+        helper.make_node("Conv", ["r3", "W4"], ["y"], name="proj"),
+    ]
+    inits = [numpy_helper.from_array(a, n) for a, n in ((W1, "W1"), (W2, "W2"), (W3, "W3"),
+                                                        (W4, "W4"))] + bn + [
+        numpy_helper.from_array(np.array(0.0, np.float32), "zero"),
+        numpy_helper.from_array(np.array(6.0, np.float32), "six")]
+    X = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 9, 9])
+    Y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    m = helper.make_model(helper.make_graph(nodes, "g", [X], [Y], inits),
+                          opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
+    before = m.SerializeToString()
+    pm, rows = rewrite_predicted(m)
+    assert m.SerializeToString() == before
+    got = {r.name: (r.replaced, r.reason) for r in rows}
+    assert got["c1"] == (True, "batchnorm+relu") and got["c2"] == (True, "clip")
+    assert not got["dw"][0] and "grouped" in got["dw"][1]
+    assert not got["proj"][0] and "not followed by ReLU" in got["proj"][1]
+    ops = [n.op_type for n in pm.graph.node]
+    assert ops.count("PredictedConv") == 2 and "BatchNormalization" not in ops
+    x = rng.standard_normal((1, 3, 9, 9)).astype(np.float32)
+    want = ort.InferenceSession(m.SerializeToString(),
+                                providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    y = sparsekit.session(pm).run(None, {"x": x})[0]
+    np.testing.assert_allclose(y, want, rtol=0.05, atol=0.05 * float(np.abs(want).max()))
