@@ -124,8 +124,9 @@ def main(argv=None):
         feeds = {node.input[0]: xin[:1]}
         with B.pinned(1) as cfg:
             ds, ss = B.dense_session(dm, 1, config=cfg), B.sparse_session(sp, 1, config=cfg)
-            t = B.interleaved({"dense": lambda: ds.run(None, feeds),
-                               "predicted": lambda: ss.run(None, feeds)}, warmup=3, runs=args.runs)
+            t = B.interleaved({"dense": lambda ds=ds, f=feeds: ds.run(None, f),
+                               "predicted": lambda ss=ss, f=feeds: ss.run(None, f)},
+                              warmup=3, runs=args.runs)
         dms, pms = float(np.median(t["dense"])), float(np.median(t["predicted"]))
         results.append({"layer": r.name, "weight": r.weight_shape, "activation": act,
                         "zeros": float(1 - pos.mean()), "predicted_positive": float(pred.mean()),
