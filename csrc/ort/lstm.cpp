@@ -170,6 +170,29 @@ std::vector<float> bias_input(const Api& api, const OrtKernelInfo* info, size_t 
   return out;
 }
 
+// Inputs: X, W_values, W_indices, R_values, R_indices, B, sequence_lens, initial_h, and for
+// the LSTM initial_c.  GRU's R offsets are one byte (its recurrence is SpMV-only).
+std::vector<IoSpec> recurrent_inputs(bool lstm) {
+  const auto F = ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, ANY = ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED;
+  std::vector<IoSpec> v = {
+      {F, INPUT_OUTPUT_REQUIRED},                                        // X
+      {F, INPUT_OUTPUT_REQUIRED},                                        // W_values
+      {ANY, INPUT_OUTPUT_REQUIRED},                                      // W_indices (u8/u16)
+      {F, INPUT_OUTPUT_REQUIRED},                                        // R_values
+      {lstm ? ANY : ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8, INPUT_OUTPUT_REQUIRED},  // R_indices
+      {F, INPUT_OUTPUT_OPTIONAL},                                        // B
+      {ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32, INPUT_OUTPUT_OPTIONAL},      // sequence_lens
+      {F, INPUT_OUTPUT_OPTIONAL},                                        // initial_h
+  };
+  if (lstm) v.push_back({F, INPUT_OUTPUT_OPTIONAL});                    // initial_c
+  return v;
+}
+
+// Y, Y_h (and the LSTM's Y_c), all required.
+std::vector<IoSpec> recurrent_outputs(size_t n) {
+  return std::vector<IoSpec>(n, IoSpec{ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, INPUT_OUTPUT_REQUIRED});
+}
+
 // The attributes and packed W, R of a SparseLSTM (4 gates) / SparseGRU (3 gates) node.
 struct RecurrentSpec {
   int64_t H, I, D;
@@ -267,18 +290,12 @@ void Projection::run(const Api& api, OrtKernelContext* ctx, const sk::KernelTabl
   const int64_t nrows = int64_t(panel.rows.size());
   const int64_t panel_size = std::max<int64_t>(1, nrows * T);
   const int64_t ntiles = (P + T - 1) / T;
-  const int32_t* rows = panel.rows.data();
   Scratch<float> buf(size_t(ntiles * (panel_size + M * T)));
   float* panels = buf.get();
   float* yts = panels + ntiles * panel_size;
   parallel_for(api, ctx, size_t(ntiles), [&](size_t i) {
     const int64_t r0 = int64_t(i) * T, len = std::min(T, P - r0);
-    float* pn = panels + int64_t(i) * panel_size;
-    if (nrows == K) return transpose(x + r0 * K, K, pn, T, len, K);
-    for (int64_t t = 0; t < len; ++t) {
-      const float* xr = x + (r0 + t) * K;
-      for (int64_t u = 0; u < nrows; ++u) pn[u * T + t] = xr[rows[u]];
-    }
+    gather_panel(panel, x, K, r0, len, panels + int64_t(i) * panel_size);
   });
   const sk::SpMat m = spmat(w, panel.x_offset.data());
   const GroupChunks gc = group_chunks(w.G);
@@ -301,26 +318,12 @@ void Projection::run(const Api& api, OrtKernelContext* ctx, const sk::KernelTabl
 // SparseLSTM
 
 const std::vector<IoSpec>& SparseLSTMKernel::inputs() {
-  static const std::vector<IoSpec> v = {
-      {ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, INPUT_OUTPUT_REQUIRED},      // X
-      {ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, INPUT_OUTPUT_REQUIRED},      // W_values
-      {ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED, INPUT_OUTPUT_REQUIRED},  // W_indices (u8/u16)
-      {ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, INPUT_OUTPUT_REQUIRED},      // R_values
-      {ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED, INPUT_OUTPUT_REQUIRED},  // R_indices (u8/u16)
-      {ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, INPUT_OUTPUT_OPTIONAL},      // B
-      {ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32, INPUT_OUTPUT_OPTIONAL},      // sequence_lens
-      {ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, INPUT_OUTPUT_OPTIONAL},      // initial_h
-      {ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, INPUT_OUTPUT_OPTIONAL},      // initial_c
-  };
+  static const std::vector<IoSpec> v = recurrent_inputs(true);
   return v;
 }
 
 const std::vector<IoSpec>& SparseLSTMKernel::outputs() {
-  static const std::vector<IoSpec> v = {
-      {ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, INPUT_OUTPUT_REQUIRED},  // Y
-      {ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, INPUT_OUTPUT_REQUIRED},  // Y_h
-      {ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, INPUT_OUTPUT_REQUIRED},  // Y_c
-  };
+  static const std::vector<IoSpec> v = recurrent_outputs(3);
   return v;
 }
 
@@ -449,24 +452,12 @@ void SparseLSTMKernel::compute(OrtKernelContext* ctx) const {
 // SparseGRU
 
 const std::vector<IoSpec>& SparseGRUKernel::inputs() {
-  static const std::vector<IoSpec> v = {
-      {ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, INPUT_OUTPUT_REQUIRED},      // X
-      {ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, INPUT_OUTPUT_REQUIRED},      // W_values
-      {ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED, INPUT_OUTPUT_REQUIRED},  // W_indices (u8/u16)
-      {ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, INPUT_OUTPUT_REQUIRED},      // R_values
-      {ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8, INPUT_OUTPUT_REQUIRED},      // R_indices (u8)
-      {ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, INPUT_OUTPUT_OPTIONAL},      // B
-      {ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32, INPUT_OUTPUT_OPTIONAL},      // sequence_lens
-      {ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, INPUT_OUTPUT_OPTIONAL},      // initial_h
-  };
+  static const std::vector<IoSpec> v = recurrent_inputs(false);
   return v;
 }
 
 const std::vector<IoSpec>& SparseGRUKernel::outputs() {
-  static const std::vector<IoSpec> v = {
-      {ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, INPUT_OUTPUT_REQUIRED},  // Y
-      {ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, INPUT_OUTPUT_REQUIRED},  // Y_h
-  };
+  static const std::vector<IoSpec> v = recurrent_outputs(2);
   return v;
 }
 

@@ -333,6 +333,17 @@ void transpose(const float* src, int64_t ss, float* dst, int64_t ds, int64_t row
     for (int64_t c = 0; c < cols; ++c) dst[c * ds + r] = src[r * ss + c];
 }
 
+void gather_panel(const Panel& pn, const float* x, int64_t K, int64_t r0, int64_t len,
+                  float* panel) {
+  const int64_t T = pn.T, nrows = int64_t(pn.rows.size());
+  if (nrows == K) return transpose(x + r0 * K, K, panel, T, len, K);
+  const int32_t* rows = pn.rows.data();
+  for (int64_t t = 0; t < len; ++t) {
+    const float* xr = x + (r0 + t) * K;
+    for (int64_t u = 0; u < nrows; ++u) panel[u * T + t] = xr[rows[u]];
+  }
+}
+
 void direct_offsets(const SparseWeights& w, int64_t stride, int32_t* out) {
   for (size_t j = 0; j < w.k.size(); ++j) out[j] = int32_t(int64_t(w.k[j]) * stride);
 }

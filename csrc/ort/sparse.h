@@ -99,6 +99,11 @@ void spmm_maybe_chunked(const KChunks& kc, sk::SpmmFn spmm, const sk::SpMat& m, 
 void transpose(const float* src, int64_t src_stride, float* dst, int64_t dst_stride,
                int64_t rows, int64_t cols);
 
+// Rows [r0, r0 + len) of a row-major X [*, K] into the panel's columns: panel[u * T + t] =
+// X[r0 + t, rows[u]] (a plain transpose when the panel uses every column of X).
+void gather_panel(const Panel& pn, const float* x, int64_t K, int64_t r0, int64_t len,
+                  float* panel);
+
 // x_offset[j] = k[j] * stride (the direct path, where X's reduction rows are `stride` apart).
 void direct_offsets(const SparseWeights& w, int64_t stride, int32_t* out);
 

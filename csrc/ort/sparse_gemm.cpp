@@ -62,7 +62,6 @@ void SparseGemmKernel::compute(OrtKernelContext* ctx) const {
   const int64_t nrows = int64_t(panel_.rows.size());
   const int64_t panel_size = std::max<int64_t>(1, nrows * T);
   const int64_t ntiles = (R + T - 1) / T;
-  const int32_t* rows = panel_.rows.data();
   const sk::SpMat m = spmat(w_, panel_.x_offset.data());
   const sk::SpmmFn spmm = spmm_fn(kt_, w_.B);
   sk::Epilogue ep0;
@@ -87,15 +86,8 @@ void SparseGemmKernel::compute(OrtKernelContext* ctx) const {
     return;
   }
 
-  // X rows -> panel columns: a plain transpose when the weights use every column of X (the
-  // usual case), an indexed gather otherwise.
-  const bool all_cols = nrows == K;
   auto gather = [&](int64_t r0, int64_t len, float* panel) {
-    if (all_cols) return transpose(x + r0 * K, K, panel, T, len, K);
-    for (int64_t t = 0; t < len; ++t) {
-      const float* xr = x + (r0 + t) * K;
-      for (int64_t u = 0; u < nrows; ++u) panel[u * T + t] = xr[rows[u]];
-    }
+    gather_panel(panel_, x, K, r0, len, panel);
   };
   // Rows [m0, m1) of a tile: residual into Rᵀ before, Yᵀ back into Y after.
   auto res_in = [&](int64_t r0, int64_t len, int64_t m0, int64_t m1, float* rt) {
