@@ -88,7 +88,7 @@ def _fmt_err(v) -> str:
 
 
 def calibration_options(f):
-    """--calibration and the options that say how to read it (prune and analyze)."""
+    """--calibration and the options that say how to read it (prune, analyze, convert)."""
     f = click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True,
                      help="Calibration samples per onnxruntime run (inputs with a symbolic batch dim).")(f)
     f = click.option("--calibration-samples", type=click.IntRange(min=1), default=None,
@@ -333,9 +333,17 @@ def _parse_max_density(values) -> dict:
               help="Leave depthwise convs to onnxruntime instead of DepthwiseConv.")
 @click.option("--include", default=None, metavar="REGEX", help="Only convert matching nodes.")
 @click.option("--exclude", default=None, metavar="REGEX", help="Never convert matching nodes.")
+@click.option("--predict-relu", is_flag=True,
+              help="Also turn Conv -> ReLU/Clip(0, x) layers that stay dense into PredictedConv "
+                   "(int8 prediction, full precision only where positive; docs/predict.md) where "
+                   "--calibration shows enough zeros (and, with --autotune, where it is faster).")
+@click.option("--min-zeros", type=click.FloatRange(0.0, 1.0), default=None,
+              help="--predict-relu: least fraction of zeros after the activation (default 0.7).")
+@calibration_options
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option("--force", is_flag=True, help="Overwrite the output file if it exists.")
 def convert(model, output, autotune, threads, max_density, dim, no_depthwise, include, exclude,
+            predict_relu, min_zeros, calibration, preprocess, calibration_samples, batch_size,
             as_json, force):
     """Rewrite MODEL's sparse layers into ai.sparsekit ops with packed weights.
 
@@ -351,16 +359,33 @@ def convert(model, output, autotune, threads, max_density, dim, no_depthwise, in
 
     limits = _parse_max_density(max_density)
     dims = parse_shapes(dim)
+    if not predict_relu and (min_zeros is not None or calibration):
+        raise SparsekitError("--min-zeros and --calibration are for --predict-relu")
     io.check_output_path(output, force, inputs=(model,))
     source = io.load_model(model)
+    calib = load_calibration_option(calibration, preprocess, calibration_samples, batch_size,
+                                    source)
+    if predict_relu and calib is None:
+        raise SparsekitError("--predict-relu needs --calibration DATA: whether a layer's outputs "
+                             "are mostly zero is measured on real inputs")
     with layer_progress("converting", enabled=not as_json) as progress:
         converted, report = run_convert(source, max_density=limits, autotune=autotune,
                                         threads=threads, depthwise=not no_depthwise,
                                         include=include, exclude=exclude, autotune_dims=dims,
                                         progress=progress)
+    predicted = []
+    if predict_relu:
+        from .predict import DEFAULT_MIN_ZEROS, plan_predicted
+        with layer_progress("predicting", enabled=not as_json) as progress:
+            converted, rows = plan_predicted(
+                converted, calib, min_zeros=DEFAULT_MIN_ZEROS if min_zeros is None else min_zeros,
+                autotune=autotune, threads=threads, include=include, exclude=exclude,
+                progress=progress)
+        predicted = [r for r in rows if r.activation]
     io.save_model(converted, output, external_data=io.uses_external_data(model) or None)
     if as_json:
-        print_json({"output": str(output), **report.to_dict()})
+        print_json({"output": str(output), **report.to_dict(),
+                    **({"predicted": [r.to_dict() for r in predicted]} if predict_relu else {})})
         return
     table = Table(title="layers")
     cols = ["layer", "op", "result", "format", "density", "fused", "bytes"]
@@ -390,6 +415,22 @@ def convert(model, output, autotune, threads, max_density, dim, no_depthwise, in
               f"kept {t['kept_dense']} dense; converted weights "
               f"{_fmt_count(t['converted_dense_bytes'])}B -> {_fmt_count(t['converted_sparse_bytes'])}B"
               + (f" ({ratio:.3f}x)" if ratio is not None else ""))
+    if predict_relu:
+        ptable = Table(title="ReLU-output prediction (--predict-relu)")
+        for col in ["layer", "weight", "result", "zeros"] + (["dense ms", "predicted ms"]
+                                                            if autotune else []) + ["why"]:
+            ptable.add_column(col, justify="right" if col in ("zeros", "dense ms",
+                                                             "predicted ms") else "left")
+        for r in predicted:
+            cells = [r.name, "x".join(map(str, r.weight_shape)),
+                     "predicted" if r.replaced else "dense",
+                     "-" if r.zeros is None else f"{r.zeros:.0%}"]
+            if autotune:
+                cells += [_fmt_ms(r.dense_ms), _fmt_ms(r.predicted_ms)]
+            ptable.add_row(*cells, r.reason)
+        out.print(ptable)
+        out.print(f"predicted {sum(r.replaced for r in predicted)} of {len(predicted)} "
+                  "eligible layer(s)")
     out.print(f"wrote [bold]{output}[/bold]")
 
 

@@ -9,14 +9,15 @@ predicted otherwise are lost: that is the accuracy the per-layer decision weighs
 * :func:`quantize_rows`: symmetric int8 per row, |q| <= 127;
 * :func:`make_predicted_conv_node`: the node and its initializers for an ONNX Conv weight;
 * :func:`rewrite_predicted`: every eligible Conv [-> bias/BatchNormalization] -> ReLU or
-  Clip(0, hi) chain of a model replaced by one PredictedConv (a study tool for now: the op is
-  not yet faster than dense, so ``convert`` does not call it).
+  Clip(0, hi) chain of a model replaced by one PredictedConv;
+* :func:`plan_predicted`: which of them to replace, from the fraction of zeros measured on
+  calibration data and (optionally) timing each layer both ways (``convert --predict-relu``).
 """
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import List, Optional, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import onnx
@@ -29,7 +30,11 @@ from .io import as_model
 from .pack import DOMAIN, opset_import
 
 __all__ = ["quantize_rows", "make_predicted_conv_node", "predicted_mask", "rewrite_predicted",
-           "PredictedLayer"]
+           "PredictedLayer", "plan_predicted", "DEFAULT_MIN_ZEROS"]
+
+# Least fraction of zeros after the activation, measured on calibration data, at which a layer
+# is predicted: below it the prediction (int8, up to half a dense conv's cost on AVX2) cannot pay.
+DEFAULT_MIN_ZEROS = 0.7
 
 
 def quantize_rows(W2d) -> Tuple[np.ndarray, np.ndarray]:
@@ -117,7 +122,8 @@ def predicted_mask(W, b, x, strides=(1, 1), pads=(0, 0, 0, 0), dil=(1, 1)):
 
 @dataclass
 class PredictedLayer:
-    """One Conv of the model and what :func:`rewrite_predicted` did with it."""
+    """One Conv of the model and what :func:`rewrite_predicted` / :func:`plan_predicted` did
+    with it."""
     name: str
     input: str          # the Conv's input tensor
     output: str         # the tensor the activation wrote (PredictedConv writes it now)
@@ -125,6 +131,12 @@ class PredictedLayer:
     activation: str     # "relu" | "clip" | "" when not eligible
     replaced: bool
     reason: str
+    zeros: Optional[float] = None         # fraction of zeros after the activation (calibration)
+    dense_ms: Optional[float] = None      # timed both ways (plan_predicted with autotune)
+    predicted_ms: Optional[float] = None
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
 
 
 def rewrite_predicted(model, include: Optional[str] = None, exclude: Optional[str] = None
@@ -204,3 +216,121 @@ def rewrite_predicted(model, include: Optional[str] = None, exclude: Optional[st
     if not any(o.domain == DOMAIN for o in m.opset_import):
         m.opset_import.append(opset_import())
     return m, rows
+
+
+def plan_predicted(model, calibration, *, min_zeros: float = DEFAULT_MIN_ZEROS,
+                   autotune: bool = False, threads: Optional[int] = None,
+                   include: Optional[str] = None, exclude: Optional[str] = None,
+                   progress: Optional[Callable[[int, int, str], None]] = None
+                   ) -> Tuple[onnx.ModelProto, List[PredictedLayer]]:
+    """Replace the eligible Conv -> ReLU/Clip(0, hi) chains that pay by PredictedConv.
+
+    `model` may already hold ai.sparsekit ops (a converted model): only plain Convs are
+    candidates.  `calibration`: a :class:`sparsekit.calibration.Calibration`; each candidate's
+    output zeros are counted over it, and layers with fewer than `min_zeros` stay.  With
+    `autotune` each remaining layer is also timed alone both ways (onnxruntime Conv + activation
+    vs PredictedConv, batch 1 of the calibration's first sample, `threads` threads) and stays
+    unless PredictedConv is faster.  progress(done, total, what) after each step.
+    Returns (model, one row per Conv)."""
+    from . import bench as B
+    from .runtime import session
+
+    if not 0.0 <= float(min_zeros) <= 1.0:
+        raise SparsekitError(f"min_zeros must be in [0, 1], got {min_zeros}")
+    src = as_model(model)
+    _, rows = rewrite_predicted(src, include, exclude)
+    cands = [r for r in rows if r.replaced]
+    if not cands:
+        return rewrite_predicted(src, include="(?!)")[0], rows
+    # zeros after each candidate's activation, over the calibration data
+    probe = onnx.ModelProto()
+    probe.CopyFrom(src)
+    graph_inputs = {v.name for v in probe.graph.input}
+    outs = [t for t in dict.fromkeys([r.output for r in cands] + [r.input for r in cands])
+            if t not in graph_inputs]
+    have = {o.name for o in probe.graph.output}
+    probe.graph.output.extend([helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None)
+                               for t in outs if t not in have])
+    total = 1 + (len(cands) if autotune else 0)
+    if progress:
+        progress(0, total, "counting zeros on the calibration data")
+    sess = session(probe)
+    zeros = {t: [0, 0] for t in outs}
+    first_input = {}
+    for feeds in calibration.batches():
+        vals = sess.run(outs, feeds)
+        for t, v in list(zip(outs, vals)) + list(feeds.items()):
+            if t in zeros:
+                zeros[t][0] += int((v == 0).sum())
+                zeros[t][1] += int(v.size)
+            first_input.setdefault(t, np.asarray(v[:1], np.float32))
+    chosen = []
+    if progress:
+        progress(1, total, "")
+    for i, r in enumerate(cands):
+        z, n = zeros[r.output]
+        r.zeros = z / max(1, n)
+        r.replaced = False
+        if r.zeros < min_zeros:
+            r.reason = f"{r.zeros:.1%} zeros after {r.activation} < {min_zeros:.1%}"
+            continue
+        if autotune:
+            r.dense_ms, r.predicted_ms = _time_layer(src, r, first_input[r.input], threads, B)
+            if progress:
+                progress(2 + i, total, r.name)
+            if r.predicted_ms >= r.dense_ms:
+                r.reason = (f"slower when timed: {r.predicted_ms:.3f} vs {r.dense_ms:.3f} ms "
+                            f"({r.zeros:.1%} zeros)")
+                continue
+        r.reason = f"{r.zeros:.1%} zeros after {r.activation}" + (
+            f"; {r.predicted_ms:.3f} vs {r.dense_ms:.3f} ms" if autotune else "")
+        chosen.append(r.name)
+    pattern = "^(" + "|".join(re.escape(n) for n in chosen) + ")$" if chosen else "(?!)"
+    out, done = rewrite_predicted(src, include=pattern)
+    for r, d in zip(rows, done):
+        r.replaced = d.replaced
+    return out, rows
+
+
+def _time_layer(model: onnx.ModelProto, row: PredictedLayer, x: np.ndarray,
+                threads: Optional[int], B) -> Tuple[float, float]:
+    """(dense ms, PredictedConv ms) for the candidate alone on input x, interleaved medians."""
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    g = m.graph
+    keep = _chain(g, row)
+    sub = helper.make_graph(keep, "layer",
+                            [helper.make_tensor_value_info(row.input, onnx.TensorProto.FLOAT,
+                                                           list(x.shape))],
+                            [helper.make_tensor_value_info(row.output, onnx.TensorProto.FLOAT,
+                                                           None)],
+                            [t for t in g.initializer
+                             if t.name in {i for n in keep for i in n.input}])
+    dense = helper.make_model(sub, opset_imports=[o for o in m.opset_import if o.domain != DOMAIN],
+                              ir_version=m.ir_version)
+    pred, _ = rewrite_predicted(dense, include="^" + re.escape(row.name) + "$")
+    feeds = {row.input: np.ascontiguousarray(x, np.float32)}
+    with B.pinned(threads) as cfg:
+        ds = B.dense_session(dense, threads, config=cfg)
+        ps = B.sparse_session(pred, threads, config=cfg)
+        t = B.interleaved({"dense": lambda: ds.run(None, feeds),
+                           "predicted": lambda: ps.run(None, feeds)}, warmup=2, runs=15)
+    return float(np.median(t["dense"])), float(np.median(t["predicted"]))
+
+
+def _chain(g: onnx.GraphProto, row: PredictedLayer) -> List[onnx.NodeProto]:
+    """The Conv named row.name, the nodes after it up to the one writing row.output, and the
+    Constant nodes they read (e.g. Clip bounds)."""
+    names = node_names(g)
+    start = names.index(row.name)
+    out = [g.node[start]]
+    cur = g.node[start].output[0]
+    for n in g.node[start + 1:]:
+        if cur == row.output:
+            break
+        if cur in n.input:
+            out.append(n)
+            cur = n.output[0]
+    read = {i for n in out for i in n.input}
+    consts = [n for n in g.node if n.op_type == "Constant" and n.output and n.output[0] in read]
+    return consts + out

@@ -206,3 +206,80 @@ def test_rewrite_predicted_replaces_conv_relu_chains():
                                 providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
     y = sparsekit.session(pm).run(None, {"x": x})[0]
     np.testing.assert_allclose(y, want, rtol=0.05, atol=0.05 * float(np.abs(want).max()))
+
+
+def _digits():
+    import onnx
+
+    from models import digits
+    from pathlib import Path
+    root = Path(__file__).parent / "data"
+    d = digits.load_data(root / "digits.npz")
+    return onnx.load(str(root / "digits_cnn.onnx")), d
+
+
+def test_plan_predicted_follows_measured_zeros():
+    """A trained CNN on real digits: the zeros each layer's ReLU produces (counted here with
+    stock onnxruntime) decide which layers become PredictedConv."""
+    from onnx import helper as h
+
+    from sparsekit.calibration import Calibration
+    from sparsekit.predict import plan_predicted
+    m, d = _digits()
+    x = d["train_x"][:96]
+    name = m.graph.input[0].name
+    cal = Calibration({name: x}, 32)
+    probe = onnx_copy(m)
+    relus = [n.output[0] for n in m.graph.node if n.op_type == "Relu"][:3]
+    probe.graph.output.extend([h.make_tensor_value_info(t, TensorProto.FLOAT, None) for t in relus])
+    outs = ort.InferenceSession(probe.SerializeToString(),
+                                providers=["CPUExecutionProvider"]).run(relus, {name: x})
+    zeros = [float((o == 0).mean()) for o in outs]
+    cut = sorted(zeros)[1]           # the middle layer's zeros: it and the larger one qualify
+    pm, rows = plan_predicted(m, cal, min_zeros=cut)
+    got = {r.output: r for r in rows}
+    for t, z in zip(relus, zeros):
+        assert abs(got[t].zeros - z) < 1e-9
+        assert got[t].replaced == (z >= cut)
+    assert [n.op_type for n in pm.graph.node].count("PredictedConv") == 2
+    y = sparsekit.session(pm).run(None, {name: d["test_x"]})[0]
+    want = ort.InferenceSession(m.SerializeToString(),
+                                providers=["CPUExecutionProvider"]).run(None, {name: d["test_x"]})[0]
+    assert (y.argmax(1) == want.argmax(1)).mean() >= 0.99
+    # nothing qualifies above 100%; a bad threshold is an error
+    pm, rows = plan_predicted(m, cal, min_zeros=1.0)
+    assert not any(r.replaced for r in rows) and "PredictedConv" not in str(pm.graph)
+    with pytest.raises(sparsekit.SparsekitError, match="min_zeros"):
+        plan_predicted(m, cal, min_zeros=1.5)
+
+
+def onnx_copy(m):
+    import onnx
+    c = onnx.ModelProto()
+    c.CopyFrom(m)
+    return c
+
+
+def test_cli_convert_predict_relu(tmp_path, capsys):
+    import json
+
+    import onnx
+
+    from sparsekit.cli import main
+    m, d = _digits()
+    src = tmp_path / "m.onnx"
+    onnx.save(m, str(src))
+    cal = tmp_path / "cal.npz"
+    np.savez(cal, **{m.graph.input[0].name: d["train_x"][:64]})
+    out = tmp_path / "p.onnx"
+    code = main(["convert", str(src), "-o", str(out), "--predict-relu", "--calibration",
+                 str(cal), "--min-zeros", "0.3", "--json"])
+    rep = json.loads(capsys.readouterr().out)
+    assert code == 0
+    assert len(rep["predicted"]) == 3 and all(p["replaced"] for p in rep["predicted"])
+    assert [n.op_type for n in onnx.load(str(out)).graph.node].count("PredictedConv") == 3
+    for args, msg in [(["--predict-relu"], "--predict-relu needs --calibration"),
+                      (["--min-zeros", "0.5"], "are for --predict-relu")]:
+        code = main(["convert", str(src), "-o", str(tmp_path / "q.onnx")] + args)
+        assert code != 0 and msg in capsys.readouterr().err
+        assert not (tmp_path / "q.onnx").exists()
