@@ -211,7 +211,7 @@ def test_rewrite_predicted_replaces_conv_relu_chains():
 def _digits():
     import onnx
 
-    from models import digits
+    from sparsekit.models import digits
     from pathlib import Path
     root = Path(__file__).parent / "data"
     d = digits.load_data(root / "digits.npz")
