@@ -295,35 +295,47 @@ def test_spmv_bank_rejects_bad_input():
 
 
 # ------------------------------------------------------------------ prune + convert --
-def _torch_style_lstm(I=24, H=32, bidirectional=False, extra_attrs=None, P=False):
-    """What torch.onnx.export writes for nn.LSTM(batch_first=True): Transpose in, LSTM with
-    W/R/B initializers and initial states, Transpose/Reshape out; symbolic batch and seq."""
-    rng = np.random.default_rng(11)
+def _torch_style_rnn(op, I=24, H=32, bidirectional=False, extra_attrs=None, P=False):
+    """What torch.onnx.export writes for nn.LSTM / nn.GRU(batch_first=True): Transpose in, the
+    node with W/R/B initializers and initial state(s) (a GRU with linear_before_reset = 1),
+    Transpose/Reshape out; symbolic batch and seq."""
+    lstm = op == "LSTM"
+    G = 4 if lstm else 3
+    rng = np.random.default_rng(11 if lstm else 12)
     D = 2 if bidirectional else 1
-    W = (rng.standard_normal((D, 4 * H, I)) / np.sqrt(I)).astype(np.float32)
-    R = (rng.standard_normal((D, 4 * H, H)) / np.sqrt(H)).astype(np.float32)
-    B = (0.1 * rng.standard_normal((D, 8 * H))).astype(np.float32)
-    inits = [numpy_helper.from_array(W, "onnx::LSTM_W"), numpy_helper.from_array(R, "onnx::LSTM_R"),
-             numpy_helper.from_array(B, "onnx::LSTM_B"),
+    W = (rng.standard_normal((D, G * H, I)) / np.sqrt(I)).astype(np.float32)
+    R = (rng.standard_normal((D, G * H, H)) / np.sqrt(H)).astype(np.float32)
+    B = (0.1 * rng.standard_normal((D, 2 * G * H))).astype(np.float32)
+    inits = [numpy_helper.from_array(W, f"onnx::{op}_W"), numpy_helper.from_array(R, f"onnx::{op}_R"),
+             numpy_helper.from_array(B, f"onnx::{op}_B"),
              numpy_helper.from_array(np.array([0, 0, -1], np.int64), "shape")]
-    lstm_in = ["xt", "onnx::LSTM_W", "onnx::LSTM_R", "onnx::LSTM_B", "", "h0", "c0"]
+    states = ["h0", "c0"] if lstm else ["h0"]
+    node_in = ["xt", f"onnx::{op}_W", f"onnx::{op}_R", f"onnx::{op}_B", ""] + states
     if P:
         inits.append(numpy_helper.from_array(np.zeros((D, 3 * H), np.float32), "P"))
-        lstm_in.append("P")
+        node_in.append("P")
+    outs = ["y", "hn", "cn"] if lstm else ["y", "hn"]
+    attrs = dict(extra_attrs or {}) if lstm else dict(linear_before_reset=1, **(extra_attrs or {}))
     nodes = [
         helper.make_node("Transpose", ["input"], ["xt"], name="/Transpose", perm=[1, 0, 2]),
-        helper.make_node("LSTM", lstm_in, ["y", "hn", "cn"], name="/lstm/LSTM", hidden_size=H,
-                         direction="bidirectional" if bidirectional else "forward",
-                         **(extra_attrs or {})),
+        helper.make_node(op, node_in, outs, name=f"/{op.lower()}/{op}", hidden_size=H,
+                         direction="bidirectional" if bidirectional else "forward", **attrs),
         helper.make_node("Transpose", ["y"], ["yt"], name="/Transpose_1", perm=[2, 0, 1, 3]),
         helper.make_node("Reshape", ["yt", "shape"], ["output"], name="/Reshape"),
     ]
-    ins = [vinfo("input", ["batch", "seq", I]), vinfo("h0", [D, "batch", H]),
-           vinfo("c0", [D, "batch", H])]
-    g = helper.make_graph(nodes, "torch_lstm", ins, [vinfo("output", None), vinfo("hn", None),
-                                                      vinfo("cn", None)], inits)
+    ins = [vinfo("input", ["batch", "seq", I])] + [vinfo(n, [D, "batch", H]) for n in states]
+    g = helper.make_graph(nodes, f"torch_{op.lower()}", ins,
+                          [vinfo("output", None)] + [vinfo(n, None) for n in outs[1:]], inits)
     return helper.make_model(g, opset_imports=[helper.make_opsetid("", ONNX_OPSET)],
                              ir_version=IR_VERSION)
+
+
+def _torch_style_lstm(**kw):
+    return _torch_style_rnn("LSTM", **kw)
+
+
+def _torch_style_gru(**kw):
+    return _torch_style_rnn("GRU", **kw)
 
 
 @pytest.mark.parametrize("bidirectional", [False, True])
@@ -374,33 +386,6 @@ def test_convert_leaves_dense_lstm_dense():
     sparse, crep = sparsekit.convert(m)
     row = next(l for l in crep.layers if l.op == "LSTM")
     assert row.decision == "dense" and row.reason == "no zeros"
-
-
-def _torch_style_gru(I=24, H=32, bidirectional=False, extra_attrs=None):
-    """What torch.onnx.export writes for nn.GRU(batch_first=True): Transpose in, GRU with
-    linear_before_reset = 1 and W/R/B initializers, Transpose/Reshape out; symbolic dims."""
-    rng = np.random.default_rng(12)
-    D = 2 if bidirectional else 1
-    W = (rng.standard_normal((D, 3 * H, I)) / np.sqrt(I)).astype(np.float32)
-    R = (rng.standard_normal((D, 3 * H, H)) / np.sqrt(H)).astype(np.float32)
-    B = (0.1 * rng.standard_normal((D, 6 * H))).astype(np.float32)
-    inits = [numpy_helper.from_array(W, "onnx::GRU_W"), numpy_helper.from_array(R, "onnx::GRU_R"),
-             numpy_helper.from_array(B, "onnx::GRU_B"),
-             numpy_helper.from_array(np.array([0, 0, -1], np.int64), "shape")]
-    attrs = dict(linear_before_reset=1, **(extra_attrs or {}))
-    nodes = [
-        helper.make_node("Transpose", ["input"], ["xt"], name="/Transpose", perm=[1, 0, 2]),
-        helper.make_node("GRU", ["xt", "onnx::GRU_W", "onnx::GRU_R", "onnx::GRU_B", "", "h0"],
-                         ["y", "hn"], name="/gru/GRU", hidden_size=H,
-                         direction="bidirectional" if bidirectional else "forward", **attrs),
-        helper.make_node("Transpose", ["y"], ["yt"], name="/Transpose_1", perm=[2, 0, 1, 3]),
-        helper.make_node("Reshape", ["yt", "shape"], ["output"], name="/Reshape"),
-    ]
-    ins = [vinfo("input", ["batch", "seq", I]), vinfo("h0", [D, "batch", H])]
-    g = helper.make_graph(nodes, "torch_gru", ins, [vinfo("output", None), vinfo("hn", None)],
-                          inits)
-    return helper.make_model(g, opset_imports=[helper.make_opsetid("", ONNX_OPSET)],
-                             ir_version=IR_VERSION)
 
 
 @pytest.mark.parametrize("bidirectional", [False, True])
