@@ -95,25 +95,51 @@ using SpmvFn = void (*)(const BankMat& w, int g_begin, int g_end, const float* x
                         const float* init, float* y);
 
 // ---- ReLU-output prediction (SeerNet; docs/predict.md) ---------------------------------------
-// A conv/GEMM weight [M, K] in two forms: int8 per row (wq = round(w / wq_scale[m]), |wq| <= 127),
-// packed [ceil(M/8)][K4/4][8 rows][4 k] with zero padding (K4 = K rounded up to 4), and fp32.
+// A conv with taps T = kh*kw and C input channels; k runs over (tap, channel) with each tap's
+// channels padded to C4 = C rounded up to 4 (K4 = T*C4).  Its weight in two forms: low-bit
+// integers per output row m (wq = round(w / wq_scale[m]), |wq| <= wq_max <= 127) packed
+// [ceil(M/8)][K4/4][8 rows][4 k] with zero padding, and fp32 [M][T][C].
 struct PredictMat {
-  int M = 0, K = 0, K4 = 0;
+  int M = 0, C = 0, C4 = 0, taps = 0, K4 = 0;
   const int8_t* wq = nullptr;          // packed as above
   const int32_t* wq_rowsum = nullptr;  // [M] sum over k of wq[m][k]
   const float* wq_scale = nullptr;     // [M]
-  const float* w = nullptr;            // [M][K] full precision
+  const float* w = nullptr;            // [M][taps][C] full precision
   const float* bias = nullptr;         // [M]
   float hi = __builtin_inff();         // activation: min(hi, max(0, v))
+  // Steps of 4 k whose u8 x s8 pair sums (<= 2 * 127 * wq_max each) fit int16 together:
+  // 32767 / (2 * 127 * wq_max), 1 for 8-bit weights, 18 for 4-bit (|wq| <= 7).
+  int steps16 = 1;
+  int margin = 0;  // prediction units added before the decision (recall over skipped work)
 };
-// For n pixels given as xq [n][K4] (7-bit activations 0..127, zero past K) and xf [n][K] (the
-// same pixels in fp32), output (m, p) is predicted as
-//   fma(float(sum_k wq[m][k] * xq[p][k] - zx * wq_rowsum[m]), sx * wq_scale[m], bias[m])
-// and y[m * y_stride + p] = min(hi, max(0, w[m]·xf[p] + bias[m])) where that is > 0, else 0.
-// Returns how many outputs were computed in full precision.  The prediction is exact integer
-// arithmetic then one fma, so every ISA makes the same decisions.
-using PredictFn = int64_t (*)(const PredictMat& w, size_t n, const uint8_t* xq, const float* xf,
-                              float sx, int zx, float* y, ptrdiff_t y_stride);
+
+// One image in channels-last form and the conv's geometry.  x is [H][W][C] fp32; xq the same
+// pixels quantized to 7 bits, [H][W][C4] with 0 in the padding channels:
+//   xq = clamp(floor(x * inv + (zx + 0.5)), 0, 127) in float32 (the product rounded, then the
+//   sum: no fused multiply-add), inv = 1 / sx (0 when sx = 0).
+// Taps outside the image read x = 0, that is xq = zx.
+struct PredictImage {
+  const float* x = nullptr;
+  const uint8_t* xq = nullptr;
+  const float* zeros = nullptr;  // C zeros (the fp32 value of an outside tap)
+  int H = 0, W = 0, OW = 0;
+  int kh = 1, kw = 1, sh = 1, sw = 1, dh = 1, dw = 1, pt = 0, pl = 0;
+  float sx = 0.0f;
+  int zx = 0;
+};
+
+// Quantizes n pixels of C channels: xq[p][c] for c < C4 as above (0 for c >= C).
+using QuantizeFn = void (*)(const float* x, size_t n, int C, int C4, float sx, int zx,
+                            uint8_t* xq);
+
+// For output pixels [p0, p0 + n) (n <= 64), output (m, p) is predicted as
+//   fma(float(sum_k wq[m][k] * xq_p[k] - zx * wq_rowsum[m] + margin), sx * wq_scale[m], bias[m])
+// (xq_p: pixel p's taps, each C4 bytes) and y[m * y_stride + p - p0] = min(hi, max(0, w[m]·x_p +
+// bias[m])) where that is > 0, else 0.  scratch: n * K4 bytes.  Returns how many outputs were
+// computed in full precision.  The prediction is exact integer arithmetic then one fma, so every
+// ISA makes the same decisions.
+using PredictFn = int64_t (*)(const PredictMat& w, const PredictImage& img, int64_t p0, int n,
+                              uint8_t* scratch, float* y, ptrdiff_t y_stride);
 
 struct KernelTable {
   Isa isa;
@@ -127,6 +153,7 @@ struct KernelTable {
   DwMultiFn dwconv_multi;  // several planes per call (see DwMultiFn)
   int dw_multi_lanes;      // channels per vector in dwconv_multi (1: plane by plane)
   int b1_tile_pixels;      // pixels per register tile of the B=1 kernel
+  QuantizeFn predict_quantize;  // 7-bit activations for predict
   PredictFn predict;       // ReLU-output prediction + full precision where predicted positive
 };
 
@@ -136,11 +163,15 @@ const KernelTable* kernels_avx2();
 const KernelTable* kernels_avx512();
 const KernelTable* kernels_neon();
 // The prediction kernels (predict_ref.cpp, predict_avx2.cpp), shared by several tables.
-int64_t predict_ref(const PredictMat& w, size_t n, const uint8_t* xq, const float* xf, float sx,
-                    int zx, float* y, ptrdiff_t y_stride);
+void predict_quantize_ref(const float* x, size_t n, int C, int C4, float sx, int zx,
+                          uint8_t* xq);
+int64_t predict_ref(const PredictMat& w, const PredictImage& img, int64_t p0, int n,
+                    uint8_t* scratch, float* y, ptrdiff_t y_stride);
 #if defined(SK_HAVE_X86)
-int64_t predict_avx2(const PredictMat& w, size_t n, const uint8_t* xq, const float* xf, float sx,
-                     int zx, float* y, ptrdiff_t y_stride);
+void predict_quantize_avx2(const float* x, size_t n, int C, int C4, float sx, int zx,
+                           uint8_t* xq);
+int64_t predict_avx2(const PredictMat& w, const PredictImage& img, int64_t p0, int n,
+                     uint8_t* scratch, float* y, ptrdiff_t y_stride);
 #endif
 
 // The table for `isa`, or null if unavailable on this build/CPU.

@@ -1,106 +1,246 @@
-// AVX2 ReLU-output prediction (kernels.h, PredictFn), compiled with -mavx2 -mfma.
+// AVX2 ReLU-output prediction (kernels.h, PredictFn), compiled with -mavx2 -mfma
+// -ffp-contract=off (the quantization must round the product and the sum separately, as the
+// reference does).
 //
-// Prediction: 8 output rows per vector, 4 pixels at a time.  Per step of 4 k: one load of the
-// rows' packed int8 weights (8 rows x 4 k), the pixel's 4 activation bytes broadcast as one
-// int32, vpmaddubsw (u8 x s8, adjacent pairs summed to int16: activations are 7-bit, so
-// 2 * 127 * 127 cannot saturate) and vpmaddwd with ones (pairs to int32).  Then the same fma
-// as the reference decides; rows predicted positive get a full-precision dot product (8-wide
-// FMA over K, two accumulators).
+// Prediction tile: 16 output rows (two vectors of 8) x 4 pixels.  Per step of 4 k: one load of
+// each 8-row block's packed weights (8 rows x 4 k bytes), each pixel's 4 activation bytes
+// broadcast, vpmaddubsw (u8 x s8, adjacent pairs summed to int16).  The int16 results are
+// summed for steps16 steps (low-bit weights keep them in range), then vpmaddwd with ones widens
+// them into the int32 accumulators: with 4-bit weights one widening per 18 steps instead of one
+// per step.  Outputs predicted positive are computed in fp32, four rows of one pixel at a time
+// sharing the pixel's loads.
 #include <immintrin.h>
 
-#include "kernels/kernels.h"
+#include <algorithm>
+#include <vector>
+
+#include "kernels/predict_taps.h"
 
 namespace sk {
 namespace {
 
-inline float hsum(__m256 v) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_movehdup_ps(s));
-  return _mm_cvtss_f32(s);
-}
-
 alignas(32) const int32_t kTail[16] = {-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0};
+constexpr int kPixels = 4;  // pixels per prediction tile
 
-inline float dot(const float* a, const float* b, int K) {
-  __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
-  int k = 0;
-  for (; k + 16 <= K; k += 16) {
-    s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + k), _mm256_loadu_ps(b + k), s0);
-    s1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + k + 8), _mm256_loadu_ps(b + k + 8), s1);
+}  // namespace
+
+// 7-bit activations as defined in kernels.h: 32 channels per step, then the same scalar ops.
+void predict_quantize_avx2(const float* x, size_t n, int C, int C4, float sx, int zx,
+                           uint8_t* xq) {
+  const float inv = sx > 0.0f ? 1.0f / sx : 0.0f, off = float(zx) + 0.5f;
+  const __m256 vi = _mm256_set1_ps(inv), vo = _mm256_set1_ps(off);
+  const __m256 lo = _mm256_setzero_ps(), top = _mm256_set1_ps(127.0f);
+  // packs/packus work within 128-bit lanes: this puts the four 8-byte groups back in order
+  const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+  for (size_t p = 0; p < n; ++p) {
+    const float* f = x + p * C;
+    uint8_t* q = xq + p * C4;
+    int c = 0;
+    for (; c + 32 <= C; c += 32) {
+      __m256i v[4];
+      for (int j = 0; j < 4; ++j) {
+        const __m256 t = _mm256_add_ps(_mm256_mul_ps(_mm256_loadu_ps(f + c + 8 * j), vi), vo);
+        v[j] = _mm256_cvttps_epi32(_mm256_min_ps(_mm256_max_ps(t, lo), top));
+      }
+      const __m256i b = _mm256_packus_epi16(_mm256_packs_epi32(v[0], v[1]),
+                                            _mm256_packs_epi32(v[2], v[3]));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(q + c),
+                          _mm256_permutevar8x32_epi32(b, order));
+    }
+    for (; c < C; ++c) {
+      float t = f[c] * inv;
+      t = t + off;
+      t = t < 0.0f ? 0.0f : (t > 127.0f ? 127.0f : t);
+      q[c] = uint8_t(int(t));
+    }
+    for (; c < C4; ++c) q[c] = 0;
   }
-  if (k + 8 <= K) {
-    s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + k), _mm256_loadu_ps(b + k), s0);
-    k += 8;
-  }
-  if (k < K) {
-    const __m256i m = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(kTail + 8 - (K - k)));
-    s1 = _mm256_fmadd_ps(_mm256_maskload_ps(a + k, m), _mm256_maskload_ps(b + k, m), s1);
-  }
-  return hsum(_mm256_add_ps(s0, s1));
 }
 
-// Predictions for rows [8b, 8b+8) and NP pixels starting at p: acc[i] lane r = row 8b + r.
-template <int NP>
-inline void predict_block(const PredictMat& w, int b, const uint8_t* xq, __m256i* acc) {
+namespace {
+
+// Integer predictions of V blocks of 8 rows (from block b) for R pixels: acc[v][r] lane i is
+// sum_k wq[8(b+v)+i][k] * xq[r][k].
+template <int V, int R>
+inline void predict_tile(const PredictMat& w, int b, const uint8_t* xq, __m256i (&acc)[V][R]) {
   const __m256i ones = _mm256_set1_epi16(1);
-  for (int i = 0; i < NP; ++i) acc[i] = _mm256_setzero_si256();
+  const int nk = w.K4 / 4;
   const int8_t* wb = w.wq + static_cast<ptrdiff_t>(b) * w.K4 * 8;
-  for (int k4 = 0; k4 < w.K4 / 4; ++k4) {
-    const __m256i wv = _mm256_load_si256(reinterpret_cast<const __m256i*>(wb + k4 * 32));
-    for (int i = 0; i < NP; ++i) {
-      int32_t xb;
-      __builtin_memcpy(&xb, xq + static_cast<ptrdiff_t>(i) * w.K4 + k4 * 4, 4);
-      const __m256i xv = _mm256_set1_epi32(xb);
-      acc[i] = _mm256_add_epi32(acc[i], _mm256_madd_epi16(_mm256_maddubs_epi16(xv, wv), ones));
+  for (int v = 0; v < V; ++v)
+    for (int r = 0; r < R; ++r) acc[v][r] = _mm256_setzero_si256();
+  for (int k0 = 0; k0 < nk; k0 += w.steps16) {
+    const int k1 = std::min(nk, k0 + w.steps16);
+    __m256i s[V][R];
+    for (int v = 0; v < V; ++v)
+      for (int r = 0; r < R; ++r) s[v][r] = _mm256_setzero_si256();
+    for (int k = k0; k < k1; ++k) {
+      __m256i wv[V];
+      for (int v = 0; v < V; ++v)
+        wv[v] = _mm256_load_si256(
+            reinterpret_cast<const __m256i*>(wb + static_cast<ptrdiff_t>(v) * w.K4 * 8 + k * 32));
+      for (int r = 0; r < R; ++r) {
+        int32_t xb;
+        __builtin_memcpy(&xb, xq + static_cast<ptrdiff_t>(r) * w.K4 + 4 * k, 4);
+        const __m256i xv = _mm256_set1_epi32(xb);
+        for (int v = 0; v < V; ++v)
+          s[v][r] = _mm256_add_epi16(s[v][r], _mm256_maddubs_epi16(xv, wv[v]));
+      }
     }
+    for (int v = 0; v < V; ++v)
+      for (int r = 0; r < R; ++r)
+        acc[v][r] = _mm256_add_epi32(acc[v][r], _mm256_madd_epi16(s[v][r], ones));
+  }
+}
+
+inline __m256 mask_tail(int rem) {
+  return _mm256_castsi256_ps(
+      _mm256_loadu_si256(reinterpret_cast<const __m256i*>(kTail + 8 - rem)));
+}
+
+// Dot products of N pixels' taps with weight row wr ([taps][C]), in the low N lanes:
+// runs[j * taps + t] points to pixel j's C channels of tap t.
+template <int N>
+inline __m128 dot_taps(const float* const* runs, const float* wr, int taps, int C) {
+  __m256 s[8];
+  for (int i = 0; i < 8; ++i) s[i] = _mm256_setzero_ps();
+  const __m256i tail = _mm256_castps_si256(mask_tail(C % 8 ? C % 8 : 8));
+  for (int t = 0; t < taps; ++t, wr += C) {
+    const float* a[N];
+    for (int j = 0; j < N; ++j) a[j] = runs[j * taps + t];
+    int c = 0;
+    for (; c + 16 <= C; c += 16) {
+      const __m256 w0 = _mm256_loadu_ps(wr + c), w1 = _mm256_loadu_ps(wr + c + 8);
+      for (int j = 0; j < N; ++j) {
+        s[j] = _mm256_fmadd_ps(_mm256_loadu_ps(a[j] + c), w0, s[j]);
+        s[4 + j] = _mm256_fmadd_ps(_mm256_loadu_ps(a[j] + c + 8), w1, s[4 + j]);
+      }
+    }
+    if (c + 8 <= C) {
+      const __m256 w0 = _mm256_loadu_ps(wr + c);
+      for (int j = 0; j < N; ++j) s[j] = _mm256_fmadd_ps(_mm256_loadu_ps(a[j] + c), w0, s[j]);
+      c += 8;
+    }
+    if (c < C) {
+      const __m256 w0 = _mm256_maskload_ps(wr + c, tail);
+      for (int j = 0; j < N; ++j)
+        s[4 + j] = _mm256_fmadd_ps(_mm256_maskload_ps(a[j] + c, tail), w0, s[4 + j]);
+    }
+  }
+  for (int i = 0; i < 4; ++i) s[i] = _mm256_add_ps(s[i], s[4 + i]);
+  const __m256 t = _mm256_hadd_ps(_mm256_hadd_ps(s[0], s[1]), _mm256_hadd_ps(s[2], s[3]));
+  return _mm_add_ps(_mm256_castps256_ps128(t), _mm256_extractf128_ps(t, 1));
+}
+
+// Per-row constants of the decision for V blocks from block b.
+template <int V>
+struct Decision {
+  alignas(32) float scale[8 * V], bias[8 * V];
+  alignas(32) int32_t shift[8 * V];  // zx * rowsum - margin
+  int live[V];                       // rows that exist, per block
+
+  Decision(const PredictMat& w, int b, float sx, int zx) {
+    for (int i = 0; i < 8 * V; ++i) {
+      const int m = 8 * b + i;
+      const bool ok = m < w.M;
+      scale[i] = ok ? sx * w.wq_scale[m] : 0.0f;
+      bias[i] = ok ? w.bias[m] : 0.0f;
+      shift[i] = ok ? zx * w.wq_rowsum[m] - w.margin : 0;
+    }
+    for (int v = 0; v < V; ++v) {
+      const int rows = std::min(8, w.M - 8 * (b + v));
+      live[v] = (1 << rows) - 1;
+    }
+  }
+
+  // Marks pixel p in positive[m] for the rows of block b + v predicted positive.
+  void mark(int v, __m256i acc, int b, int p, uint64_t* positive) const {
+    const __m256i a = _mm256_sub_epi32(
+        acc, _mm256_load_si256(reinterpret_cast<const __m256i*>(shift + 8 * v)));
+    const __m256 pred = _mm256_fmadd_ps(_mm256_cvtepi32_ps(a), _mm256_load_ps(scale + 8 * v),
+                                        _mm256_load_ps(bias + 8 * v));
+    int mask =
+        _mm256_movemask_ps(_mm256_cmp_ps(pred, _mm256_setzero_ps(), _CMP_GT_OQ)) & live[v];
+    while (mask) {
+      positive[8 * (b + v) + __builtin_ctz(mask)] |= uint64_t(1) << p;
+      mask &= mask - 1;
+    }
+  }
+};
+
+// Predictions of blocks [b, b+V) for all n pixels, marked in positive[m].
+template <int V>
+void predict_blocks(const PredictMat& w, int b, size_t n, float sx, int zx, const uint8_t* xq,
+                    uint64_t* positive) {
+  const Decision<V> d(w, b, sx, zx);
+  size_t p = 0;
+  for (; p + kPixels <= n; p += kPixels) {
+    __m256i acc[V][kPixels];
+    predict_tile<V, kPixels>(w, b, xq + p * w.K4, acc);
+    for (int v = 0; v < V; ++v)
+      for (int r = 0; r < kPixels; ++r) d.mark(v, acc[v][r], b, int(p) + r, positive);
+  }
+  for (; p < n; ++p) {
+    __m256i acc[V][1];
+    predict_tile<V, 1>(w, b, xq + p * w.K4, acc);
+    for (int v = 0; v < V; ++v) d.mark(v, acc[v][0], b, int(p), positive);
+  }
+}
+
+// Full precision for row m at the pixels marked in `bits` (runs: each pixel's taps), four
+// pixels sharing each load of the weight row; written to y[p] (row m's outputs).
+inline void exact_row(const PredictMat& w, int m, uint64_t bits, const float* const* runs,
+                      float* y) {
+  const float* wr = w.w + static_cast<ptrdiff_t>(m) * w.taps * w.C;
+  const __m128 zero = _mm_setzero_ps(), hi = _mm_set1_ps(w.hi), bias = _mm_set1_ps(w.bias[m]);
+  const float* group[4 * 64];
+  while (bits) {
+    int pix[4], c = 0;
+    for (; c < 4 && bits; ++c) {
+      pix[c] = __builtin_ctzll(bits);
+      bits &= bits - 1;
+      std::copy(runs + pix[c] * w.taps, runs + (pix[c] + 1) * w.taps, group + c * w.taps);
+    }
+    const __m128 v = c == 4   ? dot_taps<4>(group, wr, w.taps, w.C)
+                     : c == 3 ? dot_taps<3>(group, wr, w.taps, w.C)
+                     : c == 2 ? dot_taps<2>(group, wr, w.taps, w.C)
+                              : dot_taps<1>(group, wr, w.taps, w.C);
+    alignas(16) float out[4];
+    _mm_store_ps(out, _mm_min_ps(_mm_max_ps(_mm_add_ps(v, bias), zero), hi));
+    for (int j = 0; j < c; ++j) y[pix[j]] = out[j];
   }
 }
 
 }  // namespace
 
-int64_t predict_avx2(const PredictMat& w, size_t n, const uint8_t* xq, const float* xf, float sx,
-                     int zx, float* y, ptrdiff_t y_stride) {
-  int64_t computed = 0;
+int64_t predict_avx2(const PredictMat& w, const PredictImage& img, int64_t p0, int n,
+                     uint8_t* scratch, float* y, ptrdiff_t y_stride) {
+  gather_quantized(w, img, p0, n, scratch);
+  // Whole tile predicted first, then each row's positives computed together: the row's
+  // weights are loaded once per four pixels and no group is left part-filled across rows.
+  uint64_t positive[1024];
+  std::vector<uint64_t> heap;
+  uint64_t* pos = positive;
+  if (w.M > 1024) {
+    heap.assign(size_t(w.M), 0);
+    pos = heap.data();
+  } else {
+    std::fill(positive, positive + w.M, 0);
+  }
   const int nb = (w.M + 7) / 8;
-  const __m256 zero = _mm256_setzero_ps();
-  for (int b = 0; b < nb; ++b) {
-    const int rows = w.M - 8 * b < 8 ? w.M - 8 * b : 8;
-    alignas(32) float scale[8] = {0}, bias[8] = {0};
-    alignas(32) int32_t zsum[8] = {0};
-    for (int r = 0; r < rows; ++r) {
-      scale[r] = sx * w.wq_scale[8 * b + r];
-      bias[r] = w.bias[8 * b + r];
-      zsum[r] = zx * w.wq_rowsum[8 * b + r];
-    }
-    const __m256 vs = _mm256_load_ps(scale), vb = _mm256_load_ps(bias);
-    const __m256i vz = _mm256_load_si256(reinterpret_cast<const __m256i*>(zsum));
-    const int live = (1 << rows) - 1;
-    size_t p = 0;
-    auto finish = [&](size_t pp, __m256i a) {
-      const __m256 pred = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(a, vz)), vs, vb);
-      int mask = _mm256_movemask_ps(_mm256_cmp_ps(pred, zero, _CMP_GT_OQ)) & live;
-      for (int r = 0; r < rows; ++r) y[(8 * b + r) * y_stride + static_cast<ptrdiff_t>(pp)] = 0.0f;
-      while (mask) {
-        const int r = __builtin_ctz(mask);
-        mask &= mask - 1;
-        const int m = 8 * b + r;
-        float v = dot(w.w + static_cast<ptrdiff_t>(m) * w.K, xf + pp * w.K, w.K) + w.bias[m];
-        v = v > 0.0f ? (v < w.hi ? v : w.hi) : 0.0f;
-        y[m * y_stride + static_cast<ptrdiff_t>(pp)] = v;
-        ++computed;
-      }
-    };
-    for (; p + 4 <= n; p += 4) {
-      __m256i acc[4];
-      predict_block<4>(w, b, xq + p * w.K4, acc);
-      for (int i = 0; i < 4; ++i) finish(p + i, acc[i]);
-    }
-    for (; p < n; ++p) {
-      __m256i acc[1];
-      predict_block<1>(w, b, xq + p * w.K4, acc);
-      finish(p, acc[0]);
-    }
+  for (int b = 0; b < nb; b += 2) {
+    if (b + 1 < nb)
+      predict_blocks<2>(w, b, size_t(n), img.sx, img.zx, scratch, pos);
+    else
+      predict_blocks<1>(w, b, size_t(n), img.sx, img.zx, scratch, pos);
+  }
+  std::vector<const float*> runs(size_t(n) * w.taps);
+  for (int i = 0; i < n; ++i) tap_runs(w, img, p0 + i, runs.data() + i * w.taps);
+  int64_t computed = 0;
+  for (int m = 0; m < w.M; ++m) {
+    float* ym = y + static_cast<ptrdiff_t>(m) * y_stride;
+    std::fill(ym, ym + n, 0.0f);
+    exact_row(w, m, pos[m], runs.data(), ym);
+    computed += __builtin_popcountll(pos[m]);
   }
   return computed;
 }

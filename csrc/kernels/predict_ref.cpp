@@ -1,36 +1,58 @@
-// Scalar reference of the ReLU-output prediction kernel (kernels.h, PredictFn): the definition
-// the SIMD versions are tested against.
+// Scalar reference of the ReLU-output prediction kernels (kernels.h, QuantizeFn and PredictFn):
+// the definition the SIMD versions are tested against.  Compiled with -ffp-contract=off: the
+// quantization is a rounded product then a rounded sum, as in the numpy model
+// (sparsekit.predict.prediction_units).
 #include <cmath>
+#include <vector>
 
-#include "kernels/kernels.h"
+#include "kernels/predict_taps.h"
 
 namespace sk {
 
-int64_t predict_ref(const PredictMat& w, size_t n, const uint8_t* xq, const float* xf, float sx,
-                    int zx, float* y, ptrdiff_t y_stride) {
+void predict_quantize_ref(const float* x, size_t n, int C, int C4, float sx, int zx,
+                          uint8_t* xq) {
+  const float inv = sx > 0.0f ? 1.0f / sx : 0.0f, off = float(zx) + 0.5f;
+  for (size_t p = 0; p < n; ++p) {
+    const float* f = x + p * C;
+    uint8_t* q = xq + p * C4;
+    for (int c = 0; c < C; ++c) {
+      float t = f[c] * inv;
+      t = t + off;
+      t = t < 0.0f ? 0.0f : (t > 127.0f ? 127.0f : t);
+      q[c] = uint8_t(int(t));  // t >= 0: truncation is floor
+    }
+    for (int c = C; c < C4; ++c) q[c] = 0;
+  }
+}
+
+int64_t predict_ref(const PredictMat& w, const PredictImage& img, int64_t p0, int n,
+                    uint8_t* scratch, float* y, ptrdiff_t y_stride) {
+  gather_quantized(w, img, p0, n, scratch);
+  std::vector<const float*> runs(size_t(w.taps));
   int64_t computed = 0;
   for (int m = 0; m < w.M; ++m) {
-    // row m of the packed int8 weights: block m/8, lane m%8, 4 k per step
+    // row m of the packed weights: block m/8, lane m%8, 4 k per step
     const int8_t* wb = w.wq + static_cast<ptrdiff_t>(m / 8) * w.K4 * 8 + (m % 8) * 4;
-    const float scale = sx * w.wq_scale[m];
-    const float* wf = w.w + static_cast<ptrdiff_t>(m) * w.K;
-    for (size_t p = 0; p < n; ++p) {
-      const uint8_t* xp = xq + p * w.K4;
+    const float scale = img.sx * w.wq_scale[m];
+    const float* wf = w.w + static_cast<ptrdiff_t>(m) * w.taps * w.C;
+    for (int p = 0; p < n; ++p) {
+      const uint8_t* xp = scratch + static_cast<ptrdiff_t>(p) * w.K4;
       int32_t acc = 0;
       for (int k4 = 0; k4 < w.K4 / 4; ++k4)
         for (int j = 0; j < 4; ++j) acc += int32_t(wb[k4 * 32 + j]) * int32_t(xp[k4 * 4 + j]);
-      const float pred =
-          std::fma(static_cast<float>(acc - zx * w.wq_rowsum[m]), scale, w.bias[m]);
+      const float pred = std::fma(static_cast<float>(acc - img.zx * w.wq_rowsum[m] + w.margin),
+                                  scale, w.bias[m]);
       float out = 0.0f;
       if (pred > 0.0f) {
-        const float* xr = xf + p * w.K;
+        tap_runs(w, img, p0 + p, runs.data());
         float v = 0.0f;
-        for (int k = 0; k < w.K; ++k) v += wf[k] * xr[k];
+        for (int t = 0; t < w.taps; ++t)
+          for (int c = 0; c < w.C; ++c) v += wf[t * w.C + c] * runs[size_t(t)][c];
         v += w.bias[m];
         out = v > 0.0f ? (v < w.hi ? v : w.hi) : 0.0f;
         ++computed;
       }
-      y[m * y_stride + static_cast<ptrdiff_t>(p)] = out;
+      y[m * y_stride + p] = out;
     }
   }
   return computed;

@@ -94,18 +94,15 @@ class PredictedConvKernel {
   void compute(OrtKernelContext* ctx) const;
 
  private:
-  // Pixel-major im2col of pixels [p0, p0 + n) of one image into xf [n][K], 7-bit quantized
-  // into xq [n][K4] (zero past K).
-  void gather(const float* x_img, int64_t H, int64_t W, int64_t OW, int64_t p0, int64_t n,
-              float sx, int zx, float* xf, uint8_t* xq) const;
-
   Api api_;
   const sk::KernelTable* kt_;
-  int64_t M_, C_, kh_, kw_, sh_, sw_, pt_, pl_, pb_, pr_, dh_, dw_, K_, K4_;
+  int64_t M_, C_, kh_, kw_, sh_, sw_, pt_, pl_, pb_, pr_, dh_, dw_, K_, C4_, K4_;
   float hi_;
-  AVec<float> w_;          // [M][K] full precision
+  int steps16_;            // sk::PredictMat::steps16 for these weights
+  int margin_;             // attribute 'margin'
+  AVec<float> w_;          // [M][kh*kw][C] full precision
   AVec<float> bias_;       // [M] (zeros when absent)
-  AVec<int8_t> wq_;        // packed [ceil(M/8)][K4/4][8][4]
+  AVec<int8_t> wq_;        // packed [ceil(M/8)][K4/4][8][4], k = tap * C4 + c
   AVec<float> wq_scale_;   // [M]
   AVec<int32_t> wq_rowsum_;
 };

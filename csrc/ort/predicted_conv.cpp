@@ -37,7 +37,12 @@ PredictedConvKernel::PredictedConvKernel(const Api& api, const OrtKernelInfo* in
   if (double(M_) * double(C_) * double(kh_) * double(kw_) > double(INT32_MAX) / 2)
     throw Error("W has shape " + W.shape_str() + ", which is too large");
   K_ = C_ * kh_ * kw_;
-  K4_ = (K_ + 3) / 4 * 4;
+  C4_ = (C_ + 3) / 4 * 4;
+  K4_ = kh_ * kw_ * C4_;
+  // the integer prediction sums up to K products of 127 * 127 (plus the margin) in int32
+  if (K_ > 65536)
+    throw Error("W has shape " + W.shape_str() + ": in_channels*kh*kw = " + s(K_) +
+                " exceeds 65536, the most the int32 prediction can sum");
   if (a.has("kernel_shape")) {
     const auto ks = conv_pair_attr(a, "kernel_shape", {}, 1);
     if (ks[0] != kh_ || ks[1] != kw_)
@@ -55,10 +60,21 @@ PredictedConvKernel::PredictedConvKernel(const Api& api, const OrtKernelInfo* in
     throw Error("attribute 'activation' must be \"relu\" or \"clip\" with clip_min = 0 (the "
                 "prediction skips outputs the activation sets to 0)");
   hi_ = act.hi;
+  const int64_t margin = a.get_int("margin", 0);
+  if (margin < 0 || margin > (1 << 24))
+    throw Error("attribute 'margin' = " + s(margin) + " must be in [0, 2^24]");
+  margin_ = int(margin);
+  // the kernels read each tap's channels contiguously (channels-last): W as [M][kh*kw][C]
+  const int64_t taps = kh_ * kw_;
   const float* wp = static_cast<const float*>(W.data);
-  w_.assign(wp, wp + M_ * K_);
-  for (float v : w_)
-    if (!std::isfinite(v)) throw Error("W has a non-finite value");
+  w_.assign(size_t(M_ * K_), 0.0f);
+  for (int64_t m = 0; m < M_; ++m)
+    for (int64_t c = 0; c < C_; ++c)
+      for (int64_t t = 0; t < taps; ++t) {
+        const float v = wp[(m * C_ + c) * taps + t];
+        if (!std::isfinite(v)) throw Error("W has a non-finite value");
+        w_[size_t((m * taps + t) * C_ + c)] = v;
+      }
   bias_ = read_bias(api, info, kPBias, M_, "W.shape[0] = out_channels");
   if (bias_.empty()) bias_.assign(size_t(M_), 0.0f);
 
@@ -80,53 +96,27 @@ PredictedConvKernel::PredictedConvKernel(const Api& api, const OrtKernelInfo* in
     if (!(std::isfinite(wq_scale_[size_t(m)]) && wq_scale_[size_t(m)] >= 0.0f))
       throw Error("W_q_scale[" + s(m) + "] = " + std::to_string(wq_scale_[size_t(m)]) +
                   " is not a finite value >= 0");
-  // packed [ceil(M/8)][K4/4][8 rows][4 k], zero padded; -128 is excluded so |w_q| <= 127
+  // packed [ceil(M/8)][K4/4][8 rows][4 k] with k = tap * C4 + c, zero padded; -128 is
+  // excluded so |w_q| <= 127
   const int64_t nb = (M_ + 7) / 8;
   wq_.assign(size_t(nb * K4_ * 8), 0);
   wq_rowsum_.assign(size_t(M_), 0);
+  int wq_max = 1;
   for (int64_t m = 0; m < M_; ++m)
     for (int64_t k = 0; k < K_; ++k) {
       const int8_t v = qp[m * K_ + k];
       if (v == -128) throw Error("W_q[" + s(m) + ", " + s(k) + "] = -128 (must be in [-127, 127])");
-      wq_[size_t((m / 8) * K4_ * 8 + (k / 4) * 32 + (m % 8) * 4 + k % 4)] = v;
+      const int64_t kk = (k % taps) * C4_ + k / taps;  // W_q's k runs over (c, tap)
+      wq_[size_t((m / 8) * K4_ * 8 + (kk / 4) * 32 + (m % 8) * 4 + kk % 4)] = v;
       wq_rowsum_[size_t(m)] += v;
+      wq_max = std::max(wq_max, std::abs(int(v)));
     }
+  // low-bit weights let the kernels sum several steps' int16 pair sums before widening
+  steps16_ = std::max(1, 32767 / (2 * 127 * wq_max));
   log_verbose(api, info,
               std::string("sparsekit PredictedConv '") + node_name(api, info) + "': kernels " +
-                  kt_->name + ", M=" + s(M_) + " K=" + s(K_));
-}
-
-void PredictedConvKernel::gather(const float* x_img, int64_t H, int64_t W, int64_t OW,
-                                 int64_t p0, int64_t n, float sx, int zx, float* xf,
-                                 uint8_t* xq) const {
-  // Channel-major first (row segments, contiguous along the output row), then one transpose to
-  // pixel-major; the scalar per-element version with lround was ~70% of the op's time.
-  Scratch<float> cm(size_t(K_ * n));
-  int64_t k = 0;
-  for (int64_t c = 0; c < C_; ++c)
-    for (int64_t ky = 0; ky < kh_; ++ky)
-      for (int64_t kx = 0; kx < kw_; ++kx, ++k) {
-        float* d = cm.get() + k * n;
-        const float* xc = x_img + c * H * W;
-        for (int64_t i = 0; i < n; ++i) {
-          const int64_t oy = (p0 + i) / OW, ox = (p0 + i) % OW;
-          const int64_t iy = oy * sh_ - pt_ + ky * dh_, ix = ox * sw_ - pl_ + kx * dw_;
-          d[i] = (iy >= 0 && iy < H && ix >= 0 && ix < W) ? xc[iy * W + ix] : 0.0f;
-        }
-      }
-  transpose(cm.get(), n, xf, K_, K_, n);
-  // q = clamp(floor(x / sx + zx + 0.5), 0, 127), in float32 (docs/predict.md)
-  const float inv = sx > 0.0f ? 1.0f / sx : 0.0f, off = float(zx) + 0.5f;
-  for (int64_t i = 0; i < n; ++i) {
-    const float* f = xf + i * K_;
-    uint8_t* q = xq + i * K4_;
-    for (int64_t j = 0; j < K_; ++j) {
-      float t = f[j] * inv + off;
-      t = t < 0.0f ? 0.0f : (t > 127.0f ? 127.0f : t);
-      q[j] = uint8_t(int(t));  // t >= 0: truncation is floor
-    }
-    for (int64_t j = K_; j < K4_; ++j) q[j] = 0;
-  }
+                  kt_->name + ", M=" + s(M_) + " K=" + s(K_) + " |W_q| <= " + s(wq_max) +
+                  " margin=" + s(margin_));
 }
 
 void PredictedConvKernel::compute(OrtKernelContext* ctx) const {
@@ -145,28 +135,44 @@ void PredictedConvKernel::compute(OrtKernelContext* ctx) const {
   if (N == 0 || P == 0) return;
   const float* x = static_cast<const float*>(X.data);
   sk::PredictMat pm;
-  pm.M = int(M_), pm.K = int(K_), pm.K4 = int(K4_);
+  pm.M = int(M_), pm.C = int(C_), pm.C4 = int(C4_), pm.taps = int(kh_ * kw_), pm.K4 = int(K4_);
   pm.wq = wq_.data(), pm.wq_rowsum = wq_rowsum_.data(), pm.wq_scale = wq_scale_.data();
   pm.w = w_.data(), pm.bias = bias_.data(), pm.hi = hi_;
+  pm.steps16 = steps16_, pm.margin = margin_;
+  sk::PredictImage img;
+  img.H = int(H), img.W = int(W), img.OW = int(OW);
+  img.kh = int(kh_), img.kw = int(kw_), img.sh = int(sh_), img.sw = int(sw_);
+  img.dh = int(dh_), img.dw = int(dw_), img.pt = int(pt_), img.pl = int(pl_);
+  const int64_t HW = H * W;
+  Scratch<float> xhwc(size_t(HW * C_)), zeros{size_t(C_)};
+  std::fill(zeros.get(), zeros.get() + C_, 0.0f);
+  Scratch<uint8_t> xq(size_t(HW * C4_));
+  img.x = xhwc.get(), img.xq = xq.get(), img.zeros = zeros.get();
   const int64_t ntiles = (P + kTile - 1) / kTile;
   for (int64_t n = 0; n < N; ++n) {
     // 7-bit activations per image: [0, max] -> 0..127, or [min, max] with a zero point
-    const float* xi = x + n * C_ * H * W;
+    const float* xi = x + n * C_ * HW;
     float lo = 0.0f, hi = 0.0f;
-    for (int64_t i = 0; i < C_ * H * W; ++i) {
+    for (int64_t i = 0; i < C_ * HW; ++i) {
       if (!std::isfinite(xi[i])) throw Error("X has a non-finite value");
       lo = std::min(lo, xi[i]);
       hi = std::max(hi, xi[i]);
     }
-    const float sx = (hi - lo) / 127.0f;
-    const int zx = sx > 0.0f ? int(std::lround(-lo / sx)) : 0;
+    img.sx = (hi - lo) / 127.0f;
+    img.zx = img.sx > 0.0f ? int(std::lround(-lo / img.sx)) : 0;
+    // channels-last copies (fp32 and 7-bit), in row bands across the threads
+    const int64_t bands = std::min<int64_t>(H, 16);
+    parallel_for(api_, ctx, size_t(bands), [&](size_t i) {
+      const int64_t r0 = H * int64_t(i) / bands, r1 = H * int64_t(i + 1) / bands;
+      transpose(xi + r0 * W, HW, xhwc.get() + r0 * W * C_, C_, C_, (r1 - r0) * W);
+      kt_->predict_quantize(xhwc.get() + r0 * W * C_, size_t((r1 - r0) * W), int(C_), int(C4_),
+                            img.sx, img.zx, xq.get() + r0 * W * C4_);
+    });
     float* yi = y + n * M_ * P;
     parallel_for(api_, ctx, size_t(ntiles), [&](size_t t) {
       const int64_t p0 = int64_t(t) * kTile, len = std::min(kTile, P - p0);
-      Scratch<float> xf(size_t(len * K_));
-      Scratch<uint8_t> xq(size_t(len * K4_));
-      gather(xi, H, W, OW, p0, len, sx, zx, xf.get(), xq.get());
-      kt_->predict(pm, size_t(len), xq.get(), xf.get(), sx, zx, yi + p0, P);
+      Scratch<uint8_t> rows(size_t(len * K4_));
+      kt_->predict(pm, img, p0, int(len), rows.get(), yi + p0, P);
     });
   }
 }
