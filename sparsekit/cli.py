@@ -339,12 +339,18 @@ def _parse_max_density(values) -> dict:
                    "--calibration shows enough zeros (and, with --autotune, where it is faster).")
 @click.option("--min-zeros", type=click.FloatRange(0.0, 1.0), default=None,
               help="--predict-relu: least fraction of zeros after the activation (default 0.7).")
+@click.option("--recall", type=click.FloatRange(0.0, 1.0, min_open=True), default=None,
+              help="--predict-relu: fraction of each layer's positive outputs the prediction "
+                   "must keep on the calibration data; sets its margin (default 0.999).")
+@click.option("--predict-bits", type=click.IntRange(2, 8), default=None,
+              help="--predict-relu: bits of the prediction's weights (default 4: faster on "
+                   "AVX2; 8: fewer outputs to compute for the same recall).")
 @calibration_options
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option("--force", is_flag=True, help="Overwrite the output file if it exists.")
 def convert(model, output, autotune, threads, max_density, dim, no_depthwise, include, exclude,
-            predict_relu, min_zeros, calibration, preprocess, calibration_samples, batch_size,
-            as_json, force):
+            predict_relu, min_zeros, recall, predict_bits, calibration, preprocess,
+            calibration_samples, batch_size, as_json, force):
     """Rewrite MODEL's sparse layers into ai.sparsekit ops with packed weights.
 
     Reads the recipe `prune` recorded, or detects 1x4 blocks and bank-balanced rows from the
@@ -359,8 +365,10 @@ def convert(model, output, autotune, threads, max_density, dim, no_depthwise, in
 
     limits = _parse_max_density(max_density)
     dims = parse_shapes(dim)
-    if not predict_relu and (min_zeros is not None or calibration):
-        raise SparsekitError("--min-zeros and --calibration are for --predict-relu")
+    if not predict_relu and (min_zeros is not None or recall is not None
+                             or predict_bits is not None or calibration):
+        raise SparsekitError("--min-zeros, --recall, --predict-bits and --calibration are for "
+                             "--predict-relu")
     io.check_output_path(output, force, inputs=(model,))
     source = io.load_model(model)
     calib = load_calibration_option(calibration, preprocess, calibration_samples, batch_size,
@@ -375,10 +383,12 @@ def convert(model, output, autotune, threads, max_density, dim, no_depthwise, in
                                         progress=progress)
     predicted = []
     if predict_relu:
-        from .predict import DEFAULT_MIN_ZEROS, plan_predicted
+        from .predict import DEFAULT_BITS, DEFAULT_MIN_ZEROS, DEFAULT_RECALL, plan_predicted
         with layer_progress("predicting", enabled=not as_json) as progress:
             converted, rows = plan_predicted(
                 converted, calib, min_zeros=DEFAULT_MIN_ZEROS if min_zeros is None else min_zeros,
+                recall=DEFAULT_RECALL if recall is None else recall,
+                bits=DEFAULT_BITS if predict_bits is None else predict_bits,
                 autotune=autotune, threads=threads, include=include, exclude=exclude,
                 progress=progress)
         predicted = [r for r in rows if r.activation]
@@ -417,14 +427,17 @@ def convert(model, output, autotune, threads, max_density, dim, no_depthwise, in
               + (f" ({ratio:.3f}x)" if ratio is not None else ""))
     if predict_relu:
         ptable = Table(title="ReLU-output prediction (--predict-relu)")
-        for col in ["layer", "weight", "result", "zeros"] + (["dense ms", "predicted ms"]
-                                                            if autotune else []) + ["why"]:
-            ptable.add_column(col, justify="right" if col in ("zeros", "dense ms",
-                                                             "predicted ms") else "left")
+        nums = ("zeros", "margin", "recall", "computed", "dense ms", "predicted ms")
+        for col in ["layer", "weight", "result", "zeros", "margin", "recall", "computed"] + (
+                ["dense ms", "predicted ms"] if autotune else []) + ["why"]:
+            ptable.add_column(col, justify="right" if col in nums else "left")
         for r in predicted:
             cells = [r.name, "x".join(map(str, r.weight_shape)),
                      "predicted" if r.replaced else "dense",
-                     "-" if r.zeros is None else f"{r.zeros:.0%}"]
+                     "-" if r.zeros is None else f"{r.zeros:.0%}",
+                     "-" if r.margin is None else str(r.margin),
+                     "-" if r.recall is None else f"{r.recall:.2%}",
+                     "-" if r.computed is None else f"{r.computed:.0%}"]
             if autotune:
                 cells += [_fmt_ms(r.dense_ms), _fmt_ms(r.predicted_ms)]
             ptable.add_row(*cells, r.reason)

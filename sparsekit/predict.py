@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import onnx
@@ -29,8 +29,9 @@ from .graph import all_names, get_attr, node_names, unique_name
 from .io import as_model
 from .pack import DOMAIN, opset_import
 
-__all__ = ["quantize_rows", "make_predicted_conv_node", "predicted_mask", "rewrite_predicted",
-           "PredictedLayer", "plan_predicted", "DEFAULT_MIN_ZEROS"]
+__all__ = ["quantize_rows", "make_predicted_conv_node", "prediction_units", "predicted_mask",
+           "margin_for_recall", "rewrite_predicted", "PredictedLayer", "plan_predicted",
+           "DEFAULT_MIN_ZEROS", "DEFAULT_BITS", "DEFAULT_RECALL"]
 
 # Least fraction of zeros after the activation, measured on calibration data, at which a layer
 # is predicted: below it the prediction (int8, up to half a dense conv's cost on AVX2) cannot pay.
@@ -38,6 +39,9 @@ DEFAULT_MIN_ZEROS = 0.7
 # Bits of the prediction's weights.  4: the AVX2 kernel sums 18 steps of vpmaddubsw in int16
 # before widening (8 bits: one widening per step), about 1.5x faster prediction.
 DEFAULT_BITS = 4
+# Fraction of the positive outputs (on calibration data) a predicted layer must keep: the
+# margin added to its prediction is the least that reaches it.
+DEFAULT_RECALL = 0.999
 
 
 def quantize_rows(W2d, bits: int = DEFAULT_BITS) -> Tuple[np.ndarray, np.ndarray]:
@@ -147,6 +151,64 @@ def predicted_mask(W, b, x, strides=(1, 1), pads=(0, 0, 0, 0), dil=(1, 1),
     return out.reshape(x.shape[0], W.shape[0], OH, OW)
 
 
+class MarginStats:
+    """Streams, over calibration batches, the margin each output of one layer needs to be
+    predicted positive (histograms); :meth:`margin` picks the least margin reaching a recall,
+    :meth:`recall` and :meth:`computed` say what a margin keeps and costs."""
+
+    CAP = 1 << 16   # needs beyond this count as "never" (margin 2^24 computes everything)
+
+    def __init__(self, W, b, strides, pads, dil, bits):
+        self.W = np.asarray(W, np.float32)
+        self.b = np.asarray(b, np.float64)
+        self.geom = (tuple(strides), tuple(pads), tuple(dil))
+        self.bits = bits
+        self.pos = np.zeros(self.CAP + 2, np.int64)   # needs of the positive outputs
+        self.all = np.zeros(self.CAP + 2, np.int64)   # needs of every output
+
+    def add(self, x: np.ndarray, y: np.ndarray) -> None:
+        """x: the layer's input batch, y: its output (after the activation), [N, M, OH, OW]."""
+        it = prediction_units(self.W, self.b, np.asarray(x, np.float32), *self.geom, self.bits)
+        next(it)
+        N, M = y.shape[:2]
+        pos = (np.asarray(y) > 0).reshape(N, M, -1)
+        for n, (acc, s) in enumerate(it):
+            s64 = s.astype(np.float64)
+            ok = s64 > 0                      # s == 0: the decision is the bias alone
+            with np.errstate(divide="ignore", invalid="ignore"):
+                # least u with (acc + u) * s + b > 0 (real arithmetic; the kernels round once)
+                need = np.floor(-self.b / np.where(ok, s64, 1.0) - acc) + 1   # [P, M]
+            need = np.where(ok[None, :], need, np.where(self.b > 0, 0, self.CAP + 1))
+            need = np.clip(need, 0, self.CAP + 1).astype(np.int64)
+            self.all += np.bincount(need.ravel(), minlength=self.CAP + 2)
+            self.pos += np.bincount(need[pos[n].T], minlength=self.CAP + 2)
+
+    def margin(self, recall: float) -> int:
+        """Least margin (prediction units) keeping `recall` of the positives seen."""
+        total = int(self.pos.sum())
+        if total == 0:
+            return 0
+        cum = np.cumsum(self.pos)
+        u = int(np.searchsorted(cum, float(recall) * total - 1e-9))
+        return u if u <= self.CAP else 2 ** 24
+
+    def recall(self, margin: int) -> float:
+        total = int(self.pos.sum())
+        return 1.0 if total == 0 else float(self.pos[:min(margin, self.CAP + 1) + 1].sum()) / total
+
+    def computed(self, margin: int) -> float:
+        return float(self.all[:min(margin, self.CAP + 1) + 1].sum()) / max(1, int(self.all.sum()))
+
+
+def margin_for_recall(W, b, x, y, recall: float = DEFAULT_RECALL, strides=(1, 1),
+                      pads=(0, 0, 0, 0), dil=(1, 1), bits: int = DEFAULT_BITS) -> int:
+    """The least margin with which the prediction keeps `recall` of the positive outputs y
+    (after the activation) of Conv W, b on input x."""
+    st = MarginStats(W, b, strides, pads, dil, bits)
+    st.add(x, y)
+    return st.margin(recall)
+
+
 @dataclass
 class PredictedLayer:
     """One Conv of the model and what :func:`rewrite_predicted` / :func:`plan_predicted` did
@@ -161,17 +223,24 @@ class PredictedLayer:
     zeros: Optional[float] = None         # fraction of zeros after the activation (calibration)
     dense_ms: Optional[float] = None      # timed both ways (plan_predicted with autotune)
     predicted_ms: Optional[float] = None
+    margin: Optional[int] = None          # prediction margin (for the recall target)
+    recall: Optional[float] = None        # measured on the calibration data with that margin
+    computed: Optional[float] = None      # fraction of outputs computed in full precision
+    node: str = ""                        # the PredictedConv written for it
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
 
 
-def rewrite_predicted(model, include: Optional[str] = None, exclude: Optional[str] = None
+def rewrite_predicted(model, include: Optional[str] = None, exclude: Optional[str] = None, *,
+                      bits: int = DEFAULT_BITS, margins: Optional[Dict[str, int]] = None
                       ) -> Tuple[onnx.ModelProto, List[PredictedLayer]]:
     """A copy of `model` where every eligible chain  Conv (group 1, constant float weight) ->
     [constant Add | BatchNormalization]* -> Relu | Clip(0, hi)  is one PredictedConv writing the
     activation's output; and a row per Conv saying why it was or was not replaced.  `include` /
-    `exclude`: regular expressions on node names.  The input model is not modified."""
+    `exclude`: regular expressions on node names; `bits`: the prediction's weight bits;
+    `margins`: per Conv name, the prediction margin (default 0).  The input model is not
+    modified."""
     src = as_model(model)
     m = onnx.ModelProto()
     m.CopyFrom(src)
@@ -217,11 +286,14 @@ def rewrite_predicted(model, include: Optional[str] = None, exclude: Optional[st
             strides=[int(v) for v in (get_attr(node, "strides") or [1, 1])],
             pads=[pads[0], pads[1], pads[2], pads[3]],
             dilations=[int(v) for v in (get_attr(node, "dilations") or [1, 1])],
-            activation=f.activation, clip_max=f.clip_max if f.activation == "clip" else None)
+            activation=f.activation, clip_max=f.clip_max if f.activation == "clip" else None,
+            bits=bits, margin=int((margins or {}).get(name, 0)))
         taken.update(t.name for t in inits)
         replace[i] = (new, inits, f.nodes)
         row.activation, row.replaced, row.output = f.activation, True, f.output
         row.reason = "+".join(f.steps)
+        row.node = base
+        row.margin = int((margins or {}).get(name, 0))
     if not replace:
         return m, rows
     absorbed = {id(n) for _, _, ns in replace.values() for n in ns}
@@ -246,6 +318,7 @@ def rewrite_predicted(model, include: Optional[str] = None, exclude: Optional[st
 
 
 def plan_predicted(model, calibration, *, min_zeros: float = DEFAULT_MIN_ZEROS,
+                   recall: float = DEFAULT_RECALL, bits: int = DEFAULT_BITS,
                    autotune: bool = False, threads: Optional[int] = None,
                    include: Optional[str] = None, exclude: Optional[str] = None,
                    progress: Optional[Callable[[int, int, str], None]] = None
@@ -254,18 +327,21 @@ def plan_predicted(model, calibration, *, min_zeros: float = DEFAULT_MIN_ZEROS,
 
     `model` may already hold ai.sparsekit ops (a converted model): only plain Convs are
     candidates.  `calibration`: a :class:`sparsekit.calibration.Calibration`; each candidate's
-    output zeros are counted over it, and layers with fewer than `min_zeros` stay.  With
-    `autotune` each remaining layer is also timed alone both ways (onnxruntime Conv + activation
-    vs PredictedConv, batch 1 of the calibration's first sample, `threads` threads) and stays
-    unless PredictedConv is faster.  progress(done, total, what) after each step.
-    Returns (model, one row per Conv)."""
+    output zeros are counted over it, and layers with fewer than `min_zeros` stay.  Each
+    remaining layer gets the least prediction margin that keeps `recall` of its positive outputs
+    on the calibration data (`bits`: the prediction's weight bits).  With `autotune` each is
+    also timed alone both ways (onnxruntime Conv + activation vs PredictedConv, batch 1 of the
+    calibration's first sample, `threads` threads) and stays unless PredictedConv is faster.
+    progress(done, total, what) after each step.  Returns (model, one row per Conv)."""
     from . import bench as B
     from .runtime import session
 
     if not 0.0 <= float(min_zeros) <= 1.0:
         raise SparsekitError(f"min_zeros must be in [0, 1], got {min_zeros}")
+    if not 0.0 < float(recall) <= 1.0:
+        raise SparsekitError(f"recall must be in (0, 1], got {recall}")
     src = as_model(model)
-    _, rows = rewrite_predicted(src, include, exclude)
+    full, rows = rewrite_predicted(src, include, exclude, bits=bits)
     cands = [r for r in rows if r.replaced]
     if not cands:
         return rewrite_predicted(src, include="(?!)")[0], rows
@@ -278,49 +354,84 @@ def plan_predicted(model, calibration, *, min_zeros: float = DEFAULT_MIN_ZEROS,
     have = {o.name for o in probe.graph.output}
     probe.graph.output.extend([helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None)
                                for t in outs if t not in have])
-    total = 1 + (len(cands) if autotune else 0)
+    total = 2 + (len(cands) if autotune else 0)
     if progress:
         progress(0, total, "counting zeros on the calibration data")
     sess = session(probe)
-    zeros = {t: [0, 0] for t in outs}
+
+    def tensors():
+        for feeds in calibration.batches():
+            yield {**feeds, **dict(zip(outs, sess.run(outs, feeds)))}
+
+    zeros = {r.output: [0, 0] for r in cands}
     first_input = {}
-    for feeds in calibration.batches():
-        vals = sess.run(outs, feeds)
-        for t, v in list(zip(outs, vals)) + list(feeds.items()):
-            if t in zeros:
-                zeros[t][0] += int((v == 0).sum())
-                zeros[t][1] += int(v.size)
-            first_input.setdefault(t, np.asarray(v[:1], np.float32))
-    chosen = []
-    if progress:
-        progress(1, total, "")
-    for i, r in enumerate(cands):
+    for vals in tensors():
+        for r in cands:
+            v = vals[r.output]
+            zeros[r.output][0] += int((v == 0).sum())
+            zeros[r.output][1] += int(v.size)
+            first_input.setdefault(r.input, np.asarray(vals[r.input][:1], np.float32))
+    kept = []
+    for r in cands:
         z, n = zeros[r.output]
         r.zeros = z / max(1, n)
         r.replaced = False
         if r.zeros < min_zeros:
             r.reason = f"{r.zeros:.1%} zeros after {r.activation} < {min_zeros:.1%}"
-            continue
+        else:
+            kept.append(r)
+    # the margin each kept layer needs for the recall target, from a second pass
+    if progress:
+        progress(1, total, "choosing prediction margins")
+    stats = {r.name: _margin_stats(full, r, bits) for r in kept}
+    if kept:
+        for vals in tensors():
+            for r in kept:
+                stats[r.name].add(vals[r.input], vals[r.output])
+    margins = {}
+    for r in kept:
+        st = stats[r.name]
+        r.margin = margins[r.name] = st.margin(recall)
+        r.recall, r.computed = st.recall(r.margin), st.computed(r.margin)
+    chosen = []
+    if progress:
+        progress(2, total, "")
+    for i, r in enumerate(kept):
         if autotune:
-            r.dense_ms, r.predicted_ms = _time_layer(src, r, first_input[r.input], threads, B)
+            r.dense_ms, r.predicted_ms = _time_layer(src, r, first_input[r.input], threads, B,
+                                                     bits, r.margin)
             if progress:
-                progress(2 + i, total, r.name)
+                progress(3 + i, total, r.name)
             if r.predicted_ms >= r.dense_ms:
                 r.reason = (f"slower when timed: {r.predicted_ms:.3f} vs {r.dense_ms:.3f} ms "
                             f"({r.zeros:.1%} zeros)")
                 continue
-        r.reason = f"{r.zeros:.1%} zeros after {r.activation}" + (
+        r.reason = (f"{r.zeros:.1%} zeros after {r.activation}; margin {r.margin} keeps "
+                    f"{r.recall:.2%} of positives, computes {r.computed:.1%}") + (
             f"; {r.predicted_ms:.3f} vs {r.dense_ms:.3f} ms" if autotune else "")
         chosen.append(r.name)
     pattern = "^(" + "|".join(re.escape(n) for n in chosen) + ")$" if chosen else "(?!)"
-    out, done = rewrite_predicted(src, include=pattern)
+    out, done = rewrite_predicted(src, include=pattern, bits=bits, margins=margins)
     for r, d in zip(rows, done):
         r.replaced = d.replaced
+        if not r.replaced:
+            r.node = ""
     return out, rows
 
 
+def _margin_stats(rewritten: onnx.ModelProto, row: PredictedLayer, bits: int) -> MarginStats:
+    """MarginStats for the PredictedConv `rewritten` holds for `row` (fused weight and bias)."""
+    node = next(n for n in rewritten.graph.node if n.name == row.node)
+    inits = {t.name: t for t in rewritten.graph.initializer}
+    W = numpy_helper.to_array(inits[node.input[1]])
+    b = (numpy_helper.to_array(inits[node.input[2]]) if node.input[2]
+         else np.zeros(W.shape[0], np.float32))
+    return MarginStats(W, b, get_attr(node, "strides"), get_attr(node, "pads"),
+                       get_attr(node, "dilations"), bits)
+
+
 def _time_layer(model: onnx.ModelProto, row: PredictedLayer, x: np.ndarray,
-                threads: Optional[int], B) -> Tuple[float, float]:
+                threads: Optional[int], B, bits: int, margin: int) -> Tuple[float, float]:
     """(dense ms, PredictedConv ms) for the candidate alone on input x, interleaved medians."""
     m = onnx.ModelProto()
     m.CopyFrom(model)
@@ -335,7 +446,8 @@ def _time_layer(model: onnx.ModelProto, row: PredictedLayer, x: np.ndarray,
                              if t.name in {i for n in keep for i in n.input}])
     dense = helper.make_model(sub, opset_imports=[o for o in m.opset_import if o.domain != DOMAIN],
                               ir_version=m.ir_version)
-    pred, _ = rewrite_predicted(dense, include="^" + re.escape(row.name) + "$")
+    pred, _ = rewrite_predicted(dense, include="^" + re.escape(row.name) + "$", bits=bits,
+                                margins={row.name: margin})
     feeds = {row.input: np.ascontiguousarray(x, np.float32)}
     with B.pinned(threads) as cfg:
         ds = B.dense_session(dense, threads, config=cfg)

@@ -11,7 +11,8 @@ from onnx import TensorProto, helper, numpy_helper
 import sparsekit
 from sparsekit import _native
 from sparsekit.pack import opset_import
-from sparsekit.predict import make_predicted_conv_node, predicted_mask, quantize_rows
+from sparsekit.predict import (make_predicted_conv_node, margin_for_recall, predicted_mask,
+                               quantize_rows)
 
 ISAS = list(_native.available_isas())
 
@@ -22,10 +23,12 @@ def isa(request, monkeypatch):
     return request.param
 
 
-def _models(W, b, xshape, strides=(1, 1), pads=(0, 0, 0, 0), dil=(1, 1), act="relu", hi=6.0):
+def _models(W, b, xshape, strides=(1, 1), pads=(0, 0, 0, 0), dil=(1, 1), act="relu", hi=6.0,
+            bits=8, margin=0):
     node, inits = make_predicted_conv_node("pc", "X", "Y", W, b, strides=strides, pads=pads,
                                            dilations=dil, activation=act,
-                                           clip_max=hi if act == "clip" else None)
+                                           clip_max=hi if act == "clip" else None, bits=bits,
+                                           margin=margin)
     X = helper.make_tensor_value_info("X", TensorProto.FLOAT, list(xshape))
     Y = helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)
     sparse = helper.make_model(helper.make_graph([node], "g", [X], [Y], inits),
@@ -51,32 +54,70 @@ CASES = {
     "3x3-s2": (1, 8, 17, 16, 13, 3, 3, (2, 2), (1, 0, 1, 1), (1, 1)),
     "5x5-dil2": (1, 5, 15, 14, 7, 5, 5, (1, 1), (2, 2, 2, 2), (2, 2)),
     "k-not-4": (3, 3, 10, 10, 9, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1)),   # K = 27
+    # K4 = 9 * 132 = 1188: the AVX2 kernel's K chunks (256 steps of 4) and M = 2 blocks + 3
+    "wide": (1, 130, 6, 7, 19, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1)),
 }
 
 
-@pytest.mark.parametrize("act", ["relu", "clip"])
-@pytest.mark.parametrize("signed", [False, True])
-@pytest.mark.parametrize("case", list(CASES))
-def test_computes_exactly_where_predicted_positive(isa, case, signed, act):
+# (bits, margin): 8-bit weights widen every step, 4-bit ones after 18 steps of int16 sums,
+# 6-bit ones after 4; a margin computes more outputs
+VARIANTS = {"int8": (8, 0), "int4": (4, 0), "int6-margin": (6, 40), "int4-margin": (4, 7)}
+
+
+# every geometry with int8 weights, signed or not, relu or clip; the other weight widths and
+# margins on non-negative inputs with relu (the sign and activation paths do not depend on them)
+PREDICT_PARAMS = [(c, sg, a, "int8") for c in CASES for sg in (False, True)
+                  for a in ("relu", "clip")] + [(c, False, "relu", v) for c in CASES
+                                                for v in VARIANTS if v != "int8"]
+
+
+@pytest.mark.parametrize("case, signed, act, variant", PREDICT_PARAMS)
+def test_computes_exactly_where_predicted_positive(isa, case, signed, act, variant):
     N, C, H, Wd, M, kh, kw, st, pd, dl = CASES[case]
+    bits, margin = VARIANTS[variant]
     rng = np.random.default_rng(len(case) + 7 * signed)
     W = (rng.standard_normal((M, C, kh, kw)) / np.sqrt(C * kh * kw)).astype(np.float32)
     b = (0.1 * rng.standard_normal(M)).astype(np.float32)
     x = rng.standard_normal((N, C, H, Wd)).astype(np.float32)
     if not signed:
         x = np.maximum(x, 0)          # a ReLU's output: no zero point
-    sparse, dense = _models(W, b, x.shape, st, pd, dl, act)
+    sparse, dense = _models(W, b, x.shape, st, pd, dl, act, bits=bits, margin=margin)
+    computed = predicted_mask(W, b, x, st, pd, dl, bits=bits, margin=margin)
+    if margin:
+        assert computed.sum() >= predicted_mask(W, b, x, st, pd, dl, bits=bits).sum()
     for threads in (1, 2):
         y = sparsekit.session(sparse, threads=threads).run(None, {"X": x})[0]
         want = ort.InferenceSession(dense.SerializeToString(),
                                     providers=["CPUExecutionProvider"]).run(None, {"X": x})[0]
-        computed = predicted_mask(W, b, x, st, pd, dl)
         scale = max(1e-3, float(np.abs(want).max()))
         np.testing.assert_allclose(y[computed], want[computed], rtol=1e-4, atol=1e-5 * scale)
         assert (y[~computed] == 0).all()
-        # the prediction is good: it loses few outputs, and none large
+        # the prediction is good: it loses few outputs (recall targets: the margin test)
         pos = want > 0
-        assert (computed & pos).sum() >= 0.95 * pos.sum()
+        assert (computed & pos).sum() >= (0.95 if bits == 8 else 0.85) * pos.sum()
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+def test_margin_for_recall_keeps_that_recall(isa, bits):
+    """The margin chosen on data (numpy model of the prediction) gives the op that recall on
+    the same data, and no more work than needed: one unit less misses the target."""
+    rng = np.random.default_rng(11)
+    M, C = 24, 16
+    W = (rng.standard_normal((M, C, 3, 3)) / 12).astype(np.float32)
+    b = (0.05 * rng.standard_normal(M) - 0.2).astype(np.float32)
+    x = np.maximum(rng.standard_normal((2, C, 12, 12)), 0).astype(np.float32)
+    _, dense = _models(W, b, x.shape, pads=(1, 1, 1, 1))
+    want = ort.InferenceSession(dense.SerializeToString(),
+                                providers=["CPUExecutionProvider"]).run(None, {"X": x})[0]
+    pos = want > 0
+    for target in (0.99, 0.999):
+        u = margin_for_recall(W, b, x, want, target, pads=(1, 1, 1, 1), bits=bits)
+        sparse, _ = _models(W, b, x.shape, pads=(1, 1, 1, 1), bits=bits, margin=u)
+        y = sparsekit.session(sparse).run(None, {"X": x})[0]
+        assert ((y > 0) & pos).sum() >= target * pos.sum()
+        if u > 0:
+            fewer = predicted_mask(W, b, x, pads=(1, 1, 1, 1), bits=bits, margin=u - 1)
+            assert (fewer & pos).sum() < target * pos.sum()
 
 
 def test_exact_when_the_prediction_is_exact(isa):
@@ -97,13 +138,17 @@ def test_exact_when_the_prediction_is_exact(isa):
     np.testing.assert_allclose(y, want, rtol=1e-6)
 
 
-def test_quantize_rows():
+@pytest.mark.parametrize("bits", [2, 4, 8])
+def test_quantize_rows(bits):
     W = np.array([[0.5, -1.0, 0.25], [0.0, 0.0, 0.0], [3.0, 127.0, -127.0]], np.float32)
-    q, s = quantize_rows(W)
+    q, s = quantize_rows(W, bits)
+    qmax = 2 ** (bits - 1) - 1
     assert q.dtype == np.int8 and s.dtype == np.float32
-    assert np.abs(q).max() <= 127 and (q != -128).all()
-    assert (np.abs(q * s[:, None] - W) <= s[:, None] / 2 + 1e-7).all()
+    assert np.abs(q).max() == qmax and (q != -128).all()
+    assert (np.abs(q * s[:, None] - W) <= s[:, None] / 2 + 1e-6).all()
     assert s[1] == 0 and (q[1] == 0).all()
+    with pytest.raises(sparsekit.SparsekitError, match="bits"):
+        quantize_rows(W, 9)
 
 
 def _edit(model, suffix, fn):
@@ -273,13 +318,23 @@ def test_cli_convert_predict_relu(tmp_path, capsys):
     np.savez(cal, **{m.graph.input[0].name: d["train_x"][:64]})
     out = tmp_path / "p.onnx"
     code = main(["convert", str(src), "-o", str(out), "--predict-relu", "--calibration",
-                 str(cal), "--min-zeros", "0.3", "--json"])
+                 str(cal), "--min-zeros", "0.3", "--recall", "0.995", "--predict-bits", "6",
+                 "--json"])
     rep = json.loads(capsys.readouterr().out)
     assert code == 0
     assert len(rep["predicted"]) == 3 and all(p["replaced"] for p in rep["predicted"])
-    assert [n.op_type for n in onnx.load(str(out)).graph.node].count("PredictedConv") == 3
+    assert all(p["recall"] >= 0.995 and 0 < p["computed"] < 1 for p in rep["predicted"])
+    nodes = [n for n in onnx.load(str(out)).graph.node if n.op_type == "PredictedConv"]
+    assert len(nodes) == 3
+    margins = {p["node"]: p["margin"] for p in rep["predicted"]}
+    for n in nodes:   # the margins the report states are the ones written; 6-bit weights
+        attrs = {a.name: a.i for a in n.attribute if a.name == "margin"}
+        assert attrs.get("margin", 0) == margins[n.name]
+        wq = next(t for t in onnx.load(str(out)).graph.initializer if t.name == n.input[3])
+        assert np.abs(numpy_helper.to_array(wq)).max() == 31
     for args, msg in [(["--predict-relu"], "--predict-relu needs --calibration"),
-                      (["--min-zeros", "0.5"], "are for --predict-relu")]:
+                      (["--min-zeros", "0.5"], "are for --predict-relu"),
+                      (["--recall", "0.9"], "are for --predict-relu")]:
         code = main(["convert", str(src), "-o", str(tmp_path / "q.onnx")] + args)
         assert code != 0 and msg in capsys.readouterr().err
         assert not (tmp_path / "q.onnx").exists()

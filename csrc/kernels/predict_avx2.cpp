@@ -21,6 +21,10 @@ namespace {
 
 alignas(32) const int32_t kTail[16] = {-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0};
 constexpr int kPixels = 4;  // pixels per prediction tile
+#ifndef SK_PREDICT_BAND
+#define SK_PREDICT_BAND 64
+#endif
+constexpr int kBand = SK_PREDICT_BAND;
 
 }  // namespace
 
@@ -59,17 +63,15 @@ void predict_quantize_avx2(const float* x, size_t n, int C, int C4, float sx, in
 
 namespace {
 
-// Integer predictions of V blocks of 8 rows (from block b) for R pixels: acc[v][r] lane i is
-// sum_k wq[8(b+v)+i][k] * xq[r][k].
+// Integer predictions of V blocks of 8 rows (from block b) for R pixels over steps [k_begin,
+// k_end) of 4 k, added to acc: acc[v][r] lane i += sum_k wq[8(b+v)+i][k] * xq[r][k].
 template <int V, int R>
-inline void predict_tile(const PredictMat& w, int b, const uint8_t* xq, __m256i (&acc)[V][R]) {
+inline void predict_tile(const PredictMat& w, int b, const uint8_t* xq, int k_begin, int k_end,
+                         __m256i (&acc)[V][R]) {
   const __m256i ones = _mm256_set1_epi16(1);
-  const int nk = w.K4 / 4;
   const int8_t* wb = w.wq + static_cast<ptrdiff_t>(b) * w.K4 * 8;
-  for (int v = 0; v < V; ++v)
-    for (int r = 0; r < R; ++r) acc[v][r] = _mm256_setzero_si256();
-  for (int k0 = 0; k0 < nk; k0 += w.steps16) {
-    const int k1 = std::min(nk, k0 + w.steps16);
+  for (int k0 = k_begin; k0 < k_end; k0 += w.steps16) {
+    const int k1 = std::min(k_end, k0 + w.steps16);
     __m256i s[V][R];
     for (int v = 0; v < V; ++v)
       for (int r = 0; r < R; ++r) s[v][r] = _mm256_setzero_si256();
@@ -90,6 +92,18 @@ inline void predict_tile(const PredictMat& w, int b, const uint8_t* xq, __m256i 
       for (int r = 0; r < R; ++r)
         acc[v][r] = _mm256_add_epi32(acc[v][r], _mm256_madd_epi16(s[v][r], ones));
   }
+}
+
+// Pixels [p, p + R) of predict_blocks: accumulators kept in acc_mem between K chunks.
+template <int V, int R>
+inline void predict_pixels(const PredictMat& w, int b, const uint8_t* xq, int p, int k_begin,
+                           int k_end, __m256i (*acc_mem)[V]) {
+  __m256i acc[V][R];
+  for (int v = 0; v < V; ++v)
+    for (int r = 0; r < R; ++r) acc[v][r] = acc_mem[p + r][v];
+  predict_tile<V, R>(w, b, xq + static_cast<ptrdiff_t>(p) * w.K4, k_begin, k_end, acc);
+  for (int v = 0; v < V; ++v)
+    for (int r = 0; r < R; ++r) acc_mem[p + r][v] = acc[v][r];
 }
 
 inline __m256 mask_tail(int rem) {
@@ -167,23 +181,25 @@ struct Decision {
   }
 };
 
-// Predictions of blocks [b, b+V) for all n pixels, marked in positive[m].
+// Predictions of blocks [b, b+V) for all n pixels, marked in positive[m].  K in chunks whose
+// weights (16 rows x 1 KiB) stay in L1 while every pixel passes over them.
 template <int V>
-void predict_blocks(const PredictMat& w, int b, size_t n, float sx, int zx, const uint8_t* xq,
+void predict_blocks(const PredictMat& w, int b, int n, float sx, int zx, const uint8_t* xq,
                     uint64_t* positive) {
+  constexpr int kChunk = 256;  // steps of 4 k
+  alignas(32) __m256i acc[64][V];
+  for (int p = 0; p < n; ++p)
+    for (int v = 0; v < V; ++v) acc[p][v] = _mm256_setzero_si256();
+  const int nk = w.K4 / 4;
+  for (int k0 = 0; k0 < nk; k0 += kChunk) {
+    const int k1 = std::min(nk, k0 + kChunk);
+    int p = 0;
+    for (; p + kPixels <= n; p += kPixels) predict_pixels<V, kPixels>(w, b, xq, p, k0, k1, acc);
+    for (; p < n; ++p) predict_pixels<V, 1>(w, b, xq, p, k0, k1, acc);
+  }
   const Decision<V> d(w, b, sx, zx);
-  size_t p = 0;
-  for (; p + kPixels <= n; p += kPixels) {
-    __m256i acc[V][kPixels];
-    predict_tile<V, kPixels>(w, b, xq + p * w.K4, acc);
-    for (int v = 0; v < V; ++v)
-      for (int r = 0; r < kPixels; ++r) d.mark(v, acc[v][r], b, int(p) + r, positive);
-  }
-  for (; p < n; ++p) {
-    __m256i acc[V][1];
-    predict_tile<V, 1>(w, b, xq + p * w.K4, acc);
-    for (int v = 0; v < V; ++v) d.mark(v, acc[v][0], b, int(p), positive);
-  }
+  for (int p = 0; p < n; ++p)
+    for (int v = 0; v < V; ++v) d.mark(v, acc[p][v], b, p, positive);
 }
 
 // Full precision for row m at the pixels marked in `bits` (runs: each pixel's taps), four
@@ -229,18 +245,23 @@ int64_t predict_avx2(const PredictMat& w, const PredictImage& img, int64_t p0, i
   const int nb = (w.M + 7) / 8;
   for (int b = 0; b < nb; b += 2) {
     if (b + 1 < nb)
-      predict_blocks<2>(w, b, size_t(n), img.sx, img.zx, scratch, pos);
+      predict_blocks<2>(w, b, n, img.sx, img.zx, scratch, pos);
     else
-      predict_blocks<1>(w, b, size_t(n), img.sx, img.zx, scratch, pos);
+      predict_blocks<1>(w, b, n, img.sx, img.zx, scratch, pos);
   }
   std::vector<const float*> runs(size_t(n) * w.taps);
   for (int i = 0; i < n; ++i) tap_runs(w, img, p0 + i, runs.data() + i * w.taps);
   int64_t computed = 0;
   for (int m = 0; m < w.M; ++m) {
-    float* ym = y + static_cast<ptrdiff_t>(m) * y_stride;
-    std::fill(ym, ym + n, 0.0f);
-    exact_row(w, m, pos[m], runs.data(), ym);
+    std::fill(y + static_cast<ptrdiff_t>(m) * y_stride, y + static_cast<ptrdiff_t>(m) * y_stride + n, 0.0f);
     computed += __builtin_popcountll(pos[m]);
+  }
+  // pixels in bands of kBand so that their taps' inputs stay in L1 across the rows
+  for (int b0 = 0; b0 < n; b0 += kBand) {
+    const uint64_t band = (b0 + kBand >= 64 ? ~uint64_t(0) : (uint64_t(1) << (b0 + kBand)) - 1) &
+                          ~((uint64_t(1) << b0) - 1);
+    for (int m = 0; m < w.M; ++m)
+      exact_row(w, m, pos[m] & band, runs.data(), y + static_cast<ptrdiff_t>(m) * y_stride);
   }
   return computed;
 }

@@ -1,15 +1,49 @@
 // PredictedConv: see ops.h and docs/predict.md.
 #include <algorithm>
+#include <cfloat>
 #include <climits>
 #include <cmath>
 
 #include "ort/ops.h"
 
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
+
 namespace skort {
 namespace {
 std::string s(int64_t v) { return std::to_string(v); }
 enum : size_t { kPX = 0, kPW = 1, kPBias = 2, kPWq = 3, kPWqScale = 4 };
-constexpr int64_t kTile = 64;  // pixels per parallel item
+constexpr int64_t kTile = 64;  // pixels per parallel item (kernels.h: at most 64)
+
+// min(0, x) and max(0, x) over x[0, n); false if some value is not finite.  Vectorised by hand
+// on x86-64: the scalar loop with its early exit cost ~10% of a 56x56 layer.
+bool finite_range(const float* x, int64_t n, float* lo, float* hi) {
+  int64_t i = 0;
+  float l = 0.0f, h = 0.0f;
+#if defined(__SSE2__)
+  const __m128 big = _mm_set1_ps(FLT_MAX), abs = _mm_castsi128_ps(_mm_set1_epi32(0x7fffffff));
+  __m128 vl = _mm_setzero_ps(), vh = _mm_setzero_ps(), ok = _mm_castsi128_ps(_mm_set1_epi32(-1));
+  for (; i + 4 <= n; i += 4) {
+    const __m128 v = _mm_loadu_ps(x + i);
+    ok = _mm_and_ps(ok, _mm_cmple_ps(_mm_and_ps(v, abs), big));  // false for inf and NaN
+    vl = _mm_min_ps(vl, v);
+    vh = _mm_max_ps(vh, v);
+  }
+  if (_mm_movemask_ps(ok) != 0xf) return false;
+  alignas(16) float a[4], b[4];
+  _mm_store_ps(a, vl);
+  _mm_store_ps(b, vh);
+  for (int j = 0; j < 4; ++j) l = std::min(l, a[j]), h = std::max(h, b[j]);
+#endif
+  for (; i < n; ++i) {
+    if (!std::isfinite(x[i])) return false;
+    l = std::min(l, x[i]);
+    h = std::max(h, x[i]);
+  }
+  *lo = l, *hi = h;
+  return true;
+}
 }  // namespace
 
 const std::vector<IoSpec>& PredictedConvKernel::inputs() {
@@ -153,11 +187,7 @@ void PredictedConvKernel::compute(OrtKernelContext* ctx) const {
     // 7-bit activations per image: [0, max] -> 0..127, or [min, max] with a zero point
     const float* xi = x + n * C_ * HW;
     float lo = 0.0f, hi = 0.0f;
-    for (int64_t i = 0; i < C_ * HW; ++i) {
-      if (!std::isfinite(xi[i])) throw Error("X has a non-finite value");
-      lo = std::min(lo, xi[i]);
-      hi = std::max(hi, xi[i]);
-    }
+    if (!finite_range(xi, C_ * HW, &lo, &hi)) throw Error("X has a non-finite value");
     img.sx = (hi - lo) / 127.0f;
     img.zx = img.sx > 0.0f ? int(std::lround(-lo / img.sx)) : 0;
     // channels-last copies (fp32 and 7-bit), in row bands across the threads
