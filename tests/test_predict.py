@@ -11,8 +11,8 @@ from onnx import TensorProto, helper, numpy_helper
 import sparsekit
 from sparsekit import _native
 from sparsekit.pack import opset_import
-from sparsekit.predict import (make_predicted_conv_node, margin_for_recall, predicted_mask,
-                               quantize_rows)
+from sparsekit.predict import (MarginStats, Pool, make_predicted_conv_node, margin_for_recall,
+                               pooled_candidates, pooled_output, predicted_mask, quantize_rows)
 
 ISAS = list(_native.available_isas())
 
@@ -24,11 +24,12 @@ def isa(request, monkeypatch):
 
 
 def _models(W, b, xshape, strides=(1, 1), pads=(0, 0, 0, 0), dil=(1, 1), act="relu", hi=6.0,
-            bits=8, margin=0):
+            bits=8, margin=0, pool=None):
+    """(PredictedConv model, dense Conv + activation [+ MaxPool] model)."""
     node, inits = make_predicted_conv_node("pc", "X", "Y", W, b, strides=strides, pads=pads,
                                            dilations=dil, activation=act,
                                            clip_max=hi if act == "clip" else None, bits=bits,
-                                           margin=margin)
+                                           margin=margin, pool=pool)
     X = helper.make_tensor_value_info("X", TensorProto.FLOAT, list(xshape))
     Y = helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)
     sparse = helper.make_model(helper.make_graph([node], "g", [X], [Y], inits),
@@ -36,13 +37,18 @@ def _models(W, b, xshape, strides=(1, 1), pads=(0, 0, 0, 0), dil=(1, 1), act="re
                                ir_version=9)
     conv = helper.make_node("Conv", ["X", "W", "B"], ["C0"], strides=list(strides),
                             pads=list(pads), dilations=list(dil))
-    actn = helper.make_node("Relu", ["C0"], ["Y"]) if act == "relu" else \
-        helper.make_node("Clip", ["C0", "lo", "hi"], ["Y"])
+    a_out = "A0" if pool else "Y"
+    actn = helper.make_node("Relu", ["C0"], [a_out]) if act == "relu" else \
+        helper.make_node("Clip", ["C0", "lo", "hi"], [a_out])
     cinits = [numpy_helper.from_array(np.asarray(W, np.float32), "W"),
               numpy_helper.from_array(np.asarray(b, np.float32), "B"),
               numpy_helper.from_array(np.array(0.0, np.float32), "lo"),
               numpy_helper.from_array(np.array(hi, np.float32), "hi")]
-    dense = helper.make_model(helper.make_graph([conv, actn], "g", [X], [Y], cinits),
+    nodes = [conv, actn]
+    if pool:
+        nodes.append(helper.make_node("MaxPool", ["A0"], ["Y"], kernel_shape=list(pool.kernel),
+                                      strides=list(pool.strides), pads=list(pool.pads)))
+    dense = helper.make_model(helper.make_graph(nodes, "g", [X], [Y], cinits),
                               opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
     return sparse, dense
 
@@ -149,6 +155,127 @@ def test_quantize_rows(bits):
     assert s[1] == 0 and (q[1] == 0).all()
     with pytest.raises(sparsekit.SparsekitError, match="bits"):
         quantize_rows(W, 9)
+
+
+def _ort(model, x, outputs=None):
+    return ort.InferenceSession(model.SerializeToString(),
+                                providers=["CPUExecutionProvider"]).run(outputs, {"X": x})
+
+
+POOLS = {
+    # name: (conv case, pool, weight bits, margin)
+    "3x3s2p1": ("3x3-pad", Pool((3, 3), (2, 2), (1, 1, 1, 1)), 8, 0),
+    "2x2s2": ("1x1", Pool((2, 2), (2, 2), (0, 0, 0, 0)), 4, 0),
+    "3x3s1-margin": ("k-not-4", Pool((3, 3), (1, 1), (1, 0, 1, 0)), 4, 25),
+    "2x3-strided-conv": ("3x3-s2", Pool((2, 3), (1, 2), (0, 1, 1, 2)), 8, 3),
+}
+
+
+@pytest.mark.parametrize("act", ["relu", "clip"])
+@pytest.mark.parametrize("pcase", list(POOLS))
+def test_max_pool_chain_pools_the_computed_candidates(isa, pcase, act):
+    """Conv -> activation -> MaxPool in one PredictedConv: per window the largest of the outputs
+    computed in full precision (the numpy model's candidates: a window's largest prediction
+    within the margin, predicted positive), 0 where none was; the values themselves come from
+    stock onnxruntime's Conv + activation."""
+    case, pool, bits, margin = POOLS[pcase]
+    N, C, H, Wd, M, kh, kw, st, pd, dl = CASES[case]
+    rng = np.random.default_rng(len(pcase))
+    W = (rng.standard_normal((M, C, kh, kw)) / np.sqrt(C * kh * kw)).astype(np.float32)
+    b = (0.1 * rng.standard_normal(M)).astype(np.float32)
+    x = np.maximum(rng.standard_normal((N, C, H, Wd)), 0).astype(np.float32)
+    sparse, dense = _models(W, b, x.shape, st, pd, dl, act, bits=bits, margin=margin, pool=pool)
+    _, act_only = _models(W, b, x.shape, st, pd, dl, act)
+    y_act = _ort(act_only, x)[0]
+    _, cand = pooled_candidates(W, b, x, pool, st, pd, dl, bits=bits, margin=margin)
+    want = pooled_output(y_act, cand, pool)
+    truth = _ort(dense, x)[0]
+    assert want.shape == truth.shape
+    for threads in (1, 2):
+        y = sparsekit.session(sparse, threads=threads).run(None, {"X": x})[0]
+        np.testing.assert_allclose(y, want, rtol=1e-4, atol=1e-5 * float(np.abs(truth).max()))
+    # the candidates are a small part of the outputs, and most windows come out exact
+    assert cand.mean() < 0.6
+    assert np.isclose(y, truth, rtol=1e-4, atol=1e-6).mean() >= 0.9
+
+
+def test_max_pool_chain_exact_when_the_prediction_is_exact(isa):
+    rng = np.random.default_rng(8)
+    M, C = 10, 6
+    W = rng.integers(-127, 128, (M, C, 3, 3)).astype(np.float32)
+    W[:, 0, 0, 0] = 127
+    b = (rng.integers(-50, 50, M) + 0.25).astype(np.float32)
+    x = rng.integers(0, 128, (2, C, 9, 11)).astype(np.float32)
+    x[:, 0, 0, 0] = 127
+    pool = Pool((3, 3), (2, 2), (1, 1, 1, 1))
+    sparse, dense = _models(W, b, x.shape, pads=(1, 1, 1, 1), pool=pool)
+    y = sparsekit.session(sparse).run(None, {"X": x})[0]
+    np.testing.assert_allclose(y, _ort(dense, x)[0], rtol=1e-6)
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+def test_pooled_margin_for_recall_makes_windows_exact(isa, bits):
+    """With a MaxPool the recall is over windows with a positive maximum: the margin chosen on
+    data makes at least that fraction of them come out exact."""
+    rng = np.random.default_rng(12)
+    M, C = 16, 12
+    W = (rng.standard_normal((M, C, 3, 3)) / 10).astype(np.float32)
+    b = (0.05 * rng.standard_normal(M)).astype(np.float32)
+    x = np.maximum(rng.standard_normal((2, C, 16, 16)), 0).astype(np.float32)
+    pool = Pool((3, 3), (2, 2), (1, 1, 1, 1))
+    _, act_only = _models(W, b, x.shape, pads=(1, 1, 1, 1))
+    y_act = _ort(act_only, x)[0]
+    st = MarginStats(W, b, (1, 1), (1, 1, 1, 1), (1, 1), bits, pool)
+    st.add(x, y_act)
+    for target in (0.99, 0.999):
+        u = st.margin(target)
+        sparse, dense = _models(W, b, x.shape, pads=(1, 1, 1, 1), bits=bits, margin=u, pool=pool)
+        y = sparsekit.session(sparse).run(None, {"X": x})[0]
+        truth = _ort(dense, x)[0]
+        pos = truth > 0
+        assert (np.isclose(y, truth, rtol=1e-5, atol=1e-6) & pos).sum() >= target * pos.sum()
+        _, cand = pooled_candidates(W, b, x, pool, pads=(1, 1, 1, 1), bits=bits, margin=u)
+        assert abs(cand.mean() - st.computed(u)) < 1e-9
+
+
+def test_rewrite_fuses_max_pool_only_when_it_can():
+    from sparsekit.predict import rewrite_predicted
+    rng = np.random.default_rng(13)
+    W = (rng.standard_normal((8, 4, 3, 3)) / 6).astype(np.float32)
+    b = np.zeros(8, np.float32)
+    x = np.maximum(rng.standard_normal((1, 4, 12, 12)), 0).astype(np.float32)
+    _, dense = _models(W, b, x.shape, pads=(1, 1, 1, 1), pool=Pool((2, 2), (2, 2), (0,) * 4))
+    pm, rows = rewrite_predicted(dense)
+    (node,) = [n for n in pm.graph.node]
+    assert node.op_type == "PredictedConv" and rows[0].pool == Pool((2, 2), (2, 2), (0,) * 4)
+    assert {a.name for a in node.attribute} >= {"pool_kernel", "pool_strides", "pool_pads"}
+    y = sparsekit.session(pm).run(None, {"X": x})[0]
+    assert y.shape == _ort(dense, x)[0].shape
+    # ceil_mode 1 (or a second output, or dilations) stays a MaxPool after the PredictedConv
+    mp = dense.graph.node[-1]
+    mp.attribute.append(helper.make_attribute("ceil_mode", 1))
+    pm, rows = rewrite_predicted(dense)
+    assert [n.op_type for n in pm.graph.node] == ["PredictedConv", "MaxPool"]
+    assert rows[0].pool is None
+    np.testing.assert_allclose(sparsekit.session(pm).run(None, {"X": x})[0].shape,
+                               _ort(dense, x)[0].shape)
+    # pool=False keeps every MaxPool
+    pm, _ = rewrite_predicted(_models(W, b, x.shape, pads=(1, 1, 1, 1),
+                                      pool=Pool((2, 2), (2, 2), (0,) * 4))[1], pool=False)
+    assert [n.op_type for n in pm.graph.node] == ["PredictedConv", "MaxPool"]
+
+
+@pytest.mark.parametrize("attrs,match", [
+    ({"pool_kernel": [2, 2], "pool_pads": [0, 2, 0, 0]}, "pool_pads"),
+    ({"pool_strides": [2, 2]}, "need 'pool_kernel'"),
+    ({"pool_kernel": [0, 2]}, "pool_kernel"),
+])
+def test_rejects_bad_pool_attributes(attrs, match):
+    W = np.ones((6, 4, 3, 3), np.float32)
+    sparse, _ = _models(W, np.zeros(6, np.float32), (1, 4, 8, 8))
+    sparse.graph.node[0].attribute.extend([helper.make_attribute(k, v) for k, v in attrs.items()])
+    with pytest.raises(Exception, match=match):
+        sparsekit.session(sparse)
 
 
 def _edit(model, suffix, fn):
@@ -264,8 +391,9 @@ def _digits():
 
 
 def test_plan_predicted_follows_measured_zeros():
-    """A trained CNN on real digits: the zeros each layer's ReLU produces (counted here with
-    stock onnxruntime) decide which layers become PredictedConv."""
+    """A trained CNN on real digits: the outputs each layer's result does not need (zeros after
+    ReLU; after conv2's ReLU -> MaxPool 2x2 also every output that is not its window's max),
+    counted here with stock onnxruntime, decide which layers become PredictedConv."""
     from onnx import helper as h
 
     from sparsekit.calibration import Calibration
@@ -280,22 +408,33 @@ def test_plan_predicted_follows_measured_zeros():
     outs = ort.InferenceSession(probe.SerializeToString(),
                                 providers=["CPUExecutionProvider"]).run(relus, {name: x})
     zeros = [float((o == 0).mean()) for o in outs]
-    cut = sorted(zeros)[1]           # the middle layer's zeros: it and the larger one qualify
+    # conv2 -> relu2 -> MaxPool 2x2 stride 2 (8x8 -> 4x4): per window, only a positive max
+    r2 = outs[1]
+    N, M, H, W = r2.shape
+    win = r2.reshape(N, M, H // 2, 2, W // 2, 2).transpose(0, 1, 2, 4, 3, 5).reshape(
+        N, M, H // 2, W // 2, 4)
+    top = (win == win.max(-1, keepdims=True)) & (win > 0)
+    zeros[1] = 1 - float(top.sum()) / r2.size
+    cut = sorted(zeros)[1]           # the middle layer's value: it and the larger one qualify
     pm, rows = plan_predicted(m, cal, min_zeros=cut)
-    got = {r.output: r for r in rows}
+    got = {r.activation_output: r for r in rows if r.activation}
     for t, z in zip(relus, zeros):
         assert abs(got[t].zeros - z) < 1e-9
         assert got[t].replaced == (z >= cut)
+        assert got[t].recall >= 0.999 if got[t].replaced else got[t].recall is None
+    assert got[relus[1]].pool is not None and got[relus[1]].output == "pool_output"
     assert [n.op_type for n in pm.graph.node].count("PredictedConv") == 2
     y = sparsekit.session(pm).run(None, {name: d["test_x"]})[0]
     want = ort.InferenceSession(m.SerializeToString(),
                                 providers=["CPUExecutionProvider"]).run(None, {name: d["test_x"]})[0]
     assert (y.argmax(1) == want.argmax(1)).mean() >= 0.99
-    # nothing qualifies above 100%; a bad threshold is an error
+    # nothing qualifies above 100%; bad thresholds are errors
     pm, rows = plan_predicted(m, cal, min_zeros=1.0)
     assert not any(r.replaced for r in rows) and "PredictedConv" not in str(pm.graph)
     with pytest.raises(sparsekit.SparsekitError, match="min_zeros"):
         plan_predicted(m, cal, min_zeros=1.5)
+    with pytest.raises(sparsekit.SparsekitError, match="recall"):
+        plan_predicted(m, cal, recall=0.0)
 
 
 def onnx_copy(m):

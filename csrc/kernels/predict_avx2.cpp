@@ -181,11 +181,11 @@ struct Decision {
   }
 };
 
-// Predictions of blocks [b, b+V) for all n pixels, marked in positive[m].  K in chunks whose
-// weights (16 rows x 1 KiB) stay in L1 while every pixel passes over them.
-template <int V>
-void predict_blocks(const PredictMat& w, int b, int n, float sx, int zx, const uint8_t* xq,
-                    uint64_t* positive) {
+// Integer predictions of blocks [b, b+V) for all n pixels, handed to sink(p, v, acc) (acc
+// lane i: row 8(b+v)+i).  K in chunks whose weights (16 rows x 1 KiB) stay in L1 while every
+// pixel passes over them.
+template <int V, typename Sink>
+void predict_blocks(const PredictMat& w, int b, int n, const uint8_t* xq, Sink&& sink) {
   constexpr int kChunk = 256;  // steps of 4 k
   alignas(32) __m256i acc[64][V];
   for (int p = 0; p < n; ++p)
@@ -197,9 +197,24 @@ void predict_blocks(const PredictMat& w, int b, int n, float sx, int zx, const u
     for (; p + kPixels <= n; p += kPixels) predict_pixels<V, kPixels>(w, b, xq, p, k0, k1, acc);
     for (; p < n; ++p) predict_pixels<V, 1>(w, b, xq, p, k0, k1, acc);
   }
-  const Decision<V> d(w, b, sx, zx);
   for (int p = 0; p < n; ++p)
-    for (int v = 0; v < V; ++v) d.mark(v, acc[p][v], b, p, positive);
+    for (int v = 0; v < V; ++v) sink(p, v, acc[p][v]);
+}
+
+// predict_blocks over all rows, two blocks at a time.
+template <typename Sink>
+void predict_rows(const PredictMat& w, int n, const uint8_t* xq, float sx, int zx,
+                  Sink&& sink) {
+  const int nb = (w.M + 7) / 8;
+  for (int b = 0; b < nb; b += 2) {
+    if (b + 1 < nb) {
+      const Decision<2> d(w, b, sx, zx);
+      predict_blocks<2>(w, b, n, xq, [&](int p, int v, __m256i a) { sink(d, b, p, v, a); });
+    } else {
+      const Decision<1> d(w, b, sx, zx);
+      predict_blocks<1>(w, b, n, xq, [&](int p, int v, __m256i a) { sink(d, b, p, v, a); });
+    }
+  }
 }
 
 // Full precision for row m at the pixels marked in `bits` (runs: each pixel's taps), four
@@ -242,13 +257,8 @@ int64_t predict_avx2(const PredictMat& w, const PredictImage& img, int64_t p0, i
   } else {
     std::fill(positive, positive + w.M, 0);
   }
-  const int nb = (w.M + 7) / 8;
-  for (int b = 0; b < nb; b += 2) {
-    if (b + 1 < nb)
-      predict_blocks<2>(w, b, n, img.sx, img.zx, scratch, pos);
-    else
-      predict_blocks<1>(w, b, n, img.sx, img.zx, scratch, pos);
-  }
+  predict_rows(w, n, scratch, img.sx, img.zx,
+               [&](const auto& d, int b, int p, int v, __m256i a) { d.mark(v, a, b, p, pos); });
   std::vector<const float*> runs(size_t(n) * w.taps);
   for (int i = 0; i < n; ++i) tap_runs(w, img, p0 + i, runs.data() + i * w.taps);
   int64_t computed = 0;
@@ -264,6 +274,40 @@ int64_t predict_avx2(const PredictMat& w, const PredictImage& img, int64_t p0, i
       exact_row(w, m, pos[m] & band, runs.data(), y + static_cast<ptrdiff_t>(m) * y_stride);
   }
   return computed;
+}
+
+void predict_units_avx2(const PredictMat& w, const PredictImage& img, int64_t p0, int n,
+                        uint8_t* scratch, int32_t* u, ptrdiff_t u_stride) {
+  gather_quantized(w, img, p0, n, scratch);
+  predict_rows(w, n, scratch, img.sx, img.zx,
+               [&](const auto& d, int b, int p, int v, __m256i a) {
+                 alignas(32) int32_t lanes[8];
+                 _mm256_store_si256(reinterpret_cast<__m256i*>(lanes), a);
+                 const int rows = std::min(8, w.M - 8 * (b + v));
+                 for (int i = 0; i < rows; ++i) {
+                   const int m = 8 * (b + v) + i;
+                   // shift = zx * rowsum - margin: the units exclude the margin
+                   u[m * u_stride + p] = lanes[i] - d.shift[8 * v + i] - w.margin;
+                 }
+               });
+}
+
+void predict_exact_avx2(const PredictMat& w, const PredictImage& img, int m, const int64_t* pix,
+                        int cnt, float* out) {
+  const float* wr = w.w + static_cast<ptrdiff_t>(m) * w.taps * w.C;
+  const __m128 zero = _mm_setzero_ps(), hi = _mm_set1_ps(w.hi), bias = _mm_set1_ps(w.bias[m]);
+  std::vector<const float*> group(size_t(4) * w.taps);
+  for (int i = 0; i < cnt; i += 4) {
+    const int c = std::min(4, cnt - i);
+    for (int j = 0; j < c; ++j) tap_runs(w, img, pix[i + j], group.data() + j * w.taps);
+    const __m128 v = c == 4   ? dot_taps<4>(group.data(), wr, w.taps, w.C)
+                     : c == 3 ? dot_taps<3>(group.data(), wr, w.taps, w.C)
+                     : c == 2 ? dot_taps<2>(group.data(), wr, w.taps, w.C)
+                              : dot_taps<1>(group.data(), wr, w.taps, w.C);
+    alignas(16) float o[4];
+    _mm_store_ps(o, _mm_min_ps(_mm_max_ps(_mm_add_ps(v, bias), zero), hi));
+    for (int j = 0; j < c; ++j) out[i + j] = o[j];
+  }
 }
 
 }  // namespace sk

@@ -25,31 +25,57 @@ void predict_quantize_ref(const float* x, size_t n, int C, int C4, float sx, int
   }
 }
 
+namespace {
+
+int32_t units(const PredictMat& w, const PredictImage& img, int m, const uint8_t* xp) {
+  // row m of the packed weights: block m/8, lane m%8, 4 k per step
+  const int8_t* wb = w.wq + static_cast<ptrdiff_t>(m / 8) * w.K4 * 8 + (m % 8) * 4;
+  int32_t acc = 0;
+  for (int k4 = 0; k4 < w.K4 / 4; ++k4)
+    for (int j = 0; j < 4; ++j) acc += int32_t(wb[k4 * 32 + j]) * int32_t(xp[k4 * 4 + j]);
+  return acc - img.zx * w.wq_rowsum[m];
+}
+
+float exact(const PredictMat& w, const PredictImage& img, int m, int64_t p,
+            std::vector<const float*>& runs) {
+  const float* wf = w.w + static_cast<ptrdiff_t>(m) * w.taps * w.C;
+  tap_runs(w, img, p, runs.data());
+  float v = 0.0f;
+  for (int t = 0; t < w.taps; ++t)
+    for (int c = 0; c < w.C; ++c) v += wf[t * w.C + c] * runs[size_t(t)][c];
+  v += w.bias[m];
+  return v > 0.0f ? (v < w.hi ? v : w.hi) : 0.0f;
+}
+
+}  // namespace
+
+void predict_units_ref(const PredictMat& w, const PredictImage& img, int64_t p0, int n,
+                       uint8_t* scratch, int32_t* u, ptrdiff_t u_stride) {
+  gather_quantized(w, img, p0, n, scratch);
+  for (int m = 0; m < w.M; ++m)
+    for (int p = 0; p < n; ++p)
+      u[m * u_stride + p] = units(w, img, m, scratch + static_cast<ptrdiff_t>(p) * w.K4);
+}
+
+void predict_exact_ref(const PredictMat& w, const PredictImage& img, int m, const int64_t* pix,
+                       int cnt, float* out) {
+  std::vector<const float*> runs(size_t(w.taps));
+  for (int i = 0; i < cnt; ++i) out[i] = exact(w, img, m, pix[i], runs);
+}
+
 int64_t predict_ref(const PredictMat& w, const PredictImage& img, int64_t p0, int n,
                     uint8_t* scratch, float* y, ptrdiff_t y_stride) {
   gather_quantized(w, img, p0, n, scratch);
   std::vector<const float*> runs(size_t(w.taps));
   int64_t computed = 0;
   for (int m = 0; m < w.M; ++m) {
-    // row m of the packed weights: block m/8, lane m%8, 4 k per step
-    const int8_t* wb = w.wq + static_cast<ptrdiff_t>(m / 8) * w.K4 * 8 + (m % 8) * 4;
     const float scale = img.sx * w.wq_scale[m];
-    const float* wf = w.w + static_cast<ptrdiff_t>(m) * w.taps * w.C;
     for (int p = 0; p < n; ++p) {
-      const uint8_t* xp = scratch + static_cast<ptrdiff_t>(p) * w.K4;
-      int32_t acc = 0;
-      for (int k4 = 0; k4 < w.K4 / 4; ++k4)
-        for (int j = 0; j < 4; ++j) acc += int32_t(wb[k4 * 32 + j]) * int32_t(xp[k4 * 4 + j]);
-      const float pred = std::fma(static_cast<float>(acc - img.zx * w.wq_rowsum[m] + w.margin),
-                                  scale, w.bias[m]);
+      const int32_t a = units(w, img, m, scratch + static_cast<ptrdiff_t>(p) * w.K4);
+      const float pred = std::fma(static_cast<float>(a + w.margin), scale, w.bias[m]);
       float out = 0.0f;
       if (pred > 0.0f) {
-        tap_runs(w, img, p0 + p, runs.data());
-        float v = 0.0f;
-        for (int t = 0; t < w.taps; ++t)
-          for (int c = 0; c < w.C; ++c) v += wf[t * w.C + c] * runs[size_t(t)][c];
-        v += w.bias[m];
-        out = v > 0.0f ? (v < w.hi ? v : w.hi) : 0.0f;
+        out = exact(w, img, m, p0 + p, runs);
         ++computed;
       }
       y[m * y_stride + p] = out;

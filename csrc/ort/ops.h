@@ -94,9 +94,14 @@ class PredictedConvKernel {
   void compute(OrtKernelContext* ctx) const;
 
  private:
+  void run_pooled(OrtKernelContext* ctx, const sk::PredictMat& pm, const sk::PredictImage& img,
+                  float* y, int64_t OH, int64_t OW, int64_t PH, int64_t PW) const;
+
   Api api_;
   const sk::KernelTable* kt_;
   int64_t M_, C_, kh_, kw_, sh_, sw_, pt_, pl_, pb_, pr_, dh_, dw_, K_, C4_, K4_;
+  bool pooled_ = false;    // a MaxPool after the activation
+  int64_t pkh_ = 1, pkw_ = 1, psh_ = 1, psw_ = 1, ppt_ = 0, ppl_ = 0, ppb_ = 0, ppr_ = 0;
   float hi_;
   int steps16_;            // sk::PredictMat::steps16 for these weights
   int margin_;             // attribute 'margin'

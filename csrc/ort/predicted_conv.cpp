@@ -98,6 +98,23 @@ PredictedConvKernel::PredictedConvKernel(const Api& api, const OrtKernelInfo* in
   if (margin < 0 || margin > (1 << 24))
     throw Error("attribute 'margin' = " + s(margin) + " must be in [0, 2^24]");
   margin_ = int(margin);
+  // a MaxPool after the activation (docs/predict.md): all three attributes or none
+  pooled_ = a.has("pool_kernel");
+  if (pooled_) {
+    const auto k = conv_pair_attr(a, "pool_kernel", {}, 1);
+    const auto st2 = conv_pair_attr(a, "pool_strides", {1, 1}, 1);
+    const auto pd2 = a.get_ints("pool_pads", {0, 0, 0, 0});
+    if (pd2.size() != 4)
+      throw Error("attribute 'pool_pads' must have 4 values, got " + shape_str(pd2));
+    for (size_t i = 0; i < 4; ++i)
+      if (pd2[i] < 0 || pd2[i] >= k[i % 2])
+        throw Error("attribute 'pool_pads' " + shape_str(pd2) +
+                    " must be >= 0 and smaller than 'pool_kernel' " + shape_str(k));
+    pkh_ = k[0], pkw_ = k[1], psh_ = st2[0], psw_ = st2[1];
+    ppt_ = pd2[0], ppl_ = pd2[1], ppb_ = pd2[2], ppr_ = pd2[3];
+  } else if (a.has("pool_strides") || a.has("pool_pads")) {
+    throw Error("attributes 'pool_strides' / 'pool_pads' need 'pool_kernel'");
+  }
   // the kernels read each tap's channels contiguously (channels-last): W as [M][kh*kw][C]
   const int64_t taps = kh_ * kw_;
   const float* wp = static_cast<const float*>(W.data);
@@ -164,7 +181,13 @@ void PredictedConvKernel::compute(OrtKernelContext* ctx) const {
   const int64_t OW = conv_out_size(W, kw_, sw_, dw_, pl_, pr_);
   if (OH < 1 || OW < 1)
     throw Error("X spatial size " + s(H) + "x" + s(W) + " is smaller than the dilated kernel");
-  float* y = get_output(api_, ctx, {N, M_, OH, OW});
+  int64_t PH = OH, PW = OW;
+  if (pooled_) {
+    PH = (OH + ppt_ + ppb_ - pkh_) / psh_ + 1, PW = (OW + ppl_ + ppr_ - pkw_) / psw_ + 1;
+    if (OH + ppt_ + ppb_ < pkh_ || OW + ppl_ + ppr_ < pkw_)
+      throw Error("conv output " + s(OH) + "x" + s(OW) + " is smaller than the pool window");
+  }
+  float* y = get_output(api_, ctx, {N, M_, PH, PW});
   const int64_t P = OH * OW;
   if (N == 0 || P == 0) return;
   const float* x = static_cast<const float*>(X.data);
@@ -198,6 +221,10 @@ void PredictedConvKernel::compute(OrtKernelContext* ctx) const {
       kt_->predict_quantize(xhwc.get() + r0 * W * C_, size_t((r1 - r0) * W), int(C_), int(C4_),
                             img.sx, img.zx, xq.get() + r0 * W * C4_);
     });
+    if (pooled_) {
+      run_pooled(ctx, pm, img, y + n * M_ * PH * PW, OH, OW, PH, PW);
+      continue;
+    }
     float* yi = y + n * M_ * P;
     parallel_for(api_, ctx, size_t(ntiles), [&](size_t t) {
       const int64_t p0 = int64_t(t) * kTile, len = std::min(kTile, P - p0);
@@ -205,6 +232,68 @@ void PredictedConvKernel::compute(OrtKernelContext* ctx) const {
       kt_->predict(pm, img, p0, int(len), rows.get(), yi + p0, P);
     });
   }
+}
+
+// With a MaxPool: units of every conv output first, then per output row (channel) the
+// candidates (a window's largest units within the margin, predicted positive) in full
+// precision, then the pool over them (0 where nothing was computed).
+void PredictedConvKernel::run_pooled(OrtKernelContext* ctx, const sk::PredictMat& pm,
+                                     const sk::PredictImage& img, float* y, int64_t OH,
+                                     int64_t OW, int64_t PH, int64_t PW) const {
+  const int64_t P = OH * OW, ntiles = (P + kTile - 1) / kTile;
+  Scratch<int32_t> units(size_t(M_ * P));
+  parallel_for(api_, ctx, size_t(ntiles), [&](size_t t) {
+    const int64_t p0 = int64_t(t) * kTile, len = std::min(kTile, P - p0);
+    Scratch<uint8_t> rows(size_t(len * K4_));
+    kt_->predict_units(pm, img, p0, int(len), rows.get(), units.get() + p0, P);
+  });
+  // the window of pooled output (ph, pw): conv rows [r0, r1) and columns [c0, c1)
+  auto window = [&](int64_t ph, int64_t pw, int64_t* r0, int64_t* r1, int64_t* c0,
+                    int64_t* c1) {
+    *r0 = std::max<int64_t>(0, ph * psh_ - ppt_), *r1 = std::min(OH, ph * psh_ - ppt_ + pkh_);
+    *c0 = std::max<int64_t>(0, pw * psw_ - ppl_), *c1 = std::min(OW, pw * psw_ - ppl_ + pkw_);
+  };
+  parallel_for(api_, ctx, size_t(M_), [&](size_t mi) {
+    const int64_t m = int64_t(mi);
+    const int32_t* u = units.get() + m * P;
+    const float scale = img.sx * wq_scale_[size_t(m)], b = bias_[size_t(m)];
+    Scratch<uint8_t> cand{size_t(P)};
+    Scratch<float> val{size_t(P)};
+    Scratch<int64_t> list{size_t(P)};
+    std::fill(cand.get(), cand.get() + P, uint8_t(0));
+    std::fill(val.get(), val.get() + P, 0.0f);
+    for (int64_t ph = 0; ph < PH; ++ph)
+      for (int64_t pw = 0; pw < PW; ++pw) {
+        int64_t r0, r1, c0, c1;
+        window(ph, pw, &r0, &r1, &c0, &c1);
+        int32_t top = INT32_MIN;
+        for (int64_t r = r0; r < r1; ++r)
+          for (int64_t c = c0; c < c1; ++c) top = std::max(top, u[r * OW + c]);
+        for (int64_t r = r0; r < r1; ++r)
+          for (int64_t c = c0; c < c1; ++c) {
+            const int32_t v = u[r * OW + c];
+            if (int64_t(v) + margin_ >= top &&
+                std::fma(float(v + margin_), scale, b) > 0.0f)
+              cand.get()[r * OW + c] = 1;
+          }
+      }
+    int cnt = 0;
+    for (int64_t p = 0; p < P; ++p)
+      if (cand.get()[p]) list.get()[cnt++] = p;
+    Scratch<float> got(size_t(std::max(cnt, 1)));
+    kt_->predict_exact(pm, img, int(m), list.get(), cnt, got.get());
+    for (int i = 0; i < cnt; ++i) val.get()[list.get()[i]] = got.get()[i];
+    float* ym = y + m * PH * PW;
+    for (int64_t ph = 0; ph < PH; ++ph)
+      for (int64_t pw = 0; pw < PW; ++pw) {
+        int64_t r0, r1, c0, c1;
+        window(ph, pw, &r0, &r1, &c0, &c1);
+        float best = 0.0f;
+        for (int64_t r = r0; r < r1; ++r)
+          for (int64_t c = c0; c < c1; ++c) best = std::max(best, val.get()[r * OW + c]);
+        ym[ph * PW + pw] = best;
+      }
+  });
 }
 
 }  // namespace skort
