@@ -1,16 +1,20 @@
 """Skipping the outputs ReLU will zero (SeerNet, CVPR 2019; docs/predict.md).
 
-A Conv followed by ReLU (or Clip(0, hi)) throws away every negative output.  ``PredictedConv``
-(ai.sparsekit) first predicts each output with 8-bit weights (per output channel, quantized
-here, at convert time) and 7-bit activations (per image, at run time), then computes in full
-precision only the outputs predicted positive; the rest are 0.  Outputs that are positive but
-predicted otherwise are lost: that is the accuracy the per-layer decision weighs.
+A Conv followed by ReLU (or Clip(0, hi)), possibly by a MaxPool, throws away every negative
+output (and every output that is no window's maximum).  ``PredictedConv`` (ai.sparsekit) first
+predicts each output with low-bit weights (per output channel, quantized here, at convert time)
+and 7-bit activations (per image, at run time), then computes in full precision only the outputs
+predicted to matter; the rest are 0.  Outputs that are positive but predicted otherwise are lost:
+a per-layer margin, chosen on calibration data for a recall target, bounds that.
 
-* :func:`quantize_rows`: symmetric int8 per row, |q| <= 127;
+* :func:`quantize_rows`: symmetric per row, ``bits`` bits;
 * :func:`make_predicted_conv_node`: the node and its initializers for an ONNX Conv weight;
+* :func:`prediction_units`, :func:`predicted_mask`, :func:`pooled_candidates`: numpy models of
+  the op's integer decisions (the reference the kernels are tested against);
+* :class:`MarginStats` / :func:`margin_for_recall`: the least margin reaching a recall;
 * :func:`rewrite_predicted`: every eligible Conv [-> bias/BatchNormalization] -> ReLU or
-  Clip(0, hi) chain of a model replaced by one PredictedConv;
-* :func:`plan_predicted`: which of them to replace, from the fraction of zeros measured on
+  Clip(0, hi) [-> MaxPool] chain of a model replaced by one PredictedConv;
+* :func:`plan_predicted`: which of them to replace, from the outputs found unneeded on
   calibration data and (optionally) timing each layer both ways (``convert --predict-relu``).
 """
 from __future__ import annotations
@@ -30,11 +34,13 @@ from .io import as_model
 from .pack import DOMAIN, opset_import
 
 __all__ = ["quantize_rows", "make_predicted_conv_node", "prediction_units", "predicted_mask",
-           "margin_for_recall", "rewrite_predicted", "PredictedLayer", "plan_predicted",
-           "DEFAULT_MIN_ZEROS", "DEFAULT_BITS", "DEFAULT_RECALL"]
+           "Pool", "pooled_candidates", "pooled_output", "MarginStats", "margin_for_recall",
+           "rewrite_predicted", "PredictedLayer", "plan_predicted", "DEFAULT_MIN_ZEROS",
+           "DEFAULT_BITS", "DEFAULT_RECALL"]
 
-# Least fraction of zeros after the activation, measured on calibration data, at which a layer
-# is predicted: below it the prediction (int8, up to half a dense conv's cost on AVX2) cannot pay.
+# Least fraction of unneeded outputs (zeros after the activation, or no window's max), measured on
+# calibration data, at which a layer is predicted: below it the prediction (a quarter to half of a
+# dense conv's cost on AVX2) cannot pay.
 DEFAULT_MIN_ZEROS = 0.7
 # Bits of the prediction's weights.  4: the AVX2 kernel sums 18 steps of vpmaddubsw in int16
 # before widening (8 bits: one widening per step), about 1.5x faster prediction.

@@ -141,6 +141,16 @@ using QuantizeFn = void (*)(const float* x, size_t n, int C, int C4, float sx, i
 using PredictFn = int64_t (*)(const PredictMat& w, const PredictImage& img, int64_t p0, int n,
                               uint8_t* scratch, float* y, ptrdiff_t y_stride);
 
+// With a MaxPool after the activation (docs/predict.md) the op needs every output's units and
+// full precision at chosen outputs:
+// u[m * u_stride + p - p0] = sum_k wq[m][k] * xq_p[k] - zx * wq_rowsum[m] (no margin) for
+// p in [p0, p0 + n), n <= 64; scratch: n * K4 bytes.
+using PredictUnitsFn = void (*)(const PredictMat& w, const PredictImage& img, int64_t p0, int n,
+                                uint8_t* scratch, int32_t* u, ptrdiff_t u_stride);
+// out[i] = min(hi, max(0, w[m]·x_p + bias[m])) for p = pix[i], i < cnt.
+using PredictExactFn = void (*)(const PredictMat& w, const PredictImage& img, int m,
+                                const int64_t* pix, int cnt, float* out);
+
 struct KernelTable {
   Isa isa;
   const char* name;   // "ref", "avx2", ...
@@ -155,6 +165,8 @@ struct KernelTable {
   int b1_tile_pixels;      // pixels per register tile of the B=1 kernel
   QuantizeFn predict_quantize;  // 7-bit activations for predict
   PredictFn predict;       // ReLU-output prediction + full precision where predicted positive
+  PredictUnitsFn predict_units;  // the prediction alone (MaxPool chains)
+  PredictExactFn predict_exact;  // full precision at given outputs (MaxPool chains)
 };
 
 // Per-ISA tables; null when that ISA was not compiled in or the CPU lacks it.
@@ -167,10 +179,25 @@ void predict_quantize_ref(const float* x, size_t n, int C, int C4, float sx, int
                           uint8_t* xq);
 int64_t predict_ref(const PredictMat& w, const PredictImage& img, int64_t p0, int n,
                     uint8_t* scratch, float* y, ptrdiff_t y_stride);
+void predict_units_ref(const PredictMat& w, const PredictImage& img, int64_t p0, int n,
+                       uint8_t* scratch, int32_t* u, ptrdiff_t u_stride);
+void predict_exact_ref(const PredictMat& w, const PredictImage& img, int m, const int64_t* pix,
+                       int cnt, float* out);
 #if defined(SK_HAVE_X86)
 void predict_quantize_avx2(const float* x, size_t n, int C, int C4, float sx, int zx,
                            uint8_t* xq);
 int64_t predict_avx2(const PredictMat& w, const PredictImage& img, int64_t p0, int n,
+                     uint8_t* scratch, float* y, ptrdiff_t y_stride);
+void predict_units_avx2(const PredictMat& w, const PredictImage& img, int64_t p0, int n,
+                        uint8_t* scratch, int32_t* u, ptrdiff_t u_stride);
+void predict_exact_avx2(const PredictMat& w, const PredictImage& img, int m, const int64_t* pix,
+                        int cnt, float* out);
+#endif
+#if defined(SK_HAVE_NEON)
+// predict_neon.cpp: sdot prediction where the CPU has the dot product, else predict_ref.
+void predict_quantize_neon(const float* x, size_t n, int C, int C4, float sx, int zx,
+                           uint8_t* xq);
+int64_t predict_neon(const PredictMat& w, const PredictImage& img, int64_t p0, int n,
                      uint8_t* scratch, float* y, ptrdiff_t y_stride);
 #endif
 

@@ -112,15 +112,15 @@ inline __m256 mask_tail(int rem) {
 }
 
 // Dot products of N pixels' taps with weight row wr ([taps][C]), in the low N lanes:
-// runs[j * taps + t] points to pixel j's C channels of tap t.
+// runs[j][t] points to pixel j's C channels of tap t.
 template <int N>
-inline __m128 dot_taps(const float* const* runs, const float* wr, int taps, int C) {
+inline __m128 dot_taps(const float* const* const* runs, const float* wr, int taps, int C) {
   __m256 s[8];
   for (int i = 0; i < 8; ++i) s[i] = _mm256_setzero_ps();
   const __m256i tail = _mm256_castps_si256(mask_tail(C % 8 ? C % 8 : 8));
   for (int t = 0; t < taps; ++t, wr += C) {
     const float* a[N];
-    for (int j = 0; j < N; ++j) a[j] = runs[j * taps + t];
+    for (int j = 0; j < N; ++j) a[j] = runs[j][t];
     int c = 0;
     for (; c + 16 <= C; c += 16) {
       const __m256 w0 = _mm256_loadu_ps(wr + c), w1 = _mm256_loadu_ps(wr + c + 8);
@@ -223,13 +223,13 @@ inline void exact_row(const PredictMat& w, int m, uint64_t bits, const float* co
                       float* y) {
   const float* wr = w.w + static_cast<ptrdiff_t>(m) * w.taps * w.C;
   const __m128 zero = _mm_setzero_ps(), hi = _mm_set1_ps(w.hi), bias = _mm_set1_ps(w.bias[m]);
-  const float* group[4 * 64];
+  const float* const* group[4];
   while (bits) {
     int pix[4], c = 0;
     for (; c < 4 && bits; ++c) {
       pix[c] = __builtin_ctzll(bits);
       bits &= bits - 1;
-      std::copy(runs + pix[c] * w.taps, runs + (pix[c] + 1) * w.taps, group + c * w.taps);
+      group[c] = runs + pix[c] * w.taps;
     }
     const __m128 v = c == 4   ? dot_taps<4>(group, wr, w.taps, w.C)
                      : c == 3 ? dot_taps<3>(group, wr, w.taps, w.C)
@@ -296,14 +296,16 @@ void predict_exact_avx2(const PredictMat& w, const PredictImage& img, int m, con
                         int cnt, float* out) {
   const float* wr = w.w + static_cast<ptrdiff_t>(m) * w.taps * w.C;
   const __m128 zero = _mm_setzero_ps(), hi = _mm_set1_ps(w.hi), bias = _mm_set1_ps(w.bias[m]);
-  std::vector<const float*> group(size_t(4) * w.taps);
+  std::vector<const float*> runs(size_t(4) * w.taps);
+  const float* const* group[4] = {runs.data(), runs.data() + w.taps, runs.data() + 2 * w.taps,
+                                  runs.data() + 3 * w.taps};
   for (int i = 0; i < cnt; i += 4) {
     const int c = std::min(4, cnt - i);
-    for (int j = 0; j < c; ++j) tap_runs(w, img, pix[i + j], group.data() + j * w.taps);
-    const __m128 v = c == 4   ? dot_taps<4>(group.data(), wr, w.taps, w.C)
-                     : c == 3 ? dot_taps<3>(group.data(), wr, w.taps, w.C)
-                     : c == 2 ? dot_taps<2>(group.data(), wr, w.taps, w.C)
-                              : dot_taps<1>(group.data(), wr, w.taps, w.C);
+    for (int j = 0; j < c; ++j) tap_runs(w, img, pix[i + j], runs.data() + j * w.taps);
+    const __m128 v = c == 4   ? dot_taps<4>(group, wr, w.taps, w.C)
+                     : c == 3 ? dot_taps<3>(group, wr, w.taps, w.C)
+                     : c == 2 ? dot_taps<2>(group, wr, w.taps, w.C)
+                              : dot_taps<1>(group, wr, w.taps, w.C);
     alignas(16) float o[4];
     _mm_store_ps(o, _mm_min_ps(_mm_max_ps(_mm_add_ps(v, bias), zero), hi));
     for (int j = 0; j < c; ++j) out[i + j] = o[j];

@@ -198,7 +198,8 @@ void spmm_48x1_avx2(size_t n, const SpMat& w, int g_begin, int g_end, const floa
 
 const KernelTable kTable = {Isa::avx2, "avx2", 24, spmm_48x1_avx2, spmm_24x4_avx2, dwconv_avx2,
                             8, spmv_bank_avx2, dwconv_multi_avx2, 8, 48,
-                            predict_quantize_avx2, predict_avx2};
+                            predict_quantize_avx2, predict_avx2,
+                            predict_units_avx2, predict_exact_avx2};
 
 }  // namespace
 

@@ -177,7 +177,8 @@ void spmm_32x1_avx512(size_t n, const SpMat& w, int g_begin, int g_end, const fl
 const KernelTable kTable = {Isa::avx512, "avx512", 48, spmm_32x1_avx512, spmm_48x4_avx512,
                             dwconv_avx512, 16, spmv_bank_avx512,
                             dwconv_multi_avx512, 16, 32,
-                            predict_quantize_avx2, predict_avx2};
+                            predict_quantize_avx2, predict_avx2,
+                            predict_units_avx2, predict_exact_avx2};
 
 }  // namespace
 

@@ -178,7 +178,8 @@ void spmm_16x1_neon(size_t n, const SpMat& w, int g_begin, int g_end, const floa
 
 const KernelTable kTable = {Isa::neon, "neon", 16, spmm_16x1_neon, spmm_16x4_neon, dwconv_neon,
                             4, spmv_bank_neon, dwconv_multi_neon, 1, 16,
-                            predict_quantize_ref, predict_ref};
+                            predict_quantize_neon, predict_neon,
+                            predict_units_ref, predict_exact_ref};
 
 }  // namespace
 

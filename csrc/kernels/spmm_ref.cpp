@@ -63,7 +63,8 @@ void dwconv_multi_ref(const DwShape& s, int nch, const float* x, const float* w,
 
 const KernelTable kTable = {Isa::ref, "ref", 1, spmm_ref, spmm_ref, dwconv_ref,
                             8, spmv_bank_ref, dwconv_multi_ref, 1, 1,
-                            predict_quantize_ref, predict_ref};
+                            predict_quantize_ref, predict_ref,
+                            predict_units_ref, predict_exact_ref};
 
 }  // namespace
 

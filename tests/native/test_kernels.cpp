@@ -4,12 +4,14 @@
 // the outputs carry guard values that a kernel must leave alone.
 //
 // Usage: sk_kernel_tests [-v]     closing line: "N passed, N failed"; exit 1 on any failure.
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <memory>
+#include <new>
 #include <string>
 #include <vector>
 
@@ -502,6 +504,483 @@ void spmv_suite(const KernelTable& t) {
   check_spmv(t, 17, 256, 256, 256, true, true);   // keep == bank_size (dense)
 }
 
+// ------------------------------------------------------------ ReLU-output prediction --
+// An exactly-sized heap array of T (any alignment), so ASan sees any access past either end.
+template <typename T>
+struct Arr {
+  T* p;
+  size_t n;
+  size_t align;
+  explicit Arr(size_t count, size_t al = alignof(T))
+      : p(static_cast<T*>(::operator new(sizeof(T) * (count ? count : 1), std::align_val_t(al)))),
+        n(count),
+        align(al) {}
+  Arr(const Arr&) = delete;
+  Arr& operator=(const Arr&) = delete;
+  ~Arr() { ::operator delete(p, std::align_val_t(align)); }
+  T* data() { return p; }
+  T& operator[](size_t i) { return p[i]; }
+};
+
+// The quantization of kernels.h, written independently: the product rounded (it goes through
+// a volatile, so no compiler can fuse it with the sum), then the sum, clamp, truncation.
+uint8_t quantize_model(float x, float sx, int zx) {
+  const float inv = sx > 0.0f ? 1.0f / sx : 0.0f, off = float(zx) + 0.5f;
+  volatile float prod = x * inv;
+  const float t = prod + off;
+  if (!(t > 0.0f)) return 0;
+  if (t >= 127.0f) return 127;
+  return static_cast<uint8_t>(static_cast<int>(t));
+}
+
+// kt.predict_quantize on n pixels of C channels against the model and, byte for byte, against
+// predict_quantize_ref; the padding channels must be 0 and the bytes after xq left alone.
+// mode 0: random in [lo, hi]; 1: values on and next to rounding boundaries (x*inv + off within
+// a few ulps of an integer); 2: extremes (0, -0, +-huge, +-inf, exact grid points).
+void check_quantize(const KernelTable& t, size_t n, int C, float sx, int zx, int mode) {
+  const int C4 = (C + 3) / 4 * 4;
+  Buf x(n * C);
+  const float inv = sx > 0.0f ? 1.0f / sx : 0.0f, off = float(zx) + 0.5f;
+  for (size_t i = 0; i < x.n; ++i) {
+    if (mode == 0) {
+      x[i] = (randint(0, 9) == 0) ? 0.0f : randf() * 70.0f * (sx > 0.0f ? sx : 1.0f) * 2.0f;
+    } else if (mode == 1 && inv > 0.0f) {
+      // the real x whose x * inv + off is the integer j, then a few ulps either side
+      const int j = randint(-2, 129);
+      float v = static_cast<float>((double(j) - double(off)) / double(inv));
+      for (int u = randint(-3, 3); u != 0; u += u > 0 ? -1 : 1)
+        v = std::nextafter(v, u > 0 ? INFINITY : -INFINITY);
+      x[i] = v;
+    } else {
+      static const float ext[] = {0.0f, -0.0f, 1e30f, -1e30f, INFINITY, -INFINITY,
+                                  1e-40f, -1e-40f, 127.0f, -127.0f, 0.5f, -0.5f};
+      x[i] = randint(0, 1) ? ext[randint(0, 11)] * (randint(0, 1) ? 1.0f : sx)
+                           : float(randint(-140, 140)) * sx;  // grid points
+    }
+  }
+  std::vector<uint8_t> got(n * C4 + 16, 0xA5), want(n * C4 + 16, 0x5A);
+  t.predict_quantize(x.data(), n, C, C4, sx, zx, got.data());
+  sk::predict_quantize_ref(x.data(), n, C, C4, sx, zx, want.data());
+  int bad = 0;
+  char where[200] = "";
+  for (size_t p = 0; p < n && !bad; ++p)
+    for (int c = 0; c < C4; ++c) {
+      const size_t at = p * C4 + c;
+      const uint8_t model = c < C ? quantize_model(x[p * C + c], sx, zx) : 0;
+      if (got[at] != want[at] || got[at] != model) {
+        std::snprintf(where, sizeof where,
+                      "px %zu ch %d (x=%.9g): got %d, predict_quantize_ref %d, model %d", p, c,
+                      c < C ? x[p * C + c] : 0.0f, got[at], want[at], model);
+        ++bad;
+        break;
+      }
+    }
+  for (size_t i = n * C4; i < got.size(); ++i)
+    if (got[i] != 0xA5 && !bad++) std::snprintf(where, sizeof where, "wrote past xq");
+  char msg[400];
+  std::snprintf(msg, sizeof msg, "%s predict_quantize n=%zu C=%d sx=%g zx=%d mode=%d: %s",
+                t.name, n, C, sx, zx, mode, bad ? where : "ok");
+  record(bad == 0, msg);
+}
+
+void quantize_suite(const KernelTable& t) {
+  const int Cs[] = {1, 2, 3, 4, 5, 7, 8, 15, 16, 17, 31, 32, 33, 63, 64, 65, 300};
+  const size_t ns[] = {1, 2, 3, 5, 16, 17, 100};
+  int i = 0;
+  for (int C : Cs)
+    for (size_t n : ns) {
+      const float sxs[] = {1.0f / 127.0f, 0.25f, randf() * 0.1f + 0.1001f, 3.7e-3f};
+      const int zxs[] = {0, 1, 37, 127, randint(0, 127)};
+      check_quantize(t, n, C, sxs[i % 4], zxs[i % 5], i % 3);
+      ++i;
+    }
+  // sx = 0 (inv 0: everything quantizes to zx), tiny and huge scales
+  for (int C : {3, 16, 33}) {
+    check_quantize(t, 9, C, 0.0f, 0, 2);
+    check_quantize(t, 9, C, 0.0f, 12, 0);
+    check_quantize(t, 9, C, 1e-30f, 0, 2);
+    check_quantize(t, 9, C, 1e30f, 64, 0);
+  }
+  // boundary values in bulk; many pixels of few channels (chunks of contiguous pixels)
+  for (int C : {1, 3, 4, 5, 6, 7, 8, 12, 32, 40}) {
+    check_quantize(t, 1000, C, 0.1f + 0.05f * randf(), randint(0, 127), 1);
+    check_quantize(t, 2100, C, 0.01f + 0.005f * randf(), 0, 1);
+  }
+  check_quantize(t, 1025, 1, 0.5f, 3, 0);
+  check_quantize(t, 342, 3, 0.5f, 3, 1);
+}
+
+struct PredGeom {
+  int kh, kw, sh, sw, dh, dw, pt, pl, pb, pr;
+};
+
+const PredGeom kPredGeoms[] = {
+    {1, 1, 1, 1, 1, 1, 0, 0, 0, 0}, {1, 1, 2, 2, 1, 1, 0, 0, 0, 0},
+    {3, 3, 1, 1, 1, 1, 1, 1, 1, 1}, {3, 3, 2, 2, 1, 1, 1, 1, 0, 0},
+    {3, 3, 1, 1, 1, 1, 0, 0, 0, 0}, {3, 3, 1, 1, 2, 2, 2, 2, 2, 2},
+    {5, 5, 1, 1, 1, 1, 2, 2, 2, 2}, {5, 5, 2, 2, 1, 1, 2, 1, 2, 1},
+    {1, 3, 1, 1, 1, 1, 0, 1, 0, 1}, {5, 3, 2, 1, 1, 1, 2, 1, 1, 0},
+    {3, 3, 2, 2, 2, 2, 1, 2, 0, 1}, {5, 5, 1, 2, 2, 2, 4, 4, 4, 4},
+    {3, 1, 2, 1, 2, 1, 0, 0, 3, 0},
+};
+constexpr int kNumPredGeoms = sizeof(kPredGeoms) / sizeof(kPredGeoms[0]);
+
+struct PredCase {
+  PredGeom g;
+  int C, M, n;
+  int wq_max;      // |wq| <= wq_max (7: steps16 = 18, 127: steps16 = 1)
+  int margin;
+  bool signed_x;   // x with negatives (zx > 0) or a ReLU output (zx = 0)
+  float hi;        // activation clamp
+  int x_kind;      // 0 random, 1 all zero (sx = 0), 2 saturating: x = max (xq = 127) everywhere
+  int w_kind;      // 0 random, 1 all +1 (wq = +wq_max), 2 all -1, 3 with an all-zero row
+  bool p0_at_end;  // the last n pixels of the image (else a random p0 >= 1)
+  bool bias_on_boundary = false;  // bias[m] = -float(units * scale) at one pixel per row
+};
+
+// One call of t.predict on output pixels [p0, p0 + n) of a random conv, built as the op
+// builds it (csrc/ort/predicted_conv.cpp), against:
+//   * an independent model: the integer prediction from the unpacked W_q and the 7-bit image,
+//     the decision fma(float(acc - zx*rowsum + margin), sx*scale, bias) > 0, and the output
+//     in double where predicted positive (relative tolerance 1e-5 of sum |w*x| + |bias|),
+//     0 elsewhere, the same count returned;
+//   * sk::predict_ref on the same inputs: the same count and values within the tolerance;
+//   * a probe run with the fp32 weights and image replaced by positive constants (the 7-bit
+//     image kept): every computed output is then > 0, so the set of computed outputs can be
+//     read off y and must equal predict_ref's (and the model's where a pixel has a tap inside).
+// Every buffer is exactly sized (ASan: no read past the image, its 7-bit copy, the zeros row,
+// the weights or the scratch); y has guard columns and a guard row.
+void check_predict(const KernelTable& t, const PredCase& pc, const std::string& tag) {
+  const PredGeom& g = pc.g;
+  const int C = pc.C, M = pc.M, n = pc.n, C4 = (C + 3) / 4 * 4, taps = g.kh * g.kw;
+  const int K = C * taps, K4 = taps * C4;
+  const int ekh = (g.kh - 1) * g.dh + 1, ekw = (g.kw - 1) * g.dw + 1;
+  // image size: at least n + 1 output pixels, so that p0 >= 1
+  const int ow = randint(1, 12);
+  const int oh = (n + 1 + ow - 1) / ow + randint(0, 2);
+  int H = std::max(1, (oh - 1) * g.sh + ekh - g.pt - g.pb + randint(0, g.sh - 1));
+  int W = std::max(1, (ow - 1) * g.sw + ekw - g.pl - g.pr + randint(0, g.sw - 1));
+  int OH = 0, OW = 0;
+  for (;;) {
+    OH = H + g.pt + g.pb >= ekh ? (H + g.pt + g.pb - ekh) / g.sh + 1 : 0;
+    OW = W + g.pl + g.pr >= ekw ? (W + g.pl + g.pr - ekw) / g.sw + 1 : 0;
+    if (OH >= 1 && OW >= 1 && int64_t(OH) * OW >= n + 1) break;
+    if (OH < 1 || OW >= OH) ++H; else ++W;
+  }
+  const int64_t P = int64_t(OH) * OW;
+  const int64_t p0 = pc.p0_at_end ? P - n : randint(1, int(P - n));
+  const size_t HW = size_t(H) * W;
+
+  // image, scaled and quantized as the op does
+  Arr<float> x(HW * C);
+  const float xs = 0.5f + float(uniform()) * 4.0f;
+  for (size_t i = 0; i < x.n; ++i) {
+    float v = 0.0f;
+    if (pc.x_kind == 0) {
+      v = randf() * xs;
+      if (!pc.signed_x) v = v > 0.0f ? v : 0.0f;
+      if (randint(0, 7) == 0) v = 0.0f;
+    } else if (pc.x_kind == 2) {  // signed: one small negative value makes zx 1
+      v = pc.signed_x && i == 0 ? -xs / 100.0f : xs;
+    }
+    x[i] = v;
+  }
+  float lo = 0.0f, hi = 0.0f;
+  for (size_t i = 0; i < x.n; ++i) lo = std::min(lo, x[i]), hi = std::max(hi, x[i]);
+  const float sx = (hi - lo) / 127.0f;
+  const int zx = sx > 0.0f ? int(std::lround(-lo / sx)) : 0;
+  Arr<uint8_t> xq(HW * C4);
+  sk::predict_quantize_ref(x.data(), HW, C, C4, sx, zx, xq.data());
+  Arr<float> zeros(C);
+  for (int c = 0; c < C; ++c) zeros[c] = 0.0f;
+
+  // weights: ONNX W [M][C][kh][kw], W_q [M][C*kh*kw] (k = c*taps + tap), then the op's forms
+  std::vector<float> Wo(size_t(M) * K);
+  for (size_t i = 0; i < Wo.size(); ++i)
+    Wo[i] = pc.w_kind == 1 ? 1.0f : pc.w_kind == 2 ? -1.0f : randf();
+  if (pc.w_kind == 3)
+    for (int k = 0; k < K; ++k) Wo[size_t(M / 2) * K + k] = 0.0f;
+  std::vector<int> Wq(size_t(M) * K);
+  std::vector<float> scale(M);
+  for (int m = 0; m < M; ++m) {
+    float mx = 0.0f;
+    for (int k = 0; k < K; ++k) mx = std::max(mx, std::fabs(Wo[size_t(m) * K + k]));
+    scale[m] = mx / float(pc.wq_max);
+    for (int k = 0; k < K; ++k) {
+      const float q = scale[m] > 0.0f ? std::nearbyint(Wo[size_t(m) * K + k] / scale[m]) : 0.0f;
+      Wq[size_t(m) * K + k] = int(std::max(-float(pc.wq_max), std::min(float(pc.wq_max), q)));
+    }
+  }
+  const int nb = (M + 7) / 8;
+  Arr<int8_t> wq(size_t(nb) * K4 * 8, 64);
+  for (size_t i = 0; i < wq.n; ++i) wq[i] = 0;
+  Arr<int32_t> rowsum(M);
+  Arr<float> wscale(M), wf(size_t(M) * taps * C), bias(M);
+  float bmax = 0.0f;
+  const float bs = 0.3f * xs * std::sqrt(float(K));
+  for (int m = 0; m < M; ++m) {
+    rowsum[m] = 0;
+    wscale[m] = scale[m];
+    bias[m] = randint(0, 9) == 0 ? 0.0f : randf() * bs;
+    bmax = std::max(bmax, std::fabs(bias[m]));
+    for (int k = 0; k < K; ++k) {
+      const int tp = k % taps, c = k / taps, kk = tp * C4 + c;
+      const int v = Wq[size_t(m) * K + k];
+      wq[size_t(m / 8) * K4 * 8 + size_t(kk / 4) * 32 + (m % 8) * 4 + kk % 4] = int8_t(v);
+      rowsum[m] += v;
+      wf[(size_t(m) * taps + tp) * C + c] = Wo[size_t(m) * K + k];
+    }
+  }
+  sk::PredictMat pm;
+  pm.M = M, pm.C = C, pm.C4 = C4, pm.taps = taps, pm.K4 = K4;
+  pm.wq = wq.data(), pm.wq_rowsum = rowsum.data(), pm.wq_scale = wscale.data();
+  pm.w = wf.data(), pm.bias = bias.data(), pm.hi = pc.hi;
+  pm.steps16 = std::max(1, 32767 / (2 * 127 * pc.wq_max));
+  pm.margin = pc.margin;
+  sk::PredictImage img;
+  img.x = x.data(), img.xq = xq.data(), img.zeros = zeros.data();
+  img.H = H, img.W = W, img.OW = OW;
+  img.kh = g.kh, img.kw = g.kw, img.sh = g.sh, img.sw = g.sw, img.dh = g.dh, img.dw = g.dw;
+  img.pt = g.pt, img.pl = g.pl;
+  img.sx = sx, img.zx = zx;
+
+  // the model: integer prediction units and the dot products in double
+  std::vector<char> pred(size_t(M) * n), inside(n, 0);
+  std::vector<int64_t> units(size_t(M) * n);
+  std::vector<double> dot(size_t(M) * n), want(size_t(M) * n), mag(size_t(M) * n);
+  std::vector<int64_t> model_rowsum(M, 0);
+  for (int m = 0; m < M; ++m)
+    for (int k = 0; k < K; ++k) model_rowsum[m] += Wq[size_t(m) * K + k];
+  for (int i = 0; i < n; ++i) {
+    const int64_t oy = (p0 + i) / OW, ox = (p0 + i) % OW;
+    std::vector<int64_t> q(taps);
+    for (int ky = 0; ky < g.kh; ++ky)
+      for (int kx = 0; kx < g.kw; ++kx) {
+        const int64_t iy = oy * g.sh - g.pt + int64_t(ky) * g.dh;
+        const int64_t ix = ox * g.sw - g.pl + int64_t(kx) * g.dw;
+        const bool in = iy >= 0 && iy < H && ix >= 0 && ix < W;
+        q[ky * g.kw + kx] = in ? iy * W + ix : -1;
+        if (in) inside[i] = 1;
+      }
+    for (int m = 0; m < M; ++m) {
+      int64_t acc = 0;
+      double v = 0.0, a = 0.0;
+      for (int c = 0; c < C; ++c)
+        for (int tp = 0; tp < taps; ++tp) {
+          const int wv = Wq[size_t(m) * K + size_t(c) * taps + tp];
+          acc += int64_t(wv) * (q[tp] >= 0 ? xq[size_t(q[tp]) * C4 + c] : zx);
+          if (q[tp] >= 0) {
+            const double term = double(Wo[size_t(m) * K + size_t(c) * taps + tp]) *
+                                x[size_t(q[tp]) * C + c];
+            v += term;
+            a += std::fabs(term);
+          }
+        }
+      const size_t at = size_t(m) * n + i;
+      units[at] = acc - int64_t(zx) * model_rowsum[m] + pc.margin;
+      dot[at] = v;
+      mag[at] = a;
+    }
+  }
+  if (pc.bias_on_boundary) {
+    // bias = -(rounded product) at one pixel per row: the decision there is the sign of the
+    // product's rounding error, which only a single-rounding fma gets right
+    bmax = 0.0f;
+    for (int m = 0; m < M; ++m) {
+      volatile float prod = float(units[size_t(m) * n + (m * 7) % n]) * (sx * scale[m]);
+      bias[m] = -prod;
+      bmax = std::max(bmax, std::fabs(bias[m]));
+    }
+  }
+  int64_t want_count = 0;
+  for (int m = 0; m < M; ++m)
+    for (int i = 0; i < n; ++i) {
+      const size_t at = size_t(m) * n + i;
+      const bool pos = std::fma(float(units[at]), sx * scale[m], bias[m]) > 0.0f;
+      const double v = dot[at] + bias[m];
+      pred[at] = pos;
+      want[at] = pos ? (v > 0.0 ? std::min(v, double(pc.hi)) : 0.0) : 0.0;
+      mag[at] += std::fabs(bias[m]);
+      want_count += pos;
+    }
+
+  const ptrdiff_t ys = n + 3;
+  auto run = [&](sk::PredictFn fn, const sk::PredictMat& w, const sk::PredictImage& im,
+                 Buf& y) {
+    for (size_t i = 0; i < y.n; ++i) y[i] = kGuard;
+    Arr<uint8_t> scratch(size_t(n) * K4);
+    return fn(w, im, p0, n, scratch.data(), y.data(), ys);
+  };
+  auto guards_ok = [&](Buf& y) {
+    for (int m = 0; m <= M; ++m)
+      for (ptrdiff_t p = 0; p < ys; ++p)
+        if ((m == M || p >= n) && std::memcmp(&y[m * ys + p], &kGuard, sizeof(float)) != 0)
+          return false;
+    return true;
+  };
+  Buf y(size_t(M + 1) * ys), yr(size_t(M + 1) * ys);
+  const int64_t got_count = run(t.predict, pm, img, y);
+  const int64_t ref_count = run(sk::predict_ref, pm, img, yr);
+
+  int bad = 0;
+  char where[300] = "";
+  if (!guards_ok(y)) {
+    ++bad;
+    std::snprintf(where, sizeof where, "guard overwritten");
+  } else if (got_count != want_count || got_count != ref_count) {
+    ++bad;
+    std::snprintf(where, sizeof where, "returned %lld, model %lld, predict_ref %lld",
+                  (long long)got_count, (long long)want_count, (long long)ref_count);
+  }
+  for (int m = 0; m < M && !bad; ++m)
+    for (int i = 0; i < n; ++i) {
+      const size_t at = size_t(m) * n + i;
+      const float got = y[m * ys + i], ref = yr[m * ys + i];
+      const double tol = 1e-5 * (mag[at] + std::fabs(want[at])) + 1e-30;
+      const bool ok = pred[at] ? std::fabs(got - want[at]) <= tol && std::fabs(got - ref) <= tol
+                               : got == 0.0f;
+      if (!ok) {
+        std::snprintf(where, sizeof where,
+                      "m=%d px %lld: got %.9g, model %.9g (%s), predict_ref %.9g (tol %.3g)", m,
+                      (long long)(p0 + i), got, want[at], pred[at] ? "positive" : "skipped",
+                      ref, tol);
+        ++bad;
+        break;
+      }
+    }
+  if (!bad) {  // the probe: which outputs were computed
+    Arr<float> xp(HW * C), wp(size_t(M) * taps * C);
+    for (size_t i = 0; i < xp.n; ++i) xp[i] = 1.0f;
+    for (size_t i = 0; i < wp.n; ++i) wp[i] = 1.0f + bmax;
+    sk::PredictMat pm2 = pm;
+    pm2.w = wp.data();
+    sk::PredictImage img2 = img;
+    img2.x = xp.data();
+    Buf y2(size_t(M + 1) * ys), y2r(size_t(M + 1) * ys);
+    const int64_t c2 = run(t.predict, pm2, img2, y2);
+    const int64_t c2r = run(sk::predict_ref, pm2, img2, y2r);
+    if (c2 != want_count || c2r != want_count || !guards_ok(y2)) {
+      ++bad;
+      std::snprintf(where, sizeof where, "probe: returned %lld, predict_ref %lld, model %lld",
+                    (long long)c2, (long long)c2r, (long long)want_count);
+    }
+    for (int m = 0; m < M && !bad; ++m)
+      for (int i = 0; i < n; ++i) {
+        const bool computed = y2[m * ys + i] != 0.0f, by_ref = y2r[m * ys + i] != 0.0f;
+        const bool model = pred[size_t(m) * n + i];
+        if (computed != by_ref || (computed && !model) || (model && inside[i] && !computed)) {
+          std::snprintf(where, sizeof where,
+                        "probe m=%d px %lld: computed %d, by predict_ref %d, model %d", m,
+                        (long long)(p0 + i), computed, by_ref, model);
+          ++bad;
+          break;
+        }
+      }
+  }
+  if (!bad) {  // the MaxPool-chain pair: units alone, full precision at any listed pixels
+    Arr<int32_t> u(size_t(M) * n);
+    Arr<uint8_t> scratch(size_t(n) * K4);
+    t.predict_units(pm, img, p0, n, scratch.data(), u.data(), n);
+    for (int m = 0; m < M && !bad; ++m)
+      for (int i = 0; i < n; ++i) {
+        const size_t at = size_t(m) * n + i;
+        if (int64_t(u[at]) != units[at] - pc.margin) {
+          std::snprintf(where, sizeof where, "units m=%d px %lld: got %d, model %lld", m,
+                        (long long)(p0 + i), u[at], (long long)(units[at] - pc.margin));
+          ++bad;
+          break;
+        }
+      }
+    std::vector<int64_t> pix(n);
+    Arr<float> out(n);
+    for (int m = 0; m < M && !bad; ++m) {
+      const int cnt = randint(0, n);  // a random subset, in reverse order
+      for (int j = 0; j < cnt; ++j) pix[j] = p0 + n - 1 - j * n / std::max(cnt, 1);
+      t.predict_exact(pm, img, m, pix.data(), cnt, out.data());
+      for (int j = 0; j < cnt; ++j) {
+        const size_t at = size_t(m) * n + size_t(pix[j] - p0);
+        const double v = dot[at] + bias[m];
+        const double e = v > 0.0 ? std::min(v, double(pc.hi)) : 0.0;
+        if (std::fabs(out[j] - e) > 1e-5 * mag[at] + 1e-30) {
+          std::snprintf(where, sizeof where, "exact m=%d px %lld: got %.9g, model %.9g", m,
+                        (long long)pix[j], out[j], e);
+          ++bad;
+          break;
+        }
+      }
+    }
+  }
+  char msg[600];
+  std::snprintf(msg, sizeof msg,
+                "%s predict %s k=%dx%d s=%d,%d d=%d,%d pads=%d,%d,%d,%d img=%dx%d C=%d M=%d "
+                "p0=%lld n=%d |wq|<=%d margin=%d zx=%d hi=%g x%d w%d (%lld/%lld computed): %s",
+                t.name, tag.c_str(), g.kh, g.kw, g.sh, g.sw, g.dh, g.dw, g.pt, g.pl, g.pb, g.pr,
+                H, W, C, M, (long long)p0, n, pc.wq_max, pc.margin, zx, pc.hi, pc.x_kind,
+                pc.w_kind, (long long)want_count, (long long)M * n, bad ? where : "ok");
+  record(bad == 0, msg);
+}
+
+void predict_suite(const KernelTable& t) {
+  const int Cs[] = {1, 3, 4, 5, 16, 33, 64};
+  const int Ms[] = {1, 7, 8, 9, 16, 17, 40};
+  const int ns[] = {1, 3, 4, 5, 63, 64};
+  int i = 0;
+  for (int C : Cs)
+    for (int M : Ms)
+      for (int n : ns) {
+        PredCase pc;
+        pc.g = kPredGeoms[i % kNumPredGeoms];
+        pc.C = C, pc.M = M, pc.n = n;
+        pc.wq_max = randint(0, 1) ? 7 : 127;
+        pc.margin = randint(0, 1) ? 0 : randint(1, 3000);
+        pc.signed_x = randint(0, 1);
+        pc.hi = randint(0, 1) ? INFINITY : 6.0f;
+        pc.x_kind = 0;
+        pc.w_kind = randint(0, 5) == 0 ? 3 : 0;
+        pc.p0_at_end = i % 2;
+        check_predict(t, pc, "sweep");
+        ++i;
+      }
+  // int16 stress: every activation 127 (or the zero point's worst case) times +-wq_max
+  for (int wmax : {7, 127})
+    for (int wk : {1, 2})
+      for (bool sgn : {false, true}) {
+        PredCase pc{kPredGeoms[2], 64, 16, 64, wmax, 0, sgn, INFINITY, 2, wk, true};
+        check_predict(t, pc, "saturate");
+        pc.g = kPredGeoms[6], pc.C = 33, pc.M = 9, pc.n = 13, pc.margin = 500, pc.hi = 6.0f;
+        check_predict(t, pc, "saturate");
+      }
+  // decisions on the fma's rounding: fused and unfused multiply-add differ in sign there
+  for (int i = 0; i < 24; ++i) {
+    PredCase pc;
+    pc.g = kPredGeoms[(i * 5) % kNumPredGeoms];
+    pc.C = Cs[i % 7], pc.M = Ms[(i / 2) % 7], pc.n = ns[(i / 3) % 6];
+    pc.wq_max = i % 2 ? 7 : 127;
+    pc.margin = i % 3 ? 0 : 11;
+    pc.signed_x = i % 4 < 2;
+    pc.hi = i % 5 ? INFINITY : 6.0f;
+    pc.x_kind = 0, pc.w_kind = 0, pc.p0_at_end = i % 2;
+    pc.bias_on_boundary = true;
+    check_predict(t, pc, "fma-boundary");
+  }
+  // an all-zero image (sx = 0: the decision is bias > 0, or margin*0 + bias)
+  for (int margin : {0, 7}) {
+    PredCase pc{kPredGeoms[2], 5, 17, 9, 127, margin, false, INFINITY, 1, 0, false};
+    check_predict(t, pc, "zero-image");
+  }
+  // large K (several of AVX2's K chunks), many rows (positive marks on the heap), many taps
+  {
+    PredCase pc{kPredGeoms[2], 256, 17, 13, 7, 0, true, INFINITY, 0, 0, false};
+    check_predict(t, pc, "large-K");
+    pc.g = kPredGeoms[7], pc.C = 200, pc.M = 9, pc.n = 64, pc.wq_max = 127, pc.margin = 100;
+    check_predict(t, pc, "large-K");
+    pc.g = kPredGeoms[2], pc.C = 3, pc.M = 1030, pc.n = 5;
+    check_predict(t, pc, "M>1024");
+    pc.g = PredGeom{9, 9, 1, 1, 1, 1, 4, 4, 4, 4}, pc.C = 2, pc.M = 9, pc.n = 11;
+    check_predict(t, pc, "taps>64");
+  }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -526,6 +1005,8 @@ int main(int argc, char** argv) {
     dw_suite(*t);
     dw_multi_suite(*t);
     spmv_suite(*t);
+    quantize_suite(*t);
+    predict_suite(*t);
     std::printf("%-6s %d passed, %d failed\n", t->name, g_passed - before_p,
                 g_failed - before_f);
   }
