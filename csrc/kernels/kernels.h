@@ -99,8 +99,12 @@ using SpmvFn = void (*)(const BankMat& w, int g_begin, int g_end, const float* x
 // channels padded to C4 = C rounded up to 4 (K4 = T*C4).  Its weight in two forms: low-bit
 // integers per output row m (wq = round(w / wq_scale[m]), |wq| <= wq_max <= 127) packed
 // [ceil(M/8)][K4/4][8 rows][4 k] with zero padding, and fp32 [M][T][C].
+// A pixel's taps are read as `runs` contiguous runs of the channels-last image: one per kernel
+// row (run_len = kw*C floats, run_len4 = kw*C4 bytes) when the horizontal dilation is 1, else
+// one per tap (C floats, C4 bytes).
 struct PredictMat {
   int M = 0, C = 0, C4 = 0, taps = 0, K4 = 0;
+  int runs = 0, run_len = 0, run_len4 = 0;
   const int8_t* wq = nullptr;          // packed as above
   const int32_t* wq_rowsum = nullptr;  // [M] sum over k of wq[m][k]
   const float* wq_scale = nullptr;     // [M]
@@ -113,17 +117,18 @@ struct PredictMat {
   int margin = 0;  // prediction units added before the decision (recall over skipped work)
 };
 
-// One image in channels-last form and the conv's geometry.  x is [H][W][C] fp32; xq the same
-// pixels quantized to 7 bits, [H][W][C4] with 0 in the padding channels:
+// One image in channels-last form, padded so that every tap lies inside: x is [Hp][Wp][C] fp32
+// with the conv's top/left pads (and enough bottom/right) of zeros; xq the same pixels quantized
+// to 7 bits, [Hp][Wp][C4], 0 in the padding channels and zx (the quantized 0) in the padding
+// pixels:
 //   xq = clamp(floor(x * inv + (zx + 0.5)), 0, 127) in float32 (the product rounded, then the
 //   sum: no fused multiply-add), inv = 1 / sx (0 when sx = 0).
-// Taps outside the image read x = 0, that is xq = zx.
+// Tap (ky, kx) of output pixel (oy, ox) is padded pixel (oy*sh + ky*dh, ox*sw + kx*dw).
 struct PredictImage {
   const float* x = nullptr;
   const uint8_t* xq = nullptr;
-  const float* zeros = nullptr;  // C zeros (the fp32 value of an outside tap)
-  int H = 0, W = 0, OW = 0;
-  int kh = 1, kw = 1, sh = 1, sw = 1, dh = 1, dw = 1, pt = 0, pl = 0;
+  int Wp = 0, OW = 0;
+  int kh = 1, kw = 1, sh = 1, sw = 1, dh = 1, dw = 1;
   float sx = 0.0f;
   int zx = 0;
 };

@@ -7,8 +7,9 @@
 // broadcast, vpmaddubsw (u8 x s8, adjacent pairs summed to int16).  The int16 results are
 // summed for steps16 steps (low-bit weights keep them in range), then vpmaddwd with ones widens
 // them into the int32 accumulators: with 4-bit weights one widening per 18 steps instead of one
-// per step.  Outputs predicted positive are computed in fp32, four rows of one pixel at a time
-// sharing the pixel's loads.
+// per step.  K runs in chunks whose weights stay in L1.  After the whole tile is predicted, each
+// output row's predicted-positive pixels are computed in fp32, four at a time sharing the row's
+// weight loads (FMA over each tap's C contiguous channels).
 #include <immintrin.h>
 
 #include <algorithm>
@@ -21,10 +22,6 @@ namespace {
 
 alignas(32) const int32_t kTail[16] = {-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0};
 constexpr int kPixels = 4;  // pixels per prediction tile
-#ifndef SK_PREDICT_BAND
-#define SK_PREDICT_BAND 64
-#endif
-constexpr int kBand = SK_PREDICT_BAND;
 
 }  // namespace
 
@@ -111,14 +108,14 @@ inline __m256 mask_tail(int rem) {
       _mm256_loadu_si256(reinterpret_cast<const __m256i*>(kTail + 8 - rem)));
 }
 
-// Dot products of N pixels' taps with weight row wr ([taps][C]), in the low N lanes:
-// runs[j][t] points to pixel j's C channels of tap t.
+// Dot products of N pixels' runs with weight row wr ([nruns][C]), in the low N lanes:
+// runs[j][t] points to pixel j's C floats of run t.
 template <int N>
-inline __m128 dot_taps(const float* const* const* runs, const float* wr, int taps, int C) {
+inline __m128 dot_runs(const float* const* const* runs, const float* wr, int nruns, int C) {
   __m256 s[8];
   for (int i = 0; i < 8; ++i) s[i] = _mm256_setzero_ps();
   const __m256i tail = _mm256_castps_si256(mask_tail(C % 8 ? C % 8 : 8));
-  for (int t = 0; t < taps; ++t, wr += C) {
+  for (int t = 0; t < nruns; ++t, wr += C) {
     const float* a[N];
     for (int j = 0; j < N; ++j) a[j] = runs[j][t];
     int c = 0;
@@ -145,26 +142,28 @@ inline __m128 dot_taps(const float* const* const* runs, const float* wr, int tap
   return _mm_add_ps(_mm256_castps256_ps128(t), _mm256_extractf128_ps(t, 1));
 }
 
+// dot_runs for c = 1..4 pixels, activation applied: out[0..c).
+inline void exact_group(const PredictMat& w, int m, const float* const* const* group, int c,
+                        float* out) {
+  const float* wr = w.w + static_cast<ptrdiff_t>(m) * w.taps * w.C;
+  const __m128 v = c == 4   ? dot_runs<4>(group, wr, w.runs, w.run_len)
+                   : c == 3 ? dot_runs<3>(group, wr, w.runs, w.run_len)
+                   : c == 2 ? dot_runs<2>(group, wr, w.runs, w.run_len)
+                            : dot_runs<1>(group, wr, w.runs, w.run_len);
+  alignas(16) float o[4];
+  _mm_store_ps(o, _mm_min_ps(_mm_max_ps(_mm_add_ps(v, _mm_set1_ps(w.bias[m])), _mm_setzero_ps()),
+                             _mm_set1_ps(w.hi)));
+  for (int j = 0; j < c; ++j) out[j] = o[j];
+}
+
 // Per-row constants of the decision for V blocks from block b.
 template <int V>
-struct Decision {
-  alignas(32) float scale[8 * V], bias[8 * V];
-  alignas(32) int32_t shift[8 * V];  // zx * rowsum - margin
-  int live[V];                       // rows that exist, per block
-
-  Decision(const PredictMat& w, int b, float sx, int zx) {
-    for (int i = 0; i < 8 * V; ++i) {
-      const int m = 8 * b + i;
-      const bool ok = m < w.M;
-      scale[i] = ok ? sx * w.wq_scale[m] : 0.0f;
-      bias[i] = ok ? w.bias[m] : 0.0f;
-      shift[i] = ok ? zx * w.wq_rowsum[m] - w.margin : 0;
-    }
-    for (int v = 0; v < V; ++v) {
-      const int rows = std::min(8, w.M - 8 * (b + v));
-      live[v] = (1 << rows) - 1;
-    }
-  }
+struct Decision : DecisionRows<V> {
+  using DecisionRows<V>::DecisionRows;
+  using DecisionRows<V>::scale;
+  using DecisionRows<V>::bias;
+  using DecisionRows<V>::shift;
+  using DecisionRows<V>::live;
 
   // Marks pixel p in positive[m] for the rows of block b + v predicted positive.
   void mark(int v, __m256i acc, int b, int p, uint64_t* positive) const {
@@ -221,22 +220,16 @@ void predict_rows(const PredictMat& w, int n, const uint8_t* xq, float sx, int z
 // pixels sharing each load of the weight row; written to y[p] (row m's outputs).
 inline void exact_row(const PredictMat& w, int m, uint64_t bits, const float* const* runs,
                       float* y) {
-  const float* wr = w.w + static_cast<ptrdiff_t>(m) * w.taps * w.C;
-  const __m128 zero = _mm_setzero_ps(), hi = _mm_set1_ps(w.hi), bias = _mm_set1_ps(w.bias[m]);
   const float* const* group[4];
   while (bits) {
     int pix[4], c = 0;
     for (; c < 4 && bits; ++c) {
       pix[c] = __builtin_ctzll(bits);
       bits &= bits - 1;
-      group[c] = runs + pix[c] * w.taps;
+      group[c] = runs + pix[c] * w.runs;
     }
-    const __m128 v = c == 4   ? dot_taps<4>(group, wr, w.taps, w.C)
-                     : c == 3 ? dot_taps<3>(group, wr, w.taps, w.C)
-                     : c == 2 ? dot_taps<2>(group, wr, w.taps, w.C)
-                              : dot_taps<1>(group, wr, w.taps, w.C);
-    alignas(16) float out[4];
-    _mm_store_ps(out, _mm_min_ps(_mm_max_ps(_mm_add_ps(v, bias), zero), hi));
+    float out[4];
+    exact_group(w, m, group, c, out);
     for (int j = 0; j < c; ++j) y[pix[j]] = out[j];
   }
 }
@@ -259,19 +252,14 @@ int64_t predict_avx2(const PredictMat& w, const PredictImage& img, int64_t p0, i
   }
   predict_rows(w, n, scratch, img.sx, img.zx,
                [&](const auto& d, int b, int p, int v, __m256i a) { d.mark(v, a, b, p, pos); });
-  std::vector<const float*> runs(size_t(n) * w.taps);
-  for (int i = 0; i < n; ++i) tap_runs(w, img, p0 + i, runs.data() + i * w.taps);
+  std::vector<const float*> runs(size_t(n) * w.runs);
+  for (int i = 0; i < n; ++i) pixel_runs(w, img, p0 + i, runs.data() + i * w.runs);
   int64_t computed = 0;
   for (int m = 0; m < w.M; ++m) {
-    std::fill(y + static_cast<ptrdiff_t>(m) * y_stride, y + static_cast<ptrdiff_t>(m) * y_stride + n, 0.0f);
+    float* ym = y + static_cast<ptrdiff_t>(m) * y_stride;
+    std::fill(ym, ym + n, 0.0f);
+    exact_row(w, m, pos[m], runs.data(), ym);
     computed += __builtin_popcountll(pos[m]);
-  }
-  // pixels in bands of kBand so that their taps' inputs stay in L1 across the rows
-  for (int b0 = 0; b0 < n; b0 += kBand) {
-    const uint64_t band = (b0 + kBand >= 64 ? ~uint64_t(0) : (uint64_t(1) << (b0 + kBand)) - 1) &
-                          ~((uint64_t(1) << b0) - 1);
-    for (int m = 0; m < w.M; ++m)
-      exact_row(w, m, pos[m] & band, runs.data(), y + static_cast<ptrdiff_t>(m) * y_stride);
   }
   return computed;
 }
@@ -294,21 +282,13 @@ void predict_units_avx2(const PredictMat& w, const PredictImage& img, int64_t p0
 
 void predict_exact_avx2(const PredictMat& w, const PredictImage& img, int m, const int64_t* pix,
                         int cnt, float* out) {
-  const float* wr = w.w + static_cast<ptrdiff_t>(m) * w.taps * w.C;
-  const __m128 zero = _mm_setzero_ps(), hi = _mm_set1_ps(w.hi), bias = _mm_set1_ps(w.bias[m]);
-  std::vector<const float*> runs(size_t(4) * w.taps);
-  const float* const* group[4] = {runs.data(), runs.data() + w.taps, runs.data() + 2 * w.taps,
-                                  runs.data() + 3 * w.taps};
+  std::vector<const float*> runs(size_t(4) * w.runs);
+  const float* const* group[4] = {runs.data(), runs.data() + w.runs, runs.data() + 2 * w.runs,
+                                  runs.data() + 3 * w.runs};
   for (int i = 0; i < cnt; i += 4) {
     const int c = std::min(4, cnt - i);
-    for (int j = 0; j < c; ++j) tap_runs(w, img, pix[i + j], runs.data() + j * w.taps);
-    const __m128 v = c == 4   ? dot_taps<4>(group, wr, w.taps, w.C)
-                     : c == 3 ? dot_taps<3>(group, wr, w.taps, w.C)
-                     : c == 2 ? dot_taps<2>(group, wr, w.taps, w.C)
-                              : dot_taps<1>(group, wr, w.taps, w.C);
-    alignas(16) float o[4];
-    _mm_store_ps(o, _mm_min_ps(_mm_max_ps(_mm_add_ps(v, bias), zero), hi));
-    for (int j = 0; j < c; ++j) out[i + j] = o[j];
+    for (int j = 0; j < c; ++j) pixel_runs(w, img, pix[i + j], runs.data() + j * w.runs);
+    exact_group(w, m, group, c, out + i);
   }
 }
 

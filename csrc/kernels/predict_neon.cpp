@@ -181,24 +181,12 @@ SK_DOTPROD inline void predict_tile(const PredictMat& w, int b, const uint8_t* x
 
 // Per-row constants of the decision for V blocks from block b.
 template <int V>
-struct Decision {
-  float scale[8 * V], bias[8 * V];
-  int32_t shift[8 * V];  // zx * rowsum - margin
-  unsigned live[V];      // rows that exist, per block
-
-  Decision(const PredictMat& w, int b, float sx, int zx) {
-    for (int i = 0; i < 8 * V; ++i) {
-      const int m = 8 * b + i;
-      const bool ok = m < w.M;
-      scale[i] = ok ? sx * w.wq_scale[m] : 0.0f;
-      bias[i] = ok ? w.bias[m] : 0.0f;
-      shift[i] = ok ? zx * w.wq_rowsum[m] - w.margin : 0;
-    }
-    for (int v = 0; v < V; ++v) {
-      const int rows = std::min(8, w.M - 8 * (b + v));
-      live[v] = (1u << rows) - 1;
-    }
-  }
+struct Decision : DecisionRows<V> {
+  using DecisionRows<V>::DecisionRows;
+  using DecisionRows<V>::scale;
+  using DecisionRows<V>::bias;
+  using DecisionRows<V>::shift;
+  using DecisionRows<V>::live;
 
   // Marks pixel p in positive[m] for the rows of block b + v predicted positive:
   // fma(float(acc - shift), scale, bias) > 0, one rounding as in the reference.
@@ -281,7 +269,7 @@ inline float32x4_t dot_taps(const float* const* runs, const int* pix, const floa
   return vaddq_f32(sum, vld1q_f32(tail));
 }
 
-// Full precision for row m at the pixels marked in `bits` (runs: each pixel's taps), four
+// Full precision for row m at the pixels marked in `bits` (runs: each pixel's runs), four
 // pixels sharing each load of the weight row; written to y[p] (row m's outputs).
 void exact_row(const PredictMat& w, int m, uint64_t bits, const float* const* runs, float* y) {
   const float* wr = w.w + static_cast<ptrdiff_t>(m) * w.taps * w.C;
@@ -293,10 +281,10 @@ void exact_row(const PredictMat& w, int m, uint64_t bits, const float* const* ru
       pix[c] = __builtin_ctzll(bits);
       bits &= bits - 1;
     }
-    const float32x4_t v = c == 4   ? dot_taps<4>(runs, pix, wr, w.taps, w.C)
-                          : c == 3 ? dot_taps<3>(runs, pix, wr, w.taps, w.C)
-                          : c == 2 ? dot_taps<2>(runs, pix, wr, w.taps, w.C)
-                                   : dot_taps<1>(runs, pix, wr, w.taps, w.C);
+    const float32x4_t v = c == 4   ? dot_taps<4>(runs, pix, wr, w.runs, w.run_len)
+                          : c == 3 ? dot_taps<3>(runs, pix, wr, w.runs, w.run_len)
+                          : c == 2 ? dot_taps<2>(runs, pix, wr, w.runs, w.run_len)
+                                   : dot_taps<1>(runs, pix, wr, w.runs, w.run_len);
     float out[4];
     vst1q_f32(out, vminq_f32(vmaxq_f32(vaddq_f32(v, bias), zero), hi));
     for (int j = 0; j < c; ++j) y[pix[j]] = out[j];
@@ -323,8 +311,8 @@ SK_DOTPROD int64_t predict_dotprod(const PredictMat& w, const PredictImage& img,
     else
       predict_blocks<1>(w, b, n, img.sx, img.zx, scratch, pos);
   }
-  std::vector<const float*> runs(size_t(n) * w.taps);
-  for (int i = 0; i < n; ++i) tap_runs(w, img, p0 + i, runs.data() + i * w.taps);
+  std::vector<const float*> runs(size_t(n) * w.runs);
+  for (int i = 0; i < n; ++i) pixel_runs(w, img, p0 + i, runs.data() + i * w.runs);
   int64_t computed = 0;
   for (int m = 0; m < w.M; ++m) {
     float* ym = y + static_cast<ptrdiff_t>(m) * y_stride;

@@ -39,10 +39,10 @@ int32_t units(const PredictMat& w, const PredictImage& img, int m, const uint8_t
 float exact(const PredictMat& w, const PredictImage& img, int m, int64_t p,
             std::vector<const float*>& runs) {
   const float* wf = w.w + static_cast<ptrdiff_t>(m) * w.taps * w.C;
-  tap_runs(w, img, p, runs.data());
+  pixel_runs(w, img, p, runs.data());
   float v = 0.0f;
-  for (int t = 0; t < w.taps; ++t)
-    for (int c = 0; c < w.C; ++c) v += wf[t * w.C + c] * runs[size_t(t)][c];
+  for (int r = 0; r < w.runs; ++r)
+    for (int j = 0; j < w.run_len; ++j) v += wf[r * w.run_len + j] * runs[size_t(r)][j];
   v += w.bias[m];
   return v > 0.0f ? (v < w.hi ? v : w.hi) : 0.0f;
 }
@@ -59,14 +59,14 @@ void predict_units_ref(const PredictMat& w, const PredictImage& img, int64_t p0,
 
 void predict_exact_ref(const PredictMat& w, const PredictImage& img, int m, const int64_t* pix,
                        int cnt, float* out) {
-  std::vector<const float*> runs(size_t(w.taps));
+  std::vector<const float*> runs(size_t(w.runs));
   for (int i = 0; i < cnt; ++i) out[i] = exact(w, img, m, pix[i], runs);
 }
 
 int64_t predict_ref(const PredictMat& w, const PredictImage& img, int64_t p0, int n,
                     uint8_t* scratch, float* y, ptrdiff_t y_stride) {
   gather_quantized(w, img, p0, n, scratch);
-  std::vector<const float*> runs(size_t(w.taps));
+  std::vector<const float*> runs(size_t(w.runs));
   int64_t computed = 0;
   for (int m = 0; m < w.M; ++m) {
     const float scale = img.sx * w.wq_scale[m];

@@ -2,49 +2,57 @@
 // prediction kernels of every ISA.
 #pragma once
 
+#include <algorithm>
 #include <cstring>
 
 #include "kernels/kernels.h"
 
 namespace sk {
 
-// Pixel index iy * W + ix of tap (ky, kx) of output pixel (oy, ox), or -1 outside the image.
-inline int64_t tap_pixel(const PredictImage& img, int64_t oy, int64_t ox, int ky, int kx) {
-  const int64_t iy = oy * img.sh - img.pt + int64_t(ky) * img.dh;
-  const int64_t ix = ox * img.sw - img.pl + int64_t(kx) * img.dw;
-  if (iy < 0 || iy >= img.H || ix < 0 || ix >= img.W) return -1;
-  return iy * img.W + ix;
+// Padded pixel index of run r of output pixel (oy, ox) (kernels.h: a kernel row, or a tap).
+inline int64_t run_pixel(const PredictMat& w, const PredictImage& img, int64_t oy, int64_t ox,
+                         int r) {
+  const bool rows = w.runs == img.kh && img.kw > 1;  // one run per kernel row
+  const int ky = rows || img.kw == 1 ? r : r / img.kw, kx = rows || img.kw == 1 ? 0 : r % img.kw;
+  return (oy * img.sh + int64_t(ky) * img.dh) * img.Wp + ox * img.sw + int64_t(kx) * img.dw;
 }
 
-// The 7-bit activations of pixels [p0, p0 + n) as rows of K4 bytes: tap by tap, C4 each (an
-// outside tap reads zx: the quantized 0; padding channels are 0).
+// The 7-bit activations of pixels [p0, p0 + n) as rows of K4 bytes, run after run.
 inline void gather_quantized(const PredictMat& w, const PredictImage& img, int64_t p0, int n,
                              uint8_t* rows) {
   for (int i = 0; i < n; ++i) {
     const int64_t oy = (p0 + i) / img.OW, ox = (p0 + i) % img.OW;
     uint8_t* d = rows + static_cast<ptrdiff_t>(i) * w.K4;
-    for (int ky = 0; ky < img.kh; ++ky)
-      for (int kx = 0; kx < img.kw; ++kx, d += w.C4) {
-        const int64_t q = tap_pixel(img, oy, ox, ky, kx);
-        if (q >= 0) {
-          std::memcpy(d, img.xq + q * w.C4, size_t(w.C4));
-        } else {
-          std::memset(d, img.zx, size_t(w.C));
-          std::memset(d + w.C, 0, size_t(w.C4 - w.C));
-        }
-      }
+    for (int r = 0; r < w.runs; ++r, d += w.run_len4)
+      std::memcpy(d, img.xq + run_pixel(w, img, oy, ox, r) * w.C4, size_t(w.run_len4));
   }
 }
 
-// Pointers to the fp32 channels of each tap of output pixel p (img.zeros outside).
-inline void tap_runs(const PredictMat& w, const PredictImage& img, int64_t p,
-                     const float** runs) {
+// Pointers to the fp32 runs of output pixel p (run_len floats each).
+inline void pixel_runs(const PredictMat& w, const PredictImage& img, int64_t p,
+                       const float** runs) {
   const int64_t oy = p / img.OW, ox = p % img.OW;
-  for (int ky = 0, t = 0; ky < img.kh; ++ky)
-    for (int kx = 0; kx < img.kw; ++kx, ++t) {
-      const int64_t q = tap_pixel(img, oy, ox, ky, kx);
-      runs[t] = q >= 0 ? img.x + q * w.C : img.zeros;
-    }
+  for (int r = 0; r < w.runs; ++r) runs[r] = img.x + run_pixel(w, img, oy, ox, r) * w.C;
 }
+
+// Per-row constants of the decision fma(float(acc - shift), scale, bias) > 0 for the 8*V rows
+// from block b (kernels.h); rows past M have their live bit clear.
+template <int V>
+struct DecisionRows {
+  alignas(32) float scale[8 * V], bias[8 * V];
+  alignas(32) int32_t shift[8 * V];  // zx * rowsum - margin
+  unsigned live[V];                  // rows that exist, per block
+
+  DecisionRows(const PredictMat& w, int b, float sx, int zx) {
+    for (int i = 0; i < 8 * V; ++i) {
+      const int m = 8 * b + i;
+      const bool ok = m < w.M;
+      scale[i] = ok ? sx * w.wq_scale[m] : 0.0f;
+      bias[i] = ok ? w.bias[m] : 0.0f;
+      shift[i] = ok ? zx * w.wq_rowsum[m] - w.margin : 0;
+    }
+    for (int v = 0; v < V; ++v) live[v] = (1u << std::min(8, w.M - 8 * (b + v))) - 1;
+  }
+};
 
 }  // namespace sk

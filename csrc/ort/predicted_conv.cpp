@@ -193,19 +193,22 @@ void PredictedConvKernel::compute(OrtKernelContext* ctx) const {
   const float* x = static_cast<const float*>(X.data);
   sk::PredictMat pm;
   pm.M = int(M_), pm.C = int(C_), pm.C4 = int(C4_), pm.taps = int(kh_ * kw_), pm.K4 = int(K4_);
+  // runs of the padded channels-last image: a kernel row when its taps are adjacent, else a tap
+  const int64_t per_run = dw_ == 1 ? kw_ : 1;
+  pm.runs = int(kh_ * kw_ / per_run), pm.run_len = int(per_run * C_);
+  pm.run_len4 = int(per_run * C4_);
   pm.wq = wq_.data(), pm.wq_rowsum = wq_rowsum_.data(), pm.wq_scale = wq_scale_.data();
   pm.w = w_.data(), pm.bias = bias_.data(), pm.hi = hi_;
   pm.steps16 = steps16_, pm.margin = margin_;
+  // the image channels-last and zero-padded so that every tap lies inside (kernels.h)
+  const int64_t HW = H * W, Hp = H + pt_ + pb_, Wp = W + pl_ + pr_;
   sk::PredictImage img;
-  img.H = int(H), img.W = int(W), img.OW = int(OW);
+  img.Wp = int(Wp), img.OW = int(OW);
   img.kh = int(kh_), img.kw = int(kw_), img.sh = int(sh_), img.sw = int(sw_);
-  img.dh = int(dh_), img.dw = int(dw_), img.pt = int(pt_), img.pl = int(pl_);
-  const int64_t HW = H * W;
-  Scratch<float> xhwc(size_t(HW * C_)), zeros{size_t(C_)};
-  std::fill(zeros.get(), zeros.get() + C_, 0.0f);
-  Scratch<uint8_t> xq(size_t(HW * C4_));
-  img.x = xhwc.get(), img.xq = xq.get(), img.zeros = zeros.get();
-  // tiles of equal size (a last tile of a few pixels would stream every weight for them)
+  img.dh = int(dh_), img.dw = int(dw_);
+  Scratch<float> xhwc(size_t(Hp * Wp * C_));
+  Scratch<uint8_t> xq(size_t(Hp * Wp * C4_));
+  img.x = xhwc.get(), img.xq = xq.get();
   const int64_t ntiles = (P + kTile - 1) / kTile, tile = (P + ntiles - 1) / ntiles;
   for (int64_t n = 0; n < N; ++n) {
     // 7-bit activations per image: [0, max] -> 0..127, or [min, max] with a zero point
@@ -214,13 +217,29 @@ void PredictedConvKernel::compute(OrtKernelContext* ctx) const {
     if (!finite_range(xi, C_ * HW, &lo, &hi)) throw Error("X has a non-finite value");
     img.sx = (hi - lo) / 127.0f;
     img.zx = img.sx > 0.0f ? int(std::lround(-lo / img.sx)) : 0;
-    // channels-last copies (fp32 and 7-bit), in row bands across the threads
+    // padding pixels: 0, quantized zx (padding channels 0)
+    auto pad = [&](int64_t py, int64_t px0, int64_t px1) {
+      std::fill(xhwc.get() + (py * Wp + px0) * C_, xhwc.get() + (py * Wp + px1) * C_, 0.0f);
+      for (int64_t px = px0; px < px1; ++px) {
+        uint8_t* q = xq.get() + (py * Wp + px) * C4_;
+        std::fill(q, q + C_, uint8_t(img.zx));
+        std::fill(q + C_, q + C4_, uint8_t(0));
+      }
+    };
+    for (int64_t py = 0; py < Hp; ++py)
+      if (py < pt_ || py >= pt_ + H)
+        pad(py, 0, Wp);
+      else
+        pad(py, 0, pl_), pad(py, pl_ + W, Wp);
+    // image rows, in bands across the threads
     const int64_t bands = std::min<int64_t>(H, 16);
     parallel_for(api_, ctx, size_t(bands), [&](size_t i) {
-      const int64_t r0 = H * int64_t(i) / bands, r1 = H * int64_t(i + 1) / bands;
-      transpose(xi + r0 * W, HW, xhwc.get() + r0 * W * C_, C_, C_, (r1 - r0) * W);
-      kt_->predict_quantize(xhwc.get() + r0 * W * C_, size_t((r1 - r0) * W), int(C_), int(C4_),
-                            img.sx, img.zx, xq.get() + r0 * W * C4_);
+      for (int64_t r = H * int64_t(i) / bands; r < H * int64_t(i + 1) / bands; ++r) {
+        const int64_t at = (r + pt_) * Wp + pl_;
+        transpose(xi + r * W, HW, xhwc.get() + at * C_, C_, C_, W);
+        kt_->predict_quantize(xhwc.get() + at * C_, size_t(W), int(C_), int(C4_), img.sx,
+                              img.zx, xq.get() + at * C4_);
+      }
     });
     if (pooled_) {
       run_pooled(ctx, pm, img, y + n * M_ * PH * PW, OH, OW, PH, PW);

@@ -517,6 +517,7 @@ struct Arr {
         align(al) {}
   Arr(const Arr&) = delete;
   Arr& operator=(const Arr&) = delete;
+  Arr(Arr&& o) noexcept : p(o.p), n(o.n), align(o.align) { o.p = nullptr, o.n = 0; }
   ~Arr() { ::operator delete(p, std::align_val_t(align)); }
   T* data() { return p; }
   T& operator[](size_t i) { return p[i]; }
@@ -648,7 +649,7 @@ struct PredCase {
 //   * a probe run with the fp32 weights and image replaced by positive constants (the 7-bit
 //     image kept): every computed output is then > 0, so the set of computed outputs can be
 //     read off y and must equal predict_ref's (and the model's where a pixel has a tap inside).
-// Every buffer is exactly sized (ASan: no read past the image, its 7-bit copy, the zeros row,
+// Every buffer is exactly sized (ASan: no read past the padded image, its 7-bit copy,
 // the weights or the scratch); y has guard columns and a guard row.
 void check_predict(const KernelTable& t, const PredCase& pc, const std::string& tag) {
   const PredGeom& g = pc.g;
@@ -691,8 +692,22 @@ void check_predict(const KernelTable& t, const PredCase& pc, const std::string& 
   const int zx = sx > 0.0f ? int(std::lround(-lo / sx)) : 0;
   Arr<uint8_t> xq(HW * C4);
   sk::predict_quantize_ref(x.data(), HW, C, C4, sx, zx, xq.data());
-  Arr<float> zeros(C);
-  for (int c = 0; c < C; ++c) zeros[c] = 0.0f;
+  // the kernels' form: channels-last, padded so that every tap lies inside (kernels.h)
+  const int Hp = H + g.pt + g.pb, Wp = W + g.pl + g.pr;
+  auto padded = [&](const float* src) {
+    Arr<float> d(size_t(Hp) * Wp * C);
+    for (size_t i = 0; i < d.n; ++i) d[i] = 0.0f;
+    for (int r = 0; r < H; ++r)
+      std::memcpy(&d[(size_t(r + g.pt) * Wp + g.pl) * C], src + size_t(r) * W * C,
+                  sizeof(float) * size_t(W) * C);
+    return d;
+  };
+  Arr<float> xpad = padded(x.data());
+  Arr<uint8_t> xqpad(size_t(Hp) * Wp * C4);
+  for (size_t i = 0; i < xqpad.n; ++i) xqpad[i] = (i % C4) < size_t(C) ? uint8_t(zx) : 0;
+  for (int r = 0; r < H; ++r)
+    std::memcpy(&xqpad[(size_t(r + g.pt) * Wp + g.pl) * C4], &xq[size_t(r) * W * C4],
+                size_t(W) * C4);
 
   // weights: ONNX W [M][C][kh][kw], W_q [M][C*kh*kw] (k = c*taps + tap), then the op's forms
   std::vector<float> Wo(size_t(M) * K);
@@ -733,15 +748,16 @@ void check_predict(const KernelTable& t, const PredCase& pc, const std::string& 
   }
   sk::PredictMat pm;
   pm.M = M, pm.C = C, pm.C4 = C4, pm.taps = taps, pm.K4 = K4;
+  const int per_run = g.dw == 1 ? g.kw : 1;  // a kernel row per run when its taps are adjacent
+  pm.runs = taps / per_run, pm.run_len = per_run * C, pm.run_len4 = per_run * C4;
   pm.wq = wq.data(), pm.wq_rowsum = rowsum.data(), pm.wq_scale = wscale.data();
   pm.w = wf.data(), pm.bias = bias.data(), pm.hi = pc.hi;
   pm.steps16 = std::max(1, 32767 / (2 * 127 * pc.wq_max));
   pm.margin = pc.margin;
   sk::PredictImage img;
-  img.x = x.data(), img.xq = xq.data(), img.zeros = zeros.data();
-  img.H = H, img.W = W, img.OW = OW;
+  img.x = xpad.data(), img.xq = xqpad.data();
+  img.Wp = Wp, img.OW = OW;
   img.kh = g.kh, img.kw = g.kw, img.sh = g.sh, img.sw = g.sw, img.dh = g.dh, img.dw = g.dw;
-  img.pt = g.pt, img.pl = g.pl;
   img.sx = sx, img.zx = zx;
 
   // the model: integer prediction units and the dot products in double
@@ -849,8 +865,9 @@ void check_predict(const KernelTable& t, const PredCase& pc, const std::string& 
       }
     }
   if (!bad) {  // the probe: which outputs were computed
-    Arr<float> xp(HW * C), wp(size_t(M) * taps * C);
-    for (size_t i = 0; i < xp.n; ++i) xp[i] = 1.0f;
+    Arr<float> ones(HW * C), wp(size_t(M) * taps * C);
+    for (size_t i = 0; i < ones.n; ++i) ones[i] = 1.0f;
+    Arr<float> xp = padded(ones.data());
     for (size_t i = 0; i < wp.n; ++i) wp[i] = 1.0f + bmax;
     sk::PredictMat pm2 = pm;
     pm2.w = wp.data();
