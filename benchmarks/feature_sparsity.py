@@ -239,8 +239,11 @@ def main(argv=None):
                                      f"{acc['predicted']:.3f}" if acc else ""), "",
              "End to end, batch 1, 1 thread (interleaved medians): " + ", ".join(
                  f"{k} {v:.3f} ms" for k, v in e2e.items())
-             + f" — every layer predicted **{e2e['dense'] / e2e['all predicted']:.2f}x**, the "
-             f"{len(kept)} layer(s) `--autotune` keeps **{e2e['dense'] / e2e['autotuned']:.2f}x**",
+             + f" — every layer predicted **{e2e['dense'] / e2e['all predicted']:.2f}x**, " + (
+                 f"the {len(kept)} layer(s) `--autotune` keeps **"
+                 f"{e2e['dense'] / e2e['autotuned']:.2f}x**" if kept else
+                 "`--autotune` keeps no layer (that model is the dense one: its ratio, "
+                 f"{e2e['dense'] / e2e['autotuned']:.2f}, is the measurement noise)"),
              "", "Unneeded: zeros after the activation (with a MaxPool: also the outputs that are "
              "no window's max). Computed: the outputs done in full precision. Recall: positive "
              "outputs predicted positive (with a MaxPool: windows with a positive max that come "
