@@ -238,30 +238,17 @@ inline void exact_row(const PredictMat& w, int m, uint64_t bits, const float* co
 
 int64_t predict_avx2(const PredictMat& w, const PredictImage& img, int64_t p0, int n,
                      uint8_t* scratch, float* y, ptrdiff_t y_stride) {
-  gather_quantized(w, img, p0, n, scratch);
   // Whole tile predicted first, then each row's positives computed together: the row's
   // weights are loaded once per four pixels and no group is left part-filled across rows.
-  uint64_t positive[1024];
-  std::vector<uint64_t> heap;
-  uint64_t* pos = positive;
-  if (w.M > 1024) {
-    heap.assign(size_t(w.M), 0);
-    pos = heap.data();
-  } else {
-    std::fill(positive, positive + w.M, 0);
-  }
-  predict_rows(w, n, scratch, img.sx, img.zx,
-               [&](const auto& d, int b, int p, int v, __m256i a) { d.mark(v, a, b, p, pos); });
-  std::vector<const float*> runs(size_t(n) * w.runs);
-  for (int i = 0; i < n; ++i) pixel_runs(w, img, p0 + i, runs.data() + i * w.runs);
-  int64_t computed = 0;
-  for (int m = 0; m < w.M; ++m) {
-    float* ym = y + static_cast<ptrdiff_t>(m) * y_stride;
-    std::fill(ym, ym + n, 0.0f);
-    exact_row(w, m, pos[m], runs.data(), ym);
-    computed += __builtin_popcountll(pos[m]);
-  }
-  return computed;
+  return predict_tile_rows(
+      w, img, p0, n, scratch, y, y_stride,
+      [&](const uint8_t* xq, uint64_t* pos) {
+        predict_rows(w, n, xq, img.sx, img.zx, [&](const auto& d, int b, int p, int v,
+                                                   __m256i a) { d.mark(v, a, b, p, pos); });
+      },
+      [&](int m, uint64_t bits, const float* const* runs, float* ym) {
+        exact_row(w, m, bits, runs, ym);
+      });
 }
 
 void predict_units_avx2(const PredictMat& w, const PredictImage& img, int64_t p0, int n,

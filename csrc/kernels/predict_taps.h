@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <vector>
 
 #include "kernels/kernels.h"
 
@@ -33,6 +34,37 @@ inline void pixel_runs(const PredictMat& w, const PredictImage& img, int64_t p,
                        const float** runs) {
   const int64_t oy = p / img.OW, ox = p % img.OW;
   for (int r = 0; r < w.runs; ++r) runs[r] = img.x + run_pixel(w, img, oy, ox, r) * w.C;
+}
+
+// The tile driver of every ISA's PredictFn: the tile's 7-bit rows gathered, predict(scratch,
+// pos) marking the whole tile (bit p of pos[m]: output (m, p0 + p) predicted positive), then
+// exact_row(m, pos[m], runs, y_row) computing each row's marked pixels (runs: each pixel's
+// w.runs input runs).  Returns how many outputs were computed.
+template <typename Predict, typename ExactRow>
+int64_t predict_tile_rows(const PredictMat& w, const PredictImage& img, int64_t p0, int n,
+                          uint8_t* scratch, float* y, ptrdiff_t y_stride, Predict&& predict,
+                          ExactRow&& exact_row) {
+  gather_quantized(w, img, p0, n, scratch);
+  uint64_t small[1024];
+  std::vector<uint64_t> heap;
+  uint64_t* pos = small;
+  if (w.M > 1024) {
+    heap.assign(size_t(w.M), 0);
+    pos = heap.data();
+  } else {
+    std::fill(small, small + w.M, 0);
+  }
+  predict(static_cast<const uint8_t*>(scratch), pos);
+  std::vector<const float*> runs(size_t(n) * w.runs);
+  for (int i = 0; i < n; ++i) pixel_runs(w, img, p0 + i, runs.data() + i * w.runs);
+  int64_t computed = 0;
+  for (int m = 0; m < w.M; ++m) {
+    float* ym = y + static_cast<ptrdiff_t>(m) * y_stride;
+    std::fill(ym, ym + n, 0.0f);
+    exact_row(m, pos[m], static_cast<const float* const*>(runs.data()), ym);
+    computed += __builtin_popcountll(pos[m]);
+  }
+  return computed;
 }
 
 // Per-row constants of the decision fma(float(acc - shift), scale, bias) > 0 for the 8*V rows
