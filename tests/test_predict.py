@@ -6,6 +6,8 @@ from __future__ import annotations
 import numpy as np
 import onnxruntime as ort
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 
 import sparsekit
@@ -477,3 +479,53 @@ def test_cli_convert_predict_relu(tmp_path, capsys):
         code = main(["convert", str(src), "-o", str(tmp_path / "q.onnx")] + args)
         assert code != 0 and msg in capsys.readouterr().err
         assert not (tmp_path / "q.onnx").exists()
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st_=st.lists(st.integers(-1, 4), min_size=2, max_size=2),
+       pads=st.lists(st.integers(-1, 6), min_size=4, max_size=4),
+       dil=st.lists(st.integers(-1, 4), min_size=2, max_size=2),
+       pool=st.one_of(st.none(), st.tuples(st.lists(st.integers(0, 4), min_size=2, max_size=2),
+                                           st.lists(st.integers(0, 3), min_size=2, max_size=2),
+                                           st.lists(st.integers(-1, 3), min_size=4,
+                                                    max_size=4))),
+       hw=st.integers(1, 9))
+def test_crafted_geometry_fails_cleanly_or_matches_onnxruntime(st_, pads, dil, pool, hw):
+    """Any strides/pads/dilations/pool attributes: the session is refused with a message, or
+    it runs and gives onnxruntime's output shape (and exact values on the quantization grids);
+    never a crash or an out-of-bounds read (this file runs under ASan: tests/run_ort_asan.sh)."""
+    rng = np.random.default_rng(0)
+    W = rng.integers(-127, 128, (5, 3, 3, 2)).astype(np.float32)
+    W[:, 0, 0, 0] = 127
+    b = (rng.integers(-50, 50, 5) + 0.25).astype(np.float32)
+    x = rng.integers(0, 128, (1, 3, hw, hw + 1)).astype(np.float32)
+    x[0, 0, 0, 0] = 127
+    node, inits = make_predicted_conv_node("pc", "X", "Y", W, b, bits=8)   # W on its grid
+    attrs = {"strides": st_, "pads": pads, "dilations": dil}
+    if pool is not None:
+        attrs.update(pool_kernel=pool[0], pool_strides=pool[1], pool_pads=pool[2])
+    del node.attribute[:]
+    node.attribute.extend([helper.make_attribute("kernel_shape", [3, 2]),
+                           helper.make_attribute("activation", "relu")] +
+                          [helper.make_attribute(k, v) for k, v in attrs.items()])
+    X = helper.make_tensor_value_info("X", TensorProto.FLOAT, list(x.shape))
+    Y = helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)
+    model = helper.make_model(helper.make_graph([node], "g", [X], [Y], inits),
+                              opset_imports=[helper.make_opsetid("", 17), opset_import()],
+                              ir_version=9)
+    try:
+        y = sparsekit.session(model).run(None, {"X": x})[0]
+    except Exception as e:   # refused: with a message naming the node and the problem
+        assert "pc" in str(e) and len(str(e)) > 20
+        return
+    nodes = [helper.make_node("Conv", ["X", "W", "B"], ["C0"], strides=st_, pads=pads,
+                              dilations=dil), helper.make_node("Relu", ["C0"], ["A0" if pool else "Y"])]
+    if pool is not None:
+        nodes.append(helper.make_node("MaxPool", ["A0"], ["Y"], kernel_shape=pool[0],
+                                      strides=pool[1], pads=pool[2]))
+    dense = helper.make_model(helper.make_graph(
+        nodes, "g", [X], [Y], [numpy_helper.from_array(W, "W"), numpy_helper.from_array(b, "B")]),
+        opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
+    want = _ort(dense, x)[0]
+    assert y.shape == want.shape
+    np.testing.assert_allclose(y, want, rtol=1e-6)
