@@ -280,8 +280,16 @@ void PredictedConvKernel::run_pooled(OrtKernelContext* ctx, const sk::PredictMat
     Scratch<uint8_t> cand{size_t(P)};
     Scratch<float> val{size_t(P)};
     Scratch<int64_t> list{size_t(P)};
-    std::fill(cand.get(), cand.get() + P, uint8_t(0));
     std::fill(val.get(), val.get() + P, 0.0f);
+    // predicted positive with the margin: the sign of fma(float(u + margin), scale, b), taken
+    // from the exact product-sum in double (float * float is exact there; a sum's rounding
+    // keeps its sign), which also vectorises where the fma would be a library call
+    const double ds = scale, db = b;
+    for (int64_t p = 0; p < P; ++p)
+      cand.get()[p] = double(float(u[p] + margin_)) * ds + db > 0.0;
+    // then kept only where, in some window, u is within the margin of the window's largest
+    Scratch<uint8_t> near{size_t(P)};
+    std::fill(near.get(), near.get() + P, uint8_t(0));
     for (int64_t ph = 0; ph < PH; ++ph)
       for (int64_t pw = 0; pw < PW; ++pw) {
         int64_t r0, r1, c0, c1;
@@ -289,14 +297,11 @@ void PredictedConvKernel::run_pooled(OrtKernelContext* ctx, const sk::PredictMat
         int32_t top = INT32_MIN;
         for (int64_t r = r0; r < r1; ++r)
           for (int64_t c = c0; c < c1; ++c) top = std::max(top, u[r * OW + c]);
+        const int64_t floor = int64_t(top) - margin_;
         for (int64_t r = r0; r < r1; ++r)
-          for (int64_t c = c0; c < c1; ++c) {
-            const int32_t v = u[r * OW + c];
-            if (int64_t(v) + margin_ >= top &&
-                std::fma(float(v + margin_), scale, b) > 0.0f)
-              cand.get()[r * OW + c] = 1;
-          }
+          for (int64_t c = c0; c < c1; ++c) near.get()[r * OW + c] |= u[r * OW + c] >= floor;
       }
+    for (int64_t p = 0; p < P; ++p) cand.get()[p] &= near.get()[p];
     int cnt = 0;
     for (int64_t p = 0; p < P; ++p)
       if (cand.get()[p]) list.get()[cnt++] = p;
