@@ -427,8 +427,8 @@ def convert(model, output, autotune, threads, max_density, dim, no_depthwise, in
               + (f" ({ratio:.3f}x)" if ratio is not None else ""))
     if predict_relu:
         ptable = Table(title="ReLU-output prediction (--predict-relu)")
-        nums = ("zeros", "margin", "recall", "computed", "dense ms", "predicted ms")
-        for col in ["layer", "weight", "result", "zeros", "margin", "recall", "computed"] + (
+        nums = ("unneeded", "margin", "recall", "computed", "dense ms", "predicted ms")
+        for col in ["layer", "weight", "result", "unneeded", "margin", "recall", "computed"] + (
                 ["dense ms", "predicted ms"] if autotune else []) + ["why"]:
             ptable.add_column(col, justify="right" if col in nums else "left")
         for r in predicted:
@@ -442,6 +442,9 @@ def convert(model, output, autotune, threads, max_density, dim, no_depthwise, in
                 cells += [_fmt_ms(r.dense_ms), _fmt_ms(r.predicted_ms)]
             ptable.add_row(*cells, r.reason)
         out.print(ptable)
+        out.print("unneeded: outputs after the activation that are 0 (or no MaxPool window's "
+                  "max) on the calibration data; recall: positive outputs (window maxima) the "
+                  "margin keeps; computed: outputs done in full precision")
         out.print(f"predicted {sum(r.replaced for r in predicted)} of {len(predicted)} "
                   "eligible layer(s)")
     out.print(f"wrote [bold]{output}[/bold]")

@@ -516,9 +516,8 @@ def plan_predicted(model, calibration, *, min_zeros: float = DEFAULT_MIN_ZEROS,
         z, n = zeros[r.name]
         r.zeros = z / max(1, n)
         r.replaced = False
-        what = "zeros after " + r.activation + (" or not a window's max" if r.pool else "")
         if r.zeros < min_zeros:
-            r.reason = f"{r.zeros:.1%} {what} < {min_zeros:.1%}"
+            r.reason = f"unneeded < {min_zeros:.0%}"
         else:
             kept.append(r)
     # the margin each kept layer needs for the recall target, from a second pass
@@ -544,14 +543,9 @@ def plan_predicted(model, calibration, *, min_zeros: float = DEFAULT_MIN_ZEROS,
             if progress:
                 progress(3 + i, total, r.name)
             if r.predicted_ms >= r.dense_ms:
-                r.reason = (f"slower when timed: {r.predicted_ms:.3f} vs {r.dense_ms:.3f} ms "
-                            f"({r.zeros:.1%} zeros)")
+                r.reason = "slower when timed"
                 continue
-        r.reason = (f"{r.zeros:.1%} {'unneeded' if r.pool else 'zeros'} after "
-                    f"{r.activation}{' + MaxPool' if r.pool else ''}; margin {r.margin} keeps "
-                    f"{r.recall:.2%} of {'window maxima' if r.pool else 'positives'}, computes "
-                    f"{r.computed:.1%}") + (
-            f"; {r.predicted_ms:.3f} vs {r.dense_ms:.3f} ms" if autotune else "")
+        r.reason = "faster when timed" if autotune else f"unneeded >= {min_zeros:.0%}"
         chosen.append(r.name)
     pattern = "^(" + "|".join(re.escape(n) for n in chosen) + ")$" if chosen else "(?!)"
     out, done = rewrite_predicted(src, include=pattern, bits=bits, margins=margins)
