@@ -1,5 +1,6 @@
-// Where a PredictedConv output pixel's taps come from (kernels.h, PredictImage): shared by the
-// prediction kernels of every ISA.
+// What the prediction kernels of every ISA share (kernels.h): where an output pixel's input runs
+// lie in the padded channels-last image, the tile driver (gather, predict, exact pass per row)
+// and the per-row constants of the decision.
 #pragma once
 
 #include <algorithm>
