@@ -156,29 +156,21 @@ inline void exact_group(const PredictMat& w, int m, const float* const* const* g
   for (int j = 0; j < c; ++j) out[j] = o[j];
 }
 
-// Per-row constants of the decision for V blocks from block b.
+// Marks pixel p in positive[m] for the rows of block b + v predicted positive.
 template <int V>
-struct Decision : DecisionRows<V> {
-  using DecisionRows<V>::DecisionRows;
-  using DecisionRows<V>::scale;
-  using DecisionRows<V>::bias;
-  using DecisionRows<V>::shift;
-  using DecisionRows<V>::live;
-
-  // Marks pixel p in positive[m] for the rows of block b + v predicted positive.
-  void mark(int v, __m256i acc, int b, int p, uint64_t* positive) const {
-    const __m256i a = _mm256_sub_epi32(
-        acc, _mm256_load_si256(reinterpret_cast<const __m256i*>(shift + 8 * v)));
-    const __m256 pred = _mm256_fmadd_ps(_mm256_cvtepi32_ps(a), _mm256_load_ps(scale + 8 * v),
-                                        _mm256_load_ps(bias + 8 * v));
-    int mask =
-        _mm256_movemask_ps(_mm256_cmp_ps(pred, _mm256_setzero_ps(), _CMP_GT_OQ)) & live[v];
-    while (mask) {
-      positive[8 * (b + v) + __builtin_ctz(mask)] |= uint64_t(1) << p;
-      mask &= mask - 1;
-    }
+inline void mark(const DecisionRows<V>& d, int v, __m256i acc, int b, int p,
+                 uint64_t* positive) {
+  const __m256i a = _mm256_sub_epi32(
+      acc, _mm256_load_si256(reinterpret_cast<const __m256i*>(d.shift + 8 * v)));
+  const __m256 pred = _mm256_fmadd_ps(_mm256_cvtepi32_ps(a), _mm256_load_ps(d.scale + 8 * v),
+                                      _mm256_load_ps(d.bias + 8 * v));
+  int mask =
+      _mm256_movemask_ps(_mm256_cmp_ps(pred, _mm256_setzero_ps(), _CMP_GT_OQ)) & d.live[v];
+  while (mask) {
+    positive[8 * (b + v) + __builtin_ctz(mask)] |= uint64_t(1) << p;
+    mask &= mask - 1;
   }
-};
+}
 
 // Integer predictions of blocks [b, b+V) for all n pixels, handed to sink(p, v, acc) (acc
 // lane i: row 8(b+v)+i).  K in chunks whose weights (16 rows x 1 KiB) stay in L1 while every
@@ -207,10 +199,10 @@ void predict_rows(const PredictMat& w, int n, const uint8_t* xq, float sx, int z
   const int nb = (w.M + 7) / 8;
   for (int b = 0; b < nb; b += 2) {
     if (b + 1 < nb) {
-      const Decision<2> d(w, b, sx, zx);
+      const DecisionRows<2> d(w, b, sx, zx);
       predict_blocks<2>(w, b, n, xq, [&](int p, int v, __m256i a) { sink(d, b, p, v, a); });
     } else {
-      const Decision<1> d(w, b, sx, zx);
+      const DecisionRows<1> d(w, b, sx, zx);
       predict_blocks<1>(w, b, n, xq, [&](int p, int v, __m256i a) { sink(d, b, p, v, a); });
     }
   }
@@ -244,7 +236,7 @@ int64_t predict_avx2(const PredictMat& w, const PredictImage& img, int64_t p0, i
       w, img, p0, n, scratch, y, y_stride,
       [&](const uint8_t* xq, uint64_t* pos) {
         predict_rows(w, n, xq, img.sx, img.zx, [&](const auto& d, int b, int p, int v,
-                                                   __m256i a) { d.mark(v, a, b, p, pos); });
+                                                   __m256i a) { mark(d, v, a, b, p, pos); });
       },
       [&](int m, uint64_t bits, const float* const* runs, float* ym) {
         exact_row(w, m, bits, runs, ym);

@@ -179,45 +179,37 @@ SK_DOTPROD inline void predict_tile(const PredictMat& w, int b, const uint8_t* x
   }
 }
 
-// Per-row constants of the decision for V blocks from block b.
+// Marks pixel p in positive[m] for the rows of block b + v predicted positive:
+// fma(float(acc - shift), scale, bias) > 0, one rounding as in the reference.
 template <int V>
-struct Decision : DecisionRows<V> {
-  using DecisionRows<V>::DecisionRows;
-  using DecisionRows<V>::scale;
-  using DecisionRows<V>::bias;
-  using DecisionRows<V>::shift;
-  using DecisionRows<V>::live;
-
-  // Marks pixel p in positive[m] for the rows of block b + v predicted positive:
-  // fma(float(acc - shift), scale, bias) > 0, one rounding as in the reference.
-  void mark(int v, const int32x4_t (&acc)[2], int b, int p, uint64_t* positive) const {
-    const uint32x4_t bit = {1, 2, 4, 8};
-    unsigned mask = 0;
-    for (int h = 0; h < 2; ++h) {
-      const int at = 8 * v + 4 * h;
-      const int32x4_t a = vsubq_s32(acc[h], vld1q_s32(shift + at));
-      const float32x4_t pred =
-          vfmaq_f32(vld1q_f32(bias + at), vcvtq_f32_s32(a), vld1q_f32(scale + at));
-      const uint32x4_t gt = vcgtq_f32(pred, vdupq_n_f32(0.0f));
-      mask |= vaddvq_u32(vandq_u32(gt, bit)) << (4 * h);
-    }
-    mask &= live[v];
-    while (mask) {
-      positive[8 * (b + v) + __builtin_ctz(mask)] |= uint64_t(1) << p;
-      mask &= mask - 1;
-    }
+inline void mark(const DecisionRows<V>& d, int v, const int32x4_t (&acc)[2], int b, int p,
+                 uint64_t* positive) {
+  const uint32x4_t bit = {1, 2, 4, 8};
+  unsigned mask = 0;
+  for (int h = 0; h < 2; ++h) {
+    const int at = 8 * v + 4 * h;
+    const int32x4_t a = vsubq_s32(acc[h], vld1q_s32(d.shift + at));
+    const float32x4_t pred =
+        vfmaq_f32(vld1q_f32(d.bias + at), vcvtq_f32_s32(a), vld1q_f32(d.scale + at));
+    const uint32x4_t gt = vcgtq_f32(pred, vdupq_n_f32(0.0f));
+    mask |= vaddvq_u32(vandq_u32(gt, bit)) << (4 * h);
   }
-};
+  mask &= d.live[v];
+  while (mask) {
+    positive[8 * (b + v) + __builtin_ctz(mask)] |= uint64_t(1) << p;
+    mask &= mask - 1;
+  }
+}
 
 template <int V, int R>
-SK_DOTPROD inline void predict_pixels(const PredictMat& w, int b, const Decision<V>& d,
+SK_DOTPROD inline void predict_pixels(const PredictMat& w, int b, const DecisionRows<V>& d,
                                       const uint8_t* xq, int p, uint64_t* positive) {
   int32x4_t acc[V][2][R];
   predict_tile<V, R>(w, b, xq + static_cast<ptrdiff_t>(p) * w.K4, acc);
   for (int v = 0; v < V; ++v)
     for (int r = 0; r < R; ++r) {
       const int32x4_t a[2] = {acc[v][0][r], acc[v][1][r]};
-      d.mark(v, a, b, p + r, positive);
+      mark(d, v, a, b, p + r, positive);
     }
 }
 
@@ -225,7 +217,7 @@ SK_DOTPROD inline void predict_pixels(const PredictMat& w, int b, const Decision
 template <int V>
 SK_DOTPROD void predict_blocks(const PredictMat& w, int b, int n, float sx, int zx,
                                const uint8_t* xq, uint64_t* positive) {
-  const Decision<V> d(w, b, sx, zx);
+  const DecisionRows<V> d(w, b, sx, zx);
   int p = 0;
   for (; p + kPixels <= n; p += kPixels) predict_pixels<V, kPixels>(w, b, d, xq, p, positive);
   switch (n - p) {
