@@ -19,13 +19,6 @@ from sparsekit.pack import (make_depthwise_node, make_sparse_conv_node, make_spa
 from ort_helpers import (BANK_SIZE, PATTERNS, assert_close, bank_for, conv_weight, epilogue_nodes,
                          make_model, run_stock, sparse_matrix, vinfo)
 
-ISAS = list(_native.available_isas())
-
-
-@pytest.fixture(params=ISAS)
-def isa(request, monkeypatch):
-    monkeypatch.setenv("SPARSEKIT_ISA", request.param)
-    return request.param
 
 
 # ---------------------------------------------------------------------------------------------
@@ -69,7 +62,7 @@ def test_unknown_or_unavailable_isa_fails_session_creation(monkeypatch):
     monkeypatch.setenv("SPARSEKIT_ISA", "sse9")
     with pytest.raises(Exception, match="SPARSEKIT_ISA=sse9.*must be one of"):
         sparsekit.session(m)
-    missing = [i for i in ("avx2", "avx512", "neon") if i not in ISAS]
+    missing = [i for i in ("avx2", "avx512", "neon") if i not in _native.available_isas()]
     if missing:
         monkeypatch.setenv("SPARSEKIT_ISA", missing[0])
         with pytest.raises(Exception, match=f"SPARSEKIT_ISA={missing[0]}.*does not support"):

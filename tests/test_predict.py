@@ -11,19 +11,10 @@ from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 
 import sparsekit
-from sparsekit import _native
+from ort_helpers import run_stock
 from sparsekit.pack import opset_import
 from sparsekit.predict import (MarginStats, Pool, make_predicted_conv_node, margin_for_recall,
                                pooled_candidates, pooled_output, predicted_mask, quantize_rows)
-
-ISAS = list(_native.available_isas())
-
-
-@pytest.fixture(params=ISAS)
-def isa(request, monkeypatch):
-    monkeypatch.setenv("SPARSEKIT_ISA", request.param)
-    return request.param
-
 
 def _models(W, b, xshape, strides=(1, 1), pads=(0, 0, 0, 0), dil=(1, 1), act="relu", hi=6.0,
             bits=8, margin=0, pool=None):
@@ -95,8 +86,7 @@ def test_computes_exactly_where_predicted_positive(isa, case, signed, act, varia
         assert computed.sum() >= predicted_mask(W, b, x, st, pd, dl, bits=bits).sum()
     for threads in (1, 2):
         y = sparsekit.session(sparse, threads=threads).run(None, {"X": x})[0]
-        want = ort.InferenceSession(dense.SerializeToString(),
-                                    providers=["CPUExecutionProvider"]).run(None, {"X": x})[0]
+        want = run_stock(dense, {"X": x})
         scale = max(1e-3, float(np.abs(want).max()))
         np.testing.assert_allclose(y[computed], want[computed], rtol=1e-4, atol=1e-5 * scale)
         assert (y[~computed] == 0).all()
@@ -115,8 +105,7 @@ def test_margin_for_recall_keeps_that_recall(isa, bits):
     b = (0.05 * rng.standard_normal(M) - 0.2).astype(np.float32)
     x = np.maximum(rng.standard_normal((2, C, 12, 12)), 0).astype(np.float32)
     _, dense = _models(W, b, x.shape, pads=(1, 1, 1, 1))
-    want = ort.InferenceSession(dense.SerializeToString(),
-                                providers=["CPUExecutionProvider"]).run(None, {"X": x})[0]
+    want = run_stock(dense, {"X": x})
     pos = want > 0
     for target in (0.99, 0.999):
         u = margin_for_recall(W, b, x, want, target, pads=(1, 1, 1, 1), bits=bits)
@@ -141,8 +130,7 @@ def test_exact_when_the_prediction_is_exact(isa):
     x[0, 0, 0, 0] = 127                       # max 127: 7-bit scale exactly 1, no rounding
     sparse, dense = _models(W, b, x.shape, pads=(1, 1, 1, 1))
     y = sparsekit.session(sparse).run(None, {"X": x})[0]
-    want = ort.InferenceSession(dense.SerializeToString(),
-                                providers=["CPUExecutionProvider"]).run(None, {"X": x})[0]
+    want = run_stock(dense, {"X": x})
     np.testing.assert_allclose(y, want, rtol=1e-6)
 
 
@@ -157,11 +145,6 @@ def test_quantize_rows(bits):
     assert s[1] == 0 and (q[1] == 0).all()
     with pytest.raises(sparsekit.SparsekitError, match="bits"):
         quantize_rows(W, 9)
-
-
-def _ort(model, x, outputs=None):
-    return ort.InferenceSession(model.SerializeToString(),
-                                providers=["CPUExecutionProvider"]).run(outputs, {"X": x})
 
 
 POOLS = {
@@ -188,10 +171,10 @@ def test_max_pool_chain_pools_the_computed_candidates(isa, pcase, act):
     x = np.maximum(rng.standard_normal((N, C, H, Wd)), 0).astype(np.float32)
     sparse, dense = _models(W, b, x.shape, st, pd, dl, act, bits=bits, margin=margin, pool=pool)
     _, act_only = _models(W, b, x.shape, st, pd, dl, act)
-    y_act = _ort(act_only, x)[0]
+    y_act = run_stock(act_only, {"X": x})
     _, cand = pooled_candidates(W, b, x, pool, st, pd, dl, bits=bits, margin=margin)
     want = pooled_output(y_act, cand, pool)
-    truth = _ort(dense, x)[0]
+    truth = run_stock(dense, {"X": x})
     assert want.shape == truth.shape
     for threads in (1, 2):
         y = sparsekit.session(sparse, threads=threads).run(None, {"X": x})[0]
@@ -212,7 +195,7 @@ def test_max_pool_chain_exact_when_the_prediction_is_exact(isa):
     pool = Pool((3, 3), (2, 2), (1, 1, 1, 1))
     sparse, dense = _models(W, b, x.shape, pads=(1, 1, 1, 1), pool=pool)
     y = sparsekit.session(sparse).run(None, {"X": x})[0]
-    np.testing.assert_allclose(y, _ort(dense, x)[0], rtol=1e-6)
+    np.testing.assert_allclose(y, run_stock(dense, {"X": x}), rtol=1e-6)
 
 
 @pytest.mark.parametrize("bits", [4, 8])
@@ -226,14 +209,14 @@ def test_pooled_margin_for_recall_makes_windows_exact(isa, bits):
     x = np.maximum(rng.standard_normal((2, C, 16, 16)), 0).astype(np.float32)
     pool = Pool((3, 3), (2, 2), (1, 1, 1, 1))
     _, act_only = _models(W, b, x.shape, pads=(1, 1, 1, 1))
-    y_act = _ort(act_only, x)[0]
+    y_act = run_stock(act_only, {"X": x})
     st = MarginStats(W, b, (1, 1), (1, 1, 1, 1), (1, 1), bits, pool)
     st.add(x, y_act)
     for target in (0.99, 0.999):
         u = st.margin(target)
         sparse, dense = _models(W, b, x.shape, pads=(1, 1, 1, 1), bits=bits, margin=u, pool=pool)
         y = sparsekit.session(sparse).run(None, {"X": x})[0]
-        truth = _ort(dense, x)[0]
+        truth = run_stock(dense, {"X": x})
         pos = truth > 0
         assert (np.isclose(y, truth, rtol=1e-5, atol=1e-6) & pos).sum() >= target * pos.sum()
         _, cand = pooled_candidates(W, b, x, pool, pads=(1, 1, 1, 1), bits=bits, margin=u)
@@ -252,7 +235,7 @@ def test_rewrite_fuses_max_pool_only_when_it_can():
     assert node.op_type == "PredictedConv" and rows[0].pool == Pool((2, 2), (2, 2), (0,) * 4)
     assert {a.name for a in node.attribute} >= {"pool_kernel", "pool_strides", "pool_pads"}
     y = sparsekit.session(pm).run(None, {"X": x})[0]
-    assert y.shape == _ort(dense, x)[0].shape
+    assert y.shape == run_stock(dense, {"X": x}).shape
     # ceil_mode 1 (or a second output, or dilations) stays a MaxPool after the PredictedConv
     mp = dense.graph.node[-1]
     mp.attribute.append(helper.make_attribute("ceil_mode", 1))
@@ -260,7 +243,7 @@ def test_rewrite_fuses_max_pool_only_when_it_can():
     assert [n.op_type for n in pm.graph.node] == ["PredictedConv", "MaxPool"]
     assert rows[0].pool is None
     np.testing.assert_allclose(sparsekit.session(pm).run(None, {"X": x})[0].shape,
-                               _ort(dense, x)[0].shape)
+                               run_stock(dense, {"X": x}).shape)
     # pool=False keeps every MaxPool
     pm, _ = rewrite_predicted(_models(W, b, x.shape, pads=(1, 1, 1, 1),
                                       pool=Pool((2, 2), (2, 2), (0,) * 4))[1], pool=False)
@@ -376,8 +359,7 @@ def test_rewrite_predicted_replaces_conv_relu_chains():
     ops = [n.op_type for n in pm.graph.node]
     assert ops.count("PredictedConv") == 2 and "BatchNormalization" not in ops
     x = rng.standard_normal((1, 3, 9, 9)).astype(np.float32)
-    want = ort.InferenceSession(m.SerializeToString(),
-                                providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    want = run_stock(m, {"x": x})
     y = sparsekit.session(pm).run(None, {"x": x})[0]
     np.testing.assert_allclose(y, want, rtol=0.05, atol=0.05 * float(np.abs(want).max()))
 
@@ -427,8 +409,7 @@ def test_plan_predicted_follows_measured_zeros():
     assert got[relus[1]].pool is not None and got[relus[1]].output == "pool_output"
     assert [n.op_type for n in pm.graph.node].count("PredictedConv") == 2
     y = sparsekit.session(pm).run(None, {name: d["test_x"]})[0]
-    want = ort.InferenceSession(m.SerializeToString(),
-                                providers=["CPUExecutionProvider"]).run(None, {name: d["test_x"]})[0]
+    want = run_stock(m, {name: d["test_x"]})
     assert (y.argmax(1) == want.argmax(1)).mean() >= 0.99
     # nothing qualifies above 100%; bad thresholds are errors
     pm, rows = plan_predicted(m, cal, min_zeros=1.0)
@@ -526,6 +507,6 @@ def test_crafted_geometry_fails_cleanly_or_matches_onnxruntime(st_, pads, dil, p
     dense = helper.make_model(helper.make_graph(
         nodes, "g", [X], [Y], [numpy_helper.from_array(W, "W"), numpy_helper.from_array(b, "B")]),
         opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
-    want = _ort(dense, x)[0]
+    want = run_stock(dense, {"X": x})
     assert y.shape == want.shape
     np.testing.assert_allclose(y, want, rtol=1e-6)

@@ -16,6 +16,19 @@ std::string s(int64_t v) { return std::to_string(v); }
 enum : size_t { kPX = 0, kPW = 1, kPBias = 2, kPWq = 3, kPWqScale = 4 };
 constexpr int64_t kTile = 64;  // pixels per parallel item (kernels.h: at most 64)
 
+// fn(p0, len, rows) over conv output pixels [0, P) in tiles of equal size, at most kTile (a
+// last tile of a few pixels would stream every weight for them), across the threads; rows:
+// scratch for the tile's len * K4 bytes of 7-bit inputs.
+template <typename F>
+void for_each_tile(const Api& api, OrtKernelContext* ctx, int64_t P, int64_t K4, F&& fn) {
+  const int64_t ntiles = (P + kTile - 1) / kTile, tile = (P + ntiles - 1) / ntiles;
+  parallel_for(api, ctx, size_t(ntiles), [&](size_t t) {
+    const int64_t p0 = int64_t(t) * tile, len = std::min(tile, P - p0);
+    Scratch<uint8_t> rows(size_t(len * K4));
+    fn(p0, len, rows.get());
+  });
+}
+
 // min(0, x) and max(0, x) over x[0, n); false if some value is not finite.  Vectorised by hand
 // on x86-64: the scalar loop with its early exit cost ~10% of a 56x56 layer.
 bool finite_range(const float* x, int64_t n, float* lo, float* hi) {
@@ -209,7 +222,6 @@ void PredictedConvKernel::compute(OrtKernelContext* ctx) const {
   Scratch<float> xhwc(size_t(Hp * Wp * C_));
   Scratch<uint8_t> xq(size_t(Hp * Wp * C4_));
   img.x = xhwc.get(), img.xq = xq.get();
-  const int64_t ntiles = (P + kTile - 1) / kTile, tile = (P + ntiles - 1) / ntiles;
   for (int64_t n = 0; n < N; ++n) {
     // 7-bit activations per image: [0, max] -> 0..127, or [min, max] with a zero point
     const float* xi = x + n * C_ * HW;
@@ -246,10 +258,8 @@ void PredictedConvKernel::compute(OrtKernelContext* ctx) const {
       continue;
     }
     float* yi = y + n * M_ * P;
-    parallel_for(api_, ctx, size_t(ntiles), [&](size_t t) {
-      const int64_t p0 = int64_t(t) * tile, len = std::min(tile, P - p0);
-      Scratch<uint8_t> rows(size_t(len * K4_));
-      kt_->predict(pm, img, p0, int(len), rows.get(), yi + p0, P);
+    for_each_tile(api_, ctx, P, K4_, [&](int64_t p0, int64_t len, uint8_t* rows) {
+      kt_->predict(pm, img, p0, int(len), rows, yi + p0, P);
     });
   }
 }
@@ -260,12 +270,10 @@ void PredictedConvKernel::compute(OrtKernelContext* ctx) const {
 void PredictedConvKernel::run_pooled(OrtKernelContext* ctx, const sk::PredictMat& pm,
                                      const sk::PredictImage& img, float* y, int64_t OH,
                                      int64_t OW, int64_t PH, int64_t PW) const {
-  const int64_t P = OH * OW, ntiles = (P + kTile - 1) / kTile, tile = (P + ntiles - 1) / ntiles;
+  const int64_t P = OH * OW;
   Scratch<int32_t> units(size_t(M_ * P));
-  parallel_for(api_, ctx, size_t(ntiles), [&](size_t t) {
-    const int64_t p0 = int64_t(t) * tile, len = std::min(tile, P - p0);
-    Scratch<uint8_t> rows(size_t(len * K4_));
-    kt_->predict_units(pm, img, p0, int(len), rows.get(), units.get() + p0, P);
+  for_each_tile(api_, ctx, P, K4_, [&](int64_t p0, int64_t len, uint8_t* rows) {
+    kt_->predict_units(pm, img, p0, int(len), rows, units.get() + p0, P);
   });
   // the window of pooled output (ph, pw): conv rows [r0, r1) and columns [c0, c1)
   auto window = [&](int64_t ph, int64_t pw, int64_t* r0, int64_t* r1, int64_t* c0,
