@@ -133,6 +133,12 @@ GEOMETRIES = {
     "5x5-s2-multi-panel": (1, 24, 45, 41, 6, 5, 2, (2, 2, 2, 2), 1),
     # K = 576 -> panels of ~113 px: a small (<= 196 px) image split over two panels
     "3x3-small-multi-panel": (2, 64, 14, 14, 12, 3, 1, (1, 1, 1, 1), 1),
+    # K <= 256, stride 1-2, output rows >= 24 wide: the phase-plane path (bands of rows)
+    "stem-3x3-s2": (2, 3, 50, 51, 32, 3, 2, (1, 1, 1, 1), 1),
+    "stem-7x7-s2-asym": (1, 3, 70, 61, 20, 7, 2, (3, 2, 2, 3), 1),
+    "phase-5x5-s1-tall": (1, 6, 140, 26, 9, 5, 1, (2, 1, 2, 3), 1),
+    "phase-3x3-s2-nopad": (2, 4, 33, 63, 12, 3, 2, (0, 0, 0, 0), 1),
+    "phase-3x3-s1-pad-right": (1, 8, 19, 24, 6, 3, 1, (0, 0, 2, 2), 1),
 }
 
 
@@ -167,7 +173,7 @@ EPILOGUES = {
 
 
 @pytest.mark.parametrize("threads", [1, 2])
-@pytest.mark.parametrize("k,H", [(1, 9), (1, 20), (3, 9), (3, 20)])
+@pytest.mark.parametrize("k,H", [(1, 9), (1, 20), (3, 9), (3, 20), (3, 30)])
 @pytest.mark.parametrize("epi", list(EPILOGUES))
 def test_conv_epilogue(isa, epi, k, H, threads):
     check_conv(threads, N=2, C=8, H=H, W=H, M=12, k=k, pads=(k // 2,) * 4, pattern="bsr4",

@@ -1,9 +1,59 @@
 #include "ort/common.h"
 
 #include <cmath>
+#include <cstdlib>
+#include <new>
+#include <utility>
+#include <vector>
 #include <sstream>
 
 namespace skort {
+
+namespace {
+// Freed scratch blocks of this thread, at most kCacheBytes in all (oldest dropped first).
+constexpr size_t kCacheBytes = size_t(64) << 20;
+struct ScratchCache {
+  std::vector<std::pair<void*, size_t>> blocks;  // (block, capacity), oldest first
+  size_t bytes = 0;
+  ~ScratchCache() {
+    for (auto& b : blocks) std::free(b.first);
+  }
+};
+thread_local ScratchCache t_scratch;
+}  // namespace
+
+void* scratch_take(size_t bytes, size_t* capacity) {
+  bytes = (bytes + 63) / 64 * 64;
+  auto& c = t_scratch;
+  size_t best = c.blocks.size();
+  for (size_t i = 0; i < c.blocks.size(); ++i)  // the smallest cached block that fits
+    if (c.blocks[i].second >= bytes &&
+        (best == c.blocks.size() || c.blocks[i].second < c.blocks[best].second))
+      best = i;
+  if (best < c.blocks.size()) {
+    auto b = c.blocks[best];
+    c.blocks.erase(c.blocks.begin() + std::ptrdiff_t(best));
+    c.bytes -= b.second;
+    *capacity = b.second;
+    return b.first;
+  }
+  void* p = std::aligned_alloc(64, bytes);
+  if (!p) throw std::bad_alloc();
+  *capacity = bytes;
+  return p;
+}
+
+void scratch_give(void* p, size_t capacity) {
+  auto& c = t_scratch;
+  if (capacity > kCacheBytes) return std::free(p);
+  while (!c.blocks.empty() && c.bytes + capacity > kCacheBytes) {
+    std::free(c.blocks.front().first);
+    c.bytes -= c.blocks.front().second;
+    c.blocks.erase(c.blocks.begin());
+  }
+  c.blocks.emplace_back(p, capacity);
+  c.bytes += capacity;
+}
 
 void check(const Api& api, OrtStatus* st, const char* what) {
   if (!st) return;

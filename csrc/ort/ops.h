@@ -31,6 +31,9 @@ class SparseConvKernel {
                   int64_t H, int64_t W, int64_t OH, int64_t OW) const;
   void im2col(const float* x_img, int64_t H, int64_t W, int64_t OW, int64_t p0, int64_t len,
               float* panel) const;
+  bool phase_path_fits(int64_t H, int64_t W, int64_t OH, int64_t OW) const;
+  void run_phases(OrtKernelContext* ctx, const float* x, float* y, const float* res, int64_t N,
+                  int64_t H, int64_t W, int64_t OH, int64_t OW) const;
   sk::Epilogue epilogue() const;
 
   Api api_;
@@ -46,6 +49,7 @@ class SparseConvKernel {
   Panel panel_;                 // im2col path (and the direct path's fallback)
   KChunks kchunks_;             // im2col path, B = 1, large K: blocks by chunks of panel rows
   std::vector<int32_t> tap_c_, tap_dy_, tap_dx_;  // per panel row: channel, row/col shift
+  bool phases_;                 // phase-plane path possible (small strided convs: the stems)
 };
 
 class SparseGemmKernel {
