@@ -4,14 +4,15 @@
 #include <cstdlib>
 #include <new>
 #include <utility>
-#include <vector>
 #include <sstream>
+#include <vector>
 
 namespace skort {
 
 namespace {
-// Freed scratch blocks of this thread, at most kCacheBytes in all (oldest dropped first).
-constexpr size_t kCacheBytes = size_t(64) << 20;
+// Freed scratch blocks of this thread: at most kCacheBlocks of them and kCacheBytes in all,
+// oldest dropped first.
+constexpr size_t kCacheBytes = size_t(32) << 20, kCacheBlocks = 16;
 struct ScratchCache {
   std::vector<std::pair<void*, size_t>> blocks;  // (block, capacity), oldest first
   size_t bytes = 0;
@@ -46,7 +47,8 @@ void* scratch_take(size_t bytes, size_t* capacity) {
 void scratch_give(void* p, size_t capacity) {
   auto& c = t_scratch;
   if (capacity > kCacheBytes) return std::free(p);
-  while (!c.blocks.empty() && c.bytes + capacity > kCacheBytes) {
+  while (!c.blocks.empty() &&
+         (c.bytes + capacity > kCacheBytes || c.blocks.size() >= kCacheBlocks)) {
     std::free(c.blocks.front().first);
     c.bytes -= c.blocks.front().second;
     c.blocks.erase(c.blocks.begin());

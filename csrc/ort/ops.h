@@ -31,7 +31,7 @@ class SparseConvKernel {
                   int64_t H, int64_t W, int64_t OH, int64_t OW) const;
   void im2col(const float* x_img, int64_t H, int64_t W, int64_t OW, int64_t p0, int64_t len,
               float* panel) const;
-  bool phase_path_fits(int64_t H, int64_t W, int64_t OH, int64_t OW) const;
+  bool phase_path_fits(int64_t OW) const;
   void run_phases(OrtKernelContext* ctx, const float* x, float* y, const float* res, int64_t N,
                   int64_t H, int64_t W, int64_t OH, int64_t OW) const;
   sk::Epilogue epilogue() const;

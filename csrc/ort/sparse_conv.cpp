@@ -130,9 +130,11 @@ SparseConvKernel::SparseConvKernel(const Api& api, const OrtKernelInfo* info) : 
   if (!residual_after_act_ && !direct_) kchunks_ = make_panel_kchunks(w_, panel_, kt_);
   log_verbose(api, info,
               std::string("sparsekit SparseConv '") + node_name(api, info) + "': kernels " +
-                  kt_->name + ", " + (direct_ ? "direct 1x1" : phases_ ? "phase-plane (wide rows) or im2col" : "im2col") +
-                  " path, " +
-                  s(w_.nblocks()) + " nonzero blocks of " + s(w_.B) + ", panel T=" +
+                  kt_->name + ", " +
+                  (direct_   ? "direct 1x1"
+                   : phases_ ? "phase-plane (output rows >= 24 wide) or im2col"
+                             : "im2col") +
+                  " path, " + s(w_.nblocks()) + " nonzero blocks of " + s(w_.B) + ", panel T=" +
                   s(panel_.T) + (static_hw_ > 0 ? ", offsets cached for HW=" + s(static_hw_) : "") +
                   (kchunks_.active() ? ", " + s(int64_t(kchunks_.chunks.size())) + " K chunks" : ""));
 }
@@ -170,7 +172,7 @@ void SparseConvKernel::compute(OrtKernelContext* ctx) const {
   const float* x = static_cast<const float*>(X.data);
   if (direct_ && H * W <= INT32_MAX / C_)
     run_direct(ctx, x, y, res, N, H * W);
-  else if (phase_path_fits(H, W, OH, OW))
+  else if (phase_path_fits(OW))
     run_phases(ctx, x, y, res, N, H, W, OH, OW);
   else
     run_im2col(ctx, x, y, res, N, H, W, OH, OW);
@@ -308,7 +310,7 @@ void SparseConvKernel::run_im2col(OrtKernelContext* ctx, const float* x, float* 
 
 // ---- phase-plane path -------------------------------------------------------------------
 // For strided convs with a short reduction (the 3x3 / 7x7 stride-2 stems on 3 channels) the
-// image is split once into stride x stride zero-padded phase planes,
+// input rows a band of output rows reads are split into stride x stride zero-padded planes,
 //   phase[py][px][c][i][j] = X[c][s*i + py - pad_t][s*j + px - pad_l]  (0 outside X),
 // so tap (c, ky, kx) of output pixel (oy, ox) is phase[ky%s][kx%s][c][oy + ky/s][ox + kx/s]:
 // one fixed offset per block from the output row's start, and each output row is one spmm
@@ -329,8 +331,7 @@ void deinterleave2(const float* src, float* even, float* odd, int64_t n) {
 }
 }  // namespace
 
-bool SparseConvKernel::phase_path_fits(int64_t H, int64_t W, int64_t OH, int64_t OW) const {
-  (void)H, (void)W;
+bool SparseConvKernel::phase_path_fits(int64_t OW) const {
   if (!phases_ || OW < kPhaseMinWidth) return false;
   const int64_t Hh = 8 + (kh_ - 1) / sh_, Wh = OW + (kw_ - 1) / sw_;  // a band's planes
   return Hh * Wh <= INT32_MAX / (sh_ * sw_ * C_);  // offsets are int32
@@ -369,7 +370,7 @@ void SparseConvKernel::run_phases(OrtKernelContext* ctx, const float* x, float* 
         for (int64_t r = 0; r < rows + (kh_ - 1) / s; ++r) {
           const int64_t iy = s * (oy0 + r) + py - pt_;
           float* d0 = ph.get() + ((py * s * C) + c) * plane + r * Wh;  // phase (py, 0)
-          float* d1 = d0 + C * plane;                                   // phase (py, 1)
+          float* d1 = s == 2 ? d0 + C * plane : nullptr;              // phase (py, 1)
           if (iy < 0 || iy >= H) {
             std::memset(d0, 0, size_t(Wh) * sizeof(float));
             if (s == 2) std::memset(d1, 0, size_t(Wh) * sizeof(float));
