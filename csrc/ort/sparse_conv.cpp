@@ -18,6 +18,7 @@ std::string s(int64_t v) { return std::to_string(v); }
 // least one register tile wide.
 constexpr int64_t kPhaseMaxK = 256;
 constexpr int64_t kPhaseMinWidth = 24;
+constexpr int64_t kPhaseMaxBand = 8;  // output rows per band (its planes stay in L2)
 
 // Geometry attributes are bounded so that no index arithmetic below can overflow.
 constexpr int64_t kMaxGeom = 1 << 20;
@@ -333,7 +334,7 @@ void deinterleave2(const float* src, float* even, float* odd, int64_t n) {
 
 bool SparseConvKernel::phase_path_fits(int64_t OW) const {
   if (!phases_ || OW < kPhaseMinWidth) return false;
-  const int64_t Hh = 8 + (kh_ - 1) / sh_, Wh = OW + (kw_ - 1) / sw_;  // a band's planes
+  const int64_t Hh = kPhaseMaxBand + (kh_ - 1) / sh_, Wh = OW + (kw_ - 1) / sw_;  // a band's planes
   return Hh * Wh <= INT32_MAX / (sh_ * sw_ * C_);  // offsets are int32
 }
 
@@ -344,7 +345,7 @@ void SparseConvKernel::run_phases(OrtKernelContext* ctx, const float* x, float* 
   // Output rows per parallel item: a few, so 2-4 threads get even shares.  Each item splits
   // just the input rows its output rows read into its own phase planes (Hh rows: the band and
   // the rows below it that the taps reach), small enough to stay in L2 while they are used.
-  const int64_t band = std::max<int64_t>(1, std::min<int64_t>(8, OH / 16));
+  const int64_t band = std::max<int64_t>(1, std::min<int64_t>(kPhaseMaxBand, OH / 16));
   const int64_t nbands = (OH + band - 1) / band;
   const int64_t Hh = band + (kh_ - 1) / s, Wh = OW + (kw_ - 1) / s;  // a phase plane's size
   const int64_t plane = Hh * Wh, total = s * s * C * plane;
