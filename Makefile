@@ -2,23 +2,25 @@
 PYTHON ?= python3
 PIP ?= $(PYTHON) -m pip
 
-.PHONY: install system-deps dev test test-python test-native test-neon test-asan bench lint clean
+.PHONY: install system-deps dev test test-python test-native test-neon test-avx512-emu test-asan bench lint clean
 
 install: system-deps ## build and install sparsekit with its test extras
 	$(PIP) install ".[test]"
 
-system-deps:        ## the aarch64 cross compiler and qemu-user for the NEON tests (Debian, as root)
-	@if command -v aarch64-linux-gnu-g++ >/dev/null && command -v qemu-aarch64 >/dev/null; then :; \
+system-deps:        ## aarch64 cross compiler + qemu-user (NEON tests), SIMDe (emulated AVX-512 tests); Debian, as root
+	@if command -v aarch64-linux-gnu-g++ >/dev/null && command -v qemu-aarch64 >/dev/null \
+	    && [ -f /usr/include/simde/x86/avx512.h ]; then :; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-	    --no-install-recommends g++-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user >/dev/null; \
-	else echo "note: the NEON tests need g++-aarch64-linux-gnu and qemu-user;" \
-	  "install them (apt-get install g++-aarch64-linux-gnu qemu-user) before make test"; fi
+	    --no-install-recommends g++-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user \
+	    libsimde-dev >/dev/null; \
+	else echo "note: the NEON and emulated AVX-512 tests need g++-aarch64-linux-gnu, qemu-user" \
+	  "and libsimde-dev; install them (apt-get install ...) before make test"; fi
 
 dev:                ## editable install for development (rebuilds C++ on reinstall)
 	$(PIP) install --no-build-isolation -e ".[test]"
 
-test: lint test-native test-neon test-asan test-python   ## everything CI runs
+test: lint test-native test-neon test-avx512-emu test-asan test-python   ## everything CI runs
 
 test-python:        ## the pytest suite against the installed package
 	$(PYTHON) -P -m pytest -q   # -P: test the installed package, not ./sparsekit
@@ -30,6 +32,9 @@ test-native:        ## the C++ kernel test driver, every ISA this CPU has
 
 test-neon:          ## NEON kernels: cross-compiled for aarch64, run under qemu-user
 	bash tests/native/run_neon.sh
+
+test-avx512-emu:    ## AVX-512 kernels on SIMDe's portable intrinsics (any x86 CPU), under ASan
+	bash tests/native/run_avx512_emu.sh
 
 test-asan:          ## native kernel tests and the custom-op fuzz tests under AddressSanitizer
 	bash tests/native/run_asan.sh

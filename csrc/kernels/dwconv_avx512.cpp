@@ -9,7 +9,7 @@
 // GCC 12's AVX-512 intrinsics pass _mm512_undefined_ps() through, which -Wmaybe-uninitialized
 // reports as a false positive at every use of _mm512_max_ps/_mm512_min_ps.
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#include <immintrin.h>
+#include "kernels/x86_intrinsics.h"
 
 #include "kernels/isa_parts.h"
 #include "kernels/kernels.h"

@@ -9,7 +9,7 @@
 //               bank for LSTM weights is 16)
 // One-byte offsets are widened with vpmovzxbd.  Four accumulators hide the FMA latency.
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#include <immintrin.h>
+#include "kernels/x86_intrinsics.h"
 
 #include "kernels/isa_parts.h"
 #include "kernels/kernels.h"

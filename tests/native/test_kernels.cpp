@@ -3,7 +3,8 @@
 // epilogues.  Buffers are allocated at their exact sizes (run under ASan by run_asan.sh) and
 // the outputs carry guard values that a kernel must leave alone.
 //
-// Usage: sk_kernel_tests [-v]     closing line: "N passed, N failed"; exit 1 on any failure.
+// Usage: sk_kernel_tests [-v] [--isa NAME]   closing line: "N passed, N failed"; exit 1 on any
+// failure.  --isa tests only that table (the emulated AVX-512 build runs only its own).
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -1001,11 +1002,21 @@ void predict_suite(const KernelTable& t) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  for (int a = 1; a < argc; ++a)
-    if (std::strcmp(argv[a], "-v") == 0) g_verbose = true;
+  const char* only = nullptr;
+  for (int a = 1; a < argc; ++a) {
+    if (std::strcmp(argv[a], "-v") == 0) {
+      g_verbose = true;
+    } else if (std::strcmp(argv[a], "--isa") == 0 && a + 1 < argc) {
+      only = argv[++a];
+    } else {
+      std::printf("usage: %s [-v] [--isa ref|avx2|avx512|neon]\n", argv[0]);
+      return 2;
+    }
+  }
   const sk::Isa isas[] = {sk::Isa::ref, sk::Isa::avx2, sk::Isa::avx512, sk::Isa::neon};
   int skipped = 0;
   for (sk::Isa isa : isas) {
+    if (only && std::strcmp(only, sk::isa_name(isa)) != 0) continue;
     const KernelTable* t = sk::kernels_for(isa);
     if (!t) {
       const char* why = "not built for this architecture";
