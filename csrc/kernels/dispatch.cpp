@@ -37,6 +37,16 @@ bool cpu_has(Isa isa) {
   }
 }
 
+#if defined(SK_HAVE_X86)
+bool cpu_has_avx512vnni() {
+#if defined(SK_EMULATE_AVX512)
+  return true;
+#else
+  return cpu_has(Isa::avx512) && __builtin_cpu_supports("avx512vnni");
+#endif
+}
+#endif
+
 const char* isa_name(Isa isa) {
   switch (isa) {
     case Isa::ref: return "ref";

@@ -179,7 +179,7 @@ const KernelTable* kernels_ref();
 const KernelTable* kernels_avx2();
 const KernelTable* kernels_avx512();
 const KernelTable* kernels_neon();
-// The prediction kernels (predict_ref.cpp, predict_avx2.cpp), shared by several tables.
+// The prediction kernels (predict_ref.cpp, predict_avx2.cpp, ...), shared by several tables.
 void predict_quantize_ref(const float* x, size_t n, int C, int C4, float sx, int zx,
                           uint8_t* xq);
 int64_t predict_ref(const PredictMat& w, const PredictImage& img, int64_t p0, int n,
@@ -197,6 +197,13 @@ void predict_units_avx2(const PredictMat& w, const PredictImage& img, int64_t p0
                         uint8_t* scratch, int32_t* u, ptrdiff_t u_stride);
 void predict_exact_avx2(const PredictMat& w, const PredictImage& img, int m, const int64_t* pix,
                         int cnt, float* out);
+// predict_avx512vnni.cpp: the avx512 table's prediction when the CPU has AVX-512 VNNI.
+int64_t predict_avx512vnni(const PredictMat& w, const PredictImage& img, int64_t p0, int n,
+                           uint8_t* scratch, float* y, ptrdiff_t y_stride);
+void predict_units_avx512vnni(const PredictMat& w, const PredictImage& img, int64_t p0, int n,
+                              uint8_t* scratch, int32_t* u, ptrdiff_t u_stride);
+// Whether the CPU has AVX-512 VNNI (vpdpbusd); true in the emulated test build.
+bool cpu_has_avx512vnni();
 #endif
 #if defined(SK_HAVE_NEON)
 // predict_neon.cpp: sdot prediction where the CPU has the dot product, else predict_ref.

@@ -174,14 +174,21 @@ void spmm_32x1_avx512(size_t n, const SpMat& w, int g_begin, int g_end, const fl
   }
 }
 
+// The prediction is vpdpbusd's where the CPU has VNNI (Cascade Lake, Ice Lake and later, Zen 4),
+// else the AVX2 kernel's (Skylake-SP has no VNNI and no faster int8 product than vpmaddubsw).
 const KernelTable kTable = {Isa::avx512, "avx512", 48, spmm_32x1_avx512, spmm_48x4_avx512,
                             dwconv_avx512, 16, spmv_bank_avx512,
                             dwconv_multi_avx512, 16, 32,
                             predict_quantize_avx2, predict_avx2,
                             predict_units_avx2, predict_exact_avx2};
+const KernelTable kTableVnni = {Isa::avx512, "avx512", 48, spmm_32x1_avx512, spmm_48x4_avx512,
+                                dwconv_avx512, 16, spmv_bank_avx512,
+                                dwconv_multi_avx512, 16, 32,
+                                predict_quantize_avx2, predict_avx512vnni,
+                                predict_units_avx512vnni, predict_exact_avx2};
 
 }  // namespace
 
-const KernelTable* kernels_avx512() { return &kTable; }
+const KernelTable* kernels_avx512() { return cpu_has_avx512vnni() ? &kTableVnni : &kTable; }
 
 }  // namespace sk

@@ -24,7 +24,7 @@ SRCS=()
 OBJS=()
 for f in csrc/kernels/*.cpp; do
   case "$f" in
-    *_avx2.cpp|*_avx512.cpp) continue ;;
+    *_avx2.cpp|*_avx512*.cpp) continue ;;
     # as in CMakeLists.txt: the prediction kernels round the quantization's product and sum
     # separately, and GCC's default (-ffp-contract=fast) would fuse them on aarch64
     */predict_*.cpp)
