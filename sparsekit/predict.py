@@ -42,9 +42,11 @@ __all__ = ["quantize_rows", "make_predicted_conv_node", "prediction_units", "pre
 # calibration data, at which a layer is predicted: below it the prediction (a quarter to half of a
 # dense conv's cost on AVX2) cannot pay.
 DEFAULT_MIN_ZEROS = 0.7
-# Bits of the prediction's weights.  4: the AVX2 kernel sums 18 steps of vpmaddubsw in int16
-# before widening (8 bits: one widening per step), about 1.5x faster prediction.
-DEFAULT_BITS = 4
+# Bits of the prediction's weights.  8: for the same recall its margins compute 5-25 points fewer
+# outputs than 4 bits on real layers (docs/predict.md), which outweighs the AVX2 kernel's ~1.35x
+# slower 8-bit prediction (4 bits sum 18 steps of vpmaddubsw in int16 before widening); with
+# VNNI or sdot both cost the same.
+DEFAULT_BITS = 8
 # Fraction of the positive outputs (on calibration data) a predicted layer must keep: the
 # margin added to its prediction is the least that reaches it.
 DEFAULT_RECALL = 0.999
