@@ -175,7 +175,7 @@ void spmm_32x1_avx512(size_t n, const SpMat& w, int g_begin, int g_end, const fl
 }
 
 // The prediction is vpdpbusd's where the CPU has VNNI (Cascade Lake, Ice Lake and later, Zen 4),
-// else the AVX2 kernel's (Skylake-SP has no VNNI and no faster int8 product than vpmaddubsw).
+// else the AVX2 kernel's (Skylake-SP has AVX-512 but no VNNI).
 const KernelTable kTable = {Isa::avx512, "avx512", 48, spmm_32x1_avx512, spmm_48x4_avx512,
                             dwconv_avx512, 16, spmv_bank_avx512,
                             dwconv_multi_avx512, 16, 32,
