@@ -60,23 +60,12 @@ struct DotAvx2 {
   static void tile(const PredictMat& w, int b, const uint8_t* xq, int k_begin, int k_end,
                    __m256i (&acc)[V][R]) {
     const __m256i ones = _mm256_set1_epi16(1);
-    const int8_t* wb = w.wq + static_cast<ptrdiff_t>(b) * w.K4 * 8;
-    auto weights = [&](int k, __m256i (&wv)[V]) {
-      for (int v = 0; v < V; ++v)
-        wv[v] = _mm256_load_si256(
-            reinterpret_cast<const __m256i*>(wb + static_cast<ptrdiff_t>(v) * w.K4 * 8 + k * 32));
-    };
-    auto pixel = [&](int r, int k) {
-      int32_t xb;
-      __builtin_memcpy(&xb, xq + static_cast<ptrdiff_t>(r) * w.K4 + 4 * k, 4);
-      return _mm256_set1_epi32(xb);
-    };
     if (w.steps16 == 1) {
       for (int k = k_begin; k < k_end; ++k) {
         __m256i wv[V];
-        weights(k, wv);
+        load_weights(w, b, k, wv);
         for (int r = 0; r < R; ++r) {
-          const __m256i xv = pixel(r, k);
+          const __m256i xv = broadcast_pixel(w, xq, r, k);
           for (int v = 0; v < V; ++v)
             acc[v][r] = _mm256_add_epi32(
                 acc[v][r], _mm256_madd_epi16(_mm256_maddubs_epi16(xv, wv[v]), ones));
@@ -91,9 +80,9 @@ struct DotAvx2 {
         for (int r = 0; r < R; ++r) s[v][r] = _mm256_setzero_si256();
       for (int k = k0; k < k1; ++k) {
         __m256i wv[V];
-        weights(k, wv);
+        load_weights(w, b, k, wv);
         for (int r = 0; r < R; ++r) {
-          const __m256i xv = pixel(r, k);
+          const __m256i xv = broadcast_pixel(w, xq, r, k);
           for (int v = 0; v < V; ++v)
             s[v][r] = _mm256_add_epi16(s[v][r], _mm256_maddubs_epi16(xv, wv[v]));
         }

@@ -23,16 +23,11 @@ struct DotVnni {
   template <int V, int R>
   static void tile(const PredictMat& w, int b, const uint8_t* xq, int k_begin, int k_end,
                    __m256i (&acc)[V][R]) {
-    const int8_t* wb = w.wq + static_cast<ptrdiff_t>(b) * w.K4 * 8;
     for (int k = k_begin; k < k_end; ++k) {
       __m256i wv[V];
-      for (int v = 0; v < V; ++v)
-        wv[v] = _mm256_load_si256(
-            reinterpret_cast<const __m256i*>(wb + static_cast<ptrdiff_t>(v) * w.K4 * 8 + k * 32));
+      load_weights(w, b, k, wv);
       for (int r = 0; r < R; ++r) {
-        int32_t xb;
-        __builtin_memcpy(&xb, xq + static_cast<ptrdiff_t>(r) * w.K4 + 4 * k, 4);
-        const __m256i xv = _mm256_set1_epi32(xb);
+        const __m256i xv = broadcast_pixel(w, xq, r, k);
         for (int v = 0; v < V; ++v) acc[v][r] = _mm256_dpbusd_epi32(acc[v][r], xv, wv[v]);
       }
     }

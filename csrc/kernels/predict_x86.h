@@ -30,6 +30,22 @@ namespace {
 
 alignas(32) const int32_t kTail[16] = {-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0};
 
+// What a Dot's tile reads per step k of 4 k: the packed weights of its V blocks of 8 rows (8 rows
+// x 4 k bytes each) and pixel r's 4 activation bytes, broadcast to every lane.
+template <int V>
+inline void load_weights(const PredictMat& w, int b, int k, __m256i (&wv)[V]) {
+  const int8_t* wb = w.wq + static_cast<ptrdiff_t>(b) * w.K4 * 8 + k * 32;
+  for (int v = 0; v < V; ++v)
+    wv[v] = _mm256_load_si256(
+        reinterpret_cast<const __m256i*>(wb + static_cast<ptrdiff_t>(v) * w.K4 * 8));
+}
+
+inline __m256i broadcast_pixel(const PredictMat& w, const uint8_t* xq, int r, int k) {
+  int32_t xb;
+  __builtin_memcpy(&xb, xq + static_cast<ptrdiff_t>(r) * w.K4 + 4 * k, 4);
+  return _mm256_set1_epi32(xb);
+}
+
 // Pixels [p, p + R) of predict_blocks: accumulators kept in acc_mem between K chunks.
 template <class Dot, int V, int R>
 inline void predict_pixels(const PredictMat& w, int b, const uint8_t* xq, int p, int k_begin,
