@@ -23,7 +23,8 @@ import onnx
 
 from .errors import SparsekitError
 
-__all__ = ["Calibration", "load_calibration", "PREPROCESSING", "IMAGE_SUFFIXES"]
+__all__ = ["Calibration", "load_calibration", "load_npz", "input_specs", "image_size", "imagenet_preprocess",
+           "PREPROCESSING", "IMAGE_SUFFIXES"]
 
 PREPROCESSING = ("imagenet",)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".webp", ".tif", ".tiff")
@@ -66,7 +67,7 @@ class Calibration:
         return Calibration({k: v[n:] for k, v in self.inputs.items()}, self.step, self.source)
 
 
-def _input_specs(model: onnx.ModelProto) -> List[_InputSpec]:
+def input_specs(model: onnx.ModelProto) -> List[_InputSpec]:
     inits = {t.name for t in model.graph.initializer}
     specs = []
     for vi in model.graph.input:
@@ -103,7 +104,7 @@ def load_calibration(path, model: onnx.ModelProto, preprocess: Optional[str] = N
     SparsekitError naming the input and the shapes.
     """
     p = Path(path)
-    specs = _input_specs(model)
+    specs = input_specs(model)
     if not specs:
         raise SparsekitError("the model has no inputs to calibrate with")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
@@ -119,7 +120,7 @@ def load_calibration(path, model: onnx.ModelProto, preprocess: Optional[str] = N
     elif p.is_file():
         if preprocess is not None:
             raise SparsekitError(f"{p}: --preprocess applies to a folder of images, not to a file")
-        arrays = _load_npz(p, specs)
+        arrays = load_npz(p, specs)
     else:
         raise SparsekitError(f"{p}: no such calibration file or folder")
     n = next(iter(arrays.values())).shape[0]
@@ -133,7 +134,7 @@ def load_calibration(path, model: onnx.ModelProto, preprocess: Optional[str] = N
     return Calibration(arrays, step, str(p))
 
 
-def _load_npz(p: Path, specs: List[_InputSpec]) -> Dict[str, np.ndarray]:
+def load_npz(p: Path, specs: List[_InputSpec]) -> Dict[str, np.ndarray]:
     try:
         with np.load(p, allow_pickle=False) as z:
             data = {k: z[k] for k in z.files}
@@ -172,7 +173,7 @@ def _fmt_dims(dims) -> str:
     return "[" + ", ".join(str(d) if d is not None else "?" for d in dims) + "]"
 
 
-def _image_size(specs: List[_InputSpec]) -> Tuple[str, int, int]:
+def image_size(specs: List[_InputSpec]) -> Tuple[str, int, int]:
     if len(specs) != 1:
         raise SparsekitError("image calibration needs a model with exactly one input, this one has "
                              f"{len(specs)}: {', '.join(s.name for s in specs)}")
@@ -187,7 +188,7 @@ def _image_size(specs: List[_InputSpec]) -> Tuple[str, int, int]:
 
 
 def _load_images(folder: Path, specs: List[_InputSpec]) -> Dict[str, np.ndarray]:
-    name, h, w = _image_size(specs)
+    name, h, w = image_size(specs)
     files = sorted(f for f in folder.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file())
     if not files:
         raise SparsekitError(f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)})")

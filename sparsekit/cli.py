@@ -689,6 +689,150 @@ def zoo(name, output, force, as_json):
 
 
 # ---------------------------------------------------------------------------------------------
+# sparsekit finetune
+
+
+@cli.command()
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
+              help="Where to write the fine-tuned model.")
+@click.option("--teacher", required=True, type=click.Path(dir_okay=False),
+              help="The dense model whose outputs the pruned one learns to reproduce.")
+@click.option("--data", required=True, type=click.Path(), metavar="DATA",
+              help="A folder of images (with --preprocess) or an .npz of input samples, as "
+                   "prune --calibration takes. No labels.")
+@click.option("--preprocess", type=click.Choice(["imagenet"]), default=None,
+              help="DATA is a folder of images for an ImageNet-style input.")
+@click.option("--steps", type=click.IntRange(min=1), default=None,
+              help="Training steps (stops at --steps or --seconds, whichever comes first).")
+@click.option("--seconds", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Training time budget in seconds.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True,
+              help="Samples per step.")
+@click.option("--lr", type=click.FloatRange(min=0.0), default=1e-4, show_default=True,
+              help="Adam learning rate (warm-up, then --schedule over the budget).")
+@click.option("--schedule", type=click.Choice(["cosine", "constant"]), default="cosine", show_default=True,
+              help="Learning-rate schedule.")
+@click.option("--loss", type=click.Choice(["auto", "kl", "mse"]), default="auto", show_default=True,
+              help="auto: KL on softened class scores, MSE on other outputs.")
+@click.option("--temperature", type=click.FloatRange(min=0, min_open=True), default=2.0, show_default=True,
+              help="Softmax temperature of the KL loss.")
+@click.option("--features", "feature_weight", type=click.FloatRange(min=0.0), default=0.0, show_default=True,
+              help="Weight of an extra loss on the pruned layers' outputs (0: off).")
+@click.option("--no-augment", is_flag=True, help="Use the samples as they are (no crops, flips, mixing).")
+@click.option("--mix", type=click.FloatRange(0.0, 1.0), default=0.5, show_default=True,
+              help="Fraction of samples mixed with another one (mixup / cutmix).")
+@click.option("--synthetic", type=click.FloatRange(0.0, 1.0), default=0.0, show_default=True,
+              help="Fraction of each image batch replaced by procedural images (dead leaves, 1/f noise).")
+@click.option("--holdout", type=click.FloatRange(0.0, 1.0, max_open=True), default=0.1, show_default=True,
+              help="Fraction of the photos/samples held back for the before/after comparison.")
+@click.option("--eval-data", type=click.Path(), default=None,
+              help="A separate evaluation set instead of --holdout (same kind as DATA).")
+@click.option("--sparsity", type=click.FloatRange(0.0, 1.0, min_open=True, max_open=True), default=None,
+              help="Gradual pruning: raise every pruned layer to this sparsity during training "
+                   "(cubic ramp, the patterns prune recorded).")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="CPU threads (torch and the teacher).")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
+              help="Where the student trains (cuda needs a CUDA build of torch).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the data stream.")
+@click.option("--checkpoint", type=click.Path(dir_okay=False), default=None,
+              help="Checkpoint file (default OUTPUT.ckpt), written every --checkpoint-every seconds "
+                   "and on Ctrl-C.")
+@click.option("--checkpoint-every", type=click.FloatRange(min=1.0), default=300.0, show_default=True,
+              help="Seconds between checkpoints.")
+@click.option("--resume", is_flag=True, help="Continue from the checkpoint.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.option("--force", is_flag=True, help="Overwrite the output file if it exists.")
+def finetune(model, output, teacher, data, preprocess, steps, seconds, batch_size, lr, schedule, loss,
+             temperature, feature_weight, no_augment, mix, synthetic, holdout, eval_data, sparsity, threads,
+             device, seed, checkpoint, checkpoint_every, resume, as_json, force):
+    """Fine-tune a pruned MODEL towards its dense --teacher on unlabelled --data.
+
+    The pruned model's zeros stay zeros (pattern and recipe metadata kept; convert packs the
+    output as it packs MODEL); only initializer values change. Distillation: KL on the
+    teacher's softened class scores (MSE for other outputs), the teacher run by onnxruntime on
+    the same augmented batch. Needs PyTorch: pip install 'sparsekit[train]'.
+
+    Example: sparsekit finetune pruned.onnx -o tuned.onnx --teacher model.onnx --data photos/
+    --preprocess imagenet --seconds 600
+    """
+    from . import io
+    from .finetune import finetune as run_finetune
+
+    io.check_output_path(output, force, inputs=(model, teacher))
+    ckpt = checkpoint or f"{output}.ckpt"
+    student, dense = io.load_model(model), io.load_model(teacher)
+    with _training_progress(enabled=not as_json) as progress:
+        tuned, report = run_finetune(
+            student, dense, data, preprocess=preprocess, steps=steps, seconds=seconds,
+            batch_size=batch_size, lr=lr, schedule=schedule, temperature=temperature, loss=loss,
+            feature_weight=feature_weight, augment=not no_augment, mix=mix, synthetic=synthetic,
+            holdout=holdout, eval_data=eval_data, sparsity=sparsity, threads=threads, device=device,
+            seed=seed, checkpoint=ckpt, checkpoint_every=checkpoint_every, resume=resume,
+            progress=progress)
+    io.save_model(tuned, output, external_data=io.uses_external_data(model) or None)
+    import os
+    if os.path.exists(ckpt):   # the job is done: its checkpoint would only be a stale file
+        os.unlink(ckpt)
+    if as_json:
+        print_json({"output": str(output), **report.to_dict()})
+        return
+    render_finetune_report(report)
+    out.print(f"wrote [bold]{output}[/bold]")
+
+
+@contextmanager
+def _training_progress(enabled: bool):
+    """A bar over the training budget (steps or seconds) with loss and throughput."""
+    if not enabled or not err.is_terminal:
+        yield None
+        return
+    with Progress(TextColumn("[bold]fine-tuning"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
+                  TextColumn("{task.description}"), TimeElapsedColumn(), console=err,
+                  transient=True) as bar:
+        task = bar.add_task("", total=1.0)
+
+        def update(info) -> None:
+            bar.update(task, completed=info["position"],
+                       description=f"step {info['step']}  loss {info['loss']:.4f}  "
+                                   f"{info['images_per_second']:.1f} img/s")
+
+        yield update
+
+
+def render_finetune_report(report) -> None:
+    d = report.to_dict()
+    table = Table(title="teacher agreement on held-back samples")
+    for col in ("", "top-1 agreement", "KL", "output error"):
+        table.add_column(col, justify="right" if col else "left")
+
+    def pct(v):
+        return "-" if v is None else f"{v:.1%}"
+
+    for label in ("before", "after"):
+        a = d[label]
+        table.add_row(label, pct(a["agreement"]), _fmt_err(a["kl"]), _fmt_err(a["rel_error"]))
+    if d["eval_source"]:
+        out.print(table)
+        out.print(f"evaluation: {d['eval_source']}")
+    layers = Table(title="pruned layers")
+    for col, justify in (("layer", "left"), ("weight", "left"), ("sparsity", "right"),
+                         ("weight change", "right")):
+        layers.add_column(col, justify=justify)
+    for r in d["layers"]:
+        sp = f"{r['sparsity_before']:.1%}" if abs(r["sparsity_before"] - r["sparsity_after"]) < 1e-9 else \
+            f"{r['sparsity_before']:.1%} -> {r['sparsity_after']:.1%}"
+        layers.add_row(r["name"], r["weight"], sp, f"{r['rel_change']:.3f}")
+    out.print(layers)
+    out.print(f"{d['steps']} steps ({d['stopped_by']}), {d['images']} samples from {d['train_count']} "
+              f"training photos/samples, {d['seconds']:.0f} s; loss {_fmt_err(d['loss_first'])} -> "
+              f"{_fmt_err(d['loss_last'])}")
+    for n in d["notes"]:
+        out.print(f"note: {n}")
+
+
+# ---------------------------------------------------------------------------------------------
 # entry point
 
 
@@ -714,7 +858,7 @@ def main(argv=None) -> int:
         if debug:
             raise
         click.echo(f"error: {e}", err=True)
-        return EXIT_ERROR
+        return getattr(e, "exit_code", EXIT_ERROR)
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)
         return 130

@@ -28,6 +28,7 @@ __all__ = [
     "resolve_bank_size",
     "bank_keep_counts",
     "bank_mask",
+    "recorded_mask",
     "block_mask",
     "unstructured_mask",
     "parse_block",
@@ -264,3 +265,19 @@ def parse_block(block) -> Tuple[int, int]:
     if a < 1 or b < 1:
         raise SparsekitError(f"bad block {block!r}: both extents must be at least 1")
     return a, b
+
+
+def recorded_mask(W, pattern: str, sparsity: float, bank_size: Optional[int] = None,
+                  block=None) -> np.ndarray:
+    """The mask of one layer's pattern as prune records it in the model's metadata (pattern,
+    resolved bank size, block ``[A, B]`` or None), at ``sparsity``: how fine-tuning re-prunes a
+    layer gradually with the constraints prune chose."""
+    if pattern == "bank":
+        rows = int(block[1]) if block else 1
+        return bank_mask(W, sparsity, bank_size=bank_size, block_rows=rows)
+    if pattern == "block":
+        return block_mask(W, sparsity, tuple(block) if block else (1, 4))
+    if pattern == "unstructured":
+        return unstructured_mask(W, sparsity)
+    raise ValueError(f"unknown pattern {pattern!r}")
+

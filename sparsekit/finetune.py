@@ -1,0 +1,617 @@
+"""Fine-tuning a pruned model back to its dense teacher's predictions, without labels.
+
+``finetune(pruned, teacher, data)`` trains the float initializers of PRUNED (weights, biases,
+normalisation parameters) so that its outputs match DENSE's on the same inputs: KL divergence
+on temperature-softened class scores, or a variance-normalised squared error on outputs that are
+not class scores, optionally plus the same error on the outputs of the pruned layers
+(intermediate features). The teacher runs in onnxruntime on every augmented batch; the student
+is the ONNX graph itself run by torch (:mod:`sparsekit.torch_graph`).
+
+The zero pattern is held: every weight that is zero in PRUNED is zero in the output, bit for bit
+(gradients and updates are masked, and the write-back keeps the original bits there), so the
+pattern and prune's recipe metadata survive and ``convert`` packs the result exactly as it packs
+PRUNED. The output is PRUNED with only initializer values changed; with ``sparsity`` (gradual
+pruning) the masks also grow along a cubic ramp within the recorded patterns, and the recipe
+metadata's sparsities are updated to match.
+
+torch is needed only here: ``pip install 'sparsekit[train]'``.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import signal
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import numpy as np
+import onnx
+
+from .errors import SparsekitError, SparsekitInterrupted
+from .graph import initializer_map, node_names, prunable_layers, tensor_to_array
+from .io import as_model
+
+__all__ = ["finetune", "FinetuneReport", "LOSSES", "DEVICES", "TRAIN_EXTRA"]
+
+TRAIN_EXTRA = "pip install 'sparsekit[train]'"
+LOSSES = ("auto", "kl", "mse")
+DEVICES = ("cpu", "cuda")
+SCHEDULES = ("cosine", "constant")
+PRUNE_METADATA = "sparsekit.prune"
+WARMUP = 0.03          # fraction of the schedule with a linear learning-rate warm-up
+RAMP_END = 0.6         # gradual pruning reaches its target sparsity at this point of the schedule
+RAMP_UPDATES = 40      # mask updates along the ramp
+
+
+def _torch():
+    try:
+        import torch
+    except ImportError:
+        raise SparsekitError(f"fine-tuning needs PyTorch: {TRAIN_EXTRA}") from None
+    return torch
+
+
+@dataclass
+class Agreement:
+    """How close a model is to the teacher on the evaluation samples."""
+
+    samples: int = 0
+    agreement: Optional[float] = None     # top-1 equal to the teacher's (class-score outputs)
+    kl: Optional[float] = None            # mean KL(teacher || model) of the softmax outputs
+    rel_error: float = 0.0                # sum |y - t|^2 / sum |t|^2 over all outputs
+
+
+@dataclass
+class LayerChange:
+    name: str
+    weight: str
+    zeros: int
+    params: int
+    sparsity_before: float
+    sparsity_after: float
+    rel_change: float                     # |W_out - W_in| / |W_in|
+
+
+@dataclass
+class FinetuneReport:
+    settings: Dict[str, Any] = field(default_factory=dict)
+    steps: int = 0
+    images: int = 0                       # training samples seen (augmented, counted once each)
+    seconds: float = 0.0
+    stopped_by: str = ""                  # "steps", "seconds" or "interrupt"
+    loss_first: Optional[float] = None    # mean loss over the first and last 10% of steps
+    loss_last: Optional[float] = None
+    before: Agreement = field(default_factory=Agreement)
+    after: Agreement = field(default_factory=Agreement)
+    eval_source: str = ""
+    train_source: str = ""
+    train_count: int = 0
+    layers: List[LayerChange] = field(default_factory=list)
+    notes: List[str] = field(default_factory=list)
+
+    def to_dict(self) -> Dict[str, Any]:
+        return asdict(self)
+
+
+# --------------------------------------------------------------------------- checks
+
+def _io_signature(model: onnx.ModelProto, which: str):
+    inits = {t.name for t in model.graph.initializer}
+    vis = model.graph.input if which == "input" else model.graph.output
+    out = []
+    for v in vis:
+        if v.name in inits:
+            continue
+        tt = v.type.tensor_type
+        dims = [d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim]
+        out.append((v.name, tt.elem_type, dims))
+    return out
+
+
+def _check_pair(student: onnx.ModelProto, teacher: onnx.ModelProto) -> None:
+    for which in ("input", "output"):
+        s, t = _io_signature(student, which), _io_signature(teacher, which)
+        if [x[0] for x in s] != [x[0] for x in t]:
+            raise SparsekitError(f"teacher and pruned model have different {which}s: "
+                                 f"{[x[0] for x in t]} vs {[x[0] for x in s]}")
+        for (name, st, sd), (_, tt, td) in zip(s, t):
+            fixed_differ = len(sd) != len(td) or any(a and b and a != b for a, b in zip(sd, td))
+            if st != tt or fixed_differ:
+                raise SparsekitError(f"teacher and pruned model disagree on {which} {name!r} "
+                                     f"(type/shape {tt} {td} vs {st} {sd})")
+
+
+def _prune_metadata(model: onnx.ModelProto) -> Dict[str, Any]:
+    entry = next((p for p in model.metadata_props if p.key == PRUNE_METADATA), None)
+    if entry is None:
+        return {}
+    try:
+        return json.loads(entry.value).get("layers") or {}
+    except (ValueError, AttributeError):
+        return {}
+
+
+# --------------------------------------------------------------------------- losses
+
+def _output_kinds(outputs: Dict[str, np.ndarray], loss: str) -> Dict[str, str]:
+    """Per output: "logits" (KL on softened scores), "probs" (KL, the scores are probabilities
+    already) or "mse"."""
+    kinds = {}
+    for k, t in outputs.items():
+        scores = t.dtype.kind == "f" and t.ndim >= 2 and t.shape[-1] >= 2
+        if loss == "mse" or not scores:
+            if loss == "kl" and not scores:
+                raise SparsekitError(f"--loss kl needs class-score outputs [.., classes]; {k!r} is "
+                                     f"{list(t.shape)} {t.dtype}")
+            kinds[k] = "mse"
+            continue
+        probs = t.min() >= 0 and t.max() <= 1 and np.allclose(t.sum(-1), 1.0, atol=1e-3)
+        kinds[k] = "probs" if probs else "logits"
+    return kinds
+
+
+def _distill_loss(torch, kind: str, s, t, temperature: float):
+    if kind == "mse":
+        return ((s - t) ** 2).mean() / (t.var() + 1e-8)
+    if kind == "probs":   # log-probabilities are logits up to a per-row constant
+        s, t = torch.log(s.clamp_min(1e-12)), torch.log(t.clamp_min(1e-12))
+    c = s.shape[-1]
+    ls = torch.log_softmax(s.reshape(-1, c).float() / temperature, dim=-1)
+    lt = torch.log_softmax(t.reshape(-1, c).float() / temperature, dim=-1)
+    return (lt.exp() * (lt - ls)).sum(-1).mean() * temperature ** 2
+
+
+def _compare(teacher: Dict[str, np.ndarray], model: Dict[str, np.ndarray],
+             kinds: Dict[str, str]) -> Agreement:
+    a = Agreement(samples=0)
+    num = den = 0.0
+    for k, t in teacher.items():
+        y = model[k].astype(np.float64)
+        t = t.astype(np.float64)
+        num += float(((y - t) ** 2).sum())
+        den += float((t ** 2).sum())
+        if kinds.get(k) in ("logits", "probs") and a.agreement is None:
+            c = t.shape[-1]
+            tt, yy = t.reshape(-1, c), y.reshape(-1, c)
+            a.samples = tt.shape[0]
+            a.agreement = float(np.mean(tt.argmax(1) == yy.argmax(1)))
+            if kinds[k] == "probs":
+                tt, yy = np.log(np.clip(tt, 1e-12, None)), np.log(np.clip(yy, 1e-12, None))
+            lt = tt - tt.max(1, keepdims=True)
+            lt -= np.log(np.exp(lt).sum(1, keepdims=True))
+            ly = yy - yy.max(1, keepdims=True)
+            ly -= np.log(np.exp(ly).sum(1, keepdims=True))
+            a.kl = float(np.mean((np.exp(lt) * (lt - ly)).sum(1)))
+    if not a.samples:
+        a.samples = next(iter(teacher.values())).shape[0]
+    a.rel_error = num / den if den > 0 else 0.0
+    return a
+
+
+# --------------------------------------------------------------------------- onnxruntime side
+
+def _ort_session(model: onnx.ModelProto, threads: Optional[int], extra_outputs=()):
+    from .runtime import session
+    if extra_outputs:
+        m = onnx.ModelProto()
+        m.CopyFrom(model)
+        have = {o.name for o in m.graph.output}
+        for name in extra_outputs:
+            if name not in have:
+                m.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
+                m.graph.output[-1].type.tensor_type.elem_type = onnx.TensorProto.FLOAT
+        model = m
+    return session(model, threads=threads)
+
+
+def _run(sess, feeds: Dict[str, np.ndarray], step: int, names: Optional[List[str]] = None,
+         chunk: int = 64) -> Dict[str, np.ndarray]:
+    """Outputs for all samples of ``feeds``, in runs of ``step`` samples (a fixed leading dim)
+    or ``chunk``."""
+    names = names or [o.name for o in sess.get_outputs()]
+    n = next(iter(feeds.values())).shape[0]
+    size = step or chunk
+    parts = [sess.run(names, {k: v[i:i + size] for k, v in feeds.items()}) for i in range(0, n, size)]
+    return {k: np.concatenate([p[j] for p in parts]) for j, k in enumerate(names)}
+
+
+# --------------------------------------------------------------------------- the job
+
+class _Stop(Exception):
+    pass
+
+
+def _fingerprint(*parts) -> str:
+    h = hashlib.sha256()
+    for p in parts:
+        h.update(p if isinstance(p, bytes) else json.dumps(p, sort_keys=True, default=str).encode())
+    return h.hexdigest()[:16]
+
+
+def _save_checkpoint(torch, path: Path, state: Dict[str, Any]) -> None:
+    """Atomically: a temporary file in the same folder, then a rename."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.resolve().parent)
+    os.close(fd)
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _check_options(steps, seconds, batch_size, lr, temperature, loss, device, schedule, sparsity,
+                   feature_weight, mix, synthetic, holdout):
+    if steps is None and seconds is None:
+        raise SparsekitError("give --steps or --seconds (or both: it stops at whichever comes first)")
+    if steps is not None and (isinstance(steps, bool) or int(steps) != steps or steps < 1):
+        raise SparsekitError(f"steps must be a positive integer, got {steps!r}")
+    if seconds is not None and not seconds > 0:
+        raise SparsekitError(f"seconds must be positive, got {seconds!r}")
+    if isinstance(batch_size, bool) or int(batch_size) != batch_size or batch_size < 1:
+        raise SparsekitError(f"batch size must be a positive integer, got {batch_size!r}")
+    if not (0 <= lr < 10):
+        raise SparsekitError(f"learning rate must be in [0, 10), got {lr!r}")
+    if not temperature > 0:
+        raise SparsekitError(f"temperature must be positive, got {temperature!r}")
+    if loss not in LOSSES:
+        raise SparsekitError(f"loss must be one of {', '.join(LOSSES)}, got {loss!r}")
+    if device not in DEVICES:
+        raise SparsekitError(f"device must be one of {', '.join(DEVICES)}, got {device!r}")
+    if schedule not in SCHEDULES:
+        raise SparsekitError(f"schedule must be one of {', '.join(SCHEDULES)}, got {schedule!r}")
+    if sparsity is not None and not 0 < sparsity < 1:
+        raise SparsekitError(f"sparsity must be in (0, 1), got {sparsity!r}")
+    if feature_weight < 0:
+        raise SparsekitError(f"feature loss weight must be >= 0, got {feature_weight!r}")
+    for name, v in (("mix", mix), ("synthetic", synthetic)):
+        if not 0 <= v <= 1:
+            raise SparsekitError(f"{name} must be in [0, 1], got {v!r}")
+    if not 0 <= holdout < 1:
+        raise SparsekitError(f"holdout must be in [0, 1), got {holdout!r}")
+
+
+def finetune(pruned, teacher, data, *, preprocess: Optional[str] = None,
+             steps: Optional[int] = None, seconds: Optional[float] = None, batch_size: int = 32,
+             lr: float = 1e-4, schedule: str = "cosine", temperature: float = 2.0, loss: str = "auto",
+             feature_weight: float = 0.0, augment: bool = True, mix: float = 0.5, synthetic: float = 0.0,
+             holdout: float = 0.1, eval_data=None, eval_crops: int = 8,
+             sparsity: Optional[float] = None, threads: Optional[int] = None, device: str = "cpu",
+             seed: int = 0, checkpoint=None, checkpoint_every: float = 300.0, resume: bool = False,
+             progress: Optional[Callable[[Dict[str, Any]], None]] = None,
+             ) -> Tuple[onnx.ModelProto, FinetuneReport]:
+    """Distil ``pruned`` towards ``teacher`` on ``data``; return ``(fine-tuned copy, report)``.
+
+    ``data``: a folder of images (with ``preprocess="imagenet"``) or an .npz of input samples,
+    as ``prune --calibration`` takes; ``holdout`` of its photos/samples are kept for evaluation
+    (or ``eval_data`` gives the evaluation set). Training stops after ``steps`` or ``seconds``,
+    whichever comes first; the learning rate ``lr`` (Adam) warms up and follows ``schedule``
+    over that budget. ``loss``: "auto" (KL on class scores at ``temperature``, otherwise a
+    variance-normalised MSE), "kl" or "mse"; ``feature_weight`` > 0 adds the MSE of the pruned
+    layers' outputs. ``synthetic``: fraction of each image batch replaced by procedural images.
+    ``sparsity``: prune further to this sparsity during training (cubic ramp, the recorded
+    patterns). ``checkpoint``: a path written every ``checkpoint_every`` seconds and on Ctrl-C;
+    ``resume`` continues from it. ``progress(info)`` is called after every step. The inputs are
+    never modified.
+    """
+    _check_options(steps, seconds, batch_size, lr, temperature, loss, device, schedule, sparsity,
+                   feature_weight, mix, synthetic, holdout)
+    torch = _torch()
+    from .torch_graph import OnnxModule, trainable_initializers
+    from .training_data import load_training_data
+
+    if device == "cuda" and not torch.cuda.is_available():
+        raise SparsekitError("--device cuda: torch sees no CUDA device (this build or machine has none)")
+    student_src, teacher_m = as_model(pruned), as_model(teacher)
+    _check_pair(student_src, teacher_m)
+    model = onnx.ModelProto()
+    model.CopyFrom(student_src)
+    trainable = trainable_initializers(model)
+    inits = initializer_map(model)
+    originals = {n: tensor_to_array(inits[n]) for n in trainable}
+    masks = {n: originals[n] != 0 for n, is_w in trainable.items() if is_w and not originals[n].all()}
+    recorded = _prune_metadata(model)
+    if not masks and sparsity is None:
+        raise SparsekitError("the model has no pruned weights (no zeros in any Conv/Gemm/MatMul "
+                             "weight): prune it first, or give --sparsity to prune while training")
+    ramp = _GradualPruning(model, recorded, sparsity) if sparsity is not None else None
+
+    if threads:
+        torch.set_num_threads(int(threads))
+    dev = torch.device(device)
+    student = OnnxModule(model, trainable).to(dev)
+    data_set = load_training_data(data, model, preprocess, holdout, eval_data, eval_crops, seed)
+    teacher_sess = None
+
+    report = FinetuneReport(settings=dict(
+        steps=steps, seconds=seconds, batch_size=batch_size, lr=lr, schedule=schedule,
+        temperature=temperature, loss=loss, feature_weight=feature_weight, augment=augment, mix=mix,
+        synthetic=synthetic, holdout=holdout, sparsity=sparsity, threads=threads, device=device,
+        seed=seed, trained_tensors=len(trainable), masked_weights=len(masks)),
+        train_source=data_set.source, train_count=data_set.train_count)
+
+    # features: outputs of the pruned layers that the teacher computes too
+    features: List[str] = []
+    if feature_weight > 0:
+        teacher_values = {o for n in teacher_m.graph.node for o in n.output}
+        out_names = {o.name for o in model.graph.output}
+        features = [c.output for c in prunable_layers(model) if c.weight in masks or ramp is not None]
+        features = [f for f in dict.fromkeys(features) if f in teacher_values and f not in out_names]
+        if not features:
+            report.notes.append("no pruned layer's output is also a tensor of the teacher: "
+                                "no feature loss")
+    teacher_sess = _ort_session(teacher_m, threads, features)
+    out_names = [o.name for o in model.graph.output]
+
+    # ---- evaluation before
+    kinds: Dict[str, str] = {}
+    eval_teacher = None
+    if data_set.eval_inputs:
+        eval_teacher = _run(teacher_sess, data_set.eval_inputs, data_set.step, out_names)
+        kinds = _output_kinds(eval_teacher, loss)
+        report.eval_source = data_set.eval_source
+        report.before = _compare(eval_teacher, _run(_ort_session(model, threads), data_set.eval_inputs,
+                                                    data_set.step, out_names), kinds)
+    else:
+        report.notes.append("no held-back samples (one photo/sample, holdout 0): no before/after comparison")
+
+    # ---- training state
+    params = student.named_weights()
+    mask_t = {n: torch.from_numpy(m).to(dev) for n, m in masks.items()}
+    opt = torch.optim.Adam(list(params.values()), lr=lr)
+    rng = np.random.default_rng(seed)
+    state = {"step": 0, "images": 0, "elapsed": 0.0, "losses": []}
+    fp = _fingerprint(student_src.SerializeToString(deterministic=True),
+                      teacher_m.SerializeToString(deterministic=True),
+                      {k: v for k, v in report.settings.items() if k not in ("steps", "seconds", "threads")},
+                      str(data))
+    ckpt = Path(checkpoint) if checkpoint is not None else None
+    if resume:
+        if ckpt is None or not ckpt.is_file():
+            raise SparsekitError(f"--resume: no checkpoint at {ckpt}")
+        try:
+            saved = torch.load(str(ckpt), map_location=dev, weights_only=True)
+        except Exception as e:
+            raise SparsekitError(f"{ckpt}: not a readable checkpoint ({e})") from None
+        if saved.get("fingerprint") != fp:
+            raise SparsekitError(f"{ckpt}: checkpoint of a different job (models, data or settings differ)")
+        with torch.no_grad():
+            for n, v in saved["params"].items():
+                params[n].copy_(v)
+        for n, m in saved.get("masks", {}).items():
+            mask_t[n] = m.to(dev)
+        opt.load_state_dict(saved["optimizer"])
+        rng.bit_generator.state = saved["rng"]
+        state.update(saved["state"])
+        if ramp is not None:
+            ramp.current = saved.get("ramp", ramp.current)
+        report.notes.append(f"resumed from {ckpt} at step {state['step']}")
+
+    def snapshot():
+        return {"fingerprint": fp, "params": {n: p.detach().cpu() for n, p in params.items()},
+                "masks": {n: m.cpu() for n, m in mask_t.items()}, "optimizer": opt.state_dict(),
+                "rng": rng.bit_generator.state, "state": dict(state),
+                "ramp": ramp.current if ramp is not None else None}
+
+    def position() -> float:
+        p = 0.0
+        if steps is not None:
+            p = max(p, state["step"] / steps)
+        if seconds is not None:
+            p = max(p, state["elapsed"] / seconds)
+        return min(p, 1.0)
+
+    def lr_at(p: float) -> float:
+        if p < WARMUP:
+            return lr * (p / WARMUP + 1e-3)
+        if schedule == "constant":
+            return lr
+        return lr * 0.5 * (1 + math.cos(math.pi * (p - WARMUP) / (1 - WARMUP)))
+
+    micro = data_set.step or batch_size
+    per_step = max(1, batch_size // micro) * micro
+    if per_step != batch_size:
+        report.notes.append(f"the model's inputs take batches of {micro}: {per_step} samples per step")
+    student.train(False)    # graph ops have no train mode (BatchNormalization uses its statistics)
+    interrupted = {"flag": False}
+
+    def on_sigint(signum, frame):
+        interrupted["flag"] = True
+
+    old_handler = signal.signal(signal.SIGINT, on_sigint) if _main_thread() else None
+    last_ckpt = time.monotonic()
+    t_start = time.monotonic() - state["elapsed"]
+    try:
+        while True:
+            p = position()
+            if steps is not None and state["step"] >= steps:
+                report.stopped_by = "steps"
+                break
+            if seconds is not None and state["elapsed"] >= seconds:
+                report.stopped_by = "seconds"
+                break
+            if interrupted["flag"]:
+                raise _Stop()
+            if ramp is not None:
+                ramp.update(p, params, mask_t, torch)
+            for g in opt.param_groups:
+                g["lr"] = lr_at(p)
+            opt.zero_grad(set_to_none=True)
+            feeds = data_set.batch(per_step, rng, augment, mix, synthetic)
+            targets = _run(teacher_sess, feeds, micro, out_names + features, chunk=per_step)
+            if not kinds:
+                kinds = _output_kinds({k: targets[k] for k in out_names}, loss)
+            total = 0.0
+            for i in range(0, per_step, micro):
+                x = {k: torch.from_numpy(v[i:i + micro]).to(dev) for k, v in feeds.items()}
+                y = student(x, features)
+                t = {k: torch.from_numpy(v[i:i + micro]).to(dev) for k, v in targets.items()}
+                lval = sum(_distill_loss(torch, kinds[k], y[k], t[k], temperature) for k in out_names)
+                if features:
+                    lval = lval + feature_weight * sum(_distill_loss(torch, "mse", y[f], t[f], 1.0)
+                                                       for f in features) / len(features)
+                lval = lval * (micro / per_step)
+                lval.backward()
+                total += float(lval.detach())
+            if not math.isfinite(total):
+                raise SparsekitError(f"the loss became {total} at step {state['step']}: lower --lr")
+            for n, m in mask_t.items():
+                if params[n].grad is not None:
+                    params[n].grad.mul_(m)
+            opt.step()
+            with torch.no_grad():
+                for n, m in mask_t.items():
+                    params[n].mul_(m)
+            state["step"] += 1
+            state["images"] += per_step
+            state["elapsed"] = time.monotonic() - t_start
+            state["losses"].append(total)
+            if progress is not None:
+                progress({"step": state["step"], "steps": steps, "seconds": seconds,
+                          "elapsed": state["elapsed"], "position": position(), "loss": total,
+                          "images": state["images"], "lr": lr_at(p),
+                          "images_per_second": state["images"] / max(state["elapsed"], 1e-9)})
+            if ckpt is not None and time.monotonic() - last_ckpt >= checkpoint_every:
+                _save_checkpoint(torch, ckpt, snapshot())
+                last_ckpt = time.monotonic()
+    except (_Stop, KeyboardInterrupt):
+        where = ""
+        if ckpt is not None:
+            _save_checkpoint(torch, ckpt, snapshot())
+            where = f"; checkpoint at step {state['step']} in {ckpt} (continue with --resume)"
+        raise SparsekitInterrupted(f"interrupted: nothing written{where}") from None
+    finally:
+        if old_handler is not None:
+            signal.signal(signal.SIGINT, old_handler)
+
+    # ---- write back: only the values of trained initializers change
+    if ramp is not None:
+        ramp.finish(params, mask_t, torch)
+    changed = _write_back(model, params, mask_t, originals)
+    if ramp is not None:
+        ramp.record(model, mask_t)
+    report.steps, report.images, report.seconds = state["step"], state["images"], round(state["elapsed"], 2)
+    losses = state["losses"]
+    if losses:
+        k = max(1, len(losses) // 10)
+        report.loss_first, report.loss_last = float(np.mean(losses[:k])), float(np.mean(losses[-k:]))
+    report.layers = _layer_changes(model, originals, masks, mask_t, changed)
+    if eval_teacher is not None:
+        report.after = _compare(eval_teacher, _run(_ort_session(model, threads), data_set.eval_inputs,
+                                                   data_set.step, out_names), kinds)
+    return model, report
+
+
+def _main_thread() -> bool:
+    import threading
+    return threading.current_thread() is threading.main_thread()
+
+
+def _write_back(model: onnx.ModelProto, params, mask_t, originals) -> set:
+    """Copy trained values into their initializers, in the initializer's own encoding; entries
+    outside a mask keep their original bits; unchanged tensors are not touched."""
+    inits = initializer_map(model)
+    changed = set()
+    for name, p in params.items():
+        new = p.detach().cpu().numpy().astype(np.float32)
+        old = originals[name]
+        if name in mask_t:   # pruned entries: zero, and the original bits where PRUNED had zeros
+            new = np.where(mask_t[name].cpu().numpy(), new, np.float32(0))
+            new = np.where(old == 0, old, new)
+        if np.array_equal(new.view(np.uint32), old.view(np.uint32)):
+            continue
+        t = inits[name]
+        if t.HasField("raw_data") or not len(t.float_data):
+            t.raw_data = np.ascontiguousarray(new, dtype="<f4").tobytes()
+            del t.float_data[:]
+        else:
+            del t.float_data[:]
+            t.float_data.extend(new.ravel().tolist())
+        changed.add(name)
+    return changed
+
+
+def _layer_changes(model, originals, masks, mask_t, changed) -> List[LayerChange]:
+    names = node_names(model)
+    inits = initializer_map(model)
+    rows = []
+    for c in prunable_layers(model, names):
+        if c.weight not in originals:
+            continue
+        old, new = originals[c.weight], tensor_to_array(inits[c.weight])
+        if c.weight not in masks and c.weight not in mask_t and np.count_nonzero(old == 0) == 0:
+            continue
+        den = float(np.linalg.norm(old)) or 1.0
+        rows.append(LayerChange(name=c.name, weight=c.weight, zeros=int(np.count_nonzero(new == 0)),
+                                params=int(new.size),
+                                sparsity_before=float(np.mean(old == 0)),
+                                sparsity_after=float(np.mean(new == 0)),
+                                rel_change=float(np.linalg.norm(new - old)) / den))
+    return rows
+
+
+class _GradualPruning:
+    """Masks that grow from each layer's recorded sparsity to ``target`` along a cubic ramp
+    (Zhu & Gupta: s(p) = S + (s0 - S)(1 - p/end)^3), re-chosen by magnitude within the pattern
+    prune recorded for the layer, so the pattern's constraints hold at every step."""
+
+    def __init__(self, model: onnx.ModelProto, recorded: Dict[str, Any], target: float):
+        if not recorded:
+            raise SparsekitError("--sparsity (gradual pruning) needs prune's recipe metadata in the model: "
+                                 "prune it first at a lower sparsity (e.g. sparsekit prune --sparsity 0.5)")
+        self.target = target
+        self.layers = []
+        names = node_names(model)
+        from .sequence import lstm_layers
+        by_name = {c.name: c for c in list(prunable_layers(model, names)) + list(lstm_layers(model, names))}
+        for name, spec in recorded.items():
+            c = by_name.get(name)
+            if c is None:
+                continue
+            start = float(spec.get("achieved", spec.get("sparsity", 0.0)))
+            if start >= target:
+                continue
+            self.layers.append((c, spec, start))
+        if not self.layers:
+            raise SparsekitError(f"--sparsity {target}: every pruned layer is already at least that sparse")
+        self.current = 0.0
+
+    def _sparsity(self, start: float, p: float) -> float:
+        q = min(p / RAMP_END, 1.0)
+        return self.target + (start - self.target) * (1 - q) ** 3
+
+    def update(self, p: float, params, mask_t, torch, force: bool = False) -> None:
+        q = min(p / RAMP_END, 1.0)
+        if not force and q < 1.0 and q - self.current < 1.0 / RAMP_UPDATES:
+            return
+        if not force and self.current >= 1.0:
+            return
+        self.current = q
+        from .patterns import recorded_mask
+        with torch.no_grad():
+            for c, spec, start in self.layers:
+                w = params[c.weight]
+                W = c.to_matrix(w.detach().cpu().numpy())
+                m = recorded_mask(W, spec["pattern"], self._sparsity(start, p), spec.get("bank_size"),
+                                  spec.get("block"))
+                mt = torch.from_numpy(c.from_matrix(m)).to(w.device)
+                mask_t[c.weight] = mt
+                w.mul_(mt)
+
+    def finish(self, params, mask_t, torch) -> None:
+        """The target sparsity exactly, even when the budget ended before the ramp did."""
+        self.update(RAMP_END, params, mask_t, torch, force=True)
+
+    def record(self, model: onnx.ModelProto, mask_t) -> None:
+        entry = next(p for p in model.metadata_props if p.key == PRUNE_METADATA)
+        meta = json.loads(entry.value)
+        for c, _spec, _ in self.layers:
+            m = mask_t[c.weight].cpu().numpy()
+            meta["layers"][c.name]["sparsity"] = self.target
+            meta["layers"][c.name]["achieved"] = round(float(1 - m.mean()), 6)
+        entry.value = json.dumps(meta, sort_keys=False)
