@@ -142,11 +142,15 @@ def load_calibration_option(path, preprocess, samples, batch_size, model):
 @click.option("--match", type=click.Choice(["dense", "layer"]), default="dense", show_default=True,
               help="--calibration: reconstruct the dense model's layer outputs (dense) or the layer's "
                    "own outputs on the pruned inputs (layer).")
+@click.option("--channel-correction/--no-channel-correction", default=None,
+              help="--calibration: scale each reconstructed output channel's weights so its output "
+                   "spread matches the dense model's (the zero pattern is kept; default: "
+                   "docs/accuracy.md).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option("--force", is_flag=True, help="Overwrite the output file if it exists.")
 def prune(model, output, pattern, sparsity, bank_size, banks, block, include, exclude, min_params,
           recipe, no_fold_bn, calibration, preprocess, calibration_samples, batch_size, damp, match,
-          as_json, force):
+          channel_correction, as_json, force):
     """Prune MODEL's Conv/Gemm/MatMul weights with a sparsity pattern.
 
     The output is plain ONNX (it runs in stock onnxruntime) with the recipe recorded in its
@@ -168,7 +172,8 @@ def prune(model, output, pattern, sparsity, bank_size, banks, block, include, ex
         pruned, report = run_prune(
             source, pattern=pattern, sparsity=sparsity, bank_size=bank_size, banks=banks,
             block=block, include=include, exclude=exclude, min_params=min_params, recipe=recipe,
-            fold_bn=not no_fold_bn, calibration=calib, damp=damp, match=match, progress=progress)
+            fold_bn=not no_fold_bn, calibration=calib, damp=damp, match=match,
+            channel_correction=channel_correction, progress=progress)
     io.save_model(pruned, output, external_data=io.uses_external_data(model) or None)
     if as_json:
         print_json({"output": str(output), **report.to_dict()})
@@ -185,6 +190,9 @@ def render_prune_report(report) -> None:
             ("sparsity", "right"), ("params", "right"), ("FLOPs", "right")]
     if recon:   # relative layer output error on the calibration data: magnitude mask vs written
         cols += [("err mag", "right"), ("err rec", "right")]
+    scaled = any(r["channel_scale"] for r in d["layers"])
+    if scaled:  # the range of channel correction's row scales
+        cols.append(("scale", "right"))
     for col, justify in cols:
         table.add_column(col, justify=justify)
     for row in d["layers"]:
@@ -193,6 +201,9 @@ def render_prune_report(report) -> None:
                  _fmt_count(row["flops"])]
         if recon:
             cells += [_fmt_err(row["error_magnitude"]), _fmt_err(row["error"])]
+        if scaled:
+            lo_hi = row["channel_scale"]
+            cells.append(f"{lo_hi[0]:.2f}-{lo_hi[1]:.2f}" if lo_hi else "-")
         table.add_row(*cells)
     out.print(table)
     if d.get("skipped"):

@@ -34,6 +34,7 @@ PATTERNS = ("bank", "block", "unstructured")
 DEFAULT_BANK_SIZE = 64          # bank pattern without bank_size/banks: min(64, K)
 DEFAULT_BLOCK = (1, 4)          # block pattern when no block is given
 METADATA_KEY = "sparsekit.recipe"
+DEFAULT_CHANNEL_CORRECTION = False   # prune(calibration=...) without channel_correction (docs/accuracy.md)
 RECIPE_VERSION = 1
 
 _SPEC_KEYS = ("pattern", "sparsity", "bank_size", "banks", "block")
@@ -68,6 +69,7 @@ class LayerRow:
     method: str = "magnitude"        # "magnitude" or "reconstruction" (--calibration)
     error_magnitude: Optional[float] = None  # relative layer output error of the magnitude mask
     error: Optional[float] = None    # ... of the weights written (calibration data only)
+    channel_scale: Optional[List[float]] = None  # [min, max] row scale of channel_correction
 
 
 @dataclass
@@ -383,6 +385,7 @@ def prune(model_or_path, pattern: str = "block", sparsity: float = 0.9, *,
           include=None, exclude=None, min_params: int = 1024, skip_first: bool = True,
           skip_depthwise: bool = True, recipe=None, fold_bn: bool = True,
           calibration=None, damp: float = DEFAULT_DAMP, match: str = "dense",
+          channel_correction: Optional[bool] = None,
           progress: Optional[Callable[[int, int, str], None]] = None,
           ) -> Tuple[onnx.ModelProto, PruneReport]:
     """Prune a model's Conv / Gemm / MatMul weights; return ``(pruned copy, report)``.
@@ -399,6 +402,8 @@ def prune(model_or_path, pattern: str = "block", sparsity: float = 0.9, *,
     input samples) switches from magnitude pruning to one-shot reconstruction
     (:mod:`sparsekit.reconstruct`): masks chosen by second-order saliency and kept weights
     updated layer by layer, in graph order, with ``damp`` and ``match`` as documented there.
+    ``channel_correction`` (with ``calibration``; None: DEFAULT_CHANNEL_CORRECTION) scales each
+    reconstructed output channel's weight row so its output spread matches the dense model's.
     """
     # ---- validate everything cheap before touching the model
     base = _check_spec({"pattern": pattern, "sparsity": sparsity, "bank_size": bank_size,
@@ -411,6 +416,11 @@ def prune(model_or_path, pattern: str = "block", sparsity: float = 0.9, *,
         raise SparsekitError(f"match must be one of {', '.join(MATCH_MODES)}, got {match!r}")
     if isinstance(damp, bool) or not isinstance(damp, (int, float)) or not (0.0 <= damp < 1e3):
         raise SparsekitError(f"damp must be a non-negative number, got {damp!r}")
+    if channel_correction not in (None, True, False):
+        raise SparsekitError(f"channel_correction must be True or False, got {channel_correction!r}")
+    if channel_correction and calibration is None:
+        raise SparsekitError("channel_correction needs calibration data (it matches the dense "
+                             "model's output statistics on it)")
     inc = _compile_regexes(include, "include")
     exc = _compile_regexes(exclude, "exclude")
     rec = load_recipe(recipe)
@@ -437,8 +447,10 @@ def prune(model_or_path, pattern: str = "block", sparsity: float = 0.9, *,
     if calibration is not None:
         from .calibration import Calibration, load_calibration
         calib = calibration if isinstance(calibration, Calibration) else load_calibration(calibration, src)
+        if channel_correction is None:
+            channel_correction = DEFAULT_CHANNEL_CORRECTION
         report.settings.update(calibration=calib.source or "<arrays>", calibration_samples=calib.samples,
-                               damp=float(damp), match=match)
+                               damp=float(damp), match=match, channel_correction=bool(channel_correction))
 
     if fold_bn:
         report.folded_bn, fold_notes = fold_batchnorms(model, names)
@@ -495,7 +507,8 @@ def prune(model_or_path, pattern: str = "block", sparsity: float = 0.9, *,
             plan.append((c, spec))
 
     # ---- pruning
-    recon = LayerwiseReconstruction(model, calib, damp, match, [c for c, _ in plan], cons) if calib else None
+    recon = (LayerwiseReconstruction(model, calib, damp, match, [c for c, _ in plan], cons,
+                                     bool(channel_correction)) if calib else None)
     pruned_by: Dict[str, LayerRow] = {}      # weight name -> row of the layer that pruned it
     rows: Dict[str, LayerRow] = {}
     layer_of: Dict[str, Layer] = {}
@@ -510,13 +523,14 @@ def prune(model_or_path, pattern: str = "block", sparsity: float = 0.9, *,
             Wp = np.where(mask, W, np.zeros((), dtype=W.dtype))
             why_not = supports(c) if recon else None
             if recon and why_not is None:
-                Wp, errors, note = recon.run(c, W, Wp, eff, spec["sparsity"], inits)
+                Wp, errors, scale_range, note = recon.run(c, W, Wp, eff, spec["sparsity"], inits)
             set_initializer(t, c.from_matrix(Wp).astype(W.dtype, copy=False))
             nnz = int(np.count_nonzero(Wp))
             row = _row(c, eff, spec["sparsity"], nnz, shapes)
             if recon and why_not is None:
                 row.method = "reconstruction"
                 row.error_magnitude, row.error = errors
+                row.channel_scale = list(scale_range) if scale_range else None
                 if note:
                     row.note = note
                     report.notes.append(f"{c.name}: {note}")

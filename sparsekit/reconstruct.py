@@ -17,14 +17,17 @@ saliency ``w² / [H⁻¹]jj`` inside the pattern's constraints:
 Targets: with ``match="dense"`` (default) ``W*`` reproduces the dense model's layer output from
 the inputs the already-pruned upstream layers now produce (``W* = W G H⁻¹`` with ``G`` the
 cross-Gram of dense and pruned inputs), so each layer also absorbs the error that arrives from
-above; ``match="layer"`` keeps ``W* = W`` (SparseGPT's own target).  Afterwards the bias absorbs
-the mean output shift (bias correction).  docs/accuracy.md has the derivation and measurements.
+above; ``match="layer"`` keeps ``W* = W`` (SparseGPT's own target).  Afterwards, with
+``channel_correction``, each output channel's weight row is scaled so its output spread matches
+the reference's (the dense model's output, or with match="layer" the layer's own), and the bias
+absorbs the mean output shift (bias correction).  docs/accuracy.md has the derivation and
+measurements.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Dict, Iterator, List, Optional, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Tuple, Union
 
 import numpy as np
 import onnx
@@ -34,7 +37,7 @@ from .graph import Layer, get_attr
 from .patterns import _topk_flat, bank_keep_counts, keep_count
 
 __all__ = ["LayerStats", "capture_stats", "reconstruct", "layer_error", "supports",
-           "DEFAULT_DAMP", "MATCH_MODES"]
+           "DEFAULT_DAMP", "MATCH_MODES", "CHANNEL_SCALE_RANGE"]
 
 DEFAULT_DAMP = 0.01        # H += damp · mean(diag H) · I, as SparseGPT
 MATCH_MODES = ("dense", "layer")
@@ -44,6 +47,13 @@ _MAX_PATCH_ELEMENTS = 1 << 24   # im2col rows are produced in chunks of at most 
 # needs this many input vectors per input (a classifier sees one per sample: MobileNetV2's, refit
 # from 128 samples, agreed 62% with the dense model, 88% with SparseGPT's own target)
 DENSE_MIN_ROWS = 4
+# channel correction's bounds on a row's scale: a pruned channel whose spread is off by more than
+# 2x has lost what it computed (the reconstruction keeps little of the reference's direction), and
+# scaling that up would amplify its error rather than restore its spread
+CHANNEL_SCALE_RANGE = (0.5, 2.0)
+# variances below this fraction of the layer's mean reference variance are taken as constant
+# channels (a dead ReLU input): nothing to match, scale 1
+_FLAT_VARIANCE = 1e-10
 
 
 def supports(layer: Layer) -> Optional[str]:
@@ -269,11 +279,13 @@ class _Pattern:
 
 
 def reconstruct(W: np.ndarray, stats: LayerStats, eff: Dict, sparsity: float,
-                damp: float = DEFAULT_DAMP) -> Tuple[np.ndarray, np.ndarray, Dict]:
+                damp: float = DEFAULT_DAMP, channel_correction: bool = False
+                ) -> Tuple[np.ndarray, np.ndarray, Dict]:
     """Prune ``W[M, K]`` under pattern ``eff`` ({"pattern", "bank_size", "block"} as prune
     reports it) at ``sparsity`` with the optimal-brain-surgeon sweep; return
-    ``(new W float32, keep mask, info)``; ``info`` has the damping used and the bias shift
-    ``bias_delta[M]`` that restores the mean output."""
+    ``(new W float32, keep mask, info)``; ``info`` has the damping used, the bias shift
+    ``bias_delta[M]`` that restores the mean output and the per-row ``scale[M]`` that
+    ``channel_correction`` applied (ones without it)."""
     W0 = np.asarray(W, dtype=np.float64)
     M, K = W0.shape
     H = stats.gram.copy()
@@ -304,10 +316,32 @@ def reconstruct(W: np.ndarray, stats: LayerStats, eff: Dict, sparsity: float,
         Wk[:, i2:] -= Err @ U[i1:i2, i2:]
         mask[:, i1:i2] = m1
     Wk[~mask] = 0.0
-    mean_dense = stats.mean_dense if stats.mean_dense is not None else stats.mean
-    bias_delta = mean_dense @ W0.T - stats.mean @ Wk.T
-    return Wk.astype(np.float32), mask, {"damp": lam, "bias_delta": bias_delta,
+    scale = channel_scale(Wk, W0, stats) if channel_correction else np.ones(M)
+    Wk *= scale[:, None]          # a positive factor per row: the zero pattern stays as it is
+    mean_ref = stats.mean_dense if stats.mean_dense is not None else stats.mean
+    bias_delta = mean_ref @ W0.T - stats.mean @ Wk.T
+    return Wk.astype(np.float32), mask, {"damp": lam, "bias_delta": bias_delta, "scale": scale,
                                          "target": "dense" if refit else "layer"}
+
+
+def channel_scale(W_new: np.ndarray, W: np.ndarray, stats: LayerStats) -> np.ndarray:
+    """Per output channel, ``std(W x_ref) / std(W' x)`` on the calibration data (a Conv's over all
+    pixels and samples), from the captured moments: ``Var(w x) = w (H - mu muᵀ) wᵀ``; clipped
+    to CHANNEL_SCALE_RANGE, 1 where either output is constant."""
+    dense = stats.gram_dense is not None
+    var_new = _output_variance(W_new, stats.gram, stats.mean)
+    var_ref = _output_variance(W, stats.gram_dense if dense else stats.gram,
+                               stats.mean_dense if dense else stats.mean)
+    flat = _FLAT_VARIANCE * max(float(np.mean(var_ref)), np.finfo(np.float64).tiny)
+    live = (var_new > flat) & (var_ref > flat)
+    ratio = np.sqrt(np.divide(var_ref, var_new, out=np.ones_like(var_ref), where=live))
+    return np.clip(ratio, *CHANNEL_SCALE_RANGE)
+
+
+def _output_variance(W: np.ndarray, gram: np.ndarray, mean: np.ndarray) -> np.ndarray:
+    """``Var(w x)`` of each row ``w`` of ``W`` from ``H = E[x xᵀ]`` and ``E[x]``."""
+    W = np.asarray(W, dtype=np.float64)
+    return np.maximum(np.sum((W @ gram) * W, axis=1) - (W @ mean) ** 2, 0.0)
 
 
 def _refit(W0: np.ndarray, H: np.ndarray, G: np.ndarray, lam: float) -> np.ndarray:
@@ -354,7 +388,7 @@ class LayerwiseReconstruction:
     reconstruct, and move the mean output shift into the layer's bias."""
 
     def __init__(self, model: onnx.ModelProto, calibration, damp: float, match: str,
-                 planned: List[Layer], consumers):
+                 planned: List[Layer], consumers, channel_correction: bool = False):
         self.model = model                       # pruned in place by the caller as it goes
         self.dense = None
         if match == "dense":
@@ -362,6 +396,7 @@ class LayerwiseReconstruction:
             self.dense.CopyFrom(model)
         self.calibration = calibration
         self.damp = damp
+        self.channel_correction = channel_correction
         self.planned = planned
         self.consumers = consumers
         self.cache: Dict[str, LayerStats] = {}
@@ -377,12 +412,24 @@ class LayerwiseReconstruction:
         return self.cache.pop(layer.name)
 
     def run(self, layer: Layer, W: np.ndarray, W_magnitude: np.ndarray, eff: Dict, sparsity: float,
-            inits: Dict[str, onnx.TensorProto]) -> Tuple[np.ndarray, Tuple[float, float], Optional[str]]:
-        """The reconstructed weights, (magnitude error, reconstruction error), and a note."""
+            inits: Dict[str, onnx.TensorProto]
+            ) -> Tuple[np.ndarray, Tuple[float, float], Optional[Tuple[float, float]], Optional[str]]:
+        """The reconstructed weights, (magnitude error, reconstruction error), the (min, max)
+        channel scale applied (None without channel correction), and a note."""
         stats = self._stats(layer)
-        Wn, _, info = reconstruct(W, stats, eff, sparsity, self.damp)
+        add_to_bias = self._bias_writer(layer, inits)
+        no_bias = add_to_bias if isinstance(add_to_bias, str) else None
+        # the correction is a scale and a shift: without a bias to take the shift, scaling a row
+        # would move its mean as well
+        correct = self.channel_correction and no_bias is None
+        Wn, _, info = reconstruct(W, stats, eff, sparsity, self.damp, correct)
         errors = (layer_error(W_magnitude, W, stats), layer_error(Wn, W, stats))
-        notes = [self._correct_bias(layer, info["bias_delta"], inits)]
+        scale_range = (float(info["scale"].min()), float(info["scale"].max())) if correct else None
+        if no_bias is None:
+            add_to_bias(info["bias_delta"])
+        notes = [f"no bias correction ({no_bias})" if no_bias else None]
+        if no_bias and self.channel_correction:
+            notes.append("no channel correction (it needs the bias correction)")
         if info["damp"] > self.damp * 1.0001:
             notes.append(f"input Gram matrix needed dampening {info['damp']:g}")
         upstream_changed = stats.cross is not None and not np.allclose(stats.cross, stats.gram, rtol=1e-6)
@@ -390,47 +437,50 @@ class LayerwiseReconstruction:
             notes.append("no refit to the dense output (it did not hold up across calibration halves, "
                          "or too little data to check): "
                          "kept the layer's own output as target (match=layer)")
-        return Wn, errors, "; ".join(n for n in notes if n) or None
+        return Wn, errors, scale_range, "; ".join(n for n in notes if n) or None
 
-    def _correct_bias(self, layer: Layer, delta: np.ndarray, inits) -> Optional[str]:
-        """Add the mean output shift to the layer's bias; a note when there is none to add it to."""
+    def _bias_writer(self, layer: Layer, inits) -> Union[Callable[[np.ndarray], None], str]:
+        """A function that adds an output shift ``delta[M]`` to the layer's bias, or why there is
+        no bias it can go to."""
         from .graph import all_names, set_initializer, unique_name
         node, g = layer.node, self.model.graph
         if layer.op == "Gemm":
             alpha, beta = float(get_attr(node, "alpha", 1.0)), float(get_attr(node, "beta", 1.0))
             if beta == 0.0:
-                return "no bias correction (Gemm beta=0)"
-            delta, slot = delta * alpha / beta, 2
+                return "Gemm beta=0"
+            factor, slot = alpha / beta, 2
         elif layer.op == "Conv":
-            slot = 2
+            factor, slot = 1.0, 2
         else:   # MatMul: the bias is the constant vector of the Add that alone consumes its output
             users = self.consumers.get(layer.output, [])
             add = users[0][1] if len(users) == 1 else None
             if add is None or add.op_type != "Add":
-                return "no bias correction (MatMul without a bias Add)"
+                return "MatMul without a bias Add"
             bias = next((x for x in add.input if x in inits and x != layer.output), None)
             if bias is None or list(inits[bias].dims) not in ([layer.M], [1, layer.M]) \
                     or len(self.consumers.get(bias, [])) != 1:
-                return "no bias correction (the Add's bias is not a constant [M] vector of its own)"
+                return "the Add's bias is not a constant [M] vector of its own"
             arr = np.asarray(onnx.numpy_helper.to_array(inits[bias]))
-            set_initializer(inits[bias], (arr + delta.reshape(arr.shape)).astype(arr.dtype))
-            return None
+            return lambda delta: set_initializer(
+                inits[bias], (arr + delta.reshape(arr.shape)).astype(arr.dtype))
         if len(node.input) > slot and node.input[slot]:
             name = node.input[slot]
             if name not in inits or len(self.consumers.get(name, [])) != 1:
-                return "no bias correction (the bias is not a constant of this layer alone)"
+                return "the bias is not a constant of this layer alone"
             arr = np.asarray(onnx.numpy_helper.to_array(inits[name]))
             if arr.size != layer.M or arr.dtype != np.float32:
-                return "no bias correction (the bias is not a float vector of M values)"
-            set_initializer(inits[name], (arr + delta.reshape(arr.shape)).astype(np.float32))
-            return None
-        name = unique_name(f"{layer.weight}.bias_correction", all_names(g))
-        g.initializer.append(onnx.numpy_helper.from_array(delta.astype(np.float32), name))
-        inits[name] = g.initializer[-1]
-        while len(node.input) < slot:
-            node.input.append("")
-        if len(node.input) == slot:
-            node.input.append(name)
-        else:
-            node.input[slot] = name
-        return None
+                return "the bias is not a float vector of M values"
+            return lambda delta: set_initializer(
+                inits[name], (arr + factor * delta.reshape(arr.shape)).astype(np.float32))
+
+        def new_bias(delta: np.ndarray) -> None:
+            name = unique_name(f"{layer.weight}.bias_correction", all_names(g))
+            g.initializer.append(onnx.numpy_helper.from_array((factor * delta).astype(np.float32), name))
+            inits[name] = g.initializer[-1]
+            while len(node.input) < slot:
+                node.input.append("")
+            if len(node.input) == slot:
+                node.input.append(name)
+            else:
+                node.input[slot] = name
+        return new_bias
