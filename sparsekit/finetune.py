@@ -35,6 +35,7 @@ import onnx
 from .errors import SparsekitError, SparsekitInterrupted
 from .graph import initializer_map, node_names, prunable_layers, tensor_to_array
 from .io import as_model
+from .prune import METADATA_KEY
 
 __all__ = ["finetune", "FinetuneReport", "LOSSES", "DEVICES", "TRAIN_EXTRA"]
 
@@ -42,7 +43,6 @@ TRAIN_EXTRA = "pip install 'sparsekit[train]'"
 LOSSES = ("auto", "kl", "mse")
 DEVICES = ("cpu", "cuda")
 SCHEDULES = ("cosine", "constant")
-PRUNE_METADATA = "sparsekit.prune"
 WARMUP = 0.03          # fraction of the schedule with a linear learning-rate warm-up
 RAMP_END = 0.6         # gradual pruning reaches its target sparsity at this point of the schedule
 RAMP_UPDATES = 40      # mask updates along the ramp
@@ -127,7 +127,7 @@ def _check_pair(student: onnx.ModelProto, teacher: onnx.ModelProto) -> None:
 
 
 def _prune_metadata(model: onnx.ModelProto) -> Dict[str, Any]:
-    entry = next((p for p in model.metadata_props if p.key == PRUNE_METADATA), None)
+    entry = next((p for p in model.metadata_props if p.key == METADATA_KEY), None)
     if entry is None:
         return {}
     try:
@@ -308,6 +308,11 @@ def finetune(pruned, teacher, data, *, preprocess: Optional[str] = None,
     if device == "cuda" and not torch.cuda.is_available():
         raise SparsekitError("--device cuda: torch sees no CUDA device (this build or machine has none)")
     student_src, teacher_m = as_model(pruned), as_model(teacher)
+    custom = sorted({f"{n.domain}.{n.op_type}" for n in student_src.graph.node
+                     if n.domain not in ("", "ai.onnx")})
+    if custom:
+        raise SparsekitError(f"the pruned model has op(s) {', '.join(custom[:3])}: fine-tuning takes plain "
+                             "ONNX models, before convert")
     _check_pair(student_src, teacher_m)
     model = onnx.ModelProto()
     model.CopyFrom(student_src)
@@ -324,7 +329,7 @@ def finetune(pruned, teacher, data, *, preprocess: Optional[str] = None,
     if threads:
         torch.set_num_threads(int(threads))
     dev = torch.device(device)
-    student = OnnxModule(model, trainable).to(dev)
+    student = OnnxModule(model, trainable).to(dev).channels_last()
     data_set = load_training_data(data, model, preprocess, holdout, eval_data, eval_crops, seed)
     teacher_sess = None
 
@@ -448,7 +453,7 @@ def finetune(pruned, teacher, data, *, preprocess: Optional[str] = None,
                 kinds = _output_kinds({k: targets[k] for k in out_names}, loss)
             total = 0.0
             for i in range(0, per_step, micro):
-                x = {k: torch.from_numpy(v[i:i + micro]).to(dev) for k, v in feeds.items()}
+                x = {k: _as_input(torch, v[i:i + micro], dev) for k, v in feeds.items()}
                 y = student(x, features)
                 t = {k: torch.from_numpy(v[i:i + micro]).to(dev) for k, v in targets.items()}
                 lval = sum(_distill_loss(torch, kinds[k], y[k], t[k], temperature) for k in out_names)
@@ -505,6 +510,11 @@ def finetune(pruned, teacher, data, *, preprocess: Optional[str] = None,
         report.after = _compare(eval_teacher, _run(_ort_session(model, threads), data_set.eval_inputs,
                                                    data_set.step, out_names), kinds)
     return model, report
+
+
+def _as_input(torch, a: np.ndarray, dev):
+    t = torch.from_numpy(a).to(dev)
+    return t.contiguous(memory_format=torch.channels_last) if t.dim() == 4 else t
 
 
 def _main_thread() -> bool:
@@ -608,7 +618,7 @@ class _GradualPruning:
         self.update(RAMP_END, params, mask_t, torch, force=True)
 
     def record(self, model: onnx.ModelProto, mask_t) -> None:
-        entry = next(p for p in model.metadata_props if p.key == PRUNE_METADATA)
+        entry = next(p for p in model.metadata_props if p.key == METADATA_KEY)
         meta = json.loads(entry.value)
         for c, _spec, _ in self.layers:
             m = mask_t[c.weight].cpu().numpy()

@@ -1,0 +1,345 @@
+"""sparsekit.finetune / `sparsekit finetune`: distillation with the masks held.
+
+Checked against independent references: the zero pattern and every non-weight byte of the model
+compared with the input, model outputs from stock onnxruntime, convert's packed tensors."""
+import json
+import sys
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from onnx import TensorProto, helper, numpy_helper
+
+torch = pytest.importorskip("torch")
+
+from sparsekit.cli import main  # noqa: E402
+from sparsekit.convert import convert  # noqa: E402
+from sparsekit.errors import SparsekitError, SparsekitInterrupted  # noqa: E402
+from sparsekit.finetune import finetune  # noqa: E402
+from sparsekit.prune import prune  # noqa: E402
+
+PATTERNS = [dict(pattern="block"), dict(pattern="bank", bank_size=8), dict(pattern="unstructured"),
+            dict(pattern="bank", bank_size=8, block="1x4")]
+
+
+def _cnn(seed=0, c1=8, c2=16, classes=10, transposed_fc=False, size=8):
+    """conv3x3 -> relu -> conv1x1 -> relu -> GAP -> flatten -> Gemm (transB or not)."""
+    rng = np.random.default_rng(seed)
+    w = lambda *s: (rng.standard_normal(s) / np.sqrt(np.prod(s[1:]))).astype(np.float32)  # noqa: E731
+    fc = w(classes, c2)
+    inits = [numpy_helper.from_array(w(c1, 3, 3, 3), "conv1.weight"),
+             numpy_helper.from_array(np.zeros(c1, np.float32), "conv1.bias"),
+             numpy_helper.from_array(w(c2, c1, 1, 1), "conv2.weight"),
+             numpy_helper.from_array(rng.standard_normal(c2).astype(np.float32) * 0.1, "conv2.bias"),
+             numpy_helper.from_array(fc if transposed_fc else np.ascontiguousarray(fc.T), "fc.weight"),
+             numpy_helper.from_array(np.zeros(classes, np.float32), "fc.bias")]
+    nodes = [helper.make_node("Conv", ["input", "conv1.weight", "conv1.bias"], ["c1"], name="conv1",
+                              pads=[1, 1, 1, 1], kernel_shape=[3, 3]),
+             helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+             helper.make_node("Conv", ["r1", "conv2.weight", "conv2.bias"], ["c2"], name="conv2",
+                              kernel_shape=[1, 1]),
+             helper.make_node("Relu", ["c2"], ["r2"], name="relu2"),
+             helper.make_node("GlobalAveragePool", ["r2"], ["gap"], name="gap"),
+             helper.make_node("Flatten", ["gap"], ["flat"], name="flatten"),
+             helper.make_node("Gemm", ["flat", "fc.weight", "fc.bias"], ["logits"], name="fc",
+                              transB=1 if transposed_fc else 0)]
+    g = helper.make_graph(nodes, "cnn", [helper.make_tensor_value_info("input", TensorProto.FLOAT,
+                                                                       ["N", 3, size, size])],
+                          [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", classes])], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
+    m.metadata_props.add(key="origin", value="test")
+    return m
+
+
+def _pruned(dense, sparsity=0.5, **pattern):
+    spec = dict(pattern)
+    return prune(dense, spec.pop("pattern"), sparsity, min_params=0, skip_first=False, **spec)[0]
+
+
+def _data(tmp_path, n=64, size=8, seed=1, name="data.npz"):
+    p = tmp_path / name
+    np.savez(p, input=np.random.default_rng(seed).standard_normal((n, 3, size, size)).astype(np.float32))
+    return p
+
+
+def _inits(m):
+    return {t.name: numpy_helper.to_array(t) for t in m.graph.initializer}
+
+
+def _without_initializer_values(m):
+    """The model with every initializer's data blanked: what must not change at all."""
+    c = onnx.ModelProto()
+    c.CopyFrom(m)
+    for t in c.graph.initializer:
+        t.ClearField("raw_data")
+        t.ClearField("float_data")
+    return c.SerializeToString(deterministic=True)
+
+
+def _stock(m, x):
+    s = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+    return s.run(None, {"input": x})[0]
+
+
+# --------------------------------------------------------------------------- the zero pattern
+
+@pytest.mark.parametrize("pattern", PATTERNS, ids=lambda p: "-".join(str(v) for v in p.values()))
+def test_pattern_bit_identical_and_only_values_change(tmp_path, pattern):
+    dense = _cnn()
+    pm = _pruned(dense, 0.5, **pattern)
+    out, report = finetune(pm, dense, _data(tmp_path), steps=8, batch_size=16, lr=1e-2)
+    a, b = _inits(pm), _inits(out)
+    assert a.keys() == b.keys()
+    for name in a:
+        if name.endswith("weight"):
+            # exact zeros in the same places, and their bytes too
+            np.testing.assert_array_equal(a[name] == 0, b[name] == 0, err_msg=name)
+            np.testing.assert_array_equal(a[name][a[name] == 0].view(np.uint32),
+                                          b[name][a[name] == 0].view(np.uint32))
+    assert any(not np.array_equal(a[n], b[n]) for n in a), "training changed nothing"
+    assert _without_initializer_values(out) == _without_initializer_values(pm)
+    assert report.steps == 8 and report.stopped_by == "steps" and report.images == 128
+    # convert packs the result exactly as it packs the input: same ops, same index tensors
+    ca, _ = convert(pm)
+    cb, _ = convert(out)
+    assert [n.op_type for n in ca.graph.node] == [n.op_type for n in cb.graph.node]
+    ia, ib = _inits(ca), _inits(cb)
+    for name, arr in ia.items():
+        if arr.dtype.kind in "iu":
+            np.testing.assert_array_equal(arr, ib[name], err_msg=name)
+
+
+@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(seed=st.integers(0, 1000), c1=st.sampled_from([4, 8, 12]), c2=st.sampled_from([8, 16]),
+       pattern=st.sampled_from(PATTERNS), sparsity=st.sampled_from([0.3, 0.5, 0.75]))
+def test_pattern_kept_on_generated_models(tmp_path, seed, c1, c2, pattern, sparsity):
+    dense = _cnn(seed, c1, c2, transposed_fc=bool(seed % 2))
+    pm = _pruned(dense, sparsity, **pattern)
+    out, _ = finetune(pm, dense, _data(tmp_path, n=32, seed=seed), steps=3, batch_size=8, lr=5e-2,
+                      seed=seed)
+    a, b = _inits(pm), _inits(out)
+    for name in a:
+        if name.endswith("weight"):
+            np.testing.assert_array_equal(a[name] == 0, b[name] == 0, err_msg=name)
+
+
+# --------------------------------------------------------------------------- learning and write-back
+
+def test_loss_falls_and_agreement_rises(tmp_path):
+    dense = _cnn(3)
+    pm = _pruned(dense, 0.75, pattern="block")
+    out, report = finetune(pm, dense, _data(tmp_path, n=200), steps=60, batch_size=32, lr=1e-2)
+    assert report.loss_last < 0.5 * report.loss_first
+    # before/after are measured by onnxruntime on the held-back samples; check them independently
+    held = report.before.samples
+    assert held == 20
+    assert report.after.rel_error < report.before.rel_error
+    x = np.random.default_rng(9).standard_normal((256, 3, 8, 8)).astype(np.float32)
+    t = _stock(dense, x)
+    err = lambda m: float(((_stock(m, x) - t) ** 2).sum() / (t ** 2).sum())  # noqa: E731
+    assert err(out) < 0.7 * err(pm)
+
+
+@pytest.mark.parametrize("transposed_fc", [False, True])
+def test_zero_learning_rate_gives_back_the_input_bit_for_bit(tmp_path, transposed_fc):
+    dense = _cnn(transposed_fc=transposed_fc)
+    pm = _pruned(dense, 0.5, pattern="block")
+    out, _ = finetune(pm, dense, _data(tmp_path), steps=3, batch_size=8, lr=0.0)
+    assert out.SerializeToString(deterministic=True) == pm.SerializeToString(deterministic=True)
+
+
+def _shared_weight_models():
+    """Two MatMuls reading one weight initializer: y = x W + relu(x W) W'... with W shared."""
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((16, 16)).astype(np.float32) / 4
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["a"], name="mm1"),
+             helper.make_node("Relu", ["a"], ["r"]),
+             helper.make_node("MatMul", ["r", "w"], ["b"], name="mm2"),
+             helper.make_node("Add", ["b", "bias"], ["y"])]
+    g = helper.make_graph(nodes, "shared", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 16])],
+                          [numpy_helper.from_array(w, "w"),
+                           numpy_helper.from_array(rng.standard_normal(16).astype(np.float32), "bias")])
+    dense = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
+    pm = prune(dense, "block", 0.5, min_params=0, skip_first=False)[0]
+    return dense, pm
+
+
+def test_shared_weight_is_one_parameter(tmp_path):
+    dense, pm = _shared_weight_models()
+    data = tmp_path / "x.npz"
+    np.savez(data, x=np.random.default_rng(2).standard_normal((64, 16)).astype(np.float32))
+    same, _ = finetune(pm, dense, data, steps=2, batch_size=8, lr=0.0)
+    assert same.SerializeToString(deterministic=True) == pm.SerializeToString(deterministic=True)
+    out, report = finetune(pm, dense, data, steps=20, batch_size=16, lr=1e-2)
+    a, b = _inits(pm)["w"], _inits(out)["w"]
+    np.testing.assert_array_equal(a == 0, b == 0)
+    assert not np.array_equal(a, b)
+    assert report.before.agreement is not None   # [N, 16] scores: KL and top-1 agreement
+
+
+def test_mse_for_outputs_that_are_not_class_scores(tmp_path):
+    dense, pm = _shared_weight_models()
+    # a [N, 1] output is not a class-score output: the loss is MSE and there is no agreement
+    for m in (dense, pm):
+        m.graph.node.append(helper.make_node("ReduceSum", ["y"], ["s"], keepdims=1, axes=None))
+        m.graph.node[-1].input.append("axes")
+        m.graph.initializer.append(numpy_helper.from_array(np.array([1], np.int64), "axes"))
+        m.graph.output[0].CopyFrom(helper.make_tensor_value_info("s", TensorProto.FLOAT, ["N", 1]))
+    data = tmp_path / "x.npz"
+    np.savez(data, x=np.random.default_rng(2).standard_normal((64, 16)).astype(np.float32))
+    out, report = finetune(pm, dense, data, steps=30, batch_size=16, lr=1e-2)
+    assert report.before.agreement is None and report.after.rel_error < report.before.rel_error
+
+
+def test_feature_loss_uses_pruned_layer_outputs(tmp_path):
+    dense = _cnn(5)
+    pm = _pruned(dense, 0.75, pattern="block")
+    out, report = finetune(pm, dense, _data(tmp_path, n=100), steps=20, batch_size=16, lr=5e-3,
+                           feature_weight=1.0)
+    assert not report.notes
+    assert report.after.rel_error < report.before.rel_error
+
+
+# --------------------------------------------------------------------------- gradual pruning
+
+def test_gradual_pruning_reaches_the_target_within_the_pattern(tmp_path):
+    dense = _cnn(c1=8, c2=16)
+    pm = _pruned(dense, 0.5, pattern="block")
+    out, report = finetune(pm, dense, _data(tmp_path), steps=12, batch_size=8, lr=1e-3, sparsity=0.75)
+    a, b = _inits(pm), _inits(out)
+    meta = json.loads(next(p.value for p in out.metadata_props if p.key == "sparsekit.recipe"))["layers"]
+    for name in ("conv1.weight", "conv2.weight", "fc.weight"):
+        assert np.all(b[name][a[name] == 0] == 0), "a pruned weight came back"
+        assert abs(np.mean(b[name] == 0) - 0.75) < 0.05, name
+    for row in report.layers:
+        assert row.sparsity_after > row.sparsity_before
+        assert abs(meta[row.name]["achieved"] - row.sparsity_after) < 1e-6
+        assert meta[row.name]["sparsity"] == 0.75
+    # still 1x4 blocks: every group of 4 output channels keeps or drops a position together
+    blocks = (b["conv2.weight"].reshape(4, 4, 8) != 0)
+    assert np.all(blocks.all(axis=1) | ~blocks.any(axis=1))
+
+
+# --------------------------------------------------------------------------- long-job manners
+
+def test_interrupt_writes_a_checkpoint_and_resume_finishes_the_same_job(tmp_path):
+    dense = _cnn()
+    pm = _pruned(dense, 0.5, pattern="block")
+    data = _data(tmp_path)
+    ckpt = tmp_path / "job.ckpt"
+    full, _ = finetune(pm, dense, data, steps=6, batch_size=8, lr=1e-2)
+
+    def stop_at_3(info):
+        if info["step"] == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(SparsekitInterrupted, match="checkpoint at step 3"):
+        finetune(pm, dense, data, steps=6, batch_size=8, lr=1e-2, checkpoint=ckpt, progress=stop_at_3)
+    assert ckpt.is_file()
+    resumed, report = finetune(pm, dense, data, steps=6, batch_size=8, lr=1e-2, checkpoint=ckpt, resume=True)
+    assert report.steps == 6 and any("resumed" in n for n in report.notes)
+    a, b = _inits(full), _inits(resumed)
+    for name in a:
+        np.testing.assert_allclose(a[name], b[name], rtol=1e-5, atol=1e-6, err_msg=name)
+    with pytest.raises(SparsekitError, match="different job"):
+        finetune(pm, dense, data, steps=6, batch_size=8, lr=2e-2, checkpoint=ckpt, resume=True)
+
+
+def test_seconds_budget_stops_the_job(tmp_path):
+    dense = _cnn()
+    pm = _pruned(dense, 0.5, pattern="block")
+    _, report = finetune(pm, dense, _data(tmp_path), seconds=0.5, steps=100000, batch_size=8)
+    assert report.stopped_by == "seconds" and 0 < report.steps < 100000
+
+
+# --------------------------------------------------------------------------- bad input
+
+def test_bad_input_is_one_clear_error(tmp_path):
+    dense = _cnn()
+    pm = _pruned(dense, 0.5, pattern="block")
+    data = _data(tmp_path)
+    with pytest.raises(SparsekitError, match="no pruned weights"):
+        finetune(dense, dense, data, steps=1)
+    other = _cnn(classes=7)
+    with pytest.raises(SparsekitError, match="disagree on output 'logits'"):
+        finetune(pm, other, data, steps=1)
+    renamed = _cnn()
+    renamed.graph.input[0].name = "image"
+    renamed.graph.node[0].input[0] = "image"
+    with pytest.raises(SparsekitError, match="different inputs"):
+        finetune(pm, renamed, data, steps=1)
+    with pytest.raises(SparsekitError, match="steps or --seconds"):
+        finetune(pm, dense, data)
+    bad = tmp_path / "bad.npz"
+    bad.write_bytes(b"not a zip")
+    with pytest.raises(SparsekitError, match="not a readable .npz"):
+        finetune(pm, dense, bad, steps=1)
+    with pytest.raises(SparsekitError, match="no such data"):
+        finetune(pm, dense, tmp_path / "missing.npz", steps=1)
+    converted, _ = convert(pm)
+    with pytest.raises(SparsekitError, match="plain ONNX models, before convert"):
+        finetune(converted, dense, data, steps=1)
+
+
+def test_missing_torch_names_the_extra(tmp_path, monkeypatch):
+    dense = _cnn()
+    pm = _pruned(dense, 0.5, pattern="block")
+    monkeypatch.setitem(sys.modules, "torch", None)   # import torch -> ImportError
+    with pytest.raises(SparsekitError, match=r"sparsekit\[train\]"):
+        finetune(pm, dense, _data(tmp_path), steps=1)
+
+
+# --------------------------------------------------------------------------- the command
+
+def _run(args, capsys):
+    code = main([str(a) for a in args])
+    cap = capsys.readouterr()
+    return code, cap.out, cap.err
+
+
+def test_cli_writes_model_and_json_report(tmp_path, capsys):
+    dense = _cnn()
+    pm = _pruned(dense, 0.5, pattern="block")
+    onnx.save(dense, tmp_path / "dense.onnx")
+    onnx.save(pm, tmp_path / "pruned.onnx")
+    before = (tmp_path / "pruned.onnx").read_bytes()
+    out = tmp_path / "tuned.onnx"
+    args = ["finetune", tmp_path / "pruned.onnx", "-o", out, "--teacher", tmp_path / "dense.onnx",
+            "--data", _data(tmp_path), "--steps", 4, "--batch-size", 8, "--lr", "0.01"]
+    code, stdout, stderr = _run(args + ["--json"], capsys)
+    assert code == 0, stderr
+    rep = json.loads(stdout)
+    assert rep["steps"] == 4 and rep["before"]["agreement"] is not None and rep["after"]["samples"] == 6
+    assert (tmp_path / "pruned.onnx").read_bytes() == before          # input untouched
+    assert not (tmp_path / "tuned.onnx.ckpt").exists()                 # finished: no stale checkpoint
+    onnx.checker.check_model(onnx.load(out))
+    code, stdout, stderr = _run(args, capsys)                         # exists, no --force
+    assert code == 1 and "already exists" in stderr and len(stderr.strip().splitlines()) == 1
+    code, stdout, stderr = _run(args + ["--force"], capsys)
+    assert code == 0 and "teacher agreement" in stdout and "pruned layers" in stdout
+
+
+@pytest.mark.parametrize("extra,needle", [
+    (["--teacher", "{tmp}/missing.onnx"], "missing.onnx"),
+    (["--data", "{tmp}/nothing"], "no such data"),
+    (["--sparsity", "1.5"], "--sparsity"),
+    (["--resume"], "no checkpoint"),
+])
+def test_cli_bad_input_writes_nothing(tmp_path, capsys, extra, needle):
+    dense = _cnn()
+    onnx.save(dense, tmp_path / "dense.onnx")
+    onnx.save(_pruned(dense, 0.5, pattern="block"), tmp_path / "pruned.onnx")
+    base = {"--teacher": str(tmp_path / "dense.onnx"), "--data": str(_data(tmp_path))}
+    for k, v in zip(extra[::2], extra[1::2]):
+        base[k] = v.format(tmp=tmp_path)
+    args = ["finetune", tmp_path / "pruned.onnx", "-o", tmp_path / "out.onnx", "--steps", 2]
+    for k, v in base.items():
+        args += [k, v]
+    args += [a for a in extra if a.startswith("--") and a not in base]
+    code, stdout, stderr = _run(args, capsys)
+    assert code != 0 and needle in stderr and len(stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "out.onnx").exists()
