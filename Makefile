@@ -4,8 +4,13 @@ PIP ?= $(PYTHON) -m pip
 
 .PHONY: install system-deps dev test test-python test-native test-neon test-avx512-emu test-asan bench lint clean
 
-install: system-deps ## build and install sparsekit with its test extras
-	$(PIP) install ".[test]"
+# the CPU build of PyTorch for the fine-tuning tests (on this machine class it lies on disk;
+# plain `torch` would fetch a CUDA build of several GB); TORCH= skips it
+TORCH ?= torch==2.13.0
+
+install: system-deps ## build and install sparsekit with its test and training extras
+	$(if $(TORCH),$(PIP) install "$(TORCH)")
+	$(PIP) install ".[test,train]"
 
 system-deps:        ## aarch64 cross compiler + qemu-user (NEON tests), SIMDe (emulated AVX-512 tests); Debian, as root
 	@if command -v aarch64-linux-gnu-g++ >/dev/null && command -v qemu-aarch64 >/dev/null \

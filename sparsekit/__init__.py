@@ -7,6 +7,7 @@ from .analyze import analyze
 from .calibration import load_calibration
 from .convert import convert
 from .errors import SparsekitError
+from .finetune import finetune   # imports torch only when called: pip install 'sparsekit[train]'
 from .pack import (make_depthwise_node, make_sparse_conv_node, make_sparse_gemm_node, pack_bank,
                    pack_bsr, unpack)
 from .prune import prune
@@ -14,7 +15,7 @@ from .runtime import get_library_path, session
 
 __version__ = "0.1.0"
 
-__all__ = ["prune", "analyze", "load_calibration", "convert", "SparsekitError",
+__all__ = ["prune", "analyze", "load_calibration", "convert", "finetune", "SparsekitError",
            "__version__", "get_library_path", "session", "pack_bsr",
            "pack_bank", "unpack", "make_sparse_conv_node", "make_sparse_gemm_node",
            "make_depthwise_node"]

@@ -739,6 +739,8 @@ def zoo(name, output, force, as_json):
               help="Fraction of the photos/samples held back for the before/after comparison.")
 @click.option("--eval-data", type=click.Path(), default=None,
               help="A separate evaluation set instead of --holdout (same kind as DATA).")
+@click.option("--eval-crops", type=click.IntRange(min=1), default=8, show_default=True,
+              help="Evaluation crops per held-back photo (the centre crop, then fixed random ones).")
 @click.option("--sparsity", type=click.FloatRange(0.0, 1.0, min_open=True, max_open=True), default=None,
               help="Gradual pruning: raise every pruned layer to this sparsity during training "
                    "(cubic ramp, the patterns prune recorded).")
@@ -756,8 +758,8 @@ def zoo(name, output, force, as_json):
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option("--force", is_flag=True, help="Overwrite the output file if it exists.")
 def finetune(model, output, teacher, data, preprocess, steps, seconds, batch_size, lr, schedule, loss,
-             temperature, feature_weight, no_augment, mix, synthetic, holdout, eval_data, sparsity, threads,
-             device, seed, checkpoint, checkpoint_every, resume, as_json, force):
+             temperature, feature_weight, no_augment, mix, synthetic, holdout, eval_data, eval_crops,
+             sparsity, threads, device, seed, checkpoint, checkpoint_every, resume, as_json, force):
     """Fine-tune a pruned MODEL towards its dense --teacher on unlabelled --data.
 
     The pruned model's zeros stay zeros (pattern and recipe metadata kept; convert packs the
@@ -779,7 +781,8 @@ def finetune(model, output, teacher, data, preprocess, steps, seconds, batch_siz
             student, dense, data, preprocess=preprocess, steps=steps, seconds=seconds,
             batch_size=batch_size, lr=lr, schedule=schedule, temperature=temperature, loss=loss,
             feature_weight=feature_weight, augment=not no_augment, mix=mix, synthetic=synthetic,
-            holdout=holdout, eval_data=eval_data, sparsity=sparsity, threads=threads, device=device,
+            holdout=holdout, eval_data=eval_data, eval_crops=eval_crops, sparsity=sparsity, threads=threads,
+            device=device,
             seed=seed, checkpoint=ckpt, checkpoint_every=checkpoint_every, resume=resume,
             progress=progress)
     io.save_model(tuned, output, external_data=io.uses_external_data(model) or None)

