@@ -72,6 +72,9 @@ def main() -> int:
     ap.add_argument("--calibration", type=int, default=256, help="crops for reconstruction")
     ap.add_argument("--start", default="reconstruction", choices=["magnitude", "reconstruction"])
     ap.add_argument("--skip-finetune", action="store_true")
+    ap.add_argument("--gradual-from", type=float, default=None,
+                    help="instead: reconstruct at this sparsity and prune gradually to --sparsity while "
+                         "fine-tuning")
     ap.add_argument("--report", action="store_true", help="write the markdown table from the rows")
     ap.add_argument("--digits", action="store_true",
                     help="the digits CNN instead: test top-1 on its 600 held-out images")
@@ -123,18 +126,30 @@ def main() -> int:
         start = cc
     if args.start == "magnitude":
         start = mag
+    if args.gradual_from is not None:
+        start, _ = prune(dense, args.pattern, args.gradual_from, calibration=cal, **_cc())
     if args.skip_finetune:
         return 0
     t0 = time.perf_counter()
     tuned, rep = finetune(start, dense, train_dir, preprocess="imagenet", seconds=args.seconds,
                           batch_size=args.batch_size, lr=args.lr, synthetic=args.synthetic, holdout=0.0,
-                          feature_weight=args.features)
-    label = "finetune" + ("+features" if args.features else "") + ("+synthetic" if args.synthetic else "")
+                          feature_weight=args.features, sparsity=_gradual(args))
+    label = "finetune" + ("+features" if args.features else "") + ("+synthetic" if args.synthetic else "") \
+        + (f" (gradual from {args.gradual_from:.0%})" if args.gradual_from is not None else "")
     record(label, tuned, seconds=round(time.perf_counter() - t0), steps=rep.steps, images=rep.images,
            lr=args.lr, batch_size=args.batch_size, synthetic=args.synthetic, start=args.start,
            features=args.features,
            loss_first=rep.loss_first, loss_last=rep.loss_last)
     return 0
+
+
+def _cc():
+    """Channel correction on, where this prune has it."""
+    return {"channel_correction": True} if "channel_correction" in inspect.signature(prune).parameters else {}
+
+
+def _gradual(args):
+    return args.sparsity if args.gradual_from is not None else None
 
 
 def digits(args) -> int:
@@ -162,11 +177,13 @@ def digits(args) -> int:
     if "channel_correction" in inspect.signature(prune).parameters:
         start, _ = prune(dense, args.pattern, args.sparsity, calibration=cal, channel_correction=True)
         row["reconstruction+channel"] = top1(start)
+    if args.gradual_from is not None:
+        start, _ = prune(dense, args.pattern, args.gradual_from, calibration=cal, **_cc())
     t0 = time.perf_counter()
     tuned, rep = finetune(start, dense, work / "train.npz", seconds=args.seconds, batch_size=args.batch_size,
-                          lr=args.lr, holdout=0.0, feature_weight=args.features)
+                          lr=args.lr, holdout=0.0, feature_weight=args.features, sparsity=_gradual(args))
     row.update(finetune=top1(tuned), seconds=round(time.perf_counter() - t0), steps=rep.steps,
-               batch_size=args.batch_size, lr=args.lr, features=args.features)
+               batch_size=args.batch_size, lr=args.lr, features=args.features, gradual_from=args.gradual_from)
     print(json.dumps(row), flush=True)
     with open(str(RESULTS) + "_digits.jsonl", "a") as f:
         f.write(json.dumps(row) + "\n")
@@ -192,6 +209,20 @@ def report() -> int:
     lines += ["", f"Machine: {meta.get('machine', '?')} (2 cores), "
               f"onnxruntime {meta.get('onnxruntime', '?')}; rows appended by "
               f"benchmarks/accuracy_finetune.py, last {meta.get('date', '?')}."]
+    digits_rows = Path(str(RESULTS) + "_digits.jsonl")
+    if digits_rows.is_file():
+        rows = [json.loads(line) for line in digits_rows.read_text().splitlines() if line.strip()]
+        lines += ["", "Digits CNN (tests/data), test top-1 on the 600 held-out images (dense "
+                  f"{rows[0]['dense']:.3f}); reconstruction from 256 unlabelled training images, "
+                  "fine-tuning on the 1197 unlabelled training images.", "",
+                  "| pattern | sparsity | magnitude | reconstruction | + channel correction | + finetune | "
+                  "finetune time, steps |", "|---|---|---|---|---|---|---|"]
+        for r in rows:
+            how = f" (gradual from {r['gradual_from']:.0%})" if r.get("gradual_from") is not None else ""
+            cc = r.get("reconstruction+channel")
+            lines.append(f"| {r['pattern']} | {r['sparsity']:.0%} | {r['magnitude']:.3f} | "
+                         f"{r['reconstruction']:.3f} | {'-' if cc is None else f'{cc:.3f}'} | "
+                         f"{r['finetune']:.3f}{how} | {r['seconds']} s, {r['steps']} x {r['batch_size']} |")
     Path(str(RESULTS) + ".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0

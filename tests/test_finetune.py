@@ -343,3 +343,18 @@ def test_cli_bad_input_writes_nothing(tmp_path, capsys, extra, needle):
     code, stdout, stderr = _run(args, capsys)
     assert code != 0 and needle in stderr and len(stderr.strip().splitlines()) == 1
     assert not (tmp_path / "out.onnx").exists()
+
+
+def test_real_torch_export_with_probability_output(tmp_path):
+    from test_torch_graph import exported_model
+    dense = exported_model()
+    pm = prune(dense, "bank", 0.5, bank_size=4, min_params=0, skip_first=False)[0]
+    data = tmp_path / "x.npz"
+    np.savez(data, input=np.random.default_rng(4).standard_normal((80, 3, 16, 16)).astype(np.float32))
+    out, report = finetune(pm, dense, data, steps=25, batch_size=16, lr=5e-3)
+    a, b = _inits(pm), _inits(out)
+    weights = [t for t in a if a[t].ndim >= 2 and np.any(a[t] == 0)]
+    assert len(weights) >= 4     # convs, Gemms and the LSTM's W and R
+    for name in weights:
+        np.testing.assert_array_equal(a[name] == 0, b[name] == 0, err_msg=name)
+    assert report.before.kl is not None and report.after.kl < report.before.kl

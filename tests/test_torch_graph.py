@@ -238,3 +238,50 @@ def test_unsupported_ops_are_named():
     m = _model([node, node2], [_vi("x", [2, 2])], [_vi("y", None)])
     with pytest.raises(SparsekitError, match="ai.sparsekit.SparseConv.*Einsum|Einsum.*SparseConv"):
         OnnxModule(m)
+
+
+class _Exported(torch.nn.Module):
+    """A PyTorch model with the layers real exports carry: Conv+BN+ReLU6, depthwise+HardSwish,
+    Linear, LayerNorm, GELU (Erf), an LSTM with exporter-made zero states, Softmax."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 8, 3, 2, 1)
+        self.bn = torch.nn.BatchNorm2d(8)
+        self.dw = torch.nn.Conv2d(8, 8, 3, 1, 1, groups=8)
+        self.fc = torch.nn.Linear(8, 16)
+        self.ln = torch.nn.LayerNorm(16)
+        self.lstm = torch.nn.LSTM(16, 12)
+        self.head = torch.nn.Linear(12, 10)
+
+    def forward(self, x):
+        y = torch.nn.functional.relu6(self.bn(self.conv(x)))
+        y = torch.nn.functional.hardswish(self.dw(y)).mean((2, 3))
+        y = torch.nn.functional.gelu(self.ln(self.fc(y)))
+        y, _ = self.lstm(y.unsqueeze(0))
+        return self.head(y[0]).softmax(-1)
+
+
+def exported_model() -> onnx.ModelProto:
+    """_Exported through torch.onnx.export (the TorchScript exporter, opset 17): a real export."""
+    import io
+    import warnings
+    torch.manual_seed(0)
+    m = _Exported().eval()
+    with torch.no_grad():   # non-trivial BN statistics
+        m.bn.running_mean.uniform_(-0.5, 0.5)
+        m.bn.running_var.uniform_(0.5, 2.0)
+    f = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(m, (torch.randn(2, 3, 16, 16),), f, dynamo=False, input_names=["input"],
+                          output_names=["probs"], dynamic_axes={"input": {0: "N"}, "probs": {0: "N"}},
+                          opset_version=17)
+    return onnx.load_from_string(f.getvalue())
+
+
+def test_real_torch_export():
+    m = exported_model()
+    assert {"Constant", "ConstantOfShape", "LSTM", "HardSwish", "Erf", "LayerNormalization"} <= \
+        {n.op_type for n in m.graph.node}
+    _check(m, {"input": _x(2, 3, 16, 16)})
