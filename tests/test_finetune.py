@@ -358,3 +358,30 @@ def test_real_torch_export_with_probability_output(tmp_path):
     for name in weights:
         np.testing.assert_array_equal(a[name] == 0, b[name] == 0, err_msg=name)
     assert report.before.kl is not None and report.after.kl < report.before.kl
+
+
+def test_cli_ctrl_c_writes_only_a_checkpoint_and_resume_finishes(tmp_path, capsys, monkeypatch):
+    from sparsekit import training_data
+    dense = _cnn()
+    onnx.save(dense, tmp_path / "dense.onnx")
+    onnx.save(_pruned(dense, 0.5, pattern="block"), tmp_path / "pruned.onnx")
+    out = tmp_path / "tuned.onnx"
+    args = ["finetune", tmp_path / "pruned.onnx", "-o", out, "--teacher", tmp_path / "dense.onnx",
+            "--data", _data(tmp_path), "--steps", 5, "--batch-size", 8]
+    real_batch = training_data.TrainingData.batch
+    calls = {"n": 0}
+
+    def interrupted_batch(self, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt   # what Ctrl-C raises in the middle of a step
+        return real_batch(self, *a, **k)
+
+    monkeypatch.setattr(training_data.TrainingData, "batch", interrupted_batch)
+    code, stdout, stderr = _run(args, capsys)
+    assert code == 130 and "checkpoint at step 2" in stderr and len(stderr.strip().splitlines()) == 1
+    assert not out.exists() and (tmp_path / "tuned.onnx.ckpt").is_file()
+    code, stdout, stderr = _run(args + ["--resume", "--json"], capsys)
+    assert code == 0, stderr
+    assert json.loads(stdout)["steps"] == 5 and out.is_file()
+    assert not (tmp_path / "tuned.onnx.ckpt").exists()
