@@ -532,7 +532,12 @@ def _write_back(model: onnx.ModelProto, params, mask_t, originals) -> set:
         new = p.detach().cpu().numpy().astype(np.float32)
         old = originals[name]
         if name in mask_t:   # pruned entries: zero, and the original bits where PRUNED had zeros
-            new = np.where(mask_t[name].cpu().numpy(), new, np.float32(0))
+            keep = mask_t[name].cpu().numpy()
+            # a kept weight trained to exactly 0 would change the pattern: nudge it to the
+            # smallest normal float instead (a value change of ~1e-38)
+            tiny = np.copysign(np.finfo(np.float32).tiny, old).astype(np.float32)
+            new = np.where(keep & (new == 0), tiny, new)
+            new = np.where(keep, new, np.float32(0))
             new = np.where(old == 0, old, new)
         if np.array_equal(new.view(np.uint32), old.view(np.uint32)):
             continue

@@ -55,6 +55,8 @@ def trainable_initializers(model: onnx.ModelProto) -> Dict[str, bool]:
             t = inits[n.input[pos]]
             if t.data_type != onnx.TensorProto.FLOAT or int(np.prod(t.dims)) <= 1:
                 continue
+            if not np.isfinite(numpy_helper.to_array(t)).all():   # e.g. a -inf attention mask
+                continue
             out[t.name] = out.get(t.name, False) or pos in WEIGHT_SLOTS.get(n.op_type, ())
     return out
 

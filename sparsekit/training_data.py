@@ -187,6 +187,12 @@ class TrainingData:
         return (batch - _MEAN) / _STD
 
     def _npz_batch(self, n, rng, augment, mix, synthetic) -> Dict[str, np.ndarray]:
+        if self.step > 1:
+            # a fixed leading dim k (e.g. a sequence-first [35, 1] input): the rows of one run
+            # belong together, as prune's calibration reads them; whole runs, no augmentation
+            runs = rng.integers(0, self.train_count // self.step, max(1, n // self.step))
+            idx = (runs[:, None] * self.step + np.arange(self.step)).ravel()
+            return {k: v[idx].copy() for k, v in self._samples.items()}
         idx = rng.integers(0, self.train_count, n)
         out = {k: v[idx].copy() for k, v in self._samples.items()}
         if not augment:
@@ -268,7 +274,13 @@ def load_training_data(path, model, preprocess: Optional[str] = None, holdout: f
         raise SparsekitError(f"{p}: --preprocess applies to a folder of images, not to a file")
     arrays = load_npz(p, specs)
     n = next(iter(arrays.values())).shape[0]
-    train_i, held_i = _split(n, 0.0 if eval_path is not None else holdout, rng)
+    unit = max(step, 1)   # rows per sample: whole runs of a fixed leading dim
+    if n < unit or n % unit:
+        raise SparsekitError(f"{p}: {n} rows; the model's inputs take runs of {unit} rows, so give a "
+                             f"multiple of {unit}")
+    runs_train, runs_held = _split(n // unit, 0.0 if eval_path is not None else holdout, rng)
+    train_i = (runs_train[:, None] * unit + np.arange(unit)).ravel()
+    held_i = (runs_held[:, None] * unit + np.arange(unit)).ravel()
     data = TrainingData(str(p), "npz", [s.name for s in specs], len(train_i), {}, "", step,
                         _samples={k: v[train_i] for k, v in arrays.items()})
     if eval_path is not None:

@@ -385,3 +385,36 @@ def test_cli_ctrl_c_writes_only_a_checkpoint_and_resume_finishes(tmp_path, capsy
     assert code == 0, stderr
     assert json.loads(stdout)["steps"] == 5 and out.is_file()
     assert not (tmp_path / "tuned.onnx.ckpt").exists()
+
+
+def test_sequence_first_fixed_input_trains_on_whole_runs(tmp_path):
+    """A [T=6, 1] token input (a fixed leading dim, as the zoo's LSTM LM): samples are whole runs
+    of 6 rows, ints are never mixed, and the LSTM's bank-pruned W and R keep their zeros."""
+    rng = np.random.default_rng(0)
+    V, E, H = 20, 8, 16
+    inits = [numpy_helper.from_array(rng.standard_normal((V, E)).astype(np.float32), "emb"),
+             numpy_helper.from_array(rng.standard_normal((1, 4 * H, E)).astype(np.float32) / 3, "W"),
+             numpy_helper.from_array(rng.standard_normal((1, 4 * H, H)).astype(np.float32) / 4, "R"),
+             numpy_helper.from_array(rng.standard_normal((H, V)).astype(np.float32) / 4, "out.weight")]
+    nodes = [helper.make_node("Gather", ["emb", "tokens"], ["e"], axis=0),
+             helper.make_node("LSTM", ["e", "W", "R"], ["y", "yh"], hidden_size=H, name="lstm"),
+             helper.make_node("Squeeze", ["y", "ax"], ["ys"]),
+             helper.make_node("MatMul", ["ys", "out.weight"], ["logits"], name="decoder")]
+    inits.append(numpy_helper.from_array(np.array([1], np.int64), "ax"))
+    g = helper.make_graph(nodes, "lm", [helper.make_tensor_value_info("tokens", TensorProto.INT64, [6, 1])],
+                          [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [6, 1, V])], inits)
+    dense = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
+    pm = prune(dense, "bank", 0.5, bank_size=8, min_params=0, skip_first=False)[0]
+    data = tmp_path / "tokens.npz"
+    np.savez(data, tokens=rng.integers(0, V, (6 * 30, 1)).astype(np.int64))
+    out, report = finetune(pm, dense, data, steps=15, batch_size=24, lr=1e-2)
+    a, b = _inits(pm), _inits(out)
+    for name in ("W", "R", "out.weight"):
+        assert np.any(a[name] == 0), name
+        np.testing.assert_array_equal(a[name] == 0, b[name] == 0, err_msg=name)
+    assert report.images == 15 * 24 and report.before.samples == 3 * 6   # 3 held-back runs of 6 steps
+    assert report.after.kl < report.before.kl
+    with pytest.raises(SparsekitError, match="runs of 6 rows"):
+        bad = tmp_path / "bad.npz"
+        np.savez(bad, tokens=np.zeros((7, 1), np.int64))
+        finetune(pm, dense, bad, steps=1)
