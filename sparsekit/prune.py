@@ -34,7 +34,6 @@ PATTERNS = ("bank", "block", "unstructured")
 DEFAULT_BANK_SIZE = 64          # bank pattern without bank_size/banks: min(64, K)
 DEFAULT_BLOCK = (1, 4)          # block pattern when no block is given
 METADATA_KEY = "sparsekit.recipe"
-DEFAULT_CHANNEL_CORRECTION = False   # prune(calibration=...) without channel_correction (docs/accuracy.md)
 RECIPE_VERSION = 1
 
 _SPEC_KEYS = ("pattern", "sparsity", "bank_size", "banks", "block")
@@ -402,8 +401,8 @@ def prune(model_or_path, pattern: str = "block", sparsity: float = 0.9, *,
     input samples) switches from magnitude pruning to one-shot reconstruction
     (:mod:`sparsekit.reconstruct`): masks chosen by second-order saliency and kept weights
     updated layer by layer, in graph order, with ``damp`` and ``match`` as documented there.
-    ``channel_correction`` (with ``calibration``; None: DEFAULT_CHANNEL_CORRECTION) scales each
-    reconstructed output channel's weight row so its output spread matches the dense model's.
+    ``channel_correction`` (with ``calibration``) scales each reconstructed output channel's
+    weight row so its output spread matches the reference's; None: only with ``match="layer"``.
     """
     # ---- validate everything cheap before touching the model
     base = _check_spec({"pattern": pattern, "sparsity": sparsity, "bank_size": bank_size,
@@ -448,7 +447,10 @@ def prune(model_or_path, pattern: str = "block", sparsity: float = 0.9, *,
         from .calibration import Calibration, load_calibration
         calib = calibration if isinstance(calibration, Calibration) else load_calibration(calibration, src)
         if channel_correction is None:
-            channel_correction = DEFAULT_CHANNEL_CORRECTION
+            # measured (docs/accuracy.md): with match="layer" the correction helps much (nothing
+            # else restores a layer's shrunken spread); with "dense", whose refits to the dense
+            # outputs already take up upstream errors, it helped and hurt about as often
+            channel_correction = match == "layer"
         report.settings.update(calibration=calib.source or "<arrays>", calibration_samples=calib.samples,
                                damp=float(damp), match=match, channel_correction=bool(channel_correction))
 

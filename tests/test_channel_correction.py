@@ -1,5 +1,7 @@
 """Channel correction (prune --calibration --channel-correction): each reconstructed output channel's
 weight row and bias are set so its output mean and spread match the dense model's."""
+import json
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -12,7 +14,7 @@ from sparsekit.calibration import Calibration
 from sparsekit.cli import main
 from sparsekit.errors import SparsekitError
 from sparsekit.prune import prune
-from sparsekit.reconstruct import CHANNEL_SCALE_RANGE, LayerStats, layer_error, reconstruct
+from sparsekit.reconstruct import CHANNEL_SCALE_RANGE, LayerStats, reconstruct
 
 EFFS = {"bank": {"pattern": "bank", "bank_size": 16, "block": None},
         "bank1x4": {"pattern": "bank", "bank_size": 16, "block": [1, 4]},
@@ -149,6 +151,15 @@ def test_no_correction_where_the_shift_has_no_bias():
     assert "no channel correction" in report.layers[0].note
 
 
+def test_default_is_on_with_match_layer_only():
+    x = np.random.default_rng(16).standard_normal((32, 3, 12, 12)).astype(np.float32)
+    cal = Calibration({"x": x}, 32, "rand")
+    for match, expected in (("dense", False), ("layer", True)):
+        _, report = prune(_two_convs(), "block", 0.5, calibration=cal, min_params=0, match=match)
+        assert report.settings["channel_correction"] is expected
+        assert all((r.channel_scale is not None) == expected for r in report.layers)
+
+
 def test_bad_settings_are_one_line_errors(tmp_path, capsys):
     model = _two_convs()
     with pytest.raises(SparsekitError, match="channel_correction needs calibration"):
@@ -170,8 +181,9 @@ def test_cli_reports_the_scales(tmp_path, capsys):
     np.savez(calib, x=np.random.default_rng(15).standard_normal((32, 3, 12, 12)).astype(np.float32))
     code = main(["prune", str(path), "-o", str(out), "--min-params", "0", "--calibration", str(calib),
                  "--channel-correction", "--json"])
-    import json
     report = json.loads(capsys.readouterr().out)
     assert code == 0 and report["settings"]["channel_correction"] is True
     assert all(len(r["channel_scale"]) == 2 for r in report["layers"])
-    assert layer_error is not None
+    code = main(["prune", str(path), "-o", str(out), "--min-params", "0", "--calibration", str(calib),
+                 "--channel-correction", "--force"])
+    assert code == 0 and "scale" in capsys.readouterr().out      # the table's column
