@@ -456,8 +456,7 @@ def finetune(pruned, teacher, data, *, preprocess: Optional[str] = None,
             for i in range(0, per_step, micro):
                 x = {k: _as_input(torch, v[i:i + micro], dev) for k, v in feeds.items()}
                 y = student(x, features)
-                # targets in the student's memory layout: mixed layouts made the loss ~10x slower
-                t = {k: _as_input(torch, v[i:i + micro], dev) for k, v in targets.items()}
+                t = {k: torch.from_numpy(v[i:i + micro]).to(dev) for k, v in targets.items()}
                 lval = sum(_distill_loss(torch, kinds[k], y[k], t[k], temperature) for k in out_names)
                 if features:
                     lval = lval + feature_weight * sum(_distill_loss(torch, "mse", y[f], t[f], 1.0)
