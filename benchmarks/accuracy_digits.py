@@ -4,7 +4,8 @@
 For each pattern and sparsity: test top-1 (600 held-out images) after magnitude pruning, after
 reconstruction (prune --calibration; also with match="layer", SparseGPT's own target, as an
 ablation) and after reconstruction with per-layer sparsities from analyze (same global target,
-counted in parameters).  Calibration: the first 256 training images, labels unused.
+counted in parameters); each reconstruction without and with channel correction ("+ cc").
+Calibration: the first 256 training images, labels unused.
 
     python benchmarks/accuracy_digits.py            # writes benchmarks/results/accuracy_digits.{md,json}
 """
@@ -29,6 +30,10 @@ ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "tests" / "data"
 PATTERNS = ("block", "bank", "unstructured")
 SPARSITIES = (0.5, 0.7, 0.9)
+# the reconstructions measured, (match, per-layer sparsities from analyze), each without and
+# with channel correction (key + "_cc")
+METHODS = {"reconstruction_layer": ("layer", False), "reconstruction": ("dense", False),
+           "reconstruction_allocated": ("dense", True)}
 
 
 def top1(model, x, y) -> float:
@@ -54,18 +59,18 @@ def main() -> int:
             t0 = time.perf_counter()
             r = {"pattern": pattern, "sparsity": s}
             r["magnitude"] = top1(prune(model, pattern, s)[0], test_x, test_y)
-            r["reconstruction_layer"] = top1(prune(model, pattern, s, calibration=cal, match="layer")[0],
-                                             test_x, test_y)
-            r["reconstruction"] = top1(prune(model, pattern, s, calibration=cal)[0], test_x, test_y)
             rep = analyze(model, cal, s, pattern=pattern, samples=256)
             r["allocation"] = {ls.name: round(ls.sparsity, 3) for ls in rep.layers}
-            r["reconstruction_allocated"] = top1(
-                prune(model, pattern, s, calibration=cal, recipe=rep.recipe())[0], test_x, test_y)
+            for key, (match, allocated) in METHODS.items():
+                for cc in (False, True):
+                    pruned, _ = prune(model, pattern, s, calibration=cal, match=match, channel_correction=cc,
+                                      recipe=rep.recipe() if allocated else None)
+                    r[key + ("_cc" if cc else "")] = top1(pruned, test_x, test_y)
             r["seconds"] = round(time.perf_counter() - t0, 1)
             rows.append(r)
-            print(f"{pattern:12s} {s:.1f}  magnitude {r['magnitude']:.3f}  recon(layer) "
-                  f"{r['reconstruction_layer']:.3f}  recon {r['reconstruction']:.3f}  "
-                  f"recon+alloc {r['reconstruction_allocated']:.3f}  {r['allocation']}", flush=True)
+            print(f"{pattern:12s} {s:.1f}  magnitude {r['magnitude']:.3f}  " + "  ".join(
+                f"{k} {r[k]:.3f} / +cc {r[k + '_cc']:.3f}" for k in METHODS) + f"  {r['allocation']}",
+                flush=True)
     meta = {"date": time.strftime("%Y-%m-%d"), "machine": platform.processor() or platform.machine(),
             "onnxruntime": ort.__version__, "dense_top1": dense, "test_images": int(len(test_y)),
             "calibration_images": args.calibration}
@@ -73,13 +78,13 @@ def main() -> int:
     lines = [f"Digits CNN (tests/data/digits_cnn.onnx), test top-1 on {len(test_y)} held-out images; "
              f"dense {dense:.3f}. Calibration: {args.calibration} training images. "
              f"{meta['date']}, onnxruntime {meta['onnxruntime']}.", "",
-             "| pattern | sparsity | magnitude | reconstruction (match=layer) | reconstruction | "
-             "reconstruction + allocation | allocation (conv2, conv3, fc1, fc2) |",
-             "|---|---|---|---|---|---|---|"]
+             "| pattern | sparsity | magnitude | reconstruction (match=layer) | + channel correction | "
+             "reconstruction | + channel correction | reconstruction + allocation | + channel correction | "
+             "allocation (conv2, conv3, fc1, fc2) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['pattern']} | {r['sparsity']:.0%} | {r['magnitude']:.3f} | "
-                     f"{r['reconstruction_layer']:.3f} | {r['reconstruction']:.3f} | "
-                     f"{r['reconstruction_allocated']:.3f} | "
+                     + "".join(f"{r[k]:.3f} | {r[k + '_cc']:.3f} | " for k in METHODS)
                      + ", ".join(f"{v:.2f}" for v in r["allocation"].values()) + " |")
     Path(args.out + ".md").write_text("\n".join(lines) + "\n")
     print(f"wrote {args.out}.md/.json")

