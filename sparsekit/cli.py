@@ -144,8 +144,8 @@ def load_calibration_option(path, preprocess, samples, batch_size, model):
                    "own outputs on the pruned inputs (layer).")
 @click.option("--channel-correction/--no-channel-correction", default=None,
               help="--calibration: scale each reconstructed output channel's weights so its output "
-                   "spread matches the dense model's (the zero pattern is kept). Default: on with "
-                   "--match layer only (docs/accuracy.md).")
+                   "spread matches the dense model's (with --match layer: the layer's own); the zero "
+                   "pattern is kept. Default: on with --match layer only (docs/accuracy.md).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option("--force", is_flag=True, help="Overwrite the output file if it exists.")
 def prune(model, output, pattern, sparsity, bank_size, banks, block, include, exclude, min_params,
