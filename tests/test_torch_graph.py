@@ -1,5 +1,7 @@
 """sparsekit.torch_graph: ONNX graphs run by torch give stock onnxruntime's outputs, op by op and
 on every zoo model, and their initializers are the parameters (same names, same layout)."""
+from pathlib import Path
+
 import numpy as np
 import onnx
 import pytest
@@ -14,6 +16,7 @@ from sparsekit.torch_graph import OnnxModule, trainable_initializers  # noqa: E4
 import onnxruntime as ort  # noqa: E402
 
 RNG = np.random.default_rng(0)
+DATA = Path(__file__).resolve().parent / "data"
 
 
 def _model(nodes, inputs, outputs, inits=(), opset=17):
@@ -213,7 +216,7 @@ def test_zoo_models(name):
 
 
 def test_digits_cnn_and_parameters_are_initializers():
-    m = onnx.load("tests/data/digits_cnn.onnx")
+    m = onnx.load(DATA / "digits_cnn.onnx")
     _check(m, {"input": _x(4, 1, 8, 8)})
     trainable = trainable_initializers(m)
     mod = OnnxModule(m, trainable)
@@ -225,7 +228,7 @@ def test_digits_cnn_and_parameters_are_initializers():
 
 
 def test_gradients_flow_to_every_trainable_tensor():
-    m = onnx.load("tests/data/digits_cnn.onnx")
+    m = onnx.load(DATA / "digits_cnn.onnx")
     mod = OnnxModule(m, trainable_initializers(m))
     mod({"input": torch.from_numpy(_x(4, 1, 8, 8))})["logits"].square().sum().backward()
     for name, p in mod.named_weights().items():
