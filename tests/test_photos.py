@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from models import natural_images, photos
+from sparsekit.models import natural_images, photos
 
 ROOT = Path(__file__).resolve().parents[1]
 
