@@ -332,7 +332,6 @@ def finetune(pruned, teacher, data, *, preprocess: Optional[str] = None,
     dev = torch.device(device)
     student = OnnxModule(model, trainable).to(dev).channels_last()
     data_set = load_training_data(data, model, preprocess, holdout, eval_data, eval_crops, seed)
-    teacher_sess = None
 
     report = FinetuneReport(settings=dict(
         steps=steps, seconds=seconds, batch_size=batch_size, lr=lr, schedule=schedule,
