@@ -16,6 +16,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from .errors import SparsekitError
+from .finetune import DEVICES, LOSSES, SCHEDULES   # no torch at import: it is imported when training
 
 out = Console()
 err = Console(stderr=True)
@@ -722,9 +723,9 @@ def zoo(name, output, force, as_json):
               help="Samples per step.")
 @click.option("--lr", type=click.FloatRange(min=0.0), default=1e-4, show_default=True,
               help="Adam learning rate (warm-up, then --schedule over the budget).")
-@click.option("--schedule", type=click.Choice(["cosine", "constant"]), default="cosine", show_default=True,
+@click.option("--schedule", type=click.Choice(SCHEDULES), default="cosine", show_default=True,
               help="Learning-rate schedule.")
-@click.option("--loss", type=click.Choice(["auto", "kl", "mse"]), default="auto", show_default=True,
+@click.option("--loss", type=click.Choice(LOSSES), default="auto", show_default=True,
               help="auto: KL on softened class scores, MSE on other outputs.")
 @click.option("--temperature", type=click.FloatRange(min=0, min_open=True), default=2.0, show_default=True,
               help="Softmax temperature of the KL loss.")
@@ -746,7 +747,7 @@ def zoo(name, output, force, as_json):
                    "(cubic ramp, the patterns prune recorded).")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="CPU threads (torch and the teacher).")
-@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
+@click.option("--device", type=click.Choice(DEVICES), default="cpu", show_default=True,
               help="Where the student trains (cuda needs a CUDA build of torch).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the data stream.")
 @click.option("--checkpoint", type=click.Path(dir_okay=False), default=None,

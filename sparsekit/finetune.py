@@ -497,7 +497,7 @@ def finetune(pruned, teacher, data, *, preprocess: Optional[str] = None,
     # ---- write back: only the values of trained initializers change
     if ramp is not None:
         ramp.finish(params, mask_t, torch)
-    changed = _write_back(model, params, mask_t, originals)
+    _write_back(model, params, mask_t, originals)
     if ramp is not None:
         ramp.record(model, mask_t)
     report.steps, report.images, report.seconds = state["step"], state["images"], round(state["elapsed"], 2)
@@ -505,7 +505,7 @@ def finetune(pruned, teacher, data, *, preprocess: Optional[str] = None,
     if losses:
         k = max(1, len(losses) // 10)
         report.loss_first, report.loss_last = float(np.mean(losses[:k])), float(np.mean(losses[-k:]))
-    report.layers = _layer_changes(model, originals, masks, mask_t, changed)
+    report.layers = _layer_changes(model, originals, masks, mask_t)
     if eval_teacher is not None:
         report.after = _compare(eval_teacher, _run(_ort_session(model, threads), data_set.eval_inputs,
                                                    data_set.step, out_names), kinds)
@@ -522,11 +522,10 @@ def _main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
 
 
-def _write_back(model: onnx.ModelProto, params, mask_t, originals) -> set:
+def _write_back(model: onnx.ModelProto, params, mask_t, originals) -> None:
     """Copy trained values into their initializers, in the initializer's own encoding; entries
     outside a mask keep their original bits; unchanged tensors are not touched."""
     inits = initializer_map(model)
-    changed = set()
     for name, p in params.items():
         new = p.detach().cpu().numpy().astype(np.float32)
         old = originals[name]
@@ -547,11 +546,9 @@ def _write_back(model: onnx.ModelProto, params, mask_t, originals) -> set:
         else:
             del t.float_data[:]
             t.float_data.extend(new.ravel().tolist())
-        changed.add(name)
-    return changed
 
 
-def _layer_changes(model, originals, masks, mask_t, changed) -> List[LayerChange]:
+def _layer_changes(model, originals, masks, mask_t) -> List[LayerChange]:
     names = node_names(model)
     inits = initializer_map(model)
     rows = []

@@ -24,7 +24,7 @@ from onnx import numpy_helper
 from .errors import SparsekitError
 from .graph import get_attr, initializer_map
 
-__all__ = ["OnnxModule", "SUPPORTED_OPS", "WEIGHT_SLOTS", "trainable_initializers"]
+__all__ = ["OnnxModule", "WEIGHT_SLOTS", "trainable_initializers"]
 
 ONNX_DOMAINS = ("", "ai.onnx")
 # input positions that hold a layer's learnable tensors; an initializer fed to one of them (and
@@ -601,7 +601,6 @@ OPS: Dict[str, Callable] = {
     "ReduceMax": _reduce(_reduce_max),
     "LSTM": _lstm, "GRU": _gru,
 }
-SUPPORTED_OPS = frozenset(OPS)
 
 
 def _opset(model: onnx.ModelProto) -> int:

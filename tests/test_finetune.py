@@ -185,8 +185,7 @@ def test_mse_for_outputs_that_are_not_class_scores(tmp_path):
     dense, pm = _shared_weight_models()
     # a [N, 1] output is not a class-score output: the loss is MSE and there is no agreement
     for m in (dense, pm):
-        m.graph.node.append(helper.make_node("ReduceSum", ["y"], ["s"], keepdims=1, axes=None))
-        m.graph.node[-1].input.append("axes")
+        m.graph.node.append(helper.make_node("ReduceSum", ["y", "axes"], ["s"], keepdims=1))
         m.graph.initializer.append(numpy_helper.from_array(np.array([1], np.int64), "axes"))
         m.graph.output[0].CopyFrom(helper.make_tensor_value_info("s", TensorProto.FLOAT, ["N", 1]))
     data = tmp_path / "x.npz"
