@@ -11,7 +11,7 @@ from .finetune import finetune   # imports torch only when called: pip install '
 from .pack import (make_depthwise_node, make_sparse_conv_node, make_sparse_gemm_node, pack_bank,
                    pack_bsr, unpack)
 from .prune import prune
-from .runtime import get_library_path, session
+from .sessions import get_library_path, session
 
 __version__ = "0.1.0"
 

@@ -26,6 +26,7 @@ from .io import as_model
 from .prune import RECIPE_VERSION, _make_mask, fold_batchnorms
 from .prune import prune as magnitude_prune
 from .reconstruct import DEFAULT_DAMP, capture_stats, reconstruct, supports
+from .sessions import session
 
 __all__ = ["analyze", "allocate", "AnalyzeReport", "LayerSensitivity", "DEFAULT_GRID", "COST_UNITS"]
 
@@ -126,16 +127,13 @@ class _OutputProbe:
     """One session of the dense model whose selected weights can be overridden per run."""
 
     def __init__(self, model: onnx.ModelProto, weights: List[str], feeds: List[Dict[str, np.ndarray]]):
-        import onnxruntime as ort
         m = onnx.ModelProto()
         m.CopyFrom(model)
         inits = initializer_map(m)
         for w in weights:     # an initializer that is also a graph input can be fed at run time
             t = inits[w]
             m.graph.input.append(onnx.helper.make_tensor_value_info(w, t.data_type, list(t.dims)))
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 3
-        self.sess = ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+        self.sess = session(m, custom_ops=False, log_severity_level=3)   # dense: stock onnxruntime
         self.feeds = feeds
         self.reference = [self._outputs(f) for f in feeds]
         self.scale = sum(float(np.sum(y ** 2)) for ys in self.reference for y in ys) or 1.0

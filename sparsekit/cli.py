@@ -372,8 +372,8 @@ def convert(model, output, autotune, threads, max_density, dim, no_depthwise, in
     Example: sparsekit convert pruned.onnx -o sparse.onnx
     """
     from . import io
-    from .bench import parse_shapes
     from .convert import convert as run_convert
+    from .sessions import parse_shapes
 
     limits = _parse_max_density(max_density)
     dims = parse_shapes(dim)
@@ -549,12 +549,13 @@ def bench(model, against, device, threads, runs, seconds, warmup, shape, inputs_
     """
     from . import bench as B
     from . import io
+    from .sessions import make_inputs, parse_shapes
 
     B.check_device(device)
     thread_list = _parse_list(threads, int, "--threads")
     if any(t < 1 for t in thread_list):
         raise SparsekitError("--threads: thread counts must be >= 1")
-    shapes = B.parse_shapes(shape)
+    shapes = parse_shapes(shape)
     if zoo and model:
         raise SparsekitError("give either MODEL or --zoo, not both")
     if not zoo and not model:
@@ -569,7 +570,7 @@ def bench(model, against, device, threads, runs, seconds, warmup, shape, inputs_
     else:
         dense = io.load_model(model)
     is_sparse = any(n.domain == "ai.sparsekit" for n in dense.graph.node)
-    feeds = B.make_inputs(io.load_model(against) if against else dense, shapes, inputs_npz)
+    feeds = make_inputs(io.load_model(against) if against else dense, shapes, inputs_npz)
 
     if sweep:
         if is_sparse:

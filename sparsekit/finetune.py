@@ -36,6 +36,7 @@ from .errors import SparsekitError, SparsekitInterrupted
 from .graph import initializer_map, node_names, prunable_layers, tensor_to_array
 from .io import current_umask, as_model
 from .prune import METADATA_KEY
+from .sessions import session
 
 __all__ = ["finetune", "FinetuneReport", "LOSSES", "DEVICES", "TRAIN_EXTRA"]
 
@@ -196,7 +197,6 @@ def _compare(teacher: Dict[str, np.ndarray], model: Dict[str, np.ndarray],
 # --------------------------------------------------------------------------- onnxruntime side
 
 def _ort_session(model: onnx.ModelProto, threads: Optional[int], extra_outputs=()):
-    from .runtime import session
     if extra_outputs:
         m = onnx.ModelProto()
         m.CopyFrom(model)

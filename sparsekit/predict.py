@@ -32,6 +32,7 @@ from .fuse import GraphIndex, plan_fusion
 from .graph import all_names, get_attr, node_names, unique_name
 from .io import as_model
 from .pack import DOMAIN, opset_import
+from .sessions import session, time_pair
 
 __all__ = ["quantize_rows", "make_predicted_conv_node", "prediction_units", "predicted_mask",
            "Pool", "pooled_candidates", "pooled_output", "MarginStats", "margin_for_recall",
@@ -475,9 +476,6 @@ def plan_predicted(model, calibration, *, min_zeros: float = DEFAULT_MIN_ZEROS,
     also timed alone both ways (onnxruntime Conv + activation vs PredictedConv, batch 1 of the
     calibration's first sample, `threads` threads) and stays unless PredictedConv is faster.
     progress(done, total, what) after each step.  Returns (model, one row per Conv)."""
-    from . import bench as B
-    from .runtime import session
-
     if not 0.0 <= float(min_zeros) <= 1.0:
         raise SparsekitError(f"min_zeros must be in [0, 1], got {min_zeros}")
     if not 0.0 < float(recall) <= 1.0:
@@ -540,8 +538,8 @@ def plan_predicted(model, calibration, *, min_zeros: float = DEFAULT_MIN_ZEROS,
         progress(2, total, "")
     for i, r in enumerate(kept):
         if autotune:
-            r.dense_ms, r.predicted_ms = _time_layer(src, r, first_input[r.input], threads, B,
-                                                     bits, r.margin)
+            r.dense_ms, r.predicted_ms = _time_layer(src, r, first_input[r.input], threads, bits,
+                                                     r.margin)
             if progress:
                 progress(3 + i, total, r.name)
             if r.predicted_ms >= r.dense_ms:
@@ -570,7 +568,7 @@ def _margin_stats(rewritten: onnx.ModelProto, row: PredictedLayer, bits: int) ->
 
 
 def _time_layer(model: onnx.ModelProto, row: PredictedLayer, x: np.ndarray,
-                threads: Optional[int], B, bits: int, margin: int) -> Tuple[float, float]:
+                threads: Optional[int], bits: int, margin: int) -> Tuple[float, float]:
     """(dense ms, PredictedConv ms) for the candidate alone on input x, interleaved medians."""
     m = onnx.ModelProto()
     m.CopyFrom(model)
@@ -588,12 +586,7 @@ def _time_layer(model: onnx.ModelProto, row: PredictedLayer, x: np.ndarray,
     pred, _ = rewrite_predicted(dense, include="^" + re.escape(row.name) + "$", bits=bits,
                                 margins={row.name: margin})
     feeds = {row.input: np.ascontiguousarray(x, np.float32)}
-    with B.pinned(threads) as cfg:
-        ds = B.dense_session(dense, threads, config=cfg)
-        ps = B.sparse_session(pred, threads, config=cfg)
-        t = B.interleaved({"dense": lambda: ds.run(None, feeds),
-                           "predicted": lambda: ps.run(None, feeds)}, warmup=2, runs=15)
-    return float(np.median(t["dense"])), float(np.median(t["predicted"]))
+    return time_pair(dense, pred, feeds, threads)
 
 
 def _chain(g: onnx.GraphProto, row: PredictedLayer) -> List[onnx.NodeProto]:

@@ -35,6 +35,7 @@ import onnx
 from .errors import SparsekitError
 from .graph import Layer, get_attr
 from .patterns import _topk_flat, bank_keep_counts, keep_count
+from .sessions import session
 
 __all__ = ["LayerStats", "capture_stats", "reconstruct", "layer_error", "supports",
            "DEFAULT_DAMP", "MATCH_MODES", "CHANNEL_SCALE_RANGE"]
@@ -133,16 +134,14 @@ def _conv_pads(node, spatial, kernel, strides, dil) -> List[int]:
 def _session(model: onnx.ModelProto, outputs: List[str]):
     """An onnxruntime session of ``model`` whose outputs are the given tensors (only the nodes
     they need run: onnxruntime drops the rest)."""
-    import onnxruntime as ort
     m = onnx.ModelProto()
     m.CopyFrom(model)
     del m.graph.output[:]
     for name in outputs:
         m.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
     try:
-        return ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+        # a dense model: stock onnxruntime, without the custom-op library
+        return session(m, custom_ops=False, log_severity_level=3)
     except Exception as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise SparsekitError(f"onnxruntime could not run the model to capture layer inputs: {first}") \

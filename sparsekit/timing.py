@@ -1,8 +1,10 @@
-"""Side-by-side timing: several callables run interleaved in one process, medians compared.
+"""Side-by-side timing protocol and statistics: several callables run interleaved in one process,
+medians compared.
 
 Absolute times on shared machines drift; running the contenders in alternating order, round
-after round, makes them see the same drift, so their ratio holds.  Used by `convert --autotune`
-and by `bench`.
+after round, makes them see the same drift, so their ratio holds.  Pure Python and numpy: the
+onnxruntime side (sessions, threads, pinning) is :func:`sparsekit.sessions.time_models`, which
+`bench`, `convert --autotune` and `convert --predict-relu --autotune` time with.
 """
 from __future__ import annotations
 

@@ -7,6 +7,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from sparsekit import bench as B
+from sparsekit import sessions
 from sparsekit.cli import main
 from sparsekit.errors import SparsekitError
 from sparsekit.timing import Stats, interleaved, ratio
@@ -52,26 +53,26 @@ def _matmul_model(sym=False):
 
 
 def test_make_inputs_shapes_and_errors(tmp_path):
-    feeds = B.make_inputs(_matmul_model(sym=True), {"batch": 3})
+    feeds = sessions.make_inputs(_matmul_model(sym=True), {"batch": 3})
     assert feeds["x"].shape == (3, 64) and feeds["x"].dtype == np.float32
     with pytest.raises(SparsekitError, match="--shape batch=N"):
-        B.make_inputs(_matmul_model(sym=True))
+        sessions.make_inputs(_matmul_model(sym=True))
     npz = tmp_path / "in.npz"
     np.savez(npz, x=np.ones((4, 64), np.float32))
-    assert B.make_inputs(_matmul_model(), npz=str(npz))["x"].sum() == 256
+    assert sessions.make_inputs(_matmul_model(), npz=str(npz))["x"].sum() == 256
     np.savez(npz, other=np.ones(3))
     with pytest.raises(SparsekitError, match="no array for model input"):
-        B.make_inputs(_matmul_model(), npz=str(npz))
+        sessions.make_inputs(_matmul_model(), npz=str(npz))
     np.savez(npz, x=np.ones((4, 64), np.int64))
     with pytest.raises(SparsekitError, match="model wants float32"):
-        B.make_inputs(_matmul_model(), npz=str(npz))
+        sessions.make_inputs(_matmul_model(), npz=str(npz))
 
 
 def test_parse_shapes_and_device():
-    assert B.parse_shapes(["seq=128", "batch=1"]) == {"seq": 128, "batch": 1}
+    assert sessions.parse_shapes(["seq=128", "batch=1"]) == {"seq": 128, "batch": 1}
     for bad in (["seq"], ["seq=x"], ["seq=0"]):
         with pytest.raises(SparsekitError):
-            B.parse_shapes(bad)
+            sessions.parse_shapes(bad)
     B.check_device("cpu")
     with pytest.raises(SparsekitError, match="supported: cpu"):
         B.check_device("cuda")
@@ -152,7 +153,7 @@ def test_plot_files(tmp_path):
 def test_pinned_pins_workers_and_restores_affinity():
     import os
 
-    from sparsekit.bench import pinned
+    from sparsekit.sessions import pinned
     with pinned(1) as cfg:
         assert cfg == {}
     if not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2:
@@ -168,7 +169,8 @@ def test_pinned_pins_workers_and_restores_affinity():
         m = helper.make_model(helper.make_graph([helper.make_node("Relu", ["X"], ["Y"])], "g",
                                                 [x], [y]),
                               opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
-        out = B.dense_session(m, 2, config=cfg).run(None, {"X": -np.ones(4, np.float32)})[0]
+        sess = sessions.session(m, 2, {**sessions.TIMING_CONFIG, **cfg}, custom_ops=False)
+        out = sess.run(None, {"X": -np.ones(4, np.float32)})[0]
         assert (out == 0).all()
     assert os.sched_getaffinity(0) == before
     with pinned(len(cpus) + 1) as cfg:  # more threads than CPUs: nothing pinned

@@ -435,7 +435,8 @@ def test_zoo_lstm_lm_converts_to_sparse_lstm():
     assert {r.name for r in rep.layers} >= {"rnn.0/W", "rnn.0/R", "rnn.1/W", "rnn.1/R"}
     sparse, crep = sparsekit.convert(pruned)
     assert [n.op_type for n in sparse.graph.node].count("SparseLSTM") == 2
-    from sparsekit.bench import make_inputs, max_relative_difference
+    from sparsekit.bench import max_relative_difference
+    from sparsekit.sessions import make_inputs
     assert max_relative_difference(pruned, sparse, make_inputs(pruned)) < 1e-4
 
 
