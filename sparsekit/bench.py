@@ -19,7 +19,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 import numpy as np
 import onnx
 
-from . import models
+from . import _native, models
 from .convert import convert
 from .errors import SparsekitError
 from .io import as_model
@@ -136,7 +136,6 @@ def environment() -> dict:
     from . import __version__
 
     try:
-        from . import _native
         isa = _native.selected_isa()
     except Exception as e:  # an unavailable SPARSEKIT_ISA: say so instead of failing the run
         isa = f"unavailable ({e})"

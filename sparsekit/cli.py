@@ -17,6 +17,7 @@ from rich.table import Table
 
 from .errors import SparsekitError
 from .finetune import DEVICES, LOSSES, SCHEDULES   # no torch at import: it is imported when training
+from .sessions import make_inputs, parse_shapes
 
 out = Console()
 err = Console(stderr=True)
@@ -373,7 +374,6 @@ def convert(model, output, autotune, threads, max_density, dim, no_depthwise, in
     """
     from . import io
     from .convert import convert as run_convert
-    from .sessions import parse_shapes
 
     limits = _parse_max_density(max_density)
     dims = parse_shapes(dim)
@@ -549,7 +549,6 @@ def bench(model, against, device, threads, runs, seconds, warmup, shape, inputs_
     """
     from . import bench as B
     from . import io
-    from .sessions import make_inputs, parse_shapes
 
     B.check_device(device)
     thread_list = _parse_list(threads, int, "--threads")
