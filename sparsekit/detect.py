@@ -7,22 +7,22 @@ Used by `convert` (models pruned by other tools carry no recipe) and `inspect`. 
   zero positions.  Groups of 8, 16, ... rows pass this test too: they are 1x4 blocks as well.
 * **bank-balanced**: for some bank size b, every full bank of b consecutive reduction positions
   of every row (or row group) holds the same number `keep` of nonzeros, and the ragged last bank
-  holds `min(L, ceil(L*keep/b))` (docs/format.md).  Any multiple of a balanced bank size is
-  balanced as well, so small sizes are tried first: a size the caller suggests (the recipe's),
-  then powers of two (what pruners use), then every other size from 3 to K, so bank sizes such
-  as 48 are found too.  In a small layer a size can balance by chance; any balanced size packs
-  correctly.
+  holds `min(L, ceil(L*keep/b))` (docs/format.md; format.py counts them).  Any multiple of a
+  balanced bank size is balanced as well, so small sizes are tried first: a size the caller
+  suggests (the recipe's), then powers of two (what pruners use), then every other size from 3
+  to K, so bank sizes such as 48 are found too.  In a small layer a size can balance by chance;
+  any balanced size packs correctly.
 * otherwise **unstructured**.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass
 from typing import Iterable, Optional
 
 import numpy as np
 
-_MAX_BANK = 65536  # in-bank offsets are stored as uint16 at most (docs/format.md)
+# ragged_keep is also imported from here by convert and tests until they import it from format
+from .format import MAX_BANK_SIZE, bank_keep, group_rows, ragged_keep
 
 
 @dataclass
@@ -50,11 +50,9 @@ class Pattern:
 
 def group_mask(mask: np.ndarray, rows: int) -> Optional[np.ndarray]:
     """The [G, K] mask of groups of `rows` output rows, or None if a group's rows differ."""
-    M, K = mask.shape
-    G = -(-M // rows)
-    padded = np.zeros((G * rows, K), dtype=bool)
-    padded[:M] = mask
-    grouped = padded.reshape(G, rows, K)
+    M = mask.shape[0]
+    grouped = group_rows(np.asarray(mask, dtype=bool), rows)
+    G = grouped.shape[0]
     first = grouped[:, 0, :]
     full = M // rows
     if not (grouped[:full] == first[:full, None, :]).all():
@@ -64,29 +62,6 @@ def group_mask(mask: np.ndarray, rows: int) -> Optional[np.ndarray]:
         if not (tail == tail[0]).all():
             return None
     return first
-
-
-def ragged_keep(length: int, keep: int, bank_size: int) -> int:
-    """Blocks the ragged last bank keeps: the same density as full banks (docs/format.md)."""
-    return min(length, math.ceil(length * keep / bank_size))
-
-
-def bank_keep(mask: np.ndarray, bank_size: int) -> Optional[int]:
-    """Per-bank kept count if `mask` [R, K] is bank-balanced with this bank size, else None."""
-    R, K = mask.shape
-    if bank_size < 1 or bank_size > K:
-        return None
-    full = K // bank_size
-    counts = mask[:, :full * bank_size].reshape(R, full, bank_size).sum(axis=2)
-    keep = int(counts.flat[0])
-    if not (counts == keep).all():
-        return None
-    rest = K - full * bank_size
-    if rest:
-        tail = mask[:, full * bank_size:].sum(axis=1)
-        if not (tail == ragged_keep(rest, keep, bank_size)).all():
-            return None
-    return keep
 
 
 def _row_candidates(row: np.ndarray, sizes: Iterable[int]) -> list:
@@ -133,7 +108,7 @@ def find_bank(mask: np.ndarray, prefer: Optional[int] = None) -> Optional[tuple]
         keep = bank_keep(mask, int(prefer))
         if keep is not None and keep < prefer:
             return int(prefer), keep
-    top = min(K, _MAX_BANK)
+    top = min(K, MAX_BANK_SIZE)
     pow2 = [1 << i for i in range(1, top.bit_length()) if (1 << i) <= top]
     # powers of two first (what pruners use; a small layer may balance by chance with a
     # neighbouring size too), then every other size, smallest first

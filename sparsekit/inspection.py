@@ -18,6 +18,7 @@ import onnx
 from . import pack
 from .detect import detect
 from .errors import SparsekitError
+from .format import DOMAIN
 from .graph import get_attr, node_names, prunable_layers, tensor_to_array
 from .io import as_model
 from .prune import METADATA_KEY as RECIPE_KEY
@@ -86,7 +87,7 @@ def inspect(model_or_path) -> InspectReport:
             else:
                 info.pattern = f"{W.dtype.name} weights"
             report.layers.append(info)
-        elif node.domain == pack.DOMAIN:
+        elif node.domain == DOMAIN:
             info = _sparse_layer(node, names[i], inits)
             if info is not None:
                 report.layers.append(info)

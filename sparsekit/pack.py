@@ -4,7 +4,8 @@ Every sparse op multiplies by a weight matrix ``W2d [M, K]`` (rows = output chan
 K = reduction).  A conv weight ``[M, C, kh, kw]`` becomes ``W2d = w.reshape(M, -1)``, so
 ``k = (c*kh + ky)*kw + kx``.  Rows are grouped in blocks of ``block`` (1 or 4) consecutive rows;
 a stored block holds the ``block`` weights of one group at one reduction index.  Which blocks are
-kept is read from the zeros: a block is kept when any of its weights is nonzero.
+kept is read from the zeros: a block is kept when any of its weights is nonzero.  The rules of the
+format themselves (groups, banks, index types, the op domain) are :mod:`sparsekit.format`'s.
 """
 from __future__ import annotations
 
@@ -12,21 +13,19 @@ import math
 from typing import Optional, Sequence
 
 import numpy as np
-import onnx
 from onnx import helper, numpy_helper
 
-from .detect import ragged_keep
 from .errors import SparsekitError
+from .format import (BLOCK_SIZES, DOMAIN, FORMATS, MAX_BANK_SIZE, OPSET_VERSION, bank_caps,
+                     bank_counts, bsr_index_dtype, group_rows, kept_groups,
+                     num_banks, num_groups, opset_import, pack_bank_blocks)
 
-DOMAIN = "ai.sparsekit"
-OPSET_VERSION = 1
-FORMATS = ("bsr", "bank")
+# DOMAIN, OPSET_VERSION, FORMATS and opset_import are format's; re-exported for callers of pack
+__all__ = ["DOMAIN", "OPSET_VERSION", "FORMATS", "ACTIVATIONS", "opset_import", "pack_bsr",
+           "pack_bank", "unpack", "pack", "make_sparse_conv_node", "make_sparse_gemm_node",
+           "make_depthwise_node"]
+
 ACTIVATIONS = ("none", "relu", "clip")
-
-
-def opset_import() -> onnx.OperatorSetIdProto:
-    """The opset_import entry a model using ai.sparsekit ops needs."""
-    return helper.make_opsetid(DOMAIN, OPSET_VERSION)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -44,18 +43,14 @@ def _as_w2d(W2d) -> np.ndarray:
 
 
 def _check_block(block: int) -> int:
-    if block not in (1, 4):
+    if block not in BLOCK_SIZES:
         raise SparsekitError(f"block must be 1 or 4, got {block}")
     return int(block)
 
 
 def _grouped(W: np.ndarray, block: int) -> np.ndarray:
-    """W [M, K] -> [G, K, B], zero-padded rows past M."""
-    M, K = W.shape
-    G = -(-M // block)
-    Wp = np.zeros((G * block, K), dtype=np.float32)
-    Wp[:M] = W
-    return Wp.reshape(G, block, K).transpose(0, 2, 1)
+    """W [M, K] -> [G, K, B] (a view): Wg[g, k] is group g's block at reduction index k."""
+    return group_rows(W, block).transpose(0, 2, 1)
 
 
 def pack_bsr(W2d, block: int = 4) -> dict:
@@ -67,14 +62,14 @@ def pack_bsr(W2d, block: int = 4) -> dict:
     B = _check_block(block)
     K = W.shape[1]
     Wg = _grouped(W, B)                      # [G, K, B]
-    kept = (Wg != 0).any(axis=2)             # [G, K]
+    kept = kept_groups(W != 0, B)            # [G, K]
     g_idx, k_idx = np.nonzero(kept)          # row-major: by group, then increasing k
     counts = kept.sum(axis=1)
     group_ptr = np.zeros(Wg.shape[0] + 1, dtype=np.int32)
     np.cumsum(counts, out=group_ptr[1:])
     if group_ptr[-1] > np.iinfo(np.int32).max:
         raise SparsekitError("too many nonzero blocks for int32 group_ptr")
-    idx_dtype = np.uint16 if K <= 65536 else np.int32
+    idx_dtype = bsr_index_dtype(K)
     return {
         "values": np.ascontiguousarray(Wg[g_idx, k_idx], dtype=np.float32).reshape(-1, B),
         "indices": k_idx.astype(idx_dtype),
@@ -87,46 +82,44 @@ def pack_bank(W2d, bank_size: int, block: int = 1, keep: Optional[int] = None) -
 
     The reduction axis is split into banks of ``bank_size``; every full bank of every group must
     hold the same number ``keep`` of kept blocks and the ragged last bank (if any) exactly
-    ``ragged_keep(L, keep, bank_size)`` (docs/format.md).  Pass ``keep`` explicitly when some kept
+    ``format.ragged_keep(L, keep, bank_size)`` (docs/format.md).  Pass ``keep`` explicitly when some kept
     weights may be exactly zero: banks then need at most that many nonzero blocks, and the
     missing ones are stored as zero-valued padding.  Raises SparsekitError when W2d is not
     bank-balanced.  indices are in-bank offsets: uint8 when bank_size <= 256, else uint16.
     """
     W = _as_w2d(W2d)
     B = _check_block(block)
-    M, K = W.shape
+    K = W.shape[1]
     bank_size = int(bank_size)
-    if bank_size < 1 or bank_size > 65536:
-        raise SparsekitError(f"bank_size must be in [1, 65536], got {bank_size}")
+    if bank_size < 1 or bank_size > MAX_BANK_SIZE:
+        raise SparsekitError(f"bank_size must be in [1, {MAX_BANK_SIZE}], got {bank_size}")
     if bank_size > K:
         raise SparsekitError(f"bank_size {bank_size} is larger than K = {K}; use format 'bsr'")
-    Wg = _grouped(W, B)                      # [G, K, B]
-    G = Wg.shape[0]
-    kept = (Wg != 0).any(axis=2)             # [G, K]
-    nbanks = -(-K // bank_size)
+    counts = bank_counts(kept_groups(W != 0, B), bank_size)   # [G, nbanks]
     full = K // bank_size
     rest = K - full * bank_size
-    counts = kept[:, :full * bank_size].reshape(G, full, bank_size).sum(axis=2)
+    full_counts = counts[:, :full]
     if keep is None:
-        keep = int(counts.max()) if counts.size else 0
-        if (counts != keep).any():
-            g, b = np.argwhere(counts != keep)[0]
+        keep = int(full_counts.max()) if full_counts.size else 0
+        if (full_counts != keep).any():
+            g, b = np.argwhere(full_counts != keep)[0]
             raise SparsekitError(
                 f"not bank-balanced with bank_size {bank_size}: group {g} bank {b} keeps "
-                f"{counts[g, b]} blocks, others {keep} (pass keep= if kept weights can be zero)")
+                f"{full_counts[g, b]} blocks, others {keep} (pass keep= if kept weights can be "
+                "zero)")
         strict = True
     else:
         keep = int(keep)
         if keep < 0 or keep > bank_size:
             raise SparsekitError(f"keep must be in [0, bank_size], got {keep}")
-        if (counts > keep).any():
-            g, b = np.argwhere(counts > keep)[0]
-            raise SparsekitError(f"not bank-balanced: group {g} bank {b} keeps {counts[g, b]} "
-                                 f"blocks, more than keep = {keep}")
+        if (full_counts > keep).any():
+            g, b = np.argwhere(full_counts > keep)[0]
+            raise SparsekitError(f"not bank-balanced: group {g} bank {b} keeps "
+                                 f"{full_counts[g, b]} blocks, more than keep = {keep}")
         strict = False
     if rest:
-        cap = ragged_keep(rest, keep, bank_size)
-        tail = kept[:, full * bank_size:].sum(axis=1)
+        cap = int(bank_caps(K, bank_size, keep)[-1])
+        tail = counts[:, -1]
         bad = (tail != cap) if strict else (tail > cap)
         if bad.any():
             g = int(np.argmax(bad))
@@ -134,18 +127,7 @@ def pack_bank(W2d, bank_size: int, block: int = 1, keep: Optional[int] = None) -
                 f"not bank-balanced: the ragged last bank (length {rest}) of group {g} keeps "
                 f"{tail[g]} blocks, expected {'' if strict else 'at most '}{cap} "
                 f"(= min(L, ceil(L*keep/bank_size)) with keep {keep})")
-    idx_dtype = np.uint8 if bank_size <= 256 else np.uint16
-    values = np.zeros((G, nbanks, keep, B), dtype=np.float32)
-    indices = np.zeros((G, nbanks, keep), dtype=idx_dtype)
-    for bank in range(nbanks):
-        lo, hi = bank * bank_size, min(K, (bank + 1) * bank_size)
-        kb = kept[:, lo:hi]
-        for g in range(G):
-            offs = np.flatnonzero(kb[g])
-            n = len(offs)
-            indices[g, bank, :n] = offs
-            values[g, bank, :n] = Wg[g, lo + offs]
-    return {"values": values, "indices": indices}
+    return pack_bank_blocks(_grouped(W, B), bank_size, keep)
 
 
 def unpack(packed: dict, M: int, K: int, fmt: Optional[str] = None, block: Optional[int] = None,
@@ -159,7 +141,7 @@ def unpack(packed: dict, M: int, K: int, fmt: Optional[str] = None, block: Optio
     if fmt is None:
         fmt = "bank" if values.ndim == 4 else "bsr"
     B = int(block or values.shape[-1])
-    G = -(-M // B)
+    G = num_groups(M, B)
     Wg = np.zeros((G, K, B), dtype=np.float32)
     if fmt == "bsr":
         gp = np.asarray(packed["group_ptr"], dtype=np.int64)
@@ -173,7 +155,7 @@ def unpack(packed: dict, M: int, K: int, fmt: Optional[str] = None, block: Optio
         if bank_size is None:
             raise SparsekitError("unpack of format 'bank' needs bank_size")
         Gv, nbanks, keep, _ = values.shape
-        if Gv != G or nbanks != -(-K // bank_size):
+        if Gv != G or nbanks != num_banks(K, bank_size):
             raise SparsekitError("bank values do not match M/K/bank_size")
         k = np.arange(nbanks)[None, :, None] * bank_size + indices
         if k.size and k.max() >= K:

@@ -6,8 +6,9 @@
 * :func:`lstm_unsupported`: why an LSTM or GRU node cannot become SparseLSTM / SparseGRU (or None);
 * :func:`make_sparse_lstm_node`, :func:`make_sparse_gru_node`: the ``ai.sparsekit`` nodes and
   their packed tensors;
-* :func:`pack_bank_rows`: a vectorised bank packer for single-row blocks (LSTM matrices are
-  large: 6000 rows x 1500 for the zoo's language model).
+* :func:`pack_bank_rows`: format "bank" with single-row blocks for the W / R rows, on the
+  vectorised packer of :mod:`sparsekit.format` (LSTM matrices are large: 6000 rows x 1500 for
+  the zoo's language model).
 """
 from __future__ import annotations
 
@@ -17,8 +18,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from .detect import ragged_keep
 from .errors import SparsekitError
+from .format import DOMAIN, MAX_BANK_SIZE, bank_caps, bank_counts, pack_bank_blocks
 from .graph import Layer, get_attr, initializer_map, node_names
 
 __all__ = ["LSTM_DEFAULT_BANK", "RECURRENT_OPS", "lstm_layers", "lstm_unsupported",
@@ -33,7 +34,6 @@ LSTM_DEFAULT_BANK = 16
 RECURRENT_OPS = {"LSTM": (4, ["Sigmoid", "Tanh", "Tanh"], ("Y", "Y_h", "Y_c"), "SparseLSTM"),
                  "GRU": (3, ["Sigmoid", "Tanh"], ("Y", "Y_h"), "SparseGRU")}
 DEFAULT_ACTIVATIONS = RECURRENT_OPS["LSTM"][1]
-DOMAIN = "ai.sparsekit"
 
 
 def _directions(node: onnx.NodeProto) -> int:
@@ -122,40 +122,28 @@ def pack_bank_rows(W2d, bank_size: int, keep: Optional[int] = None) -> dict:
     W = np.ascontiguousarray(W2d, dtype=np.float32)
     if W.ndim != 2 or W.size == 0:
         raise SparsekitError(f"expected a non-empty 2-D matrix, got shape {list(W.shape)}")
-    M, K = W.shape
+    K = W.shape[1]
     bs = int(bank_size)
-    if bs < 1 or bs > 65536 or bs > K:
-        raise SparsekitError(f"bank_size must be in [1, min(65536, K={K})], got {bs}")
-    nb = -(-K // bs)
+    if bs < 1 or bs > MAX_BANK_SIZE or bs > K:
+        raise SparsekitError(f"bank_size must be in [1, min({MAX_BANK_SIZE}, K={K})], got {bs}")
     full = K // bs
-    kept = W != 0
-    counts = kept[:, :full * bs].reshape(M, full, bs).sum(axis=2)
+    counts = bank_counts(W != 0, bs)                               # [M, nbanks]
+    full_counts = counts[:, :full]
     if keep is None:
-        keep = int(counts.max()) if counts.size else 0
+        keep = int(full_counts.max()) if full_counts.size else 0
     keep = int(keep)
-    if (counts > keep).any():
-        r, b = np.argwhere(counts > keep)[0]
+    if (full_counts > keep).any():
+        r, b = np.argwhere(full_counts > keep)[0]
         raise SparsekitError(f"not bank-balanced with bank_size {bs}: row {r} bank {b} keeps "
-                             f"{counts[r, b]} entries, more than keep = {keep}")
+                             f"{full_counts[r, b]} entries, more than keep = {keep}")
     rest = K - full * bs
-    if rest and (kept[:, full * bs:].sum(axis=1) > ragged_keep(rest, keep, bs)).any():
-        raise SparsekitError(f"not bank-balanced: a ragged last bank (length {rest}) keeps "
-                             f"more than {ragged_keep(rest, keep, bs)} entries")
-    values = np.zeros((M, nb, keep, 1), np.float32)
-    indices = np.zeros((M, nb, keep), np.uint8 if bs <= 256 else np.uint16)
-    if keep:
-        Wp = np.zeros((M, nb * bs), np.float32)
-        Wp[:, :K] = W
-        Wb = Wp.reshape(M, nb, bs)
-        kb = Wb != 0
-        # kept offsets first, in increasing order (stable sort of "not kept")
-        order = np.argsort(~kb, axis=2, kind="stable")[:, :, :keep]
-        n_kept = kb.sum(axis=2)                                     # [M, nb]
-        valid = np.arange(keep)[None, None, :] < n_kept[:, :, None]
-        vals = np.take_along_axis(Wb, order, axis=2)
-        values[..., 0] = np.where(valid, vals, 0.0)
-        indices[...] = np.where(valid, order, 0)
-    return {"values": values, "indices": indices}
+    if rest:
+        cap = int(bank_caps(K, bs, keep)[-1])
+        if (counts[:, -1] > cap).any():
+            raise SparsekitError(f"not bank-balanced: a ragged last bank (length {rest}) keeps "
+                                 f"more than {cap} entries")
+    # rows are groups of one: the block axis is a trailing 1, as the op's values [M, nb, keep, 1]
+    return pack_bank_blocks(W[:, :, None], bs, keep)
 
 
 def _sparse_recurrent_node(op: str, name: str, x: str, outputs: List[str], W, R, B,

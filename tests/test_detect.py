@@ -2,7 +2,8 @@
 import numpy as np
 import pytest
 
-from sparsekit.detect import detect, ragged_keep
+from sparsekit.detect import detect
+from sparsekit.format import ragged_keep
 
 
 def _bank_matrix(rng, M, K, bank, keep, block_rows=1):

@@ -5,10 +5,20 @@
 // p and output rows store contiguously.  W is sparse with rows in groups of B output rows
 // (B = 1 or 4): one nonzero "block" is B weights of B consecutive rows at one reduction index.
 //
-// Rules for ISA files (compiled with per-file -mavx2 / -mavx512f flags):
-//   * put everything in an anonymous namespace except the exported table getter;
-//   * no STL templates and no inline functions shared with other files (the linker could
-//     otherwise pick an AVX-512 copy of std::min for use on a CPU without AVX-512).
+// Rules for ISA files (compiled with per-file -mavx2 / -mavx512f flags, CMakeLists.txt):
+//   * put everything in an anonymous namespace except the exported table getter and the
+//     ISA-suffixed kernels of isa_parts.h;
+//   * no code that the linker merges across files: an inline function or template with external
+//     linkage (std::min, std::vector's members, a helper in namespace sk of a shared header)
+//     that is not inlined is emitted as a weak symbol by every file using it, and the linker
+//     keeps one copy, perhaps the AVX-512 one, for callers running on a CPU without AVX-512.
+// The spmm_*, spmv_* and dwconv_* files keep to this and use no STL.  The predict_* files do
+// not: they use std::vector, std::min, std::fill and std::memcpy, and share predict_taps.h's
+// inline helpers and templates (namespace sk, external linkage) between ref, neon, avx2 and
+// avx512vnni.  In the release (-O2) build all of it is inlined (`nm -C` shows no weak symbol in
+// the kernel objects), but at -O1 (the ASan and emulated-AVX-512 builds) predict_avx2.cpp and
+// predict_avx512vnni.cpp both emit a weak std::vector<uint64_t>::_M_fill_assign.  Nothing in
+// the build or the tests checks this rule.
 #pragma once
 #include <cstddef>
 #include <cstdint>

@@ -1,5 +1,7 @@
-// The three custom-op kernels.  Each is built (and validated) in its constructor from the
-// KernelInfo, is read-only afterwards, and computes with `compute`; both throw skort::Error.
+// Four of the custom-op kernels: SparseConv, SparseGemm, DepthwiseConv and PredictedConv
+// (SparseLSTM and SparseGRU are in lstm.h).  Each is built (and validated) in its constructor
+// from the KernelInfo, is read-only afterwards, and computes with `compute`; both throw
+// skort::Error.
 #pragma once
 #include <memory>
 #include <string>
