@@ -18,9 +18,9 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 import sparsekit
-from sparsekit import _native
 from sparsekit import bench as B
-from sparsekit.timing import interleaved, ratio
+from sparsekit import sessions
+from sparsekit.timing import ratio
 
 
 def rnn_model(hidden: int, inp: int, seq: int, cell: str = "lstm", lbr: int = 0,
@@ -56,7 +56,7 @@ def main() -> None:
     ap.add_argument("--lbr", type=int, choices=[0, 1], default=0,
                     help="GRU linear_before_reset (PyTorch exports 1)")
     args = ap.parse_args()
-    print(f"{args.cell}, kernels {_native.selected_isa()}, hidden {args.hidden}, "
+    print(f"{args.cell}, kernels {B.environment()['isa']}, hidden {args.hidden}, "
           f"sparsity {args.sparsity}, bank {args.bank_size or 'default'}"
           + (f", linear_before_reset {args.lbr}" if args.cell == "gru" else ""))
     for seq in (int(s) for s in args.seq.split(",")):
@@ -69,11 +69,8 @@ def main() -> None:
                  .astype(np.float32)}
         err = B.max_relative_difference(pruned, sparse, feeds)
         for t in (int(x) for x in args.threads.split(",")):
-            with B.pinned(t) as cfg:
-                ds, ss = B.dense_session(pruned, t, config=cfg), B.sparse_session(sparse, t, config=cfg)
-                times = interleaved({"dense": lambda ds=ds, feeds=feeds: ds.run(None, feeds),
-                                     "sparse": lambda ss=ss, feeds=feeds: ss.run(None, feeds)},
-                                    warmup=3, runs=args.runs)
+            # pinned, TIMING_CONFIG, dense in stock onnxruntime, interleaved
+            times = sessions.time_models(pruned, sparse, feeds, t, warmup=3, runs=args.runs)
             r = ratio(times["dense"], times["sparse"])
             dm = float(np.median(times["dense"])) / seq
             sm = float(np.median(times["sparse"])) / seq

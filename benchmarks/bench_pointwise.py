@@ -13,7 +13,7 @@ allocates and page-faults a fresh output (3.2 MB for the first layer), which on 
 made the same kernel measure 0.15 or 0.25 ms depending on where the allocator put it, on both
 sides.  `--no-binding` measures plain `run()` calls instead.
 
-Every session (dense and sparse alike) runs with sparsekit.bench's SESSION_CONFIG (the pool
+Every session (dense and sparse alike) runs with sparsekit.sessions' TIMING_CONFIG (the pool
 spins during a run, stops at its end) and pinned threads, as `sparsekit bench` does; --spin
 gives onnxruntime's default instead (a pool keeps spinning after its run and steals the cores
 the next, interleaved, session needs: on a 2-core machine 2-5x worse and noisy).
@@ -35,7 +35,7 @@ import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
 import sparsekit
-from sparsekit.bench import SESSION_CONFIG, pinned
+from sparsekit.sessions import TIMING_CONFIG, pinned, session
 from sparsekit.pack import make_sparse_conv_node, opset_import
 
 # pixels x in x out, NCHW (MobileNetV1-224)
@@ -98,12 +98,9 @@ def build(rng, P, C, M, sparsity, variants):
 
 
 def dense_session(model, threads, config):
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    for k, v in config.items():
-        so.add_session_config_entry(k, v)
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    """Stock onnxruntime (the sparsekit library not loaded), graph optimisation level ALL."""
+    return session(model, threads, config, custom_ops=False,
+                   graph_optimization_level=ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
 
 
 def _runner(session, x, out_shape, binding):
@@ -120,12 +117,12 @@ def _runner(session, x, out_shape, binding):
 def bench_layer(P, C, M, threads, sparsity, variants, min_time, max_reps, rng, spin,
                 binding=True, pin=None):
     dense, sparse, x = build(rng, P, C, M, sparsity, variants)
-    config = {} if spin else dict(SESSION_CONFIG)
-    config.update(pin or {})  # sparsekit.bench.pinned: pool workers on their own CPUs
+    config = {} if spin else dict(TIMING_CONFIG)
+    config.update(pin or {})  # sparsekit.sessions.pinned: pool workers on their own CPUs
     sessions = {"dense": dense_session(dense, threads, config)}
     for v, m in sparse.items():
-        sessions[v] = sparsekit.session(m, threads=threads, config=config,
-                                        graph_optimization_level=ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
+        sessions[v] = session(m, threads, config,
+                              graph_optimization_level=ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
     shape = (1, M, SIDE[P], SIDE[P])
     runners = {k: _runner(s, x, shape, binding) for k, s in sessions.items()}
     ref = np.array(sessions["dense"].run(None, {"X": x})[0])

@@ -25,8 +25,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from sparsekit import bench as B  # noqa: E402
+from sparsekit import sessions  # noqa: E402
 from sparsekit.pack import opset_import  # noqa: E402
 from sparsekit.predict import im2col_pixels, make_predicted_conv_node  # noqa: E402
+from sparsekit.timing import interleaved  # noqa: E402
 
 # (in channels, out channels, kernel, input height = width)
 LAYERS = [(64, 64, 3, 56), (128, 128, 3, 28), (256, 256, 3, 14), (64, 256, 1, 56),
@@ -70,13 +72,14 @@ def main(argv=None) -> int:
                 for z in zs:
                     pred, dense, x = models(C, M, k, H, z, bits)
                     feeds = {"X": x}
-                    with B.pinned(threads) as cfg:
-                        ds = B.dense_session(dense, threads, config=cfg)
-                        ps = B.sparse_session(pred, threads, config=cfg)
+                    with sessions.pinned(threads) as cfg:
+                        config = {**sessions.TIMING_CONFIG, **cfg}
+                        ds = sessions.session(dense, threads, config, custom_ops=False)
+                        ps = sessions.session(pred, threads, config)
                         want, got = ds.run(None, feeds)[0], ps.run(None, feeds)[0]
-                        t = B.interleaved({"dense": lambda s=ds, f=feeds: s.run(None, f),
-                                           "predicted": lambda s=ps, f=feeds: s.run(None, f)},
-                                          warmup=3, runs=args.runs)
+                        t = interleaved({"dense": lambda s=ds, f=feeds: s.run(None, f),
+                                         "predicted": lambda s=ps, f=feeds: s.run(None, f)},
+                                        warmup=3, runs=args.runs)
                     d, p = float(np.median(t["dense"])), float(np.median(t["predicted"]))
                     pos = want > 0
                     recall = float(((got > 0) & pos).sum() / max(1, pos.sum()))

@@ -40,6 +40,7 @@ sys.path.insert(0, str(ROOT))
 
 import sparsekit  # noqa: E402
 from sparsekit import bench as B  # noqa: E402
+from sparsekit import sessions, timing  # noqa: E402
 from sparsekit.graph import get_attr  # noqa: E402
 from sparsekit.calibration import Calibration  # noqa: E402
 from sparsekit.predict import (DEFAULT_BITS, DEFAULT_RECALL, MarginStats,  # noqa: E402
@@ -186,11 +187,13 @@ def main(argv=None):
         g = helper.make_graph(dn, "dense", list(sp.graph.input), list(sp.graph.output), di)
         dm = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
         feeds = {node.input[0]: xin[:1]}
-        with B.pinned(1) as cfg:
-            ds, ss = B.dense_session(dm, 1, config=cfg), B.sparse_session(sp, 1, config=cfg)
-            t = B.interleaved({"dense": lambda ds=ds, f=feeds: ds.run(None, f),
-                               "predicted": lambda ss=ss, f=feeds: ss.run(None, f)},
-                              warmup=3, runs=args.runs)
+        with sessions.pinned(1) as cfg:
+            config = {**sessions.TIMING_CONFIG, **cfg}
+            ds = sessions.session(dm, 1, config, custom_ops=False)
+            ss = sessions.session(sp, 1, config)
+            t = timing.interleaved({"dense": lambda ds=ds, f=feeds: ds.run(None, f),
+                                    "predicted": lambda ss=ss, f=feeds: ss.run(None, f)},
+                                   warmup=3, runs=args.runs)
         dms, pms = float(np.median(t["dense"])), float(np.median(t["predicted"]))
         results.append({"layer": r.name, "weight": r.weight_shape, "activation": act,
                         "margin": margin, "zeros": unneeded,
@@ -206,12 +209,13 @@ def main(argv=None):
                                   threads=1)
     kept = [r.name for r in crow if r.replaced]
     feeds = {name: x[:1]}
-    with B.pinned(1) as cfg:
-        sess = {"dense": B.dense_session(model, 1, config=cfg),
-                "all predicted": B.sparse_session(pm, 1, config=cfg),
-                "autotuned": B.sparse_session(chosen, 1, config=cfg)}
-        t = B.interleaved({k: (lambda s=s_: s.run(None, feeds)) for k, s_ in sess.items()},
-                          warmup=3, runs=args.runs)
+    with sessions.pinned(1) as cfg:
+        config = {**sessions.TIMING_CONFIG, **cfg}
+        sess = {"dense": sessions.session(model, 1, config, custom_ops=False),
+                "all predicted": sessions.session(pm, 1, config),
+                "autotuned": sessions.session(chosen, 1, config)}
+        t = timing.interleaved({k: (lambda s=s_: s.run(None, feeds)) for k, s_ in sess.items()},
+                               warmup=3, runs=args.runs)
     e2e = {k: float(np.median(v)) for k, v in t.items()}
     print("end to end, batch 1, 1 thread: " + ", ".join(f"{k} {v:.3f} ms" for k, v in e2e.items())
           + f"; autotune kept {len(kept)} layer(s)")

@@ -12,12 +12,13 @@ import os
 import statistics
 
 from sparsekit import bench as B
+from sparsekit import sessions
 
 
 def profile(model, feeds, threads, runs, dense):
-    with B.pinned(threads) as cfg:  # as sparsekit bench runs them
-        sess = (B.dense_session if dense else B.sparse_session)(model, threads, profile=True,
-                                                                config=cfg)
+    with sessions.pinned(threads) as cfg:  # as sparsekit bench runs them
+        sess = sessions.session(model, threads, {**sessions.TIMING_CONFIG, **cfg},
+                                custom_ops=not dense, profile=True)
         return _profile_run(sess, feeds, runs)
 
 
@@ -52,7 +53,7 @@ def main():
     a = ap.parse_args()
     dense = B.zoo_model(a.zoo)
     pruned, sparse, _, _ = B.prepare(dense, a.pattern, a.sparsity)
-    feeds = B.make_inputs(dense)
+    feeds = sessions.make_inputs(dense)
     rows = profile(pruned if a.dense else sparse, feeds, a.threads, a.runs, a.dense)
     tot = 0.0
     for n, op, ms in rows:

@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 
 from sparsekit import bench as B
+from sparsekit import sessions
 
 SUITE = [  # (zoo model, pattern, sparsity, prune options)
     ("mobilenet_v1", "block", 0.90, {}),
@@ -40,7 +41,7 @@ def main() -> None:
         pruned, sparse, _, crep = B.prepare(dense, pattern, sparsity, **kw)
         if kw.get("block"):
             pattern = f"{pattern}{kw['block']}"
-        feeds = B.make_inputs(pruned)
+        feeds = sessions.make_inputs(pruned)
         rep = B.bench(sparse, pruned, threads=threads, runs=args.runs, seconds=args.seconds,
                       feeds=feeds, profile=False, memory=False,
                       label=f"{name} {pattern} {sparsity:g}")
