@@ -20,15 +20,21 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import onnx
 
+from .calibration import Calibration, load_calibration
 from .errors import SparsekitError
-from .graph import initializer_map, prunable_layers, tensor_to_array
+from .fold_bn import fold_batchnorms
+from .graph import initializer_map, tensor_to_array
 from .io import as_model
-from .prune import RECIPE_VERSION, _make_mask, fold_batchnorms
-from .prune import prune as magnitude_prune
+from .prune import layer_mask
+from .recipe import RECIPE_VERSION
 from .reconstruct import DEFAULT_DAMP, capture_stats, reconstruct, supports
+from .selection import (DEFAULT_MIN_PARAMS, layer_flops, resolve_pattern, select_layers,
+                        selection_rules)
+from .sequence import RECURRENT_OPS
 from .sessions import session
 
-__all__ = ["analyze", "allocate", "AnalyzeReport", "LayerSensitivity", "DEFAULT_GRID", "COST_UNITS"]
+__all__ = ["analyze", "allocate", "AnalyzeReport", "LayerSensitivity", "DEFAULT_GRID", "COST_UNITS",
+           "METHODS"]
 
 DEFAULT_GRID = (0.1, 0.2, 0.3, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
 COST_UNITS = ("params", "flops")
@@ -151,7 +157,8 @@ class _OutputProbe:
 
 def analyze(model_or_path, calibration, target: float, *, by: str = "params", pattern: str = "block",
             bank_size: Optional[int] = None, banks: Optional[int] = None, block=None, include=None,
-            exclude=None, min_params: int = 1024, skip_first: bool = True, skip_depthwise: bool = True,
+            exclude=None, min_params: int = DEFAULT_MIN_PARAMS, skip_first: bool = True,
+            skip_depthwise: bool = True,
             fold_bn: bool = True, grid: Sequence[float] = DEFAULT_GRID, method: str = "reconstruction",
             samples: Optional[int] = 64, damp: float = DEFAULT_DAMP,
             progress: Optional[Callable[[int, int, str], None]] = None) -> AnalyzeReport:
@@ -174,19 +181,19 @@ def analyze(model_or_path, calibration, target: float, *, by: str = "params", pa
     if target > grid[-1]:
         raise SparsekitError(f"target {target} is above the largest grid sparsity {grid[-1]}")
     src = as_model(model_or_path)
-    # prune's own selection: which layers, with which resolved pattern (a magnitude dry run)
-    _, dry = magnitude_prune(src, pattern, grid[-1], bank_size=bank_size, banks=banks, block=block,
-                             include=include, exclude=exclude, min_params=min_params,
-                             skip_first=skip_first, skip_depthwise=skip_depthwise, fold_bn=fold_bn)
-    rows = {r.name: r for r in dry.layers if r.shared_with is None and r.op not in ("LSTM", "GRU")}
+    # prune's own selection (at the largest grid sparsity: none of the layers is at 0)
+    rules = selection_rules(pattern, grid[-1], bank_size=bank_size, banks=banks, block=block,
+                            include=include, exclude=exclude, min_params=min_params,
+                            skip_first=skip_first, skip_depthwise=skip_depthwise)
     model = onnx.ModelProto()
     model.CopyFrom(src)
     if fold_bn:
         fold_batchnorms(model)
-    layers = [c for c in prunable_layers(model) if c.name in rows]
+    selection = select_layers(model, rules)
+    analysed = _analysed_layers(selection.chosen)     # (layer, its settings) pairs
+    layers = [c for c, _ in analysed]
     if not layers:
         raise SparsekitError("no layer to analyse after selection")
-    from .calibration import Calibration, load_calibration
     calib = calibration if isinstance(calibration, Calibration) else load_calibration(calibration, src)
     report = AnalyzeReport(grid=grid, target=float(target), by=by)
     report.settings = {"pattern_spec": {"pattern": pattern, "bank_size": bank_size, "banks": banks,
@@ -207,23 +214,21 @@ def analyze(model_or_path, calibration, target: float, *, by: str = "params", pa
         stats = capture_stats(model, [c for c in layers if supports(c) is None], fit_cal.batches)
     probe = _OutputProbe(model, [c.weight for c in layers], list(probe_cal.batches()))
     inits = initializer_map(model)
-    for done, c in enumerate(layers, start=1):
-        r = rows[c.name]
-        eff = {"pattern": r.pattern, "bank_size": r.bank_size, "block": r.block}
-        spec = {"pattern": r.pattern, "bank_size": r.bank_size, "block": r.block}
+    for done, (c, spec) in enumerate(analysed, start=1):
+        used = resolve_pattern(c, spec)
         W = c.to_matrix(tensor_to_array(inits[c.weight]))
         errs = []
         for s in grid:
             if c.name in stats:
-                Wn, _, _ = reconstruct(W, stats[c.name], eff, s, damp)
+                Wn, _, _ = reconstruct(W, stats[c.name], used, s, damp)
             else:
-                mask, _ = _make_mask(c, W, {**spec, "sparsity": s})
+                mask, _ = layer_mask(c, W, {**spec, "sparsity": s})
                 Wn = np.where(mask, W, 0.0).astype(W.dtype)
             errs.append(probe.error(c.weight, c.from_matrix(Wn).astype(W.dtype)))
-        cost = r.params if by == "params" else r.flops
-        if cost is None:
+        flops = layer_flops(c, selection.shapes)
+        if by == "flops" and flops is None:
             raise SparsekitError(f"{c.name}: FLOPs unknown (shape inference failed); use --by params")
-        report.layers.append(LayerSensitivity(c.name, c.op, r.params, r.flops, errs,
+        report.layers.append(LayerSensitivity(c.name, c.op, c.params, flops, errs,
                                               "reconstruction" if c.name in stats else "magnitude"))
         if progress is not None:
             progress(done, len(layers), c.name)
@@ -234,9 +239,29 @@ def analyze(model_or_path, calibration, target: float, *, by: str = "params", pa
     report.achieved = float(np.dot(costs, alloc) / np.sum(costs))
     report.predicted_error = float(sum(predicted))
     # what prune will actually remove: keep counts are whole weights per bank / per layer
-    _, final = magnitude_prune(src, pattern, 0.0, bank_size=bank_size, banks=banks, block=block,
-                               recipe=report.recipe(), fold_bn=fold_bn)
-    done_rows = {r.name: r for r in final.layers}
-    removed = [(done_rows[ls.name].achieved if ls.name in done_rows else 0.0) for ls in report.layers]
+    removed = [_removed_fraction(c, spec, inits[c.weight], ls.sparsity)
+               for (c, spec), ls in zip(analysed, report.layers)]
     report.achieved_counts = float(np.dot(costs, removed) / np.sum(costs))
     return report
+
+
+def _analysed_layers(chosen):
+    """The chosen layers analyze measures: each weight once, by the first layer that prunes it
+    (as prune does), and no LSTM/GRU W or R (analyze measures Conv, Gemm and MatMul layers)."""
+    first_of_weight = {}
+    for c, _ in chosen:
+        first_of_weight.setdefault(c.weight, c.name)
+    return [(c, spec) for c, spec in chosen
+            if first_of_weight[c.weight] == c.name and c.op not in RECURRENT_OPS]
+
+
+def _removed_fraction(layer, spec, tensor, sparsity: float) -> float:
+    """The fraction of zero weights prune leaves in ``layer`` for an allocated ``sparsity``
+    (rounded as in the recipe; a listed layer at sparsity 0 stays dense)."""
+    requested = round(sparsity, 6)
+    if requested == 0.0 or not layer.params:
+        return 0.0
+    W = layer.to_matrix(tensor_to_array(tensor))
+    mask, _ = layer_mask(layer, W, {**spec, "sparsity": requested})
+    kept = int(np.count_nonzero(np.where(mask, W, np.zeros((), dtype=W.dtype))))
+    return 1.0 - kept / layer.params

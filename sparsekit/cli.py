@@ -15,8 +15,15 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from . import io
+from .analyze import COST_UNITS, DEFAULT_GRID, METHODS
+from .analyze import analyze as run_analyze
 from .errors import SparsekitError
 from .finetune import DEVICES, LOSSES, SCHEDULES   # no torch at import: it is imported when training
+from .patterns import PATTERNS
+from .prune import prune as run_prune
+from .reconstruct import DEFAULT_DAMP, MATCH_MODES
+from .selection import DEFAULT_MIN_PARAMS
 from .sessions import make_inputs, parse_shapes
 
 out = Console()
@@ -120,7 +127,7 @@ def load_calibration_option(path, preprocess, samples, batch_size, model):
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
               help="Where to write the pruned model.")
-@click.option("--pattern", type=click.Choice(["block", "bank", "unstructured"]), default="block",
+@click.option("--pattern", type=click.Choice(PATTERNS), default="block",
               show_default=True, help="Sparsity pattern.")
 @click.option("--sparsity", type=float, default=0.9, show_default=True,
               help="Fraction of weights removed in each pruned layer, in [0, 1).")
@@ -132,16 +139,16 @@ def load_calibration_option(path, preprocess, samples, batch_size, model):
                    "With --pattern bank, 1x4 blocks balanced per bank.")
 @click.option("--include", default=None, metavar="REGEX", help="Only prune nodes whose name matches.")
 @click.option("--exclude", default=None, metavar="REGEX", help="Never prune nodes whose name matches.")
-@click.option("--min-params", type=int, default=1024, show_default=True,
+@click.option("--min-params", type=int, default=DEFAULT_MIN_PARAMS, show_default=True,
               help="Skip layers with fewer weights than this.")
 @click.option("--recipe", type=click.Path(dir_okay=False), default=None,
               help="YAML/JSON recipe with per-layer pattern and sparsity overrides.")
 @click.option("--no-fold-bn", is_flag=True, help="Keep BatchNormalization nodes (no folding).")
 @calibration_options
-@click.option("--damp", type=click.FloatRange(min=0.0), default=0.01, show_default=True,
+@click.option("--damp", type=click.FloatRange(min=0.0), default=DEFAULT_DAMP, show_default=True,
               help="--calibration: dampening added to the input Gram matrix (fraction of its mean "
                    "diagonal).")
-@click.option("--match", type=click.Choice(["dense", "layer"]), default="dense", show_default=True,
+@click.option("--match", type=click.Choice(MATCH_MODES), default="dense", show_default=True,
               help="--calibration: reconstruct the dense model's layer outputs (dense) or the layer's "
                    "own outputs on the pruned inputs (layer).")
 @click.option("--channel-correction/--no-channel-correction", default=None,
@@ -164,9 +171,6 @@ def prune(model, output, pattern, sparsity, bank_size, banks, block, include, ex
 
     Example: sparsekit prune model.onnx -o pruned.onnx --pattern block --sparsity 0.9
     """
-    from . import io
-    from .prune import prune as run_prune
-
     io.check_output_path(output, force, inputs=(model,))
     source = io.load_model(model)
     calib = load_calibration_option(calibration, preprocess, calibration_samples, batch_size, source)
@@ -226,21 +230,21 @@ def render_prune_report(report) -> None:
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.option("--target", type=float, required=True,
               help="Global sparsity to reach over the analysed layers, in (0, 1).")
-@click.option("--by", type=click.Choice(["params", "flops"]), default="params", show_default=True,
+@click.option("--by", type=click.Choice(COST_UNITS), default="params", show_default=True,
               help="Count the target in weights or in FLOPs.")
-@click.option("--pattern", type=click.Choice(["block", "bank", "unstructured"]), default="block",
+@click.option("--pattern", type=click.Choice(PATTERNS), default="block",
               show_default=True, help="Sparsity pattern (as prune).")
 @click.option("--bank-size", type=int, default=None, help="bank: reduction positions per bank.")
 @click.option("--banks", type=int, default=None, help="bank: number of equal banks per row.")
 @click.option("--block", default=None, help="Block shape AxB (default 1x4).")
 @click.option("--include", default=None, metavar="REGEX", help="Only analyse nodes whose name matches.")
 @click.option("--exclude", default=None, metavar="REGEX", help="Never prune nodes whose name matches.")
-@click.option("--min-params", type=int, default=1024, show_default=True,
+@click.option("--min-params", type=int, default=DEFAULT_MIN_PARAMS, show_default=True,
               help="Skip layers with fewer weights than this.")
 @calibration_options
-@click.option("--grid", default=",".join(str(g) for g in (0.1, 0.2, 0.3, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)),
+@click.option("--grid", default=",".join(str(g) for g in DEFAULT_GRID),
               show_default=True, help="Sparsities each layer is tried at.")
-@click.option("--method", type=click.Choice(["reconstruction", "magnitude"]), default="reconstruction",
+@click.option("--method", type=click.Choice(METHODS), default="reconstruction",
               show_default=True, help="How a layer is pruned for its trials.")
 @click.option("--samples", type=click.IntRange(min=1), default=64, show_default=True,
               help="Calibration samples the output comparisons use.")
@@ -262,9 +266,6 @@ def analyze(model, target, by, pattern, bank_size, banks, block, include, exclud
 
     Example: sparsekit analyze model.onnx --calibration calib.npz --target 0.8 -o recipe.yaml
     """
-    from . import io
-    from .analyze import analyze as run_analyze
-
     if calibration is None:
         raise SparsekitError("analyze needs --calibration DATA")
     for path in (output, plot):

@@ -35,7 +35,7 @@ import onnx
 from .errors import SparsekitError, SparsekitInterrupted
 from .graph import initializer_map, node_names, prunable_layers, tensor_to_array
 from .io import current_umask, as_model
-from .prune import METADATA_KEY
+from .recipe import METADATA_KEY
 from .sessions import session
 
 __all__ = ["finetune", "FinetuneReport", "LOSSES", "DEVICES", "TRAIN_EXTRA"]

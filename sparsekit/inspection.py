@@ -21,7 +21,7 @@ from .errors import SparsekitError
 from .format import DOMAIN
 from .graph import get_attr, node_names, prunable_layers, tensor_to_array
 from .io import as_model
-from .prune import METADATA_KEY as RECIPE_KEY
+from .recipe import METADATA_KEY as RECIPE_KEY
 
 
 @dataclass

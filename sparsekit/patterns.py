@@ -24,7 +24,11 @@ import numpy as np
 from .errors import SparsekitError
 
 __all__ = [
+    "PATTERNS",
+    "DEFAULT_BLOCK",
     "keep_count",
+    "positive_int",
+    "topk_flat",
     "resolve_bank_size",
     "bank_keep_counts",
     "bank_mask",
@@ -34,6 +38,8 @@ __all__ = [
     "parse_block",
 ]
 
+PATTERNS = ("bank", "block", "unstructured")  # the sparsity patterns prune makes and convert packs
+DEFAULT_BLOCK = (1, 4)          # the block pattern's block when none is given
 _ROUND_TOL = 1e-9
 
 
@@ -60,7 +66,8 @@ def _as_matrix(W) -> np.ndarray:
     return W
 
 
-def _positive_int(value, what: str) -> int:
+def positive_int(value, what: str) -> int:
+    """``value`` as an int >= 1 (an integral float is accepted); SparsekitError naming ``what``."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
         if isinstance(value, float) and value.is_integer():
             value = int(value)
@@ -98,7 +105,7 @@ def _scores(x: np.ndarray) -> np.ndarray:
     return s
 
 
-def _topk_flat(scores: np.ndarray, k: int) -> np.ndarray:
+def topk_flat(scores: np.ndarray, k: int) -> np.ndarray:
     """Boolean mask of the ``k`` largest entries of a 1-D array; ties go to the lower index.
 
     Equivalent to taking the first k of ``argsort(-scores, kind="stable")`` but O(n): the k-th
@@ -142,8 +149,8 @@ def resolve_bank_size(K: int, bank_size: Optional[int] = None, banks: Optional[i
     if (bank_size is None) == (banks is None):
         raise SparsekitError("bank pattern needs exactly one of bank_size or banks")
     if bank_size is not None:
-        return _positive_int(bank_size, "bank_size")
-    nb = _positive_int(banks, "banks")
+        return positive_int(bank_size, "bank_size")
+    nb = positive_int(banks, "banks")
     if nb > K:
         raise SparsekitError(f"banks={nb} is more than the reduction length K={K}")
     return -(-K // nb)
@@ -175,7 +182,7 @@ def bank_mask(W, sparsity: float, bank_size: Optional[int] = None, banks: Option
     """
     W = _as_matrix(W)
     s = _check_sparsity(sparsity)
-    rows = _positive_int(block_rows, "block_rows")
+    rows = positive_int(block_rows, "block_rows")
     M, K = W.shape
     bs = resolve_bank_size(K, bank_size, banks)
     nbanks, keep, keep_last = bank_keep_counts(K, bs, s)
@@ -203,7 +210,7 @@ def bank_mask(W, sparsity: float, bank_size: Optional[int] = None, banks: Option
     return kept
 
 
-def block_mask(W, sparsity: float, block=(1, 4)) -> np.ndarray:
+def block_mask(W, sparsity: float, block=DEFAULT_BLOCK) -> np.ndarray:
     """Layer-wise block mask: ``a x b`` blocks kept or dropped together.
 
     ``block = (a, b)``: a consecutive reduction positions x b consecutive output rows ("1x4" =
@@ -232,7 +239,7 @@ def block_mask(W, sparsity: float, block=(1, 4)) -> np.ndarray:
     cols_in = np.full(C, a)
     cols_in[-1] = K - (C - 1) * a
     rms = _scores(sums / (rows_in[:, None] * cols_in[None, :]))
-    kept = _topk_flat(rms.ravel(), keep_count(G * C, s)).reshape(G, C)
+    kept = topk_flat(rms.ravel(), keep_count(G * C, s)).reshape(G, C)
     full = np.repeat(np.repeat(kept, b, axis=0), a, axis=1)
     return full[:M, :K]
 
@@ -243,7 +250,7 @@ def unstructured_mask(W, sparsity: float) -> np.ndarray:
     s = _check_sparsity(sparsity)
     if s == 0.0:
         return np.ones(W.shape, dtype=bool)
-    return _topk_flat(_scores(np.abs(W)).ravel(), keep_count(W.size, s)).reshape(W.shape)
+    return topk_flat(_scores(np.abs(W)).ravel(), keep_count(W.size, s)).reshape(W.shape)
 
 
 _BLOCK_RE = re.compile(r"^\s*(\d+)\s*[xX]\s*(\d+)\s*$")
@@ -276,7 +283,7 @@ def recorded_mask(W, pattern: str, sparsity: float, bank_size: Optional[int] = N
         rows = int(block[1]) if block else 1
         return bank_mask(W, sparsity, bank_size=bank_size, block_rows=rows)
     if pattern == "block":
-        return block_mask(W, sparsity, tuple(block) if block else (1, 4))
+        return block_mask(W, sparsity, tuple(block) if block else DEFAULT_BLOCK)
     if pattern == "unstructured":
         return unstructured_mask(W, sparsity)
     raise ValueError(f"unknown pattern {pattern!r}")

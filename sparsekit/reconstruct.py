@@ -34,7 +34,7 @@ import onnx
 
 from .errors import SparsekitError
 from .graph import Layer, get_attr
-from .patterns import _topk_flat, bank_keep_counts, keep_count
+from .patterns import bank_keep_counts, keep_count, topk_flat
 from .sessions import session
 
 __all__ = ["LayerStats", "capture_stats", "reconstruct", "layer_error", "supports",
@@ -273,7 +273,7 @@ class _Pattern:
         else:
             c0, c1 = i1 // self.a, i1 // self.a + score.shape[1]
             quota = min(self._share(c1) - self._share(c0), score.size)
-            kept = _topk_flat(score.ravel(), quota).reshape(score.shape)
+            kept = topk_flat(score.ravel(), quota).reshape(score.shape)
         return _expand(kept, self.b, self.a, M, n)
 
 

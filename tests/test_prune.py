@@ -9,7 +9,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from sparsekit.errors import SparsekitError
 from sparsekit.graph import infer_shapes, node_names, prunable_layers
-from sparsekit.prune import METADATA_KEY, PruneReport, prune
+from sparsekit.prune import PruneReport, prune
+from sparsekit.recipe import METADATA_KEY
 
 
 # ----------------------------------------------------------------- model builders
