@@ -36,7 +36,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 import sparsekit
 from sparsekit.sessions import TIMING_CONFIG, pinned, session
-from sparsekit.pack import make_sparse_conv_node, opset_import
+from sparsekit.format import opset_import
+from sparsekit.pack import make_sparse_conv_node
 
 # pixels x in x out, NCHW (MobileNetV1-224)
 LAYERS = [(12544, 32, 64), (3136, 64, 128), (3136, 128, 128), (784, 128, 256), (784, 256, 256),

@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT))
 
 from sparsekit import bench as B  # noqa: E402
 from sparsekit import sessions  # noqa: E402
-from sparsekit.pack import opset_import  # noqa: E402
+from sparsekit.format import opset_import  # noqa: E402
 from sparsekit.predict import im2col_pixels, make_predicted_conv_node  # noqa: E402
 from sparsekit.timing import interleaved  # noqa: E402
 

@@ -12,8 +12,7 @@ from .pack import (make_depthwise_node, make_sparse_conv_node, make_sparse_gemm_
                    pack_bsr, unpack)
 from .prune import prune
 from .sessions import get_library_path, session
-
-__version__ = "0.1.0"
+from .version import __version__
 
 __all__ = ["prune", "analyze", "load_calibration", "convert", "finetune", "SparsekitError",
            "__version__", "get_library_path", "session", "pack_bsr",

@@ -26,6 +26,7 @@ from .io import as_model
 from .prune import prune
 from .sessions import TIMING_CONFIG, graph_inputs, make_inputs, session, time_models
 from .timing import Stats, ratio
+from .version import __version__
 
 DEVICES = ("cpu",)
 
@@ -133,7 +134,6 @@ class BenchReport:
 def environment() -> dict:
     import onnxruntime as ort
 
-    from . import __version__
 
     try:
         isa = _native.selected_isa()
@@ -267,28 +267,3 @@ def sweep(dense_model, sparsities: Sequence[float], patterns: Sequence[str], *,
     if progress:
         progress(total, total, "")
     return points
-
-
-# ---------------------------------------------------------------------------------------------
-# Old names, kept importable only until sparsekit/convert and benchmarks/ switch to
-# sparsekit.sessions (issue 18); new code uses sessions.session / time_models / time_pair.
-
-from .sessions import parse_shapes, pinned  # noqa: E402,F401  (old bench names)
-from .timing import interleaved  # noqa: E402,F401  (benchmarks/feature_sparsity.py: B.interleaved)
-
-SESSION_CONFIG = TIMING_CONFIG
-
-
-def dense_session(model, threads: Optional[int], profile: bool = False,
-                  config: Optional[dict] = None):
-    """Deprecated: ``sessions.session(model, threads, {**TIMING_CONFIG, **config},
-    custom_ops=False, profile=profile)``."""
-    return session(model, threads, {**TIMING_CONFIG, **(config or {})},
-                   custom_ops=False, profile=profile)
-
-
-def sparse_session(model, threads: Optional[int], profile: bool = False,
-                   config: Optional[dict] = None):
-    """Deprecated: ``sessions.session(model, threads, {**TIMING_CONFIG, **config},
-    profile=profile)``."""
-    return session(model, threads, {**TIMING_CONFIG, **(config or {})}, profile=profile)

@@ -15,11 +15,17 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from . import io
+from . import bench as B
+from . import io, models
 from .analyze import COST_UNITS, DEFAULT_GRID, METHODS
 from .analyze import analyze as run_analyze
+from .calibration import load_calibration
+from .convert import convert as run_convert
 from .errors import SparsekitError
 from .finetune import DEVICES, LOSSES, SCHEDULES   # no torch at import: it is imported when training
+from .finetune import finetune as run_finetune
+from .format import DOMAIN
+from .inspection import inspect as run_inspect
 from .patterns import PATTERNS
 from .prune import prune as run_prune
 from .reconstruct import DEFAULT_DAMP, MATCH_MODES
@@ -115,7 +121,6 @@ def load_calibration_option(path, preprocess, samples, batch_size, model):
         if preprocess or samples:
             raise SparsekitError("--preprocess and --calibration-samples need --calibration")
         return None
-    from .calibration import load_calibration
     return load_calibration(path, model, preprocess=preprocess, batch_size=batch_size, limit=samples)
 
 
@@ -373,8 +378,6 @@ def convert(model, output, autotune, threads, max_density, dim, no_depthwise, in
 
     Example: sparsekit convert pruned.onnx -o sparse.onnx
     """
-    from . import io
-    from .convert import convert as run_convert
 
     limits = _parse_max_density(max_density)
     dims = parse_shapes(dim)
@@ -389,27 +392,27 @@ def convert(model, output, autotune, threads, max_density, dim, no_depthwise, in
     if predict_relu and calib is None:
         raise SparsekitError("--predict-relu needs --calibration DATA: whether a layer's outputs "
                              "are mostly zero is measured on real inputs")
+    predict = {} if not predict_relu else {
+        "predict_relu": True, "calibration": calib,
+        **({} if min_zeros is None else {"min_zeros": min_zeros}),
+        **({} if recall is None else {"recall": recall}),
+        **({} if predict_bits is None else {"predict_bits": predict_bits})}
     with layer_progress("converting", enabled=not as_json) as progress:
         converted, report = run_convert(source, max_density=limits, autotune=autotune,
                                         threads=threads, depthwise=not no_depthwise,
                                         include=include, exclude=exclude, autotune_dims=dims,
-                                        progress=progress)
-    predicted = []
-    if predict_relu:
-        from .predict import DEFAULT_BITS, DEFAULT_MIN_ZEROS, DEFAULT_RECALL, plan_predicted
-        with layer_progress("predicting", enabled=not as_json) as progress:
-            converted, rows = plan_predicted(
-                converted, calib, min_zeros=DEFAULT_MIN_ZEROS if min_zeros is None else min_zeros,
-                recall=DEFAULT_RECALL if recall is None else recall,
-                bits=DEFAULT_BITS if predict_bits is None else predict_bits,
-                autotune=autotune, threads=threads, include=include, exclude=exclude,
-                progress=progress)
-        predicted = [r for r in rows if r.activation]
+                                        progress=progress, **predict)
     io.save_model(converted, output, external_data=io.uses_external_data(model) or None)
     if as_json:
-        print_json({"output": str(output), **report.to_dict(),
-                    **({"predicted": [r.to_dict() for r in predicted]} if predict_relu else {})})
+        print_json({"output": str(output), **report.to_dict()})
         return
+    _render_convert_report(report, autotune)
+    if report.predicted is not None:
+        _render_predicted(report.predicted, autotune)
+    out.print(f"wrote [bold]{output}[/bold]")
+
+
+def _render_convert_report(report, autotune: bool) -> None:
     table = Table(title="layers")
     cols = ["layer", "op", "result", "format", "density", "fused", "bytes"]
     if autotune:
@@ -438,29 +441,30 @@ def convert(model, output, autotune, threads, max_density, dim, no_depthwise, in
               f"kept {t['kept_dense']} dense; converted weights "
               f"{_fmt_count(t['converted_dense_bytes'])}B -> {_fmt_count(t['converted_sparse_bytes'])}B"
               + (f" ({ratio:.3f}x)" if ratio is not None else ""))
-    if predict_relu:
-        ptable = Table(title="ReLU-output prediction (--predict-relu)")
-        nums = ("unneeded", "margin", "recall", "computed", "dense ms", "predicted ms")
-        for col in ["layer", "weight", "result", "unneeded", "margin", "recall", "computed"] + (
-                ["dense ms", "predicted ms"] if autotune else []) + ["why"]:
-            ptable.add_column(col, justify="right" if col in nums else "left")
-        for r in predicted:
-            cells = [r.name, "x".join(map(str, r.weight_shape)),
-                     "predicted" if r.replaced else "dense",
-                     "-" if r.zeros is None else f"{r.zeros:.0%}",
-                     "-" if r.margin is None else str(r.margin),
-                     "-" if r.recall is None else f"{r.recall:.2%}",
-                     "-" if r.computed is None else f"{r.computed:.0%}"]
-            if autotune:
-                cells += [_fmt_ms(r.dense_ms), _fmt_ms(r.predicted_ms)]
-            ptable.add_row(*cells, r.reason)
-        out.print(ptable)
-        out.print("unneeded: outputs after the activation that are 0 (or no MaxPool window's "
-                  "max) on the calibration data; recall: positive outputs (window maxima) the "
-                  "margin keeps; computed: outputs done in full precision")
-        out.print(f"predicted {sum(r.replaced for r in predicted)} of {len(predicted)} "
-                  "eligible layer(s)")
-    out.print(f"wrote [bold]{output}[/bold]")
+
+
+def _render_predicted(predicted, autotune: bool) -> None:
+    ptable = Table(title="ReLU-output prediction (--predict-relu)")
+    nums = ("unneeded", "margin", "recall", "computed", "dense ms", "predicted ms")
+    for col in ["layer", "weight", "result", "unneeded", "margin", "recall", "computed"] + (
+            ["dense ms", "predicted ms"] if autotune else []) + ["why"]:
+        ptable.add_column(col, justify="right" if col in nums else "left")
+    for r in predicted:
+        cells = [r.name, "x".join(map(str, r.weight_shape)),
+                 "predicted" if r.replaced else "dense",
+                 "-" if r.zeros is None else f"{r.zeros:.0%}",
+                 "-" if r.margin is None else str(r.margin),
+                 "-" if r.recall is None else f"{r.recall:.2%}",
+                 "-" if r.computed is None else f"{r.computed:.0%}"]
+        if autotune:
+            cells += [_fmt_ms(r.dense_ms), _fmt_ms(r.predicted_ms)]
+        ptable.add_row(*cells, r.reason)
+    out.print(ptable)
+    out.print("unneeded: outputs after the activation that are 0 (or no MaxPool window's "
+              "max) on the calibration data; recall: positive outputs (window maxima) the "
+              "margin keeps; computed: outputs done in full precision")
+    out.print(f"predicted {sum(r.replaced for r in predicted)} of {len(predicted)} "
+              "eligible layer(s)")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -475,8 +479,6 @@ def inspect(model, as_json):
 
     Example: sparsekit inspect sparse.onnx
     """
-    from . import io
-    from .inspection import inspect as run_inspect
 
     report = run_inspect(io.load_model(model))
     if as_json:
@@ -548,8 +550,6 @@ def bench(model, against, device, threads, runs, seconds, warmup, shape, inputs_
       sparsekit bench sparse.onnx --against pruned.onnx --threads 1,2
       sparsekit bench --zoo mobilenet_v1 --sweep 0.5,0.7,0.8,0.9,0.95 --plot sweep.png
     """
-    from . import bench as B
-    from . import io
 
     B.check_device(device)
     thread_list = _parse_list(threads, int, "--threads")
@@ -569,7 +569,7 @@ def bench(model, against, device, threads, runs, seconds, warmup, shape, inputs_
         dense = B.zoo_model(zoo)
     else:
         dense = io.load_model(model)
-    is_sparse = any(n.domain == "ai.sparsekit" for n in dense.graph.node)
+    is_sparse = any(n.domain == DOMAIN for n in dense.graph.node)
     feeds = make_inputs(io.load_model(against) if against else dense, shapes, inputs_npz)
 
     if sweep:
@@ -676,8 +676,6 @@ def zoo(name, output, force, as_json):
 
     Example: sparsekit zoo mobilenet_v1 -o mobilenet_v1.onnx
     """
-    from . import io
-    from . import models
 
     if name is None:
         rows = [{"name": n, "description": models.describe(n)} for n in models.names()]
@@ -772,8 +770,6 @@ def finetune(model, output, teacher, data, preprocess, steps, seconds, batch_siz
     Example: sparsekit finetune pruned.onnx -o tuned.onnx --teacher model.onnx --data photos/
     --preprocess imagenet --seconds 600
     """
-    from . import io
-    from .finetune import finetune as run_finetune
 
     io.check_output_path(output, force, inputs=(model, teacher))
     ckpt = checkpoint or f"{output}.ckpt"

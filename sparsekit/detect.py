@@ -21,7 +21,6 @@ from typing import Iterable, Optional
 
 import numpy as np
 
-# ragged_keep is also imported from here by convert and tests until they import it from format
 from .format import MAX_BANK_SIZE, bank_keep, group_rows, ragged_keep
 
 

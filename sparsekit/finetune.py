@@ -33,9 +33,11 @@ import numpy as np
 import onnx
 
 from .errors import SparsekitError, SparsekitInterrupted
-from .graph import initializer_map, node_names, prunable_layers, tensor_to_array
+from .graph import ONNX_DOMAINS, initializer_map, node_names, prunable_layers, tensor_to_array
 from .io import current_umask, as_model
-from .recipe import METADATA_KEY
+from .patterns import recorded_mask
+from .recipe import METADATA_KEY, recorded_layers
+from .sequence import lstm_layers
 from .sessions import session
 
 __all__ = ["finetune", "FinetuneReport", "LOSSES", "DEVICES", "TRAIN_EXTRA"]
@@ -125,16 +127,6 @@ def _check_pair(student: onnx.ModelProto, teacher: onnx.ModelProto) -> None:
             if st != tt or fixed_differ:
                 raise SparsekitError(f"teacher and pruned model disagree on {which} {name!r} "
                                      f"(type/shape {tt} {td} vs {st} {sd})")
-
-
-def _prune_metadata(model: onnx.ModelProto) -> Dict[str, Any]:
-    entry = next((p for p in model.metadata_props if p.key == METADATA_KEY), None)
-    if entry is None:
-        return {}
-    try:
-        return json.loads(entry.value).get("layers") or {}
-    except (ValueError, AttributeError):
-        return {}
 
 
 # --------------------------------------------------------------------------- losses
@@ -310,7 +302,7 @@ def finetune(pruned, teacher, data, *, preprocess: Optional[str] = None,
         raise SparsekitError("--device cuda: torch sees no CUDA device (this build or machine has none)")
     student_src, teacher_m = as_model(pruned), as_model(teacher)
     custom = sorted({f"{n.domain}.{n.op_type}" for n in student_src.graph.node
-                     if n.domain not in ("", "ai.onnx")})
+                     if n.domain not in ONNX_DOMAINS})
     if custom:
         raise SparsekitError(f"the pruned model has op(s) {', '.join(custom[:3])}: fine-tuning takes plain "
                              "ONNX models, before convert")
@@ -321,7 +313,7 @@ def finetune(pruned, teacher, data, *, preprocess: Optional[str] = None,
     inits = initializer_map(model)
     originals = {n: tensor_to_array(inits[n]) for n in trainable}
     masks = {n: originals[n] != 0 for n, is_w in trainable.items() if is_w and not originals[n].all()}
-    recorded = _prune_metadata(model)
+    recorded = recorded_layers(model)
     if not masks and sparsity is None:
         raise SparsekitError("the model has no pruned weights (no zeros in any Conv/Gemm/MatMul "
                              "weight): prune it first, or give --sparsity to prune while training")
@@ -579,7 +571,6 @@ class _GradualPruning:
         self.target = target
         self.layers = []
         names = node_names(model)
-        from .sequence import lstm_layers
         by_name = {c.name: c for c in list(prunable_layers(model, names)) + list(lstm_layers(model, names))}
         for name, spec in recorded.items():
             c = by_name.get(name)
@@ -604,7 +595,6 @@ class _GradualPruning:
         if not force and self.current >= 1.0:
             return
         self.current = q
-        from .patterns import recorded_mask
         with torch.no_grad():
             for c, spec, start in self.layers:
                 w = params[c.weight]

@@ -18,9 +18,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from .graph import consumer_map, get_attr
-
-_ONNX_DOMAINS = ("", "ai.onnx")
+from .graph import ONNX_DOMAINS, consumer_map, get_attr
 
 
 @dataclass
@@ -70,7 +68,7 @@ class GraphIndex:
         self.initializers: Dict[str, onnx.TensorProto] = {t.name: t for t in g.initializer}
         self.constants: Dict[str, np.ndarray] = {}
         for n in g.node:  # Constant nodes count as constants too (exporters emit them)
-            if n.op_type == "Constant" and n.domain in _ONNX_DOMAINS and n.output:
+            if n.op_type == "Constant" and n.domain in ONNX_DOMAINS and n.output:
                 v = constant_node_value(n)
                 if v is not None:
                     self.constants[n.output[0]] = v
@@ -174,7 +172,7 @@ def plan_fusion(index: GraphIndex, node: onnx.NodeProto, M: int, is_conv: bool,
     cur = node.output[0]
     while True:
         nxt = index.sole_consumer(cur)
-        if nxt is None or nxt.domain not in _ONNX_DOMAINS or not nxt.output or \
+        if nxt is None or nxt.domain not in ONNX_DOMAINS or not nxt.output or \
                 nxt.output[0] in claimed or any(o for o in nxt.output[1:] if o):
             break
         step = None

@@ -8,15 +8,20 @@
 * :func:`prunable_layers`: every Conv / Gemm / MatMul whose weight is a constant initializer,
   seen as the 2-D matrix ``W[M, K]`` of docs/format.md, with :meth:`Layer.to_matrix` /
   :meth:`Layer.from_matrix` to move between that view and the initializer's layout;
-* :func:`infer_shapes`: onnx shape inference as a ``{tensor name: [dims]}`` map.
+* :func:`infer_shapes`: onnx shape inference as a ``{tensor name: [dims]}`` map;
+* rewriting: :func:`replace_chains` (node swap + clean-up of what nobody reads any more),
+  :func:`drop_unused_initializers`, :func:`unique_name`, :func:`set_metadata`;
+* :func:`resolve_pads`: a conv's explicit pads with ``auto_pad`` resolved.
 
 Only the main graph is inspected; names used inside subgraphs (If/Loop/Scan bodies) count as
 consumers of outer tensors so that nothing referenced there is treated as unused.
 """
 from __future__ import annotations
 
+import copy
+import re
 from dataclasses import dataclass, field
-from typing import Dict, Iterator, List, Optional, Tuple, Union
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import onnx
@@ -39,9 +44,17 @@ __all__ = [
     "set_initializer",
     "all_names",
     "unique_name",
+    "ONNX_DOMAINS",
+    "Replacement",
+    "replace_chains",
+    "drop_unused_initializers",
+    "set_metadata",
+    "resolve_pads",
+    "NameFilter",
 ]
 
 PRUNABLE_OPS = ("Conv", "Gemm", "MatMul")
+ONNX_DOMAINS = ("", "ai.onnx")   # the default operator set, by either of its names
 
 
 def initializer_map(model_or_graph) -> Dict[str, onnx.TensorProto]:
@@ -209,7 +222,7 @@ def prunable_layers(model_or_graph, names: Optional[List[str]] = None) -> Iterat
     if names is None:
         names = node_names(g)
     for i, n in enumerate(g.node):
-        if n.op_type not in PRUNABLE_OPS or n.domain not in ("", "ai.onnx"):
+        if n.op_type not in PRUNABLE_OPS or n.domain not in ONNX_DOMAINS:
             continue
         if len(n.input) < 2 or n.input[1] not in inits or not n.output:
             continue
@@ -356,3 +369,188 @@ def unique_name(base: str, taken: set) -> str:
         k += 1
     taken.add(name)
     return name
+
+
+def set_metadata(model: onnx.ModelProto, key: str, value: str) -> None:
+    """Set ``metadata_props[key]``, replacing an earlier value."""
+    for p in model.metadata_props:
+        if p.key == key:
+            p.value = value
+            return
+    model.metadata_props.add(key=key, value=value)
+
+
+# --------------------------------------------------------------------------- selection by name
+
+class NameFilter:
+    """``include`` / ``exclude``: the same meaning in prune, convert and predict.
+
+    Each is None, a regular expression, or a list of them, searched (``re.search``) in a node's
+    name; a name is selected when no exclude matches and, if any include is given, one does.
+    """
+
+    def __init__(self, include=None, exclude=None):
+        self.include = self._compile(include, "include")
+        self.exclude = self._compile(exclude, "exclude")
+
+    @staticmethod
+    def _compile(value, what: str) -> List["re.Pattern"]:
+        if value is None:
+            return []
+        out = []
+        for x in ([value] if isinstance(value, str) else list(value)):
+            if not isinstance(x, str):
+                raise SparsekitError(f"{what} must be a regular expression string, got {x!r}")
+            try:
+                out.append(re.compile(x))
+            except re.error as e:
+                raise SparsekitError(f"{what} {x!r} is not a valid regex ({e})") from None
+        return out
+
+    def excluded_by(self, name: str) -> Optional[str]:
+        """The first exclude pattern that matches ``name``, else None."""
+        return next((r.pattern for r in self.exclude if r.search(name)), None)
+
+    def included(self, name: str) -> bool:
+        """True when no include is given or one matches ``name``."""
+        return not self.include or any(r.search(name) for r in self.include)
+
+    def selects(self, name: str) -> bool:
+        return self.excluded_by(name) is None and self.included(name)
+
+    def why_not(self, name: str) -> Optional[str]:
+        """None when ``name`` is selected, else why not (convert's and predict's wording)."""
+        pattern = self.excluded_by(name)
+        if pattern is not None:
+            return f"excluded (matches exclude {pattern!r})"
+        if not self.included(name):
+            return "not included (does not match include " + \
+                " or ".join(repr(r.pattern) for r in self.include) + ")"
+        return None
+
+
+# --------------------------------------------------------------------------- conv padding
+
+def resolve_pads(node: onnx.NodeProto, spatial: Sequence[Optional[int]], kernel: Sequence[int],
+                 strides: Sequence[int], dilations: Sequence[int]
+                 ) -> Tuple[Optional[List[int]], str]:
+    """A conv's pads ``[b1, b2, ..., e1, e2, ...]`` with ``auto_pad`` resolved, or (None, why).
+
+    ``spatial``: the input's spatial sizes (None where unknown); SAME_* padding only needs them
+    for strides above 1, where the output size depends on the input size.
+    """
+    nd = len(kernel)
+    auto = get_attr(node, "auto_pad", "NOTSET")
+    auto = auto.decode() if isinstance(auto, bytes) else auto
+    if auto == "VALID":
+        return [0] * (2 * nd), ""
+    if auto in ("SAME_UPPER", "SAME_LOWER"):
+        begin, end = [], []
+        for ax in range(nd):
+            span = dilations[ax] * (kernel[ax] - 1) + 1
+            if strides[ax] == 1:
+                total = span - 1
+            else:
+                size = spatial[ax] if ax < len(spatial) else None
+                if not isinstance(size, (int, np.integer)) or size <= 0:
+                    return None, (f"auto_pad={auto} with stride {strides[ax]} needs a static "
+                                  "input size")
+                out = -(-int(size) // strides[ax])
+                total = max((out - 1) * strides[ax] + span - int(size), 0)
+            small, big = total // 2, total - total // 2
+            begin.append(small if auto == "SAME_UPPER" else big)
+            end.append(big if auto == "SAME_UPPER" else small)
+        return begin + end, ""
+    if auto not in ("NOTSET", ""):
+        return None, f"auto_pad={auto}"
+    pads = [int(p) for p in get_attr(node, "pads", [0] * (2 * nd))]
+    if len(pads) != 2 * nd:
+        return None, f"pads {pads} (expected {2 * nd} values)"
+    return pads, ""
+
+
+# --------------------------------------------------------------------------- rewriting
+
+@dataclass
+class Replacement:
+    """One new node in place of a chain of old ones (a layer and the epilogue it absorbs)."""
+
+    chain: List[onnx.NodeProto]          # the nodes that leave, in graph order
+    node: onnx.NodeProto                 # takes the place of the chain's last node
+    initializers: List[onnx.TensorProto]  # the new node's own tensors
+    own_inputs: Sequence[int]            # positions of node.input that name those tensors
+
+
+def replace_chains(model: onnx.ModelProto, replacements: Sequence[Replacement],
+                   opset: Optional[onnx.OperatorSetIdProto] = None) -> None:
+    """Swap each replacement's node in for its chain, then drop what nobody reads any more.
+
+    Each new node takes the place of the last node of its chain, so every tensor it reads (a
+    residual included) is produced before it and the graph stays topologically sorted.  New
+    initializers whose names the graph already uses are renamed (``<name>_<k>``).  Afterwards
+    initializers and graph inputs nobody reads, and value_info of tensors no longer produced, are
+    removed.  ``opset`` (the new nodes' domain) is added to the model's imports if missing.
+    """
+    if not replacements:
+        return
+    g = model.graph
+    taken = all_names(g)
+    # keyed by first output name: unique in a valid graph, unlike protobuf wrapper identity
+    absorbed: Dict[str, Optional[onnx.NodeProto]] = {}
+    for r in replacements:
+        for n in r.chain[:-1]:
+            absorbed[n.output[0]] = None
+        absorbed[r.chain[-1].output[0]] = r.node
+        _rename_clashing(r, taken)
+        g.initializer.extend(r.initializers)
+    kept = []
+    for n in g.node:
+        key = n.output[0] if n.output else None
+        if key in absorbed:
+            if absorbed[key] is not None:
+                kept.append(absorbed[key])
+        else:
+            kept.append(n)
+    new_nodes = [copy.deepcopy(n) for n in kept]
+    del g.node[:]
+    g.node.extend(new_nodes)
+    used = {name for n in g.node for name in n.input} | {o.name for o in g.output} | \
+        subgraph_references(g)
+    live = [t for t in g.initializer if t.name in used]
+    del g.initializer[:]
+    g.initializer.extend(live)
+    names = {t.name for t in live}
+    inputs = [i for i in g.input if i.name in used or i.name not in names]
+    del g.input[:]
+    g.input.extend(inputs)
+    # value_info of tensors that no longer exist would confuse tools
+    produced = {o for n in g.node for o in n.output}
+    vi = [v for v in g.value_info if v.name in produced]
+    del g.value_info[:]
+    g.value_info.extend(vi)
+    if opset is not None and not any(o.domain == opset.domain for o in model.opset_import):
+        model.opset_import.append(opset)
+
+
+def _rename_clashing(r: Replacement, taken: set) -> None:
+    """Rename the replacement's initializers that clash with a name the graph already uses (its
+    other inputs are graph tensors that may carry the same name, so only ``own_inputs`` move)."""
+    for t in r.initializers:
+        if t.name in taken:
+            new = unique_name(t.name, taken)
+            for pos in r.own_inputs:
+                if pos < len(r.node.input) and r.node.input[pos] == t.name:
+                    r.node.input[pos] = new
+            t.name = new
+        taken.add(t.name)
+
+
+def drop_unused_initializers(g: onnx.GraphProto, candidates: set) -> None:
+    """Remove those of ``candidates`` (initializer names) that nothing references any more."""
+    used = {o.name for o in g.output} | {v.name for v in g.input}
+    for n in g.node:
+        used.update(n.input)
+    used |= subgraph_references(g)
+    unused = [t for t in g.initializer if t.name in candidates and t.name not in used]
+    for t in unused:
+        g.initializer.remove(t)

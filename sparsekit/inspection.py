@@ -8,7 +8,6 @@ corrupt file) are reported as such rather than failing the whole table.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from typing import List, Optional
 
@@ -21,7 +20,7 @@ from .errors import SparsekitError
 from .format import DOMAIN
 from .graph import get_attr, node_names, prunable_layers, tensor_to_array
 from .io import as_model
-from .recipe import METADATA_KEY as RECIPE_KEY
+from .recipe import recorded_layers
 
 
 @dataclass
@@ -67,7 +66,7 @@ def inspect(model_or_path) -> InspectReport:
     inits = {t.name: t for t in model.graph.initializer}
     report = InspectReport(model_bytes=model.ByteSize())
     names = node_names(model.graph)
-    recipe = _recipe(model)
+    recipe = recorded_layers(model)
     dense_by_index = {l.index: l for l in prunable_layers(model, names)}
     for i, node in enumerate(model.graph.node):
         if i in dense_by_index:
@@ -92,17 +91,6 @@ def inspect(model_or_path) -> InspectReport:
             if info is not None:
                 report.layers.append(info)
     return report
-
-
-def _recipe(model: onnx.ModelProto) -> dict:
-    for p in model.metadata_props:
-        if p.key == RECIPE_KEY:
-            try:
-                layers = json.loads(p.value).get("layers", {})
-            except (ValueError, AttributeError):
-                return {}
-            return layers if isinstance(layers, dict) else {}
-    return {}
 
 
 def _set_pattern(info: LayerInfo, W: np.ndarray, prefer_bank: Optional[int] = None) -> None:

@@ -16,12 +16,11 @@ import numpy as np
 from onnx import helper, numpy_helper
 
 from .errors import SparsekitError
-from .format import (BLOCK_SIZES, DOMAIN, FORMATS, MAX_BANK_SIZE, OPSET_VERSION, bank_caps,
+from .format import (BLOCK_SIZES, DOMAIN, MAX_BANK_SIZE, bank_caps,
                      bank_counts, bsr_index_dtype, group_rows, kept_groups,
-                     num_banks, num_groups, opset_import, pack_bank_blocks)
+                     num_banks, num_groups, pack_bank_blocks)
 
-# DOMAIN, OPSET_VERSION, FORMATS and opset_import are format's; re-exported for callers of pack
-__all__ = ["DOMAIN", "OPSET_VERSION", "FORMATS", "ACTIVATIONS", "opset_import", "pack_bsr",
+__all__ = ["ACTIVATIONS", "pack_bsr",
            "pack_bank", "unpack", "pack", "make_sparse_conv_node", "make_sparse_gemm_node",
            "make_depthwise_node"]
 

@@ -29,9 +29,10 @@ from onnx import helper, numpy_helper
 
 from .errors import SparsekitError
 from .fuse import GraphIndex, plan_fusion
-from .graph import all_names, get_attr, node_names, unique_name
+from .graph import (ONNX_DOMAINS, NameFilter, Replacement, all_names, get_attr, node_names,
+                    replace_chains, unique_name)
 from .io import as_model
-from .pack import DOMAIN, opset_import
+from .format import DOMAIN, opset_import
 from .sessions import session, time_pair
 
 __all__ = ["quantize_rows", "make_predicted_conv_node", "prediction_units", "predicted_mask",
@@ -352,7 +353,7 @@ class PredictedLayer:
 def _max_pool(node: onnx.NodeProto) -> Optional[Pool]:
     """The MaxPool PredictedConv can fuse (2-D, one output, no dilation, floor mode), else
     None."""
-    if node.op_type != "MaxPool" or node.domain not in ("", "ai.onnx"):
+    if node.op_type != "MaxPool" or node.domain not in ONNX_DOMAINS:
         return None
     if len([o for o in node.output if o]) != 1:
         return None
@@ -387,17 +388,18 @@ def rewrite_predicted(model, include: Optional[str] = None, exclude: Optional[st
     index = GraphIndex(m)
     names = node_names(g)
     taken = all_names(g)
+    names_selected = NameFilter(include, exclude)
     rows: List[PredictedLayer] = []
-    replace = {}  # node index -> (new node, inits, absorbed nodes)
+    replace = {}  # node index -> (new node, inits, the nodes after it that it absorbs)
     for i, node in enumerate(g.node):
-        if node.op_type != "Conv" or node.domain not in ("", "ai.onnx"):
+        if node.op_type != "Conv" or node.domain not in ONNX_DOMAINS:
             continue
         name = names[i]
         W = index.constant(node.input[1]) if len(node.input) > 1 else None
         row = PredictedLayer(name, node.input[0], node.output[0],
                              list(W.shape) if W is not None else [], "", False, "")
         rows.append(row)
-        if (include and not re.search(include, name)) or (exclude and re.search(exclude, name)):
+        if not names_selected.selects(name):
             row.reason = "excluded by --include/--exclude"
             continue
         if W is None or W.dtype != np.float32 or W.ndim != 4:
@@ -437,26 +439,8 @@ def rewrite_predicted(model, include: Optional[str] = None, exclude: Optional[st
         row.reason = "+".join(f.steps + (["MaxPool"] if pl is not None else []))
         row.node = base
         row.margin = int((margins or {}).get(name, 0))
-    if not replace:
-        return m, rows
-    absorbed = {id(n) for _, _, ns in replace.values() for n in ns}
-    nodes = []
-    for i, node in enumerate(g.node):
-        if i in replace:
-            nodes.append(replace[i][0])
-        elif id(node) not in absorbed:
-            nodes.append(node)
-    del g.node[:]
-    g.node.extend(nodes)
-    for _, inits, _ in replace.values():
-        g.initializer.extend(inits)
-    used = {x for n in g.node for x in n.input}
-    visible = {v.name for v in g.input} | {v.name for v in g.output}
-    keep = [t for t in g.initializer if t.name in used or t.name in visible]
-    del g.initializer[:]
-    g.initializer.extend(keep)
-    if not any(o.domain == DOMAIN for o in m.opset_import):
-        m.opset_import.append(opset_import())
+    replace_chains(m, [Replacement([g.node[i]] + chain, new, inits, range(1, len(new.input)))
+                       for i, (new, inits, chain) in replace.items()], opset=opset_import())
     return m, rows
 
 

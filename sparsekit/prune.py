@@ -23,10 +23,9 @@ from .calibration import Calibration, load_calibration
 from .errors import SparsekitError
 from .fold_bn import fold_batchnorms
 from .graph import (Layer, consumer_map, initializer_map, node_names, set_initializer,
-                    subgraph_references, tensor_to_array)
+                    tensor_to_array)
 from .io import as_model
 from .patterns import recorded_mask
-from .recipe import METADATA_KEY  # noqa: F401  (convert imports it from here until it switches)
 from .recipe import write_metadata
 from .reconstruct import DEFAULT_DAMP, MATCH_MODES, LayerwiseReconstruction, supports
 from .selection import (DEFAULT_MIN_PARAMS, Selection, SkippedLayer, layer_flops, resolve_pattern,
@@ -145,7 +144,8 @@ def prune(model_or_path, pattern: str = "block", sparsity: float = 0.9, *,
     report.settings = {
         "pattern": pattern, "sparsity": float(sparsity), "bank_size": bank_size, "banks": banks,
         "block": list(rules.keyword_spec["block"]) if rules.keyword_spec.get("block") else None,
-        "include": [r.pattern for r in rules.include], "exclude": [r.pattern for r in rules.exclude],
+        "include": [r.pattern for r in rules.names.include],
+        "exclude": [r.pattern for r in rules.names.exclude],
         "min_params": rules.min_params, "skip_first": rules.skip_first,
         "skip_depthwise": rules.skip_depthwise, "fold_bn": bool(fold_bn),
         "recipe": (str(recipe) if isinstance(recipe, (str, os.PathLike))
@@ -316,12 +316,3 @@ def _metadata_entries(rows: List[LayerRow]) -> Dict[str, Dict[str, Any]]:
 
 
 # No longer used here (fold_bn uses graph.drop_unused_initializers); left for the issue-18 move.
-def _drop_unused_initializers(g: onnx.GraphProto, candidates: set) -> None:
-    """Remove those of ``candidates`` (initializer names) that nothing references any more."""
-    used = {o.name for o in g.output} | {v.name for v in g.input}
-    for n in g.node:
-        used.update(n.input)
-    used |= subgraph_references(g)
-    unused = [t for t in g.initializer if t.name in candidates and t.name not in used]
-    for t in unused:
-        g.initializer.remove(t)

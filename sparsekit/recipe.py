@@ -198,6 +198,19 @@ def recipe_overrides(recipe: Dict[str, Any], layer_names: List[str]
 
 # --------------------------------------------------------------------------- metadata
 
+def recorded_layers(model: onnx.ModelProto) -> Dict[str, Any]:
+    """The per-layer entries prune recorded under ``METADATA_KEY`` ({} when there are none or
+    the value is not readable): what convert, inspect and finetune read back."""
+    for p in model.metadata_props:
+        if p.key == METADATA_KEY:
+            try:
+                layers = json.loads(p.value).get("layers", {})
+            except (ValueError, AttributeError):
+                return {}
+            return layers if isinstance(layers, dict) else {}
+    return {}
+
+
 def write_metadata(model: onnx.ModelProto, entries: Dict[str, Dict[str, Any]],
                    current: Iterable[str], notes: List[str]) -> None:
     """Record ``entries`` (layer name -> metadata entry) under ``METADATA_KEY``, in place.

@@ -33,7 +33,7 @@ import numpy as np
 import onnx
 
 from .errors import SparsekitError
-from .graph import Layer, get_attr
+from .graph import Layer, all_names, get_attr, resolve_pads, set_initializer, unique_name
 from .patterns import bank_keep_counts, keep_count, topk_flat
 from .sessions import session
 
@@ -96,7 +96,9 @@ def _patches(layer: Layer, x: np.ndarray) -> Iterator[np.ndarray]:
     nd = len(kernel)
     strides = list(get_attr(node, "strides", [1] * nd))
     dil = list(get_attr(node, "dilations", [1] * nd))
-    pads = _conv_pads(node, x.shape[2:], kernel, strides, dil)
+    pads, why = resolve_pads(node, x.shape[2:], kernel, strides, dil)
+    if pads is None:
+        raise SparsekitError(f"{layer.name}: {why}")
     per_sample = int(np.prod(x.shape[1:])) * max(1, int(np.prod(kernel)))
     step = max(1, _MAX_PATCH_ELEMENTS // max(per_sample, 1))
     for i in range(0, x.shape[0], step):
@@ -112,23 +114,6 @@ def _patches(layer: Layer, x: np.ndarray) -> Iterator[np.ndarray]:
         win = win[sl]                                   # [N, C, o1.., k1..]
         order = [0] + list(range(2, 2 + nd)) + [1] + list(range(2 + nd, 2 + 2 * nd))
         yield np.ascontiguousarray(win.transpose(order)).reshape(-1, layer.K)
-
-
-def _conv_pads(node, spatial, kernel, strides, dil) -> List[int]:
-    nd = len(kernel)
-    auto = get_attr(node, "auto_pad", b"NOTSET")
-    auto = auto.decode() if isinstance(auto, bytes) else auto
-    if auto in ("SAME_UPPER", "SAME_LOWER"):
-        pads = [0] * (2 * nd)
-        for d in range(nd):
-            out = -(-int(spatial[d]) // strides[d])
-            total = max(0, (out - 1) * strides[d] + dil[d] * (kernel[d] - 1) + 1 - int(spatial[d]))
-            small, big = total // 2, total - total // 2
-            pads[d], pads[d + nd] = (small, big) if auto == "SAME_UPPER" else (big, small)
-        return pads
-    if auto == "VALID":
-        return [0] * (2 * nd)
-    return list(get_attr(node, "pads", [0] * (2 * nd)))
 
 
 def _session(model: onnx.ModelProto, outputs: List[str]):
@@ -441,7 +426,6 @@ class LayerwiseReconstruction:
     def _bias_writer(self, layer: Layer, inits) -> Union[Callable[[np.ndarray], None], str]:
         """A function that adds an output shift ``delta[M]`` to the layer's bias, or why there is
         no bias it can go to."""
-        from .graph import all_names, set_initializer, unique_name
         node, g = layer.node, self.model.graph
         if layer.op == "Gemm":
             alpha, beta = float(get_attr(node, "alpha", 1.0)), float(get_attr(node, "beta", 1.0))

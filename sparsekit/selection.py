@@ -7,7 +7,6 @@ layers are pruned", lists the rules in the order they apply.
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Set, Tuple
 
@@ -15,7 +14,7 @@ import numpy as np
 import onnx
 
 from .errors import SparsekitError
-from .graph import Layer, infer_shapes, node_names, prunable_layers
+from .graph import Layer, NameFilter, infer_shapes, node_names, prunable_layers
 from .patterns import DEFAULT_BLOCK, resolve_bank_size
 from .recipe import check_combination, check_spec, load_recipe, merge_specs, recipe_overrides
 from .sequence import LSTM_DEFAULT_BANK, RECURRENT_OPS, lstm_layers
@@ -48,8 +47,7 @@ class SelectionRules:
     keyword_spec: Dict[str, Any]     # the pattern settings given as arguments
     default_spec: Dict[str, Any]     # ... with the recipe's default applied
     recipe: Optional[Dict[str, Any]]  # load_recipe's result, or None
-    include: List[re.Pattern]
-    exclude: List[re.Pattern]
+    names: NameFilter                 # include / exclude
     min_params: int
     skip_first: bool
     skip_depthwise: bool
@@ -80,13 +78,12 @@ def selection_rules(pattern: str, sparsity: float, *, bank_size: Optional[int] =
     if isinstance(min_params, bool) or not isinstance(min_params, (int, np.integer)) \
             or min_params < 0:
         raise SparsekitError(f"min_params must be a non-negative integer, got {min_params!r}")
-    inc = _compile_regexes(include, "include")
-    exc = _compile_regexes(exclude, "exclude")
+    names = NameFilter(include, exclude)
     rec = load_recipe(recipe)
     default_spec = merge_specs(keyword_spec, rec["default"]) if rec else keyword_spec
     check_combination(default_spec, "")
     return SelectionRules(keyword_spec=keyword_spec, default_spec=default_spec, recipe=rec,
-                          include=inc, exclude=exc, min_params=int(min_params),
+                          names=names, min_params=int(min_params),
                           skip_first=bool(skip_first), skip_depthwise=bool(skip_depthwise))
 
 
@@ -162,28 +159,13 @@ def layer_flops(layer: Layer, shapes) -> Optional[int]:
     return 2 * n * layer.K
 
 
-def _compile_regexes(v, what: str) -> List[re.Pattern]:
-    if v is None:
-        return []
-    items = [v] if isinstance(v, str) else list(v)
-    out = []
-    for x in items:
-        if not isinstance(x, str):
-            raise SparsekitError(f"{what} must be a regular expression string, got {x!r}")
-        try:
-            out.append(re.compile(x))
-        except re.error as e:
-            raise SparsekitError(f"bad {what} regex {x!r}: {e}") from None
-    return out
-
-
 def _skip_reason(c: Layer, spec, listed: bool, rules: SelectionRules) -> Optional[str]:
     if c.dtype != np.float32:
         return f"weight dtype {c.dtype} is not supported (float32 only)"
-    for r in rules.exclude:
-        if r.search(c.name):
-            return f"excluded by {r.pattern!r}"
-    if rules.include and not any(r.search(c.name) for r in rules.include):
+    excluded_by = rules.names.excluded_by(c.name)
+    if excluded_by is not None:
+        return f"excluded by {excluded_by!r}"
+    if not rules.names.included(c.name):
         return "not matched by include"
     if not listed:
         if c.op == "Conv" and c.grouped and rules.skip_depthwise:

@@ -20,7 +20,7 @@ from onnx import helper, numpy_helper
 
 from .errors import SparsekitError
 from .format import DOMAIN, MAX_BANK_SIZE, bank_caps, bank_counts, pack_bank_blocks
-from .graph import Layer, get_attr, initializer_map, node_names
+from .graph import ONNX_DOMAINS, Layer, get_attr, initializer_map, node_names
 
 __all__ = ["LSTM_DEFAULT_BANK", "RECURRENT_OPS", "lstm_layers", "lstm_unsupported",
            "make_sparse_lstm_node", "make_sparse_gru_node", "pack_bank_rows",
@@ -55,7 +55,7 @@ def lstm_layers(model_or_graph, names: Optional[List[str]] = None) -> Iterator[L
     if names is None:
         names = node_names(g)
     for i, n in enumerate(g.node):
-        if n.op_type not in RECURRENT_OPS or n.domain not in ("", "ai.onnx") or len(n.input) < 3:
+        if n.op_type not in RECURRENT_OPS or n.domain not in ONNX_DOMAINS or len(n.input) < 3:
             continue
         for pos, part in ((1, "W"), (2, "R")):
             t = inits.get(n.input[pos])
@@ -74,7 +74,7 @@ def lstm_layers(model_or_graph, names: Optional[List[str]] = None) -> Iterator[L
 
 def lstm_unsupported(node: onnx.NodeProto, inits: dict, graph_inputs: set) -> Optional[str]:
     """Why this LSTM / GRU node cannot become a SparseLSTM / SparseGRU, or None."""
-    if node.domain not in ("", "ai.onnx") or node.op_type not in RECURRENT_OPS:
+    if node.domain not in ONNX_DOMAINS or node.op_type not in RECURRENT_OPS:
         return "not an ONNX LSTM or GRU"
     op = node.op_type
     default_acts = RECURRENT_OPS[op][1]

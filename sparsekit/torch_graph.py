@@ -22,11 +22,10 @@ import torch.nn.functional as F
 from onnx import numpy_helper
 
 from .errors import SparsekitError
-from .graph import get_attr, initializer_map
+from .graph import ONNX_DOMAINS, get_attr, initializer_map, resolve_pads
 
 __all__ = ["OnnxModule", "WEIGHT_SLOTS", "trainable_initializers"]
 
-ONNX_DOMAINS = ("", "ai.onnx")
 # input positions that hold a layer's learnable tensors; an initializer fed to one of them (and
 # holding more than one value: scalars there are constants such as GELU's 0.5) is trained
 PARAM_SLOTS: Dict[str, Sequence[int]] = {
@@ -90,22 +89,10 @@ def _opt(inputs, i):
 
 def _spatial_pads(node, x, kernel, strides, dil) -> List[int]:
     """ONNX pads [b1, b2, ..., e1, e2, ...] for this input, auto_pad resolved."""
-    nsp = len(kernel)
-    auto = get_attr(node, "auto_pad", "NOTSET")
-    auto = auto.decode() if isinstance(auto, bytes) else auto
-    if auto in ("SAME_UPPER", "SAME_LOWER"):
-        begin, end = [], []
-        for i in range(nsp):
-            size = x.shape[2 + i]
-            out = -(-size // strides[i])
-            total = max((out - 1) * strides[i] + (kernel[i] - 1) * dil[i] + 1 - size, 0)
-            small = total // 2
-            begin.append(small if auto == "SAME_UPPER" else total - small)
-            end.append(total - begin[-1])
-        return begin + end
-    if auto == "VALID":
-        return [0] * (2 * nsp)
-    return list(get_attr(node, "pads", [0] * (2 * nsp)))
+    pads, why = resolve_pads(node, list(x.shape[2:]), kernel, strides, dil)
+    if pads is None:
+        raise SparsekitError(f"{node.op_type} {node.name!r}: {why}")
+    return pads
 
 
 def _pad_input(x, pads: List[int], value: float = 0.0):

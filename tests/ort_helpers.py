@@ -8,8 +8,8 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
-from sparsekit.detect import ragged_keep
-from sparsekit.pack import opset_import
+from sparsekit.format import ragged_keep
+from sparsekit.format import opset_import
 
 IR_VERSION = 9  # onnxruntime 1.17+ reads IR 9; onnx >= 1.16 would otherwise write a newer one
 ONNX_OPSET = 17

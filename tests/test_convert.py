@@ -16,15 +16,15 @@ import importlib
 import sparsekit
 from sparsekit.cli import main
 from sparsekit.convert import LSTM_MAX_DENSITY, CONVERTED_KEY, DEFAULT_MAX_DENSITY, convert
-from sparsekit.detect import ragged_keep
+from sparsekit.format import ragged_keep
 from sparsekit.sequence import lstm_layers
 from sparsekit.errors import SparsekitError
 from sparsekit.graph import prunable_layers
 from sparsekit.models import build
 
-from sparsekit.prune import METADATA_KEY as RECIPE_KEY
+from sparsekit.recipe import METADATA_KEY as RECIPE_KEY
 
-convert_mod = importlib.import_module("sparsekit.convert")
+convert_autotune = importlib.import_module("sparsekit.convert.autotune")
 
 IR = 8
 ZOO = {
@@ -413,7 +413,7 @@ def test_autotune_keeps_the_faster(monkeypatch, dense_ms, sparse_ms, want):
         calls.append(plan.layer.name)
         return dense_ms, sparse_ms
 
-    monkeypatch.setattr(convert_mod._AutoTuner, "time", fake_time)
+    monkeypatch.setattr(convert_autotune.AutoTuner, "time", fake_time)
     rng = np.random.default_rng(5)
     # density 0.7 is above the block4 limit: autotune decides by timing instead
     for density in (0.2, 0.7):
@@ -434,7 +434,7 @@ def test_autotune_that_cannot_time_falls_back_to_the_threshold(monkeypatch):
     def broken(self, model, plan, shapes):
         raise RuntimeError("no timer")
 
-    monkeypatch.setattr(convert_mod._AutoTuner, "time", broken)
+    monkeypatch.setattr(convert_autotune.AutoTuner, "time", broken)
     rng = np.random.default_rng(6)
     low, high = convert(_one_layer(rng, 0.2), autotune=True)[1].layers[0], \
         convert(_one_layer(rng, 0.8), autotune=True)[1].layers[0]

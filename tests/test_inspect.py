@@ -131,7 +131,7 @@ def test_corrupt_packed_weights_are_reported_not_fatal():
                 np.full(numpy_helper.to_array(t).shape, 999, np.uint16), t.name))
     g = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16])],
                           [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8])], inits)
-    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17), sparsekit.pack.opset_import()],
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17), sparsekit.format.opset_import()],
                           ir_version=8)
     (info,) = inspect(m).layers
     assert info.op == "SparseGemm" and info.pattern.startswith("invalid packed weights")

@@ -36,7 +36,7 @@ def test_library_exports_only_register_custom_ops():
 
 
 def test_register_custom_ops_library_directly():
-    """Plain onnxruntime API, no helper: the library registers ai.sparsekit's three ops."""
+    """Plain onnxruntime API, no helper: the library registers ai.sparsekit's ops."""
     rng = np.random.default_rng(0)
     so = ort.SessionOptions()
     so.register_custom_ops_library(sparsekit.get_library_path())

@@ -12,7 +12,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import sparsekit
 from ort_helpers import run_stock
-from sparsekit.pack import opset_import
+from sparsekit.format import opset_import
 from sparsekit.predict import (MarginStats, Pool, make_predicted_conv_node, margin_for_recall,
                                pooled_candidates, pooled_output, predicted_mask, quantize_rows)
 
@@ -418,6 +418,30 @@ def test_plan_predicted_follows_measured_zeros():
         plan_predicted(m, cal, min_zeros=1.5)
     with pytest.raises(sparsekit.SparsekitError, match="recall"):
         plan_predicted(m, cal, recall=0.0)
+
+
+def test_convert_api_takes_the_predict_relu_options():
+    """convert(predict_relu=True, ...) is the sparse conversion followed by plan_predicted with
+    the same options: the same model and rows; without calibration data it is an error."""
+    from sparsekit.calibration import Calibration
+    from sparsekit.predict import plan_predicted
+    m, d = _digits()
+    name = m.graph.input[0].name
+    cal = Calibration({name: d["train_x"][:64]}, 32)
+    pruned, _ = sparsekit.prune(m, "block", 0.5)
+    converted, report = sparsekit.convert(pruned, predict_relu=True, calibration=cal,
+                                          min_zeros=0.3, recall=0.99, predict_bits=4)
+    want, rows = plan_predicted(sparsekit.convert(pruned)[0], cal, min_zeros=0.3, recall=0.99,
+                                bits=4)
+    assert converted.SerializeToString() == want.SerializeToString()
+    assert [r.to_dict() for r in report.predicted] == [r.to_dict() for r in rows if r.activation]
+    assert any(r.replaced for r in report.predicted)
+    assert "predicted" in report.to_dict() and "predicted" not in sparsekit.convert(pruned)[1].to_dict()
+    y = sparsekit.session(converted).run(None, {name: d["test_x"]})[0]
+    ref = run_stock(pruned, {name: d["test_x"]})        # the pruned model, dense in onnxruntime
+    assert (y.argmax(1) == ref.argmax(1)).mean() >= 0.95
+    with pytest.raises(sparsekit.SparsekitError, match="calibration"):
+        sparsekit.convert(pruned, predict_relu=True)
 
 
 def onnx_copy(m):

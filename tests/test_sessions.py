@@ -9,7 +9,8 @@ from onnx import TensorProto, helper
 import sparsekit
 from sparsekit import sessions
 from sparsekit.errors import SparsekitError
-from sparsekit.pack import make_sparse_gemm_node, opset_import
+from sparsekit.format import opset_import
+from sparsekit.pack import make_sparse_gemm_node
 
 
 def _block_sparse(rng, M=8, K=16):

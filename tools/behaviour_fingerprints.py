@@ -32,8 +32,9 @@ SMALL = {
 }
 MAGNITUDE = [("block", 0.9, {}), ("bank", 0.8, {}), ("unstructured", 0.7, {}),
              ("block", 0.5, {"block": "2x4"}), ("bank", 0.5, {"banks": 4})]
-# report fields that depend on the clock, not on the computation
+# report fields that depend on the clock or the temporary folder, not on the computation
 _CLOCK = ("seconds", "_ms", "elapsed", "time")
+_PLACE = ("calibration",)
 
 
 def _digest(obj) -> str:
@@ -46,7 +47,8 @@ def _digest(obj) -> str:
 
 def _strip(obj):
     if isinstance(obj, dict):
-        return {k: _strip(v) for k, v in obj.items() if not any(c in k for c in _CLOCK)}
+        return {k: _strip(v) for k, v in obj.items()
+                if not any(c in k for c in _CLOCK) and k not in _PLACE}
     if isinstance(obj, list):
         return [_strip(v) for v in obj]
     return obj

@@ -1,0 +1,194 @@
+"""convert: rewrite a pruned (or any) model's sparse layers into ai.sparsekit ops.
+
+For every Conv / Gemm / MatMul with a constant float32 weight: find the pattern (from the zeros,
+with the recipe `prune` recorded as a hint; models pruned elsewhere convert from their zeros
+alone), choose a format, decide sparse or dense (a density threshold per format, or `autotune`
+timing both on this machine), absorb the epilogue that follows (bias, BatchNormalization,
+Relu/Clip, residual Add), and emit the op with its packed weights as initializers.  Depthwise
+convs next to sparse ops become DepthwiseConv so the backbone stays in NCHW inside sparsekit's
+ops.  With `predict_relu`, Conv -> ReLU layers that stay dense may become PredictedConv
+(predict.py).  The rules are documented in docs/convert.md.
+
+The package, in the order its modules build on each other:
+  report     LayerDecision, ConvertReport
+  choice     the packed format a weight gets (choose_format) and the density limits
+  plan       candidates, per-layer plans (sparse op or DepthwiseConv + fused epilogue)
+  autotune   dense vs sparse timing of one layer
+  recurrent  LSTM/GRU -> SparseLSTM/SparseGRU
+  (here)     convert(): the stages in order, the graph rewrite, the output check
+"""
+from __future__ import annotations
+
+import copy
+import json
+from typing import Callable, Dict, Optional
+
+import onnx
+
+from .. import format
+from ..errors import SparsekitError
+from ..fold_bn import fold_batchnorms
+from ..graph import NameFilter, Replacement, prunable_layers, replace_chains, set_metadata
+from ..io import as_model
+from ..predict import DEFAULT_BITS, DEFAULT_MIN_ZEROS, DEFAULT_RECALL, plan_predicted
+from .autotune import AutoTuner, check_autotune_dims, decide
+from .choice import DEFAULT_MAX_DENSITY, choose_format, thresholds
+from .plan import (Context, Plan, constant_weights_to_initializers, dense_row, non_candidates,
+                   plan_depthwise, plan_sparse)
+from .recurrent import LSTM_MAX_DENSITY, plan_recurrent
+from .report import ConvertReport, LayerDecision
+
+__all__ = ["convert", "ConvertReport", "LayerDecision", "choose_format", "CONVERTED_KEY",
+           "DEFAULT_MAX_DENSITY", "LSTM_MAX_DENSITY"]
+
+CONVERTED_KEY = "sparsekit.converted"
+
+Progress = Optional[Callable[[int, int, str], None]]
+
+
+def convert(model_or_path, *, max_density: Optional[Dict[str, float]] = None,
+            autotune: bool = False, threads: Optional[int] = None, depthwise: bool = True,
+            include: Optional[str] = None, exclude: Optional[str] = None,
+            autotune_dims: Optional[Dict[str, int]] = None,
+            predict_relu: bool = False, calibration=None,
+            min_zeros: float = DEFAULT_MIN_ZEROS, recall: float = DEFAULT_RECALL,
+            predict_bits: int = DEFAULT_BITS, progress: Progress = None):
+    """Return (converted ModelProto, ConvertReport).  The input model is never modified.
+
+    max_density: per-format density limits overriding DEFAULT_MAX_DENSITY ("block4", "block1").
+    autotune: time dense vs sparse for every layer with zeros (onnxruntime, `threads` threads)
+      and keep the faster; the thresholds are then not used.  Symbolic dims of the timed inputs
+      take their value from `autotune_dims` ({dim name: size}), else 1.
+    depthwise: turn depthwise convs next to sparse ops into DepthwiseConv.
+    include / exclude: regexes (re.search) on layer names, or lists of them; other layers stay
+      dense (graph.NameFilter: the same meaning as in prune).
+    predict_relu: afterwards turn Conv -> ReLU/Clip(0, x) layers that stayed dense into
+      PredictedConv where `calibration` (a calibration.Calibration) shows at least `min_zeros`
+      zeros after the activation, with the margin that keeps `recall` of the positive outputs
+      and `predict_bits`-bit prediction weights (with `autotune`: only where it is faster);
+      report.predicted lists every such chain.
+    progress(done, total, name): called after each layer (and each prediction step).
+    """
+    src = as_model(model_or_path)
+    n_sparse = sum(n.domain == format.DOMAIN for n in src.graph.node)
+    if n_sparse:
+        raise SparsekitError(f"model is already converted (it has {n_sparse} ai.sparsekit "
+                             "op(s)); convert the pruned dense model instead")
+    limits = thresholds(max_density)
+    names = NameFilter(include, exclude)
+    if threads is not None and (isinstance(threads, bool) or int(threads) < 1):
+        raise SparsekitError(f"threads must be >= 1, got {threads}")
+    dims = check_autotune_dims(autotune_dims)
+    if predict_relu and calibration is None:
+        raise SparsekitError("predict_relu needs calibration data: whether a layer's outputs "
+                             "are mostly zero is measured on real inputs")
+
+    model = copy.deepcopy(src)
+    report = ConvertReport(settings={
+        "max_density": limits, "autotune": bool(autotune), "threads": threads,
+        "depthwise": bool(depthwise), "include": include, "exclude": exclude,
+        "autotune_dims": dims})
+    moved = constant_weights_to_initializers(model)
+    if moved:
+        report.notes.append(f"{moved} Constant-node weight(s) read as initializers")
+    report.folded_bn, bn_notes = fold_batchnorms(model)
+    report.notes.extend(bn_notes)
+
+    ctx = Context(model, limits, bool(autotune), names)
+    layers = list(prunable_layers(model, ctx.names))
+    report.skipped = non_candidates(model, ctx, {l.index for l in layers})
+    rows: Dict[int, LayerDecision] = {}
+    plans: Dict[int, Plan] = {}
+    _plan_layers(ctx, layers, AutoTuner(threads, ctx.index, dims) if autotune else None,
+                 depthwise, rows, plans, progress)
+    plan_recurrent(ctx, rows, plans)
+    _note_shared_weights(ctx, rows, plans)
+    replace_chains(model, [Replacement(p.absorbed, p.node, p.inits,
+                                       range(1, min(len(p.node.input), 5)))
+                           for p in plans.values()], opset=format.opset_import())
+    report.layers = [rows[i] for i in sorted(rows)]
+    set_metadata(model, CONVERTED_KEY, json.dumps(
+        {"version": 1, "layers": {l.name: l.format for l in report.layers
+                                  if l.decision in ("sparse", "depthwise")}}))
+    _check_output(model, src, report)
+    if predict_relu:
+        model, rows_predicted = plan_predicted(
+            model, calibration, min_zeros=min_zeros, recall=recall, bits=predict_bits,
+            autotune=autotune, threads=threads, include=include, exclude=exclude,
+            progress=progress)
+        report.predicted = [r for r in rows_predicted if r.activation]
+    return model, report
+
+
+def _plan_layers(ctx: Context, layers, tuner: Optional[AutoTuner], depthwise: bool,
+                 rows: Dict[int, LayerDecision], plans: Dict[int, Plan], progress: Progress):
+    """Plan every Conv/Gemm/MatMul: the sparse layers first, then the depthwise convs (which
+    become DepthwiseConv only next to a sparse op)."""
+    done = 0
+
+    def tick(name):
+        nonlocal done
+        done += 1
+        if progress:
+            progress(done, len(layers), name)
+
+    for layer in layers:
+        if layer.depthwise:
+            continue  # decided after the sparse layers are known
+        excluded = ctx.filter.why_not(layer.name)
+        if excluded:
+            rows[layer.index] = dense_row(ctx.model, layer, "-", excluded)
+        else:
+            row, plan = plan_sparse(ctx, layer)
+            if plan is not None and tuner is not None:
+                row, plan = decide(tuner, ctx, row, plan)
+            rows[layer.index] = row
+            if plan is not None:
+                plans[layer.index] = plan
+                ctx.claimed.update(n.output[0] for n in plan.fusion.nodes)
+        tick(layer.name)
+
+    sparse_out = {p.fusion.output for p in plans.values()}
+    sparse_in = {p.layer.node.input[0] for p in plans.values()}
+    for layer in layers:
+        if not layer.depthwise:
+            continue
+        excluded = ctx.filter.why_not(layer.name)
+        if excluded:
+            rows[layer.index] = dense_row(ctx.model, layer, "depthwise", excluded)
+        elif not depthwise:
+            rows[layer.index] = dense_row(ctx.model, layer, "depthwise",
+                                          "DepthwiseConv turned off (depthwise=False)")
+        else:
+            row, plan = plan_depthwise(ctx, layer, sparse_out, sparse_in)
+            rows[layer.index] = row
+            if plan is not None:
+                plans[layer.index] = plan
+        tick(layer.name)
+
+
+def _note_shared_weights(ctx: Context, rows: Dict[int, LayerDecision],
+                         plans: Dict[int, Plan]) -> None:
+    """A weight some node that stays keeps reading stays in the file (and is not saved)."""
+    for i, plan in plans.items():
+        users = [ctx.names[j] for j, n in enumerate(ctx.model.graph.node)
+                 if j not in plans and plan.layer.weight in n.input]
+        if rows[i].decision == "sparse" and users:
+            rows[i].note = ("the dense weight stays in the file: also read by "
+                            + ", ".join(users[:3]) + (" ..." if len(users) > 3 else ""))
+
+
+def _check_output(model: onnx.ModelProto, src: onnx.ModelProto, report: ConvertReport) -> None:
+    """onnx.checker on the output; a failure is our bug unless the input fails it too."""
+    if model.ByteSize() >= 2**31 - 1:
+        return  # the checker cannot take a ModelProto this large in memory
+    try:
+        onnx.checker.check_model(model)
+    except onnx.checker.ValidationError as e:
+        try:
+            onnx.checker.check_model(src)
+        except (onnx.checker.ValidationError, ValueError) as e_src:
+            report.notes.append("the input model does not pass onnx.checker either: "
+                                + str(e_src).strip().splitlines()[0])
+            return
+        raise RuntimeError(f"converted model fails onnx.checker: {e}") from e
