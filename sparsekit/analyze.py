@@ -32,6 +32,7 @@ from .selection import (DEFAULT_MIN_PARAMS, layer_flops, resolve_pattern, select
                         selection_rules)
 from .sequence import RECURRENT_OPS
 from .sessions import session
+from .weights import read_weights
 
 __all__ = ["analyze", "allocate", "AnalyzeReport", "LayerSensitivity", "DEFAULT_GRID", "COST_UNITS",
            "METHODS"]
@@ -185,8 +186,7 @@ def analyze(model_or_path, calibration, target: float, *, by: str = "params", pa
     rules = selection_rules(pattern, grid[-1], bank_size=bank_size, banks=banks, block=block,
                             include=include, exclude=exclude, min_params=min_params,
                             skip_first=skip_first, skip_depthwise=skip_depthwise)
-    model = onnx.ModelProto()
-    model.CopyFrom(src)
+    model, _ = read_weights(src)     # prune's path: weights in any encoding as initializers
     if fold_bn:
         fold_batchnorms(model)
     selection = select_layers(model, rules)

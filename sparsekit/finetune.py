@@ -39,6 +39,7 @@ from .patterns import recorded_mask
 from .recipe import METADATA_KEY, recorded_layers
 from .sequence import lstm_layers
 from .sessions import session
+from .weights import read_weights
 
 __all__ = ["finetune", "FinetuneReport", "LOSSES", "DEVICES", "TRAIN_EXTRA"]
 
@@ -307,8 +308,8 @@ def finetune(pruned, teacher, data, *, preprocess: Optional[str] = None,
         raise SparsekitError(f"the pruned model has op(s) {', '.join(custom[:3])}: fine-tuning takes plain "
                              "ONNX models, before convert")
     _check_pair(student_src, teacher_m)
-    model = onnx.ModelProto()
-    model.CopyFrom(student_src)
+    # weights in any encoding (Constant nodes, Cast, ...) become initializers, so they train
+    model, _ = read_weights(student_src)
     trainable = trainable_initializers(model)
     inits = initializer_map(model)
     originals = {n: tensor_to_array(inits[n]) for n in trainable}

@@ -1,9 +1,10 @@
 """inspect: a per-layer view of any model, dense or sparse: shape, sparsity, pattern, format, bytes.
 
-Layers are the main graph's Conv / Gemm / MatMul with a constant weight (any dtype) and its
-ai.sparsekit ops (SparseConv, SparseGemm, DepthwiseConv), in graph order.  The pattern comes
-from the zeros alone (detect.py); a recipe `prune` recorded only suggests the bank size to try
-first.  Packed weights are unpacked to measure them; packed tensors that do not unpack (a
+Layers are the main graph's Conv / Gemm / MatMul with a constant weight (any dtype, in any
+encoding weights.read_weights takes) and its ai.sparsekit ops (SparseConv, SparseGemm,
+DepthwiseConv), in graph order; layers whose weight cannot be read are listed in ``skipped``.
+The pattern comes from the zeros alone (detect.py); a recipe `prune` recorded only suggests the
+bank size to try first.  Packed weights are unpacked to measure them; packed tensors that do not unpack (a
 corrupt file) are reported as such rather than failing the whole table.
 """
 from __future__ import annotations
@@ -21,6 +22,7 @@ from .format import DOMAIN
 from .graph import get_attr, node_names, prunable_layers, tensor_to_array
 from .io import as_model
 from .recipe import recorded_layers
+from .weights import PRUNE_KINDS, read_weights, refused_layers
 
 
 @dataclass
@@ -45,6 +47,8 @@ class LayerInfo:
 class InspectReport:
     layers: List[LayerInfo] = field(default_factory=list)
     model_bytes: int = 0
+    skipped: List[dict] = field(default_factory=list)   # {name, op, reason}: weight not readable
+    notes: List[str] = field(default_factory=list)      # how weights were read (weights.py)
 
     @property
     def totals(self) -> dict:
@@ -58,16 +62,20 @@ class InspectReport:
                 "model_bytes": self.model_bytes}
 
     def to_dict(self) -> dict:
-        return {"layers": [l.to_dict() for l in self.layers], "totals": self.totals}
+        return {"layers": [l.to_dict() for l in self.layers], "totals": self.totals,
+                "skipped": list(self.skipped), "notes": list(self.notes)}
 
 
 def inspect(model_or_path) -> InspectReport:
-    model = as_model(model_or_path)
+    src = as_model(model_or_path)
+    report = InspectReport(model_bytes=src.ByteSize())
+    model, report.notes = read_weights(src)   # the file's size is measured before
     inits = {t.name: t for t in model.graph.initializer}
-    report = InspectReport(model_bytes=model.ByteSize())
     names = node_names(model.graph)
     recipe = recorded_layers(model)
     dense_by_index = {l.index: l for l in prunable_layers(model, names)}
+    report.skipped = [r.row() for r in refused_layers(model, names, set(dense_by_index))
+                      if r.kind in PRUNE_KINDS]
     for i, node in enumerate(model.graph.node):
         if i in dense_by_index:
             layer = dense_by_index[i]

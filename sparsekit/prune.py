@@ -30,6 +30,7 @@ from .recipe import write_metadata
 from .reconstruct import DEFAULT_DAMP, MATCH_MODES, LayerwiseReconstruction, supports
 from .selection import (DEFAULT_MIN_PARAMS, Selection, SkippedLayer, layer_flops, resolve_pattern,
                         select_layers, selection_rules)
+from .weights import read_weights
 
 __all__ = ["prune", "layer_mask", "PruneReport", "LayerRow", "PruneTotals"]
 
@@ -138,9 +139,10 @@ def prune(model_or_path, pattern: str = "block", sparsity: float = 0.9, *,
     _check_reconstruction_options(calibration, damp, match, channel_correction)
 
     src = as_model(model_or_path)
-    model = onnx.ModelProto()
-    model.CopyFrom(src)
+    # a copy with weights in any encoding (Constant nodes, Cast, Transpose, ...) as initializers
+    model, weight_notes = read_weights(src)
     report = PruneReport()
+    report.notes.extend(weight_notes)
     report.settings = {
         "pattern": pattern, "sparsity": float(sparsity), "bank_size": bank_size, "banks": banks,
         "block": list(rules.keyword_spec["block"]) if rules.keyword_spec.get("block") else None,
@@ -172,7 +174,8 @@ def prune(model_or_path, pattern: str = "block", sparsity: float = 0.9, *,
                                      consumer_map(model.graph), bool(channel_correction))
              if calib else None)
     report.layers = _prune_chosen(model, selection, names, recon, report.notes, progress)
-    report.skipped = list(selection.skipped)
+    report.skipped = list(selection.listed)
+    _note_skipped_sharers(selection, report)
     report.totals = _totals(selection.candidates, report)
     write_metadata(model, _metadata_entries(report.layers), [c.name for c in selection.candidates],
                    report.notes)
@@ -228,6 +231,16 @@ def _prune_chosen(model: onnx.ModelProto, selection: Selection, names: List[str]
     return rows
 
 
+def _note_skipped_sharers(selection: Selection, report: PruneReport) -> None:
+    """A skipped layer whose weight a pruned layer shares sees the pruned values: say so."""
+    pruned_by = {r.weight: r.name for r in report.layers if r.shared_with is None}
+    for s in selection.skipped:
+        if s.weight in pruned_by:
+            report.notes.append(f"{s.name}: skipped ({s.reason}), but it reads weight "
+                                f"{s.weight!r}, which {pruned_by[s.weight]} pruned: it sees "
+                                "the pruned values")
+
+
 def _prune_layer(c: Layer, spec, inits, recon: Optional[LayerwiseReconstruction], shapes,
                  notes: List[str]) -> LayerRow:
     """Mask (and with calibration data reconstruct) one layer's weight in place; its row."""
@@ -280,6 +293,7 @@ def _row(c: Layer, used, requested: float, nnz: int, shapes) -> LayerRow:
 
 def _totals(candidates: List[Layer], report: PruneReport) -> PruneTotals:
     t = PruneTotals(layers_pruned=len(report.layers), layers_skipped=len(report.skipped))
+    names = {c.name for c in candidates}
     seen: set = set()
     for c in candidates:
         if c.weight not in seen:
@@ -295,6 +309,8 @@ def _totals(candidates: List[Layer], report: PruneReport) -> PruneTotals:
             t.flops += r.flops
             t.flops_kept += r.flops_kept
     for s in report.skipped:
+        if s.name not in names:
+            continue    # refused (weights.py): not a candidate, its FLOPs are not counted
         if s.flops is None:
             t.flops_unknown += 1
         else:

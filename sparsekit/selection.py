@@ -7,7 +7,7 @@ layers are pruned", lists the rules in the order they apply.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Set, Tuple
 
 import numpy as np
@@ -18,6 +18,7 @@ from .graph import Layer, NameFilter, infer_shapes, node_names, prunable_layers
 from .patterns import DEFAULT_BLOCK, resolve_bank_size
 from .recipe import check_combination, check_spec, load_recipe, merge_specs, recipe_overrides
 from .sequence import LSTM_DEFAULT_BANK, RECURRENT_OPS, lstm_layers
+from .weights import PRUNE_KINDS, refusal_summary, refused_layers
 
 __all__ = ["select_layers", "selection_rules", "resolve_pattern", "layer_flops", "Selection",
            "SelectionRules", "SkippedLayer", "DEFAULT_MIN_PARAMS", "DEFAULT_BANK_SIZE"]
@@ -29,7 +30,9 @@ _FIRST_CONV_MAX_CHANNELS = 4    # a Conv with at most this many input channels r
 
 @dataclass
 class SkippedLayer:
-    """A Conv / Gemm / MatMul with a constant weight that was left dense, and why."""
+    """A Conv / Gemm / MatMul left dense, and why: a candidate the rules skipped, or one whose
+    weight cannot be taken (weights.refused_layers: params is then the weight's size where
+    shape inference knows it, else 0, and flops None)."""
 
     name: str
     op: str
@@ -61,6 +64,8 @@ class Selection:
     chosen: List[Tuple[Layer, Dict[str, Any]]]   # the layers to prune and their merged settings
     skipped: List[SkippedLayer]                  # the other candidates, graph order
     shapes: Dict[str, list]                      # the model's inferred tensor shapes (FLOP counts)
+    refused: List[SkippedLayer] = field(default_factory=list)  # weight not taken (weights.py)
+    listed: List[SkippedLayer] = field(default_factory=list)   # skipped + refused, graph order
 
 
 def selection_rules(pattern: str, sparsity: float, *, bank_size: Optional[int] = None,
@@ -93,12 +98,18 @@ def select_layers(model: onnx.ModelProto, rules: SelectionRules,
     ones ``rules`` choose with their settings, and the skipped ones with the reason.
 
     ``names``: the nodes' display names (``graph.node_names``), computed when not given.
-    Raises SparsekitError when the model has no candidate, when a recipe key matches no
-    candidate, and when every candidate is skipped for a reason other than sparsity 0.
+    ``model`` should come from weights.read_weights, so weights in other encodings are there;
+    the layers whose weight still cannot be taken are ``refused``, with the reason.
+    Raises SparsekitError when the model has no candidate (naming why, when its layers were
+    refused), when a recipe key matches no candidate, and when every candidate is skipped for a
+    reason other than sparsity 0.
     """
     names = names if names is not None else node_names(model.graph)
     candidates = _with_recurrent_layers(model, names, list(prunable_layers(model, names)))
+    refusals = refused_layers(model, names, {c.index for c in candidates})
     if not candidates:
+        if refusals:
+            raise SparsekitError("no prunable layer: " + refusal_summary(refusals))
         raise SparsekitError("no prunable layer: the model has no Conv, Gemm or MatMul "
                              "with a constant weight initializer")
     overrides: Dict[str, Dict[str, Any]] = {}
@@ -108,6 +119,7 @@ def select_layers(model: onnx.ModelProto, rules: SelectionRules,
     shapes = infer_shapes(model)
     chosen: List[Tuple[Layer, Dict[str, Any]]] = []
     skipped: List[SkippedLayer] = []
+    in_order: List[Tuple[int, SkippedLayer]] = []
     for c in candidates:
         spec = merge_specs(rules.default_spec, overrides.get(c.name, {}))
         reason = _skip_reason(c, spec, c.name in listed, rules)
@@ -118,6 +130,7 @@ def select_layers(model: onnx.ModelProto, rules: SelectionRules,
             skipped.append(SkippedLayer(
                 name=c.name, op=c.op, weight=c.weight, weight_shape=list(c.weight_shape),
                 reason=reason, params=c.params, flops=layer_flops(c, shapes)))
+            in_order.append((c.index, skipped[-1]))
         else:
             chosen.append((c, spec))
     # the output would equal the input: say why rather than write it
@@ -125,7 +138,18 @@ def select_layers(model: onnx.ModelProto, rules: SelectionRules,
         summary = "; ".join(f"{s.name}: {s.reason}" for s in skipped[:4])
         more = f"; ... ({len(skipped)} in all)" if len(skipped) > 4 else ""
         raise SparsekitError(f"no prunable layer left after selection ({summary}{more})")
-    return Selection(candidates=candidates, chosen=chosen, skipped=skipped, shapes=shapes)
+    refused = []
+    for r in refusals:
+        if r.kind not in PRUNE_KINDS:
+            continue    # a MatMul of two run-time tensors: no weight to leave dense
+        dims = shapes.get(r.weight) or []
+        known = bool(dims) and all(isinstance(d, int) for d in dims)
+        refused.append(SkippedLayer(name=r.name, op=r.op, weight=r.weight,
+                                    weight_shape=list(dims) if known else [], reason=r.reason,
+                                    params=int(np.prod(dims)) if known else 0, flops=None))
+        in_order.append((r.index, refused[-1]))
+    return Selection(candidates=candidates, chosen=chosen, skipped=skipped, shapes=shapes,
+                     refused=refused, listed=[s for _, s in sorted(in_order, key=lambda t: t[0])])
 
 
 def resolve_pattern(layer: Layer, spec: Dict[str, Any]) -> Dict[str, Any]:
