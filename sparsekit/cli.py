@@ -161,10 +161,13 @@ def load_calibration_option(path, preprocess, samples, batch_size, model):
                    "spread matches the dense model's (with --match layer: the layer's own); the zero "
                    "pattern is kept. Default: on with --match layer only (docs/accuracy.md).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.option("--external-data/--no-external-data", "external_data", default=None,
+              help="Weights in a side file named after OUTPUT (OUTPUT.data), or in the .onnx only "
+                   "(an error above 2 GB). Default: as the input has them; always above 2 GB.")
 @click.option("--force", is_flag=True, help="Overwrite the output file if it exists.")
 def prune(model, output, pattern, sparsity, bank_size, banks, block, include, exclude, min_params,
           recipe, no_fold_bn, calibration, preprocess, calibration_samples, batch_size, damp, match,
-          channel_correction, as_json, force):
+          channel_correction, as_json, force, external_data):
     """Prune MODEL's Conv/Gemm/MatMul weights with a sparsity pattern.
 
     The output is plain ONNX (it runs in stock onnxruntime) with the recipe recorded in its
@@ -177,7 +180,8 @@ def prune(model, output, pattern, sparsity, bank_size, banks, block, include, ex
     Example: sparsekit prune model.onnx -o pruned.onnx --pattern block --sparsity 0.9
     """
     io.check_output_path(output, force, inputs=(model,))
-    source = io.load_model(model)
+    # weights stay on disk, read one at a time, unless onnxruntime must run the whole model
+    source = io.load_model(model, lazy=calibration is None)
     calib = load_calibration_option(calibration, preprocess, calibration_samples, batch_size, source)
     with layer_progress("pruning", enabled=not as_json) as progress:
         pruned, report = run_prune(
@@ -185,7 +189,7 @@ def prune(model, output, pattern, sparsity, bank_size, banks, block, include, ex
             block=block, include=include, exclude=exclude, min_params=min_params, recipe=recipe,
             fold_bn=not no_fold_bn, calibration=calib, damp=damp, match=match,
             channel_correction=channel_correction, progress=progress)
-    io.save_model(pruned, output, external_data=io.uses_external_data(model) or None)
+    io.save_model(pruned, output, external_data, source=model)
     if as_json:
         print_json({"output": str(output), **report.to_dict()})
         return
@@ -366,10 +370,13 @@ def _parse_max_density(values) -> dict:
                    "outputs to compute for the same recall; 4: a faster prediction on AVX2).")
 @calibration_options
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.option("--external-data/--no-external-data", "external_data", default=None,
+              help="Weights in a side file named after OUTPUT (OUTPUT.data), or in the .onnx only "
+                   "(an error above 2 GB). Default: as the input has them; always above 2 GB.")
 @click.option("--force", is_flag=True, help="Overwrite the output file if it exists.")
 def convert(model, output, autotune, threads, max_density, dim, no_depthwise, include, exclude,
             predict_relu, min_zeros, recall, predict_bits, calibration, preprocess,
-            calibration_samples, batch_size, as_json, force):
+            calibration_samples, batch_size, as_json, force, external_data):
     """Rewrite MODEL's sparse layers into ai.sparsekit ops with packed weights.
 
     Reads the recipe `prune` recorded, or detects 1x4 blocks and bank-balanced rows from the
@@ -386,7 +393,7 @@ def convert(model, output, autotune, threads, max_density, dim, no_depthwise, in
         raise SparsekitError("--min-zeros, --recall, --predict-bits and --calibration are for "
                              "--predict-relu")
     io.check_output_path(output, force, inputs=(model,))
-    source = io.load_model(model)
+    source = io.load_model(model, lazy=not predict_relu)
     calib = load_calibration_option(calibration, preprocess, calibration_samples, batch_size,
                                     source)
     if predict_relu and calib is None:
@@ -402,7 +409,7 @@ def convert(model, output, autotune, threads, max_density, dim, no_depthwise, in
                                         threads=threads, depthwise=not no_depthwise,
                                         include=include, exclude=exclude, autotune_dims=dims,
                                         progress=progress, **predict)
-    io.save_model(converted, output, external_data=io.uses_external_data(model) or None)
+    io.save_model(converted, output, external_data, source=model)
     if as_json:
         print_json({"output": str(output), **report.to_dict()})
         return
@@ -480,7 +487,7 @@ def inspect(model, as_json):
     Example: sparsekit inspect sparse.onnx
     """
 
-    report = run_inspect(io.load_model(model))
+    report = run_inspect(io.load_model(model, lazy=True))
     if as_json:
         print_json(report.to_dict())
         return
@@ -756,10 +763,14 @@ def zoo(name, output, force, as_json):
               help="Seconds between checkpoints.")
 @click.option("--resume", is_flag=True, help="Continue from the checkpoint.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.option("--external-data/--no-external-data", "external_data", default=None,
+              help="Weights in a side file named after OUTPUT (OUTPUT.data), or in the .onnx only "
+                   "(an error above 2 GB). Default: as the input has them; always above 2 GB.")
 @click.option("--force", is_flag=True, help="Overwrite the output file if it exists.")
 def finetune(model, output, teacher, data, preprocess, steps, seconds, batch_size, lr, schedule, loss,
              temperature, feature_weight, no_augment, mix, synthetic, holdout, eval_data, eval_crops,
-             sparsity, threads, device, seed, checkpoint, checkpoint_every, resume, as_json, force):
+             sparsity, threads, device, seed, checkpoint, checkpoint_every, resume, as_json, force,
+             external_data):
     """Fine-tune a pruned MODEL towards its dense --teacher on unlabelled --data.
 
     The pruned model's zeros stay zeros (pattern and recipe metadata kept; convert packs the
@@ -783,7 +794,7 @@ def finetune(model, output, teacher, data, preprocess, steps, seconds, batch_siz
             device=device,
             seed=seed, checkpoint=ckpt, checkpoint_every=checkpoint_every, resume=resume,
             progress=progress)
-    io.save_model(tuned, output, external_data=io.uses_external_data(model) or None)
+    io.save_model(tuned, output, external_data, source=model)
     import os
     if os.path.exists(ckpt):   # the job is done: its checkpoint would only be a stale file
         os.unlink(ckpt)

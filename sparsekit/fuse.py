@@ -16,9 +16,8 @@ from typing import Dict, List, Optional
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
 
-from .graph import ONNX_DOMAINS, consumer_map, get_attr
+from .graph import ONNX_DOMAINS, consumer_map, get_attr, tensor_to_array
 
 
 @dataclass
@@ -83,7 +82,7 @@ class GraphIndex:
 
     def constant(self, name: str) -> Optional[np.ndarray]:
         if name in self.initializers:
-            return numpy_helper.to_array(self.initializers[name])
+            return tensor_to_array(self.initializers[name])
         return self.constants.get(name)
 
     def sole_consumer(self, name: str) -> Optional[onnx.NodeProto]:
@@ -98,7 +97,7 @@ def constant_node_value(node: onnx.NodeProto) -> Optional[np.ndarray]:
     """The value of a Constant node (any of its value attributes), or None."""
     for a in node.attribute:
         if a.name == "value" and a.HasField("t"):
-            return numpy_helper.to_array(a.t)
+            return tensor_to_array(a.t)
         if a.name in ("value_float", "value_floats"):
             return np.asarray(onnx.helper.get_attribute_value(a), dtype=np.float32)
         if a.name in ("value_int", "value_ints"):

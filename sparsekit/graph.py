@@ -27,6 +27,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from . import external
 from .errors import SparsekitError
 
 __all__ = [
@@ -146,7 +147,10 @@ def get_attr(node: onnx.NodeProto, name: str, default=None):
 
 
 def tensor_to_array(t: onnx.TensorProto) -> np.ndarray:
-    """numpy copy of an initializer, with a one-line error for unloaded external data."""
+    """numpy copy of an initializer (read from its file now when deferred: external.py), with a
+    one-line error for unloaded external data."""
+    if external.is_deferred(t):
+        return external.read(t)
     if t.data_location == onnx.TensorProto.EXTERNAL and not t.raw_data:
         raise SparsekitError(
             f"initializer {t.name!r} is stored in external data that was not loaded; "
@@ -204,8 +208,10 @@ class Layer:
 
     def matrix(self, model_or_graph) -> np.ndarray:
         """Read this layer's weight from the model and return it as ``[M, K]``."""
-        t = initializer_map(model_or_graph)[self.weight]
-        return self.to_matrix(tensor_to_array(t))
+        arr = tensor_to_array(initializer_map(model_or_graph)[self.weight])   # a fresh array
+        if list(arr.shape) != list(self.weight_shape):
+            return self.to_matrix(arr)   # the error
+        return np.ascontiguousarray(arr.T) if self.transposed else arr.reshape(self.M, self.K)
 
 
 def prunable_layers(model_or_graph, names: Optional[List[str]] = None) -> Iterator[Layer]:
@@ -320,7 +326,8 @@ def _without_weight_data(model: onnx.ModelProto) -> onnx.ModelProto:
         for d in t.dims:
             n *= d
         if n <= _SHAPE_DATA_LIMIT:
-            g.initializer.append(t)
+            g.initializer.append(numpy_helper.from_array(external.read(t), t.name)
+                                 if external.is_deferred(t) else t)
         else:
             s = g.initializer.add()
             s.name = t.name
@@ -345,7 +352,11 @@ def _attr_graphs(a: onnx.AttributeProto):
 
 
 def set_initializer(t: onnx.TensorProto, arr: np.ndarray) -> None:
-    """Replace an initializer's data in place (name, doc string kept; dtype of ``arr``)."""
+    """Replace an initializer's data in place (name, doc string kept; dtype of ``arr``).  A
+    deferred tensor stays on disk: the new data goes to the scratch file (external.spill)."""
+    if external.is_deferred(t):
+        external.spill(t, arr)
+        return
     doc = t.doc_string
     new = numpy_helper.from_array(np.ascontiguousarray(arr), t.name)
     t.CopyFrom(new)

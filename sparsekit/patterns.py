@@ -210,6 +210,9 @@ def bank_mask(W, sparsity: float, bank_size: Optional[int] = None, banks: Option
     return kept
 
 
+_BAND_ELEMENTS = 1 << 21   # float64 elements per band of block_mask's sums (16 MiB)
+
+
 def block_mask(W, sparsity: float, block=DEFAULT_BLOCK) -> np.ndarray:
     """Layer-wise block mask: ``a x b`` blocks kept or dropped together.
 
@@ -231,9 +234,16 @@ def block_mask(W, sparsity: float, block=DEFAULT_BLOCK) -> np.ndarray:
     G, C = -(-M // b), -(-K // a)
     if s == 0.0:
         return np.ones((M, K), dtype=bool)
-    sq = np.zeros((G * b, C * a))
-    sq[:M, :K] = np.square(W.astype(np.float64))
-    sums = sq.reshape(G, b, C, a).sum(axis=(1, 3))
+    # block sums of squares in float64, a band of row groups at a time: the same sums as over
+    # the whole padded matrix, without holding float64 copies of a big weight (3x its size)
+    sums = np.empty((G, C))
+    band = max(1, _BAND_ELEMENTS // max(b * C * a, 1))
+    for g0 in range(0, G, band):
+        g1 = min(G, g0 + band)
+        sq = np.zeros(((g1 - g0) * b, C * a))
+        rows = W[g0 * b:min(M, g1 * b)]
+        sq[:rows.shape[0], :K] = np.square(rows.astype(np.float64))
+        sums[g0:g1] = sq.reshape(g1 - g0, b, C, a).sum(axis=(1, 3))
     rows_in = np.full(G, b)
     rows_in[-1] = M - (G - 1) * b
     cols_in = np.full(C, a)

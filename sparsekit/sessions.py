@@ -24,6 +24,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import onnx
 
+from . import external
 from .errors import SparsekitError
 from .timing import interleaved
 
@@ -104,7 +105,10 @@ def session(model_or_path, threads: Optional[int] = None, config: Optional[dict]
               "profile_file_prefix": os.path.join(tempfile.gettempdir(), prefix)}
     so = session_options(threads, config, custom_ops=custom_ops, **kw)
     if isinstance(model_or_path, onnx.ModelProto):
-        src = model_or_path.SerializeToString()
+        # tensors a lazy load left on disk are not readable by onnxruntime: inline them
+        model = external.materialized(model_or_path) if external.has_deferred(model_or_path) \
+            else model_or_path
+        src = model.SerializeToString()
     elif isinstance(model_or_path, (bytes, bytearray)):
         src = bytes(model_or_path)
     else:

@@ -172,12 +172,14 @@ def test_no_prunable_layer(tmp_path, capsys):
 def test_debug_shows_traceback(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "sparsekit", "--debug", "prune",
                            str(tmp_path / "missing.onnx"), "-o", str(tmp_path / "o.onnx")],
-                          capture_output=True, text=True)
+                          capture_output=True, text=True, cwd=tmp_path)   # the installed package
+    assert "SparsekitError" in proc.stderr
     assert proc.returncode != 0 and "Traceback" in proc.stderr
 
 
-def test_help_on_every_command():
+def test_help_on_every_command(tmp_path):
     for cmd in ([], ["prune"], ["zoo"]):
+        # cwd elsewhere: `python -m` would otherwise import the source tree, not the package
         proc = subprocess.run([sys.executable, "-m", "sparsekit", *cmd, "--help"],
-                              capture_output=True, text=True)
+                              capture_output=True, text=True, cwd=tmp_path)
         assert proc.returncode == 0 and "Usage" in proc.stdout

@@ -16,9 +16,10 @@ PACKAGE = Path(__file__).resolve().parents[1] / "sparsekit"
 # bottom to top; a module may import only from layers below its own
 LAYERS = [
     ("errors", ["errors"]),
+    ("tensors on disk", ["external"]),
     ("base", ["io", "timing", "version", "_native", "models"]),
     ("model facts", ["graph", "patterns", "format", "calibration"]),
-    ("reading weights", ["detect", "fuse", "recipe", "fold_bn"]),
+    ("reading weights", ["weights", "detect", "fuse", "recipe", "fold_bn"]),
     ("ops", ["pack", "sequence"]),
     ("selection", ["selection"]),
     ("onnxruntime", ["sessions"]),

@@ -19,22 +19,21 @@ The package, in the order its modules build on each other:
 """
 from __future__ import annotations
 
-import copy
 import json
 from typing import Callable, Dict, Optional
 
 import onnx
 
-from .. import format
+from .. import external, format
 from ..errors import SparsekitError
 from ..fold_bn import fold_batchnorms
 from ..graph import NameFilter, Replacement, prunable_layers, replace_chains, set_metadata
 from ..io import as_model
 from ..predict import DEFAULT_BITS, DEFAULT_MIN_ZEROS, DEFAULT_RECALL, plan_predicted
+from ..weights import read_weights, refused_layers
 from .autotune import AutoTuner, check_autotune_dims, decide
 from .choice import DEFAULT_MAX_DENSITY, choose_format, thresholds
-from .plan import (Context, Plan, constant_weights_to_initializers, dense_row, non_candidates,
-                   plan_depthwise, plan_sparse)
+from .plan import Context, Plan, dense_row, plan_depthwise, plan_sparse
 from .recurrent import LSTM_MAX_DENSITY, plan_recurrent
 from .report import ConvertReport, LayerDecision
 
@@ -83,20 +82,20 @@ def convert(model_or_path, *, max_density: Optional[Dict[str, float]] = None,
         raise SparsekitError("predict_relu needs calibration data: whether a layer's outputs "
                              "are mostly zero is measured on real inputs")
 
-    model = copy.deepcopy(src)
+    # a copy with weights in any encoding (Constant nodes, Cast, Transpose, ...) as initializers
+    model, weight_notes = read_weights(src)
     report = ConvertReport(settings={
         "max_density": limits, "autotune": bool(autotune), "threads": threads,
         "depthwise": bool(depthwise), "include": include, "exclude": exclude,
         "autotune_dims": dims})
-    moved = constant_weights_to_initializers(model)
-    if moved:
-        report.notes.append(f"{moved} Constant-node weight(s) read as initializers")
+    report.notes.extend(weight_notes)
     report.folded_bn, bn_notes = fold_batchnorms(model)
     report.notes.extend(bn_notes)
 
     ctx = Context(model, limits, bool(autotune), names)
     layers = list(prunable_layers(model, ctx.names))
-    report.skipped = non_candidates(model, ctx, {l.index for l in layers})
+    report.skipped = [r.row() for r in refused_layers(model, ctx.names,
+                                                      {l.index for l in layers})]
     rows: Dict[int, LayerDecision] = {}
     plans: Dict[int, Plan] = {}
     _plan_layers(ctx, layers, AutoTuner(threads, ctx.index, dims) if autotune else None,
@@ -146,6 +145,7 @@ def _plan_layers(ctx: Context, layers, tuner: Optional[AutoTuner], depthwise: bo
             if plan is not None:
                 plans[layer.index] = plan
                 ctx.claimed.update(n.output[0] for n in plan.fusion.nodes)
+                _keep_on_disk(ctx, layer, plan)
         tick(layer.name)
 
     sparse_out = {p.fusion.output for p in plans.values()}
@@ -167,6 +167,13 @@ def _plan_layers(ctx: Context, layers, tuner: Optional[AutoTuner], depthwise: bo
         tick(layer.name)
 
 
+def _keep_on_disk(ctx: Context, layer, plan: Plan) -> None:
+    """A weight read lazily from external data: its packed tensors go to the scratch file too,
+    so memory holds one layer's tensors at a time (external.py)."""
+    if external.is_deferred(ctx.index.initializers[layer.weight]):
+        plan.inits[:] = [external.spilled(t) for t in plan.inits]
+
+
 def _note_shared_weights(ctx: Context, rows: Dict[int, LayerDecision],
                          plans: Dict[int, Plan]) -> None:
     """A weight some node that stays keeps reading stays in the file (and is not saved)."""
@@ -183,10 +190,10 @@ def _check_output(model: onnx.ModelProto, src: onnx.ModelProto, report: ConvertR
     if model.ByteSize() >= 2**31 - 1:
         return  # the checker cannot take a ModelProto this large in memory
     try:
-        onnx.checker.check_model(model)
+        onnx.checker.check_model(external.stubbed(model))
     except onnx.checker.ValidationError as e:
         try:
-            onnx.checker.check_model(src)
+            onnx.checker.check_model(external.stubbed(src))
         except (onnx.checker.ValidationError, ValueError) as e_src:
             report.notes.append("the input model does not pass onnx.checker either: "
                                 + str(e_src).strip().splitlines()[0])

@@ -1,5 +1,6 @@
-"""Per-layer planning: which layers are candidates, and for each the sparse (or DepthwiseConv)
-node that replaces it with its fused epilogue, or the reason it stays dense."""
+"""Per-layer planning: for each candidate layer the sparse (or DepthwiseConv) node that replaces
+it with its fused epilogue, or the reason it stays dense (which layers are candidates, and why
+the others are not, is weights.py's)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -10,17 +11,14 @@ import onnx
 from onnx import numpy_helper
 
 from .. import pack
-from ..fuse import Fusion, GraphIndex, constant_node_value, plan_fusion
-from ..graph import (ONNX_DOMAINS, PRUNABLE_OPS, Layer, NameFilter, get_attr, infer_shapes,
-                     node_names, producer_map, resolve_pads)
+from ..fuse import Fusion, GraphIndex, plan_fusion
+from ..graph import (Layer, NameFilter, get_attr, infer_shapes, node_names, producer_map,
+                     resolve_pads, tensor_to_array)
 from ..recipe import recorded_layers
 from .choice import FORMAT_LABEL, FormatChoice, choose_format
 from .report import LayerDecision
 
-__all__ = ["Plan", "Context", "QUANTIZED_OPS", "constant_weights_to_initializers",
-           "non_candidates", "dense_row", "conv_pads", "plan_sparse", "plan_depthwise"]
-
-QUANTIZED_OPS = ("ConvInteger", "QLinearConv", "MatMulInteger", "QLinearMatMul")
+__all__ = ["Plan", "Context", "dense_row", "conv_pads", "plan_sparse", "plan_depthwise"]
 
 
 @dataclass
@@ -31,30 +29,6 @@ class Plan:
     fusion: Fusion
     layer: Layer
     choice: Optional["FormatChoice"] = None   # sparse ops: the format chosen
-
-
-def constant_weights_to_initializers(model: onnx.ModelProto) -> int:
-    """Constant nodes that feed a Conv/Gemm/MatMul weight input become initializers (same name),
-    so weights exporters emit as Constant nodes convert like any other."""
-    g = model.graph
-    weight_inputs = {n.input[1] for n in g.node
-                     if n.op_type in PRUNABLE_OPS and n.domain in ONNX_DOMAINS
-                     and len(n.input) > 1 and n.input[1]}
-    taken = {t.name for t in g.initializer} | {o.name for o in g.output}
-    moved, keep = 0, []
-    for n in g.node:
-        if n.op_type == "Constant" and n.domain in ONNX_DOMAINS and len(n.output) == 1 \
-                and n.output[0] in weight_inputs and n.output[0] not in taken:
-            v = constant_node_value(n)
-            if v is not None and v.ndim >= 2:
-                g.initializer.append(numpy_helper.from_array(np.asarray(v), n.output[0]))
-                moved += 1
-                continue
-        keep.append(n)
-    if moved:
-        del g.node[:]
-        g.node.extend(keep)
-    return moved
 
 
 class Context:
@@ -73,37 +47,6 @@ class Context:
         self.claimed: set = set()        # first outputs of nodes some plan absorbs
         self.producers = producer_map(model)
         self.graph_inputs = {i.name for i in model.graph.input}
-
-
-def non_candidates(model, ctx: Context, candidates: set) -> List[Dict[str, str]]:
-    """Conv/Gemm/MatMul nodes without a constant weight initializer, and int8 quantized ops."""
-    out = []
-    for i, n in enumerate(model.graph.node):
-        if i in candidates or n.domain not in ONNX_DOMAINS:
-            continue
-        if n.op_type in QUANTIZED_OPS:
-            out.append({"name": ctx.names[i], "op": n.op_type,
-                        "reason": "int8 quantized op: not supported (float32 only)"})
-            continue
-        if n.op_type not in PRUNABLE_OPS or len(n.input) < 2:
-            continue
-        w = n.input[1]
-        if n.op_type == "MatMul" and n.input[0] in ctx.index.initializers:
-            why = "the constant is MatMul's first input (W·X), not supported"
-        elif w in ctx.index.initializers:  # a constant that prunable_layers did not take
-            why = f"unsupported weight shape {list(ctx.index.initializers[w].dims)}"
-        elif w in ctx.graph_inputs:
-            why = "the weight is a graph input, not a constant"
-        elif w in ctx.producers:
-            p = ctx.producers[w][1]
-            if p.op_type == "DequantizeLinear":
-                why = "the weight is computed by DequantizeLinear (int8 weights are not supported)"
-            else:
-                why = f"the weight is computed at run time (by {p.op_type})"
-        else:
-            why = "the weight is not a constant"
-        out.append({"name": ctx.names[i], "op": n.op_type, "reason": why})
-    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -190,7 +133,7 @@ def plan_sparse(ctx: Context, layer: Layer):
     own_bias, alpha, why = _own_bias(ctx, layer)
     if why:
         return dense_row(model, layer, "-", why, W_raw), None
-    W = W_raw.astype(np.float32)
+    W = W_raw.astype(np.float32, copy=False)   # nothing below changes W in place
     if alpha != 1.0:
         W = W * np.float32(alpha)
     choice, p = choose_format(W, ctx.recipe.get(layer.name))
@@ -247,7 +190,7 @@ def _packed_bytes(node: onnx.NodeProto, inits: List[onnx.TensorProto]) -> int:
 
 def plan_depthwise(ctx: Context, layer: Layer, sparse_out: set, sparse_in: set):
     node = layer.node
-    w = numpy_helper.to_array(ctx.index.initializers[layer.weight])
+    w = tensor_to_array(ctx.index.initializers[layer.weight])
     row = dense_row(ctx.model, layer, "depthwise", "")
     k = layer.kernel_shape
     strides = list(get_attr(node, "strides", [1, 1]))

@@ -7,7 +7,7 @@ import numpy as np
 from onnx import numpy_helper
 
 from ..errors import SparsekitError
-from ..graph import ONNX_DOMAINS, get_attr
+from ..graph import ONNX_DOMAINS, get_attr, tensor_to_array
 from ..sequence import (RECURRENT_OPS, lstm_layers, lstm_unsupported, make_sparse_gru_node,
                         make_sparse_lstm_node)
 from .choice import FormatChoice, choose_format
@@ -70,8 +70,8 @@ def _weights(ctx: Context, node) -> Tuple[Optional[str], Optional[np.ndarray],
         why = f"output Y is unnamed ({sparse_op} writes {', '.join(out_names)})"
     W = R = None
     if why is None:
-        W = numpy_helper.to_array(inits[node.input[1]])
-        R = numpy_helper.to_array(inits[node.input[2]])
+        W = tensor_to_array(inits[node.input[1]])
+        R = tensor_to_array(inits[node.input[2]])
         if W.dtype != np.float32 or R.dtype != np.float32:
             why = "weights are not float32"
         elif W.ndim != 3 or R.ndim != 3:
@@ -154,7 +154,7 @@ def _pack(ctx: Context, node, i: int, W, R, picks: Dict[str, FormatChoice], take
     direction = get_attr(node, "direction", b"forward")
     direction = direction.decode() if isinstance(direction, bytes) else str(direction)
     inits = ctx.index.initializers
-    Bv = numpy_helper.to_array(inits[ins[3]]).astype(np.float32) if ins[3] else None
+    Bv = tensor_to_array(inits[ins[3]]).astype(np.float32) if ins[3] else None
     try:
         if op == "LSTM":
             new, new_inits = make_sparse_lstm_node(base, ins[0], outs, W, R, Bv,
