@@ -196,19 +196,26 @@ class Layer:
             return np.ascontiguousarray(arr.T)
         return arr.reshape(self.M, self.K).copy()
 
-    def from_matrix(self, mat: np.ndarray) -> np.ndarray:
-        """A 2-D ``[M, K]`` matrix or mask -> the initializer's layout (a copy)."""
+    def from_matrix(self, mat: np.ndarray, copy: bool = True) -> np.ndarray:
+        """A 2-D ``[M, K]`` matrix or mask -> the initializer's layout (a copy; with
+        ``copy=False`` a view where the layout allows, for a matrix nobody else holds)."""
         mat = np.asarray(mat)
         if mat.shape != (self.M, self.K):
             raise ValueError(f"{self.name}: expected matrix shape {(self.M, self.K)}, "
                              f"got {mat.shape}")
         if self.transposed:
             return np.ascontiguousarray(mat.T)
-        return mat.reshape(self.weight_shape).copy()
+        out = mat.reshape(self.weight_shape)
+        return out.copy() if copy else out
 
     def matrix(self, model_or_graph) -> np.ndarray:
         """Read this layer's weight from the model and return it as ``[M, K]``."""
-        arr = tensor_to_array(initializer_map(model_or_graph)[self.weight])   # a fresh array
+        return self.tensor_matrix(initializer_map(model_or_graph)[self.weight])
+
+    def tensor_matrix(self, t: onnx.TensorProto) -> np.ndarray:
+        """The weight initializer ``t`` read as ``[M, K]`` (a fresh array, not copied twice:
+        a big weight is held once)."""
+        arr = tensor_to_array(t)
         if list(arr.shape) != list(self.weight_shape):
             return self.to_matrix(arr)   # the error
         return np.ascontiguousarray(arr.T) if self.transposed else arr.reshape(self.M, self.K)

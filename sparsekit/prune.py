@@ -245,13 +245,14 @@ def _prune_layer(c: Layer, spec, inits, recon: Optional[LayerwiseReconstruction]
                  notes: List[str]) -> LayerRow:
     """Mask (and with calibration data reconstruct) one layer's weight in place; its row."""
     t = inits[c.weight]
-    W = c.to_matrix(tensor_to_array(t))
+    W = c.tensor_matrix(t)
     mask, used = layer_mask(c, W, spec)
     Wp = np.where(mask, W, np.zeros((), dtype=W.dtype))
+    del mask
     why_not = supports(c) if recon else None
     if recon and why_not is None:
         Wp, errors, scale_range, note = recon.run(c, W, Wp, used, spec["sparsity"], inits)
-    set_initializer(t, c.from_matrix(Wp).astype(W.dtype, copy=False))
+    set_initializer(t, c.from_matrix(Wp, copy=False).astype(W.dtype, copy=False))
     row = _row(c, used, spec["sparsity"], int(np.count_nonzero(Wp)), shapes)
     if recon and why_not is None:
         row.method = "reconstruction"
