@@ -5,7 +5,7 @@ unloaded; :func:`defer` marks each with the absolute folder of its side file (``
 ``external_data``), so :func:`read` finds its bytes wherever the model was read from.  A result
 computed from such a tensor is not kept in memory either: :func:`spill` appends it to a scratch
 file (deleted when the process exits) and leaves the tensor pointing there.  When the model is
-saved, :func:`write_data` streams every deferred tensor into the output's side file in chunks.
+saved, :func:`copy_to` streams each deferred tensor into the output's side file in chunks.
 Onnxruntime and onnx's own readers do not know ``BASE_KEY``: :func:`materialized` gives a copy
 with the data inline for them.
 """
@@ -24,14 +24,14 @@ from onnx import numpy_helper
 from .errors import SparsekitError
 
 __all__ = ["BASE_KEY", "defer", "is_deferred", "has_deferred", "read", "spill", "spilled",
-           "materialized", "stubbed", "write_data", "all_tensors"]
+           "materialized", "stubbed", "source", "copy_to", "all_tensors"]
 
 # types whose bytes are not a numpy array of the type tensor_dtype_to_np_dtype names
 _PACKED_TYPES = {onnx.TensorProto.BFLOAT16, onnx.TensorProto.INT4, onnx.TensorProto.UINT4} | {
     getattr(onnx.TensorProto, n) for n in ("FLOAT8E4M3FN", "FLOAT8E4M3FNUZ", "FLOAT8E5M2",
                                            "FLOAT8E5M2FNUZ", "FLOAT4E2M1") if hasattr(onnx.TensorProto, n)}
 BASE_KEY = "sparsekit.base"   # absolute folder `location` is relative to; never saved to a file
-_CHUNK = 64 << 20             # bytes copied at a time when streaming a tensor to the output
+_CHUNK = 64 << 20   # bytes copied at a time when streaming a tensor to the output
 
 
 def all_tensors(model: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
@@ -100,14 +100,15 @@ def _nbytes(t: onnx.TensorProto) -> int:
     return int(np.prod(t.dims, dtype=np.int64)) * np.dtype(dtype).itemsize
 
 
-def _source(t: onnx.TensorProto):
+def source(t: onnx.TensorProto):
+    """(file, offset, length) of a deferred tensor's bytes."""
     e = _entries(t)
     return os.path.join(e[BASE_KEY], e["location"]), int(e.get("offset", 0) or 0), _nbytes(t)
 
 
 def read(t: onnx.TensorProto) -> np.ndarray:
     """The array of a deferred tensor, read from its file now."""
-    path, offset, length = _source(t)
+    path, offset, length = source(t)
     dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t.data_type))
     # straight into the array (one copy of the tensor in memory), where numpy has the type
     plain = dtype.kind in "biuf" and t.data_type not in _PACKED_TYPES
@@ -211,41 +212,17 @@ def stubbed(model: onnx.ModelProto) -> onnx.ModelProto:
     return m
 
 
-def write_data(model: onnx.ModelProto, out: BinaryIO, location: str,
-               threshold: int = 1024) -> None:
-    """Stream the data of ``model``'s deferred tensors, and of inline ones above ``threshold``
-    bytes, into ``out`` (the output's side file, named ``location`` next to the .onnx); the
-    tensors, in place, then point there.  ``model`` should be a copy the caller may change."""
-    for t in all_tensors(model):
-        if is_deferred(t):
-            path, src_offset, length = _source(t)
-            offset = out.tell()
-            with open(path, "rb") as f:
-                f.seek(src_offset)
-                left = length
-                while left:
-                    chunk = f.read(min(_CHUNK, left))
-                    if not chunk:
-                        raise SparsekitError(f"external data of {t.name!r}: {path} ended early")
-                    out.write(chunk)
-                    left -= len(chunk)
-        elif t.data_location != onnx.TensorProto.EXTERNAL and _inline_bytes(t) > threshold:
-            data = numpy_helper.to_array(t)
-            offset, length = out.tell(), data.nbytes
-            out.write(np.ascontiguousarray(data).tobytes())
-            name, doc, dtype, dims = t.name, t.doc_string, t.data_type, list(t.dims)
-            t.Clear()
-            t.name, t.doc_string, t.data_type = name, doc, dtype
-            t.dims.extend(dims)
-            t.data_location = onnx.TensorProto.EXTERNAL
-        else:
-            continue
-        _set_entries(t, {"location": location, "offset": str(offset), "length": str(length)})
-
-
-def _inline_bytes(t: onnx.TensorProto) -> int:
-    if t.raw_data:
-        return len(t.raw_data)
-    if t.data_type == onnx.TensorProto.STRING:
-        return 0   # strings cannot go to external data
-    return _nbytes(t)
+def copy_to(t: onnx.TensorProto, out: BinaryIO) -> int:
+    """Append a deferred tensor's bytes to ``out`` in chunks (never the whole tensor in memory);
+    returns how many were written."""
+    path, offset, length = source(t)
+    with open(path, "rb") as f:
+        f.seek(offset)
+        left = length
+        while left:
+            chunk = f.read(min(_CHUNK, left))
+            if not chunk:
+                raise SparsekitError(f"external data of {t.name!r}: {path} ended early")
+            out.write(chunk)
+            left -= len(chunk)
+    return length

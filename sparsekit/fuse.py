@@ -17,7 +17,7 @@ from typing import Dict, List, Optional
 import numpy as np
 import onnx
 
-from .graph import ONNX_DOMAINS, consumer_map, get_attr, tensor_to_array
+from .graph import ONNX_DOMAINS, constant_node_value, consumer_map, get_attr, tensor_to_array
 
 
 @dataclass
@@ -91,18 +91,6 @@ class GraphIndex:
         if len(users) != 1 or self.uses.get(name, 0) != 1 or name in self.graph_outputs:
             return None
         return users[0]
-
-
-def constant_node_value(node: onnx.NodeProto) -> Optional[np.ndarray]:
-    """The value of a Constant node (any of its value attributes), or None."""
-    for a in node.attribute:
-        if a.name == "value" and a.HasField("t"):
-            return tensor_to_array(a.t)
-        if a.name in ("value_float", "value_floats"):
-            return np.asarray(onnx.helper.get_attribute_value(a), dtype=np.float32)
-        if a.name in ("value_int", "value_ints"):
-            return np.asarray(onnx.helper.get_attribute_value(a), dtype=np.int64)
-    return None
 
 
 def _channel_vector(value: np.ndarray, M: int, channel_axis_from_end: int,

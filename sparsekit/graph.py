@@ -39,6 +39,7 @@ __all__ = [
     "node_names",
     "get_attr",
     "tensor_to_array",
+    "constant_node_value",
     "prunable_layers",
     "infer_shapes",
     "PRUNABLE_OPS",
@@ -159,6 +160,32 @@ def tensor_to_array(t: onnx.TensorProto) -> np.ndarray:
         return np.array(numpy_helper.to_array(t))
     except Exception as e:  # malformed tensor
         raise SparsekitError(f"initializer {t.name!r} could not be read ({e})") from e
+
+
+def constant_node_value(node: onnx.NodeProto) -> Optional[np.ndarray]:
+    """The value of a Constant node, any of its numeric value attributes; None otherwise."""
+    for a in node.attribute:
+        if a.name == "value" and a.HasField("t"):
+            return tensor_to_array(a.t)
+        if a.name == "sparse_value" and a.HasField("sparse_tensor"):
+            return _sparse_to_dense(a.sparse_tensor)
+        if a.name in ("value_float", "value_floats"):
+            return np.asarray(onnx.helper.get_attribute_value(a), dtype=np.float32)
+        if a.name in ("value_int", "value_ints"):
+            return np.asarray(onnx.helper.get_attribute_value(a), dtype=np.int64)
+    return None
+
+
+def _sparse_to_dense(sp: onnx.SparseTensorProto) -> np.ndarray:
+    """A SparseTensorProto as a dense array (indices linear [NNZ] or coordinates [NNZ, rank])."""
+    values = tensor_to_array(sp.values).reshape(-1)
+    dims = [int(d) for d in sp.dims]
+    out = np.zeros(dims, dtype=values.dtype)
+    if values.size:
+        idx = tensor_to_array(sp.indices).astype(np.int64)
+        flat = idx.reshape(-1) if idx.ndim == 1 else np.ravel_multi_index(idx.T, dims)
+        out.reshape(-1)[flat] = values
+    return out
 
 
 @dataclass

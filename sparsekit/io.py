@@ -27,7 +27,6 @@ _PROTOBUF_LIMIT = 2**31 - 1
 _EXTERNAL_THRESHOLD = 1024
 # Side-file offsets of large tensors start on a page, so onnxruntime can map them.
 _PAGE = 4096
-_CHUNK = 64 << 20   # bytes copied at a time from a tensor left on disk
 
 # Files referenced by models read in this process (the .onnx and its side files), by resolved
 # path and by (device, inode) so that links are caught too; never written over.
@@ -304,21 +303,7 @@ def _large_tensors(model: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
 
 
 def _deferred_bytes(t: onnx.TensorProto) -> int:
-    return _deferred_source(t)[2] if external.is_deferred(t) else 0
-
-
-def _deferred_source(t: onnx.TensorProto) -> tuple:
-    """(file, offset, length) of a tensor left on disk by a lazy load."""
-    e = {x.key: x.value for x in t.external_data}
-    length = e.get("length")
-    if length is None:
-        dtype = onnx.helper.tensor_dtype_to_np_dtype(t.data_type)
-        n = 1
-        for d in t.dims:
-            n *= d
-        length = n * dtype.itemsize
-    return (os.path.join(e[external.BASE_KEY], e["location"]), int(e.get("offset") or 0),
-            int(length))
+    return external.source(t)[2] if external.is_deferred(t) else 0
 
 
 def _write_side_file(tensors: list, path: Path) -> list:
@@ -328,15 +313,15 @@ def _write_side_file(tensors: list, path: Path) -> list:
     with open(path, "wb") as f:
         pos = 0
         for t in tensors:
-            src = _deferred_source(t) if external.is_deferred(t) else None
-            n = src[2] if src else len(t.raw_data)
+            deferred = external.is_deferred(t)
+            n = external.source(t)[2] if deferred else len(t.raw_data)
             align = _PAGE if n >= 64 * _PAGE else 64
             pad = -pos % align
             if pad:
                 f.write(b"\0" * pad)
                 pos += pad
-            if src:
-                _copy_range(src, f, t.name)
+            if deferred:
+                external.copy_to(t, f)
             else:
                 f.write(t.raw_data)
             entries.append((pos, n))
@@ -344,18 +329,6 @@ def _write_side_file(tensors: list, path: Path) -> list:
         f.flush()
         os.fsync(f.fileno())
     return entries
-
-
-def _copy_range(src: tuple, out, name: str) -> None:
-    path, offset, left = src
-    with open(path, "rb") as f:
-        f.seek(offset)
-        while left:
-            chunk = f.read(min(_CHUNK, left))
-            if not chunk:
-                raise SparsekitError(f"external data of {name!r}: {path} ended early")
-            out.write(chunk)
-            left -= len(chunk)
 
 
 def _save_pointing_at(model, path: Path, tensors: list, entries: list, location: str) -> None:

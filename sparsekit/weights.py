@@ -31,11 +31,12 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from .graph import (ONNX_DOMAINS, PRUNABLE_OPS, consumer_map, get_attr, initializer_map,
-                    node_names, producer_map, prunable_layers, set_initializer, tensor_to_array)
+from .graph import (ONNX_DOMAINS, PRUNABLE_OPS, constant_node_value, consumer_map, get_attr,
+                    initializer_map, node_names, producer_map, prunable_layers, set_initializer,
+                    tensor_to_array)
 
 __all__ = ["read_weights", "refused_layers", "refusal_summary", "Refusal", "QUANTIZED_OPS",
-           "FOLDED_OPS", "constant_value", "PRUNE_KINDS"]
+           "FOLDED_OPS", "PRUNE_KINDS"]
 
 QUANTIZED_OPS = ("ConvInteger", "QLinearConv", "MatMulInteger", "QLinearMatMul")
 FOLDED_OPS = ("Constant", "Identity", "Cast", "Transpose", "Reshape")
@@ -53,32 +54,6 @@ PRUNE_KINDS = (QUANTIZED, FIRST_INPUT, SHAPE, GRAPH_INPUT, COMPUTED, NOT_CONSTAN
 
 
 # --------------------------------------------------------------------------- constant values
-
-def constant_value(node: onnx.NodeProto) -> Optional[np.ndarray]:
-    """The value of a Constant node, any of its numeric value attributes; None otherwise."""
-    for a in node.attribute:
-        if a.name == "value" and a.HasField("t"):
-            return tensor_to_array(a.t)
-        if a.name == "sparse_value" and a.HasField("sparse_tensor"):
-            return _dense(a.sparse_tensor)
-        if a.name in ("value_float", "value_floats"):
-            return np.asarray(onnx.helper.get_attribute_value(a), dtype=np.float32)
-        if a.name in ("value_int", "value_ints"):
-            return np.asarray(onnx.helper.get_attribute_value(a), dtype=np.int64)
-    return None
-
-
-def _dense(sp: onnx.SparseTensorProto) -> np.ndarray:
-    """A SparseTensorProto as a dense array (indices linear [NNZ] or coordinates [NNZ, rank])."""
-    values = tensor_to_array(sp.values).reshape(-1)
-    dims = [int(d) for d in sp.dims]
-    out = np.zeros(dims, dtype=values.dtype)
-    if values.size:
-        idx = tensor_to_array(sp.indices).astype(np.int64)
-        flat = idx.reshape(-1) if idx.ndim == 1 else np.ravel_multi_index(idx.T, dims)
-        out.reshape(-1)[flat] = values
-    return out
-
 
 class _Tracer:
     """Follows a tensor down through Identity / Cast / Transpose / Reshape to a constant."""
@@ -104,7 +79,7 @@ class _Tracer:
         if cur not in self.inits and not (chain and chain[-1].op_type == "Constant"):
             return None, chain, chain[-1] if chain else None
         value = (tensor_to_array(self.inits[cur]) if cur in self.inits
-                 else constant_value(chain[-1]))
+                 else constant_node_value(chain[-1]))
         if value is None:
             return None, chain, chain[-1]
         for node in reversed([n for n in chain if n.op_type != "Constant"]):
@@ -199,7 +174,7 @@ def read_weights(model: onnx.ModelProto) -> Tuple[onnx.ModelProto, List[str]]:
             src = bottom.output[0] if bottom.op_type == "Constant" else bottom.input[0]
             if src in graph_outputs or (name != src and name in subgraph_reads):
                 chain = None    # keep those names as they are: copy the value (below)
-            elif bottom.op_type == "Constant" and constant_value(bottom) is None:
+            elif bottom.op_type == "Constant" and constant_node_value(bottom) is None:
                 continue        # a string Constant: not a weight
         if chain is not None:
             if bottom.op_type == "Constant":
@@ -264,7 +239,7 @@ def _constant_initializer(node: onnx.NodeProto, name: str) -> onnx.TensorProto:
             t.CopyFrom(a.t)
             t.name = name
             return t
-    return numpy_helper.from_array(np.ascontiguousarray(constant_value(node)), name)
+    return numpy_helper.from_array(np.ascontiguousarray(constant_node_value(node)), name)
 
 
 def _initializer(name: str, value: np.ndarray, like: Optional[onnx.TensorProto]
@@ -388,7 +363,7 @@ def _source_dtype(f: "_Fold", tracer: _Tracer) -> str:
     for a in bottom.attribute:
         if a.name == "value" and a.HasField("t"):
             return _dtype_name(a.t)
-    v = constant_value(bottom)
+    v = constant_node_value(bottom)
     return v.dtype.name if v is not None else "?"
 
 

@@ -2,8 +2,6 @@
 same bytes as the loaded one, holding one weight at a time, and streams into its output."""
 from __future__ import annotations
 
-import io as pyio
-
 import numpy as np
 import onnx
 import pytest
@@ -87,18 +85,16 @@ def test_lazy_prune_and_convert_give_the_same_bytes(tmp_path, pattern, sparsity)
                                run_stock(pe, {"img": img}), rtol=1e-4, atol=1e-5)
 
 
-def test_write_data_streams_every_tensor(tmp_path):
+def test_save_streams_every_tensor_into_the_output_side_file(tmp_path):
+    from sparsekit import io
     path = _stack(tmp_path / "m", files=3)
     pruned, _ = sparsekit.prune(_lazy(path), "block", 0.5)
-    copy = onnx.ModelProto()
-    copy.CopyFrom(pruned)
-    buf = pyio.BytesIO()
-    external.write_data(copy, buf, "out.data")
-    (tmp_path / "out.data").write_bytes(buf.getvalue())
-    assert not external.has_deferred(copy)
-    assert {e.value for t in copy.graph.initializer for e in t.external_data
-            if e.key == "location"} == {"out.data"}
-    onnx.save_model(copy, str(tmp_path / "out.onnx"))
+    before = pruned.SerializeToString()
+    io.save_model(pruned, tmp_path / "out.onnx", external_data=True)
+    assert pruned.SerializeToString() == before        # the in-memory model is left as it was
+    head = onnx.load(str(tmp_path / "out.onnx"), load_external_data=False)
+    assert {e.value for t in head.graph.initializer for e in t.external_data
+            if e.key == "location"} == {"out.onnx.data"}
     back = onnx.load(str(tmp_path / "out.onnx"))
     want = external.materialized(pruned)
     for a, b in zip(back.graph.initializer, want.graph.initializer):
