@@ -28,6 +28,7 @@ from .format import DOMAIN
 from .inspection import inspect as run_inspect
 from .patterns import PATTERNS
 from .prune import prune as run_prune
+from .prune import thin_rows_note
 from .reconstruct import DEFAULT_DAMP, MATCH_MODES
 from .selection import DEFAULT_MIN_PARAMS
 from .sessions import make_inputs, parse_shapes
@@ -37,6 +38,7 @@ err = Console(stderr=True)
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
+EXIT_NOTHING_CONVERTED = 3   # convert rewrote no layer (and --allow-empty was not given)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -225,6 +227,10 @@ def render_prune_report(report) -> None:
         out.print(f"skipped {len(d['skipped'])} layer(s): " + ", ".join(
             f"{s['name']} ({s['reason']})" for s in d["skipped"][:8])
             + (" ..." if len(d["skipped"]) > 8 else ""))
+    for row in report.layers:
+        thin = thin_rows_note(row)
+        if thin:
+            out.print(f"warning: {row.name}: {thin}")
     t = d["totals"]
     out.print(f"params: {_fmt_count(t['params'])} -> {_fmt_count(t['params_kept'])} "
               f"({t['params_removed_pct']:.1f}% removed); FLOPs: {_fmt_count(t['flops'])} -> "
@@ -374,9 +380,12 @@ def _parse_max_density(values) -> dict:
               help="Weights in a side file named after OUTPUT (OUTPUT.data), or in the .onnx only "
                    "(an error above 2 GB). Default: as the input has them; always above 2 GB.")
 @click.option("--force", is_flag=True, help="Overwrite the output file if it exists.")
+@click.option("--allow-empty", is_flag=True,
+              help="Write OUTPUT even when no layer was converted (a copy of MODEL) and exit 0; "
+                   "without it that case writes nothing and exits 3.")
 def convert(model, output, autotune, threads, max_density, dim, no_depthwise, include, exclude,
             predict_relu, min_zeros, recall, predict_bits, calibration, preprocess,
-            calibration_samples, batch_size, as_json, force, external_data):
+            calibration_samples, batch_size, as_json, force, external_data, allow_empty):
     """Rewrite MODEL's sparse layers into ai.sparsekit ops with packed weights.
 
     Reads the recipe `prune` recorded, or detects 1x4 blocks and bank-balanced rows from the
@@ -409,14 +418,26 @@ def convert(model, output, autotune, threads, max_density, dim, no_depthwise, in
                                         threads=threads, depthwise=not no_depthwise,
                                         include=include, exclude=exclude, autotune_dims=dims,
                                         progress=progress, **predict)
-    io.save_model(converted, output, external_data, source=model)
+    empty = report.nothing_converted
+    written = empty is None or allow_empty
+    if written:
+        io.save_model(converted, output, external_data, source=model)
     if as_json:
-        print_json({"output": str(output), **report.to_dict()})
-        return
-    _render_convert_report(report, autotune)
-    if report.predicted is not None:
-        _render_predicted(report.predicted, autotune)
-    out.print(f"wrote [bold]{output}[/bold]")
+        print_json({"output": str(output) if written else None, "nothing_converted": empty,
+                    **report.to_dict()})
+    else:
+        _render_convert_report(report, autotune)
+        if report.predicted is not None:
+            _render_predicted(report.predicted, autotune)
+        if written:
+            out.print(f"wrote [bold]{output}[/bold]")
+    if empty is not None and allow_empty:
+        click.echo(f"warning: {empty}", err=True)
+    elif empty is not None:
+        # one line on stderr and a non-zero exit, so scripts notice a conversion that did nothing
+        e = SparsekitError(f"{empty}; {output} not written (--allow-empty writes it)")
+        e.exit_code = EXIT_NOTHING_CONVERTED
+        raise e
 
 
 def _render_convert_report(report, autotune: bool) -> None:

@@ -38,7 +38,7 @@ from .sessions import session, time_pair
 __all__ = ["quantize_rows", "make_predicted_conv_node", "prediction_units", "predicted_mask",
            "Pool", "pooled_candidates", "pooled_output", "MarginStats", "margin_for_recall",
            "rewrite_predicted", "PredictedLayer", "plan_predicted", "DEFAULT_MIN_ZEROS",
-           "DEFAULT_BITS", "DEFAULT_RECALL"]
+           "DEFAULT_BITS", "DEFAULT_RECALL", "NONFINITE_REASON", "all_finite"]
 
 # Least fraction of unneeded outputs (zeros after the activation, or no window's max), measured on
 # calibration data, at which a layer is predicted: below it the prediction (a quarter to half of a
@@ -371,6 +371,23 @@ def _max_pool(node: onnx.NodeProto) -> Optional[Pool]:
     return Pool((k[0], k[1]), (st[0], st[1]), (pd[0], pd[1], pd[2], pd[3]))
 
 
+# Why a layer whose weights or biases (its own, or what fusion folds in) hold NaN/Inf stays as
+# it is: every ai.sparsekit op refuses non-finite weights at session creation, and stock
+# onnxruntime gives the reference behaviour (NaN/Inf propagate through the layer).
+NONFINITE_REASON = "non-finite weights (kept in onnxruntime, which propagates them)"
+
+
+def all_finite(*arrays) -> bool:
+    """True when no array (None is skipped) holds NaN or +-Inf; min/max, so no mask is made."""
+    for a in arrays:
+        if a is None:
+            continue
+        a = np.asarray(a)
+        if a.size and not (np.isfinite(a.min()) and np.isfinite(a.max())):
+            return False
+    return True
+
+
 def rewrite_predicted(model, include: Optional[str] = None, exclude: Optional[str] = None, *,
                       bits: int = DEFAULT_BITS, margins: Optional[Dict[str, int]] = None,
                       pool: bool = True) -> Tuple[onnx.ModelProto, List[PredictedLayer]]:
@@ -420,6 +437,9 @@ def rewrite_predicted(model, include: Optional[str] = None, exclude: Optional[st
             row.reason = "not followed by ReLU or Clip(0, hi)"
             continue
         Wf, bf = f.apply(W, b)
+        if not all_finite(W, b, Wf, bf, f.scale, f.bias):
+            row.activation, row.reason = f.activation, NONFINITE_REASON  # a chain, kept as is
+            continue
         pads = [int(v) for v in (get_attr(node, "pads") or [0, 0, 0, 0])]
         base = unique_name(f"{name}.predicted", taken)
         mp = index.sole_consumer(f.output) if pool else None

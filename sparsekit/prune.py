@@ -32,7 +32,7 @@ from .selection import (DEFAULT_MIN_PARAMS, Selection, SkippedLayer, layer_flops
                         select_layers, selection_rules)
 from .weights import read_weights
 
-__all__ = ["prune", "layer_mask", "PruneReport", "LayerRow", "PruneTotals"]
+__all__ = ["prune", "layer_mask", "PruneReport", "LayerRow", "PruneTotals", "thin_rows_note"]
 
 
 # --------------------------------------------------------------------------- report
@@ -223,12 +223,26 @@ def _prune_chosen(model: onnx.ModelProto, selection: Selection, names: List[str]
                             "they see the pruned values")
                 notes.append(f"{c.name}: {row.note}")
             pruned_by[c.weight] = row
+            thin = thin_rows_note(row)
+            if thin:
+                row.note = f"{row.note}; {thin}" if row.note else thin
+                notes.append(f"{c.name}: {thin}")
         else:
             row = _shared_row(c, spec, inits[c.weight], first, layer_of[first.name], selection.shapes)
         rows.append(row)
         if progress is not None:
             progress(done, total, c.name)
     return rows
+
+
+def thin_rows_note(row: LayerRow) -> Optional[str]:
+    """The warning for a layer that keeps fewer weights than it has output rows (some rows are
+    then all zero: those outputs no longer depend on the input), or None."""
+    M = row.matrix_shape[0]
+    if row.shared_with is not None or row.nonzeros >= M:
+        return None
+    return (f"keeps {row.nonzeros} weight(s) for {M} output rows, fewer than one per row: at "
+            f"least {M - row.nonzeros} outputs no longer depend on the input")
 
 
 def _note_skipped_sharers(selection: Selection, report: PruneReport) -> None:

@@ -72,6 +72,12 @@ def lstm_layers(model_or_graph, names: Optional[List[str]] = None) -> Iterator[L
                         output=n.output[0] if n.output else "")
 
 
+# the attributes of ONNX LSTM and GRU that SparseLSTM / SparseGRU implement or that
+# lstm_unsupported checks (LSTM adds input_forget, GRU linear_before_reset)
+_RECURRENT_ATTRS = {"activations", "activation_alpha", "activation_beta", "clip", "direction",
+                    "hidden_size", "layout"}
+
+
 def lstm_unsupported(node: onnx.NodeProto, inits: dict, graph_inputs: set) -> Optional[str]:
     """Why this LSTM / GRU node cannot become a SparseLSTM / SparseGRU, or None."""
     if node.domain not in ONNX_DOMAINS or node.op_type not in RECURRENT_OPS:
@@ -91,6 +97,14 @@ def lstm_unsupported(node: onnx.NodeProto, inits: dict, graph_inputs: set) -> Op
         return "attribute clip is not supported"
     if op == "LSTM" and int(get_attr(node, "input_forget", 0)):
         return "input_forget = 1 is not supported"
+    known = _RECURRENT_ATTRS | ({"input_forget"} if op == "LSTM" else {"linear_before_reset"})
+    other = sorted(a.name for a in node.attribute if a.name not in known)
+    if other:
+        return f"attribute {other[0]} is not supported"
+    direction = get_attr(node, "direction", b"forward")
+    direction = direction.decode() if isinstance(direction, bytes) else str(direction)
+    if direction not in ("forward", "reverse", "bidirectional"):
+        return f"direction {direction!r} is not supported"
     if op == "GRU" and int(get_attr(node, "linear_before_reset", 0)) not in (0, 1):
         return "linear_before_reset must be 0 or 1"
     if int(get_attr(node, "layout", 0)):

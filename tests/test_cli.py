@@ -183,3 +183,29 @@ def test_help_on_every_command(tmp_path):
         proc = subprocess.run([sys.executable, "-m", "sparsekit", *cmd, "--help"],
                               capture_output=True, text=True, cwd=tmp_path)
         assert proc.returncode == 0 and "Usage" in proc.stdout
+
+
+def test_prune_warns_when_a_layer_keeps_fewer_weights_than_rows(cnn, tmp_path, capsys):
+    code, stdout, stderr = _run(["prune", cnn, "-o", tmp_path / "p.onnx", "--min-params", "0",
+                                 "--pattern", "unstructured", "--sparsity", "0.99999999"], capsys)
+    assert code == 0, stderr
+    warnings = [line for line in stdout.splitlines() if line.startswith("warning:")]
+    assert warnings and all("fewer than one per row" in w for w in warnings)
+    assert any(w.startswith("warning: conv1: keeps") for w in warnings)
+    code, stdout, _ = _run(["prune", cnn, "-o", tmp_path / "p.onnx", "--min-params", "0", "--json",
+                            "--pattern", "unstructured", "--sparsity", "0.99999999", "--force"],
+                           capsys)
+    rep = json.loads(stdout)
+    assert any("fewer than one per row" in n for n in rep["notes"])
+
+
+def test_convert_that_converts_nothing(cnn, tmp_path, capsys):
+    """A dense model: one line on stderr, exit 3, nothing written; --allow-empty writes it."""
+    out = tmp_path / "s.onnx"
+    code, stdout, stderr = _run(["convert", cnn, "-o", out], capsys)
+    lines = stderr.strip().splitlines()
+    assert code == 3 and len(lines) == 1 and "nothing converted: 0 of 3 layer(s) sparse" in lines[0]
+    assert not out.exists()
+    code, stdout, stderr = _run(["convert", cnn, "-o", out, "--allow-empty"], capsys)
+    assert code == 0 and out.exists()
+    assert stderr.strip().startswith("warning: nothing converted")

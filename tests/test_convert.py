@@ -903,8 +903,8 @@ def test_cli_convert_writes_a_runnable_model_and_json(tmp_path, capsys):
     assert rep["totals"]["converted"] > 0 and rep["totals"]["converted_bytes_ratio"] <= 0.15
     sparse = onnx.load(str(out))
     assert_same_outputs(pruned, sparse)
-    code, stdout, _ = _cli(["convert", src, "-o", tmp_path / "t.onnx", "--max-density", "block4=0.05"],
-                           capsys)
+    code, stdout, _ = _cli(["convert", src, "-o", tmp_path / "t.onnx", "--max-density", "block4=0.05",
+                            "--allow-empty"], capsys)
     assert code == 0 and "kept" in stdout
 
 
@@ -935,3 +935,259 @@ def test_cli_bad_inputs(tmp_path, capsys):
         assert needle in lines[0], (needle, lines)
         assert not out.exists()
         assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.onnx")]
+
+
+# ---------------------------------------------------------------------------------------------
+# a convert that converts nothing (issue 21)
+
+
+def _dense_and_fp16():
+    """A Gemm with no zeros and a float16 MatMul: nothing convert can rewrite."""
+    rng = np.random.default_rng(40)
+    W16 = masked(rng, (16, 16), block_mask(rng, 16, 16, 0.25)).astype(np.float16)
+    nodes = [helper.make_node("Gemm", ["x", "w"], ["y"], name="fc", transB=1),
+             helper.make_node("MatMul", ["x16", "w16"], ["y16"], name="fc16")]
+    return model_of(nodes, [vi("x", [4, 8]), vi("x16", [2, 16], TensorProto.FLOAT16)],
+                    [vi("y", [4, 8]), vi("y16", [2, 16], TensorProto.FLOAT16)],
+                    [init("w", rng.standard_normal((8, 8)).astype(np.float32)), init("w16", W16)])
+
+
+def test_nothing_converted_is_obvious_in_the_report():
+    m = _dense_and_fp16()
+    out, report = convert(m)
+    assert report.nothing_converted == ("nothing converted: 0 of 2 layer(s) sparse "
+                                        "(1 have no zeros, 1 float16)")
+    assert not sparse_nodes(out)
+    rng = np.random.default_rng(41)
+    assert convert(_one_layer(rng, 0.3))[1].nothing_converted is None
+    assert "no Conv, Gemm, MatMul" in convert(model_of(
+        [helper.make_node("Relu", ["x"], ["y"])], [vi("x", [2])], [vi("y", [2])], []))[1] \
+        .nothing_converted
+    # every layer too dense for its threshold
+    note = convert(_one_layer(rng, 0.5), max_density={"block4": 0.05})[1].nothing_converted
+    assert note == "nothing converted: 0 of 1 layer(s) sparse (1 too dense)"
+
+
+def test_cli_convert_that_converts_nothing_exits_3_without_writing(tmp_path, capsys):
+    src, out = tmp_path / "m.onnx", tmp_path / "out.onnx"
+    onnx.save(_dense_and_fp16(), str(src))
+    code, stdout, stderr = _cli(["convert", src, "-o", out], capsys)
+    lines = stderr.strip().splitlines()
+    assert code == 3 and len(lines) == 1, stderr
+    assert lines[0].startswith("error: nothing converted: 0 of 2 layer(s) sparse "
+                               "(1 have no zeros, 1 float16)") and "--allow-empty" in lines[0]
+    assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]
+    code, stdout, stderr = _cli(["convert", src, "-o", out, "--json"], capsys)
+    assert code == 3 and not out.exists()
+    rep = json.loads(stdout)
+    assert rep["output"] is None and rep["nothing_converted"].startswith("nothing converted")
+    # --allow-empty: written (a copy of the input's graph), exit 0, the same line as a warning
+    code, stdout, stderr = _cli(["convert", src, "-o", out, "--allow-empty"], capsys)
+    lines = stderr.strip().splitlines()
+    assert code == 0 and out.exists() and "wrote" in stdout
+    assert len(lines) == 1 and lines[0].startswith("warning: nothing converted: 0 of 2"), stderr
+    written = onnx.load(str(out))
+    assert [n.op_type for n in written.graph.node] == ["Gemm", "MatMul"]
+
+
+# ---------------------------------------------------------------------------------------------
+# non-finite weights and unimplemented recurrent attributes stay in onnxruntime (issue 21)
+
+NONFINITE = "non-finite weights (kept in onnxruntime, which propagates them)"
+
+
+def assert_same_nonfinite(ref, out):
+    """Outputs equal, NaN where the reference has NaN and the same infinities."""
+    assert len(ref) == len(out)
+    for a, b in zip(ref, out):
+        assert a.shape == b.shape
+        np.testing.assert_array_equal(np.isnan(a), np.isnan(b))
+        np.testing.assert_array_equal(np.isinf(a) * np.sign(a), np.isinf(b) * np.sign(b))
+        fin = np.isfinite(a)
+        if fin.any():
+            scale = float(np.abs(a[fin]).max()) or 1.0
+            np.testing.assert_allclose(b[fin], a[fin], rtol=1e-4, atol=1e-5 * scale)
+
+
+def _check_same(m, sparse, overrides=None):
+    feeds = feeds_for(m, overrides=overrides)
+    assert_same_nonfinite(run_stock(m, feeds), run_sparse(sparse, feeds))
+
+
+def _poison(a, where, value):
+    a = np.array(a, np.float32, copy=True)
+    a.reshape(-1)[where] = value
+    return a
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
+def test_non_finite_weights_and_biases_stay_dense(value):
+    rng = np.random.default_rng(42)
+    M = 16
+    wok = _conv_w(rng, M, 8)
+    nodes = [helper.make_node("Conv", ["x", "w_ok"], ["a"], name="ok"),
+             helper.make_node("Conv", ["a", "w_bad"], ["b"], name="bad_weight"),
+             helper.make_node("Conv", ["a", "w_ok2", "cb_bad"], ["c"], name="bad_bias"),
+             helper.make_node("Conv", ["a", "w_ok3"], ["d0"], name="bad_add"),
+             helper.make_node("Add", ["d0", "k_bad"], ["d1"]),
+             helper.make_node("Relu", ["d1"], ["d"]),
+             helper.make_node("Gemm", ["f", "g_bad", "gb"], ["g"], name="gemm_bad", transB=1),
+             helper.make_node("MatMul", ["f", "mm_w"], ["h0"], name="matmul_bad_add"),
+             helper.make_node("Add", ["h0", "mm_b"], ["h"])]
+    cb = _poison(rng.standard_normal(M), 3, value)
+    inits = [init("w_ok", wok), init("w_bad", _poison(_conv_w(rng, M, M), 5, value)),
+             init("w_ok2", _conv_w(rng, M, M)), init("cb_bad", cb),
+             init("w_ok3", _conv_w(rng, M, M)),
+             init("k_bad", _poison(rng.standard_normal((1, M, 1, 1)), 7, value)),
+             init("g_bad", _poison(masked(rng, (8, 32), block_mask(rng, 8, 32, 0.25)), 0, value)),
+             init("gb", rng.standard_normal(8).astype(np.float32)),
+             init("mm_w", masked(rng, (32, 8), block_mask(rng, 8, 32, 0.25).T)),
+             init("mm_b", _poison(rng.standard_normal(8), 1, value))]
+    m = model_of(nodes, [vi("x", [1, 8, 5, 5]), vi("f", [3, 32])],
+                 [vi(o, None) for o in ("b", "c", "d", "g", "h")], inits)
+    sparse, report = convert(m)
+    rows = rows_by_name(report)
+    assert rows["ok"].decision == "sparse"
+    for name in ("bad_weight", "bad_bias", "bad_add", "gemm_bad", "matmul_bad_add"):
+        assert rows[name].decision == "dense" and rows[name].reason == NONFINITE, rows[name]
+    assert [n.op_type for n in sparse_nodes(sparse)] == ["SparseConv"]
+    assert report.nothing_converted is None
+    _check_same(m, sparse)
+
+
+def test_non_finite_batchnorm_folded_in_stays_dense():
+    """A BatchNormalization that convert fuses (not folded beforehand: an Add sits between)."""
+    rng = np.random.default_rng(43)
+    M = 16
+    var = rng.uniform(0.5, 2, M).astype(np.float32)
+    s = _poison(rng.uniform(0.5, 2, M), 4, np.nan)
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], name="conv"),
+             helper.make_node("Add", ["c", "k"], ["c2"]),
+             helper.make_node("BatchNormalization", ["c2", "s", "b", "mu", "var"], ["y"])]
+    m = model_of(nodes, [vi("x", [1, 8, 4, 4])], [vi("y", [1, M, 4, 4])],
+                 [init("w", _conv_w(rng, M, 8)), init("k", rng.standard_normal((1, M, 1, 1)).astype(np.float32)),
+                  init("s", s), init("b", rng.standard_normal(M).astype(np.float32)),
+                  init("mu", rng.standard_normal(M).astype(np.float32)), init("var", var)])
+    sparse, report = convert(m)
+    assert report.layers[0].reason == NONFINITE and not sparse_nodes(sparse)
+    assert report.nothing_converted == "nothing converted: 0 of 1 layer(s) sparse (1 non-finite weights)"
+    _check_same(m, sparse)
+
+
+@pytest.mark.parametrize("what", ["weight", "bias"])
+def test_non_finite_depthwise_stays_dense(what):
+    rng = np.random.default_rng(44)
+    C = 16
+    dw = rng.standard_normal((C, 1, 3, 3)).astype(np.float32)
+    db = rng.standard_normal(C).astype(np.float32)
+    if what == "weight":
+        dw = _poison(dw, 10, np.nan)
+    else:
+        db = _poison(db, 2, np.inf)
+    # the sparse op before it (after it, its skipped zero weights would not see the NaN inputs
+    # a dense conv multiplies by 0: a difference of sparse ops on non-finite inputs)
+    nodes = [helper.make_node("Conv", ["x", "w0"], ["a"], name="pw0"),
+             helper.make_node("Conv", ["a", "dw", "db"], ["y"], name="dw", group=C, pads=[1, 1, 1, 1])]
+    m = model_of(nodes, [vi("x", [1, C, 6, 6])], [vi("y", None)],
+                 [init("w0", _conv_w(rng, C, C)), init("dw", dw), init("db", db)])
+    ok = m.__class__()
+    ok.CopyFrom(m)
+    ok.graph.initializer[1].CopyFrom(init("dw", np.nan_to_num(dw, nan=0.5)))
+    ok.graph.initializer[2].CopyFrom(init("db", np.nan_to_num(db, posinf=0.5)))
+    assert rows_by_name(convert(ok)[1])["dw"].decision == "depthwise"
+    sparse, report = convert(m)
+    rows = rows_by_name(report)
+    assert rows["dw"].decision == "dense" and rows["dw"].reason == NONFINITE
+    assert rows["pw0"].decision == "sparse"
+    _check_same(m, sparse)
+
+
+def _recurrent(op, rng, D=1, H=16, I=16, attrs=None, poison=None):
+    """An ONNX LSTM/GRU whose W and R are bank-balanced at 25% (convertible), optionally with
+    attributes and one weight or bias value poisoned: poison = (tensor, value)."""
+    G = 4 if op == "LSTM" else 3
+    W = masked(rng, (D, G * H, I), bank_mask(rng, D * G * H, I, 8, 2).reshape(D, G * H, I)) * 0.3
+    R = masked(rng, (D, G * H, H), bank_mask(rng, D * G * H, H, 8, 2).reshape(D, G * H, H)) * 0.3
+    B = (0.1 * rng.standard_normal((D, 2 * G * H))).astype(np.float32)
+    t = {"W": W, "R": R, "B": B}
+    if poison:
+        t[poison[0]] = _poison(t[poison[0]], 5, poison[1])
+    outs = ["Y", "Y_h", "Y_c"] if op == "LSTM" else ["Y", "Y_h"]
+    node = helper.make_node(op, ["X", "W", "R", "B"], outs, name="rnn", hidden_size=H,
+                            direction="bidirectional" if D == 2 else "forward", **(attrs or {}))
+    return model_of([node], [vi("X", ["S", "N", I])], [vi(o, None) for o in outs],
+                    [init(k, v) for k, v in t.items()])
+
+
+@pytest.mark.parametrize("op", ["LSTM", "GRU"])
+@pytest.mark.parametrize("poison", [("W", np.nan), ("R", np.inf), ("B", -np.inf)])
+def test_non_finite_recurrent_weights_stay_dense(op, poison):
+    rng = np.random.default_rng(45)
+    ok = _recurrent(op, rng)
+    assert all(l.decision == "sparse" for l in convert(ok)[1].layers)
+    m = _recurrent(op, np.random.default_rng(45), poison=poison)
+    sparse, report = convert(m)
+    assert all(l.decision == "dense" and l.reason == NONFINITE for l in report.layers)
+    assert [n.op_type for n in sparse.graph.node] == [op]
+    _check_same(m, sparse, overrides={"S": 3, "N": 2})
+
+
+@pytest.mark.parametrize("op,attrs,reason", [
+    ("LSTM", {"activations": ["Sigmoid", "Relu", "Tanh"]}, "activations"),
+    ("LSTM", {"activations": ["HardSigmoid", "Tanh", "Tanh"], "activation_alpha": [0.3, 1.0, 1.0],
+              "activation_beta": [0.4, 0.0, 0.0]}, "activations"),
+    ("LSTM", {"activation_alpha": [0.5, 1.0, 1.0]}, "activation_alpha"),
+    ("LSTM", {"clip": 0.5}, "clip"),
+    ("LSTM", {"input_forget": 1}, "input_forget"),
+    ("GRU", {"activations": ["Sigmoid", "Relu"]}, "activations"),
+    ("GRU", {"activation_beta": [0.0, 0.0]}, "activation_beta"),
+    ("GRU", {"clip": 0.25}, "clip"),
+])
+def test_recurrent_attributes_sparse_ops_do_not_implement_stay_dense(op, attrs, reason):
+    rng = np.random.default_rng(46)
+    m = _recurrent(op, rng, attrs=attrs)
+    sparse, report = convert(m)
+    assert all(l.decision == "dense" and reason in l.reason for l in report.layers), report.layers
+    assert [n.op_type for n in sparse.graph.node] == [op]
+    assert report.nothing_converted is not None
+    _check_same(m, sparse, overrides={"S": 4, "N": 2})
+
+
+def test_recurrent_default_activations_spelled_out_still_convert():
+    rng = np.random.default_rng(47)
+    m = _recurrent("GRU", rng, D=2, attrs={"activations": ["Sigmoid", "Tanh"] * 2})
+    sparse, report = convert(m)
+    assert [n.op_type for n in sparse.graph.node] == ["SparseGRU"]
+    _check_same(m, sparse, overrides={"S": 4, "N": 2})
+
+
+@pytest.mark.parametrize("what", ["weight", "bias", "batchnorm"])
+def test_non_finite_predicted_conv_candidates_are_not_replaced(what):
+    from sparsekit.calibration import Calibration
+    from sparsekit.predict import rewrite_predicted
+    rng = np.random.default_rng(48)
+    M, C = 8, 4
+    W = rng.standard_normal((M, C, 3, 3)).astype(np.float32)
+    b = rng.standard_normal(M).astype(np.float32)
+    s = np.ones(M, np.float32)
+    if what == "weight":
+        W = _poison(W, 3, np.inf)
+    elif what == "bias":
+        b = _poison(b, 1, np.nan)
+    else:
+        s = _poison(s, 6, np.nan)
+    zeros = np.zeros(M, np.float32)
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+             helper.make_node("BatchNormalization", ["c", "s", "bb", "mu", "var"], ["n"]),
+             helper.make_node("Relu", ["n"], ["y"])]
+    m = model_of(nodes, [vi("x", ["N", C, 6, 6])], [vi("y", None)],
+                 [init("w", W), init("b", b), init("s", s), init("bb", zeros), init("mu", zeros),
+                  init("var", np.ones(M, np.float32))])
+    out, rows = rewrite_predicted(m)
+    assert rows[0].reason == NONFINITE and not rows[0].replaced
+    assert [n.op_type for n in out.graph.node] == ["Conv", "BatchNormalization", "Relu"]
+    cal = Calibration({"x": rng.standard_normal((8, C, 6, 6)).astype(np.float32)}, 4)
+    sparse, report = convert(m, predict_relu=True, calibration=cal, min_zeros=0.0)
+    assert not sparse_nodes(sparse)
+    assert [(r.name, r.replaced, r.reason) for r in report.predicted] == [("conv", False, NONFINITE)]
+    _check_same(m, sparse, overrides={"N": 2})

@@ -578,3 +578,20 @@ def test_zoo_models(name):
     assert [d.shape for d in dense] == [s.shape for s in sparse]
     for d, f in zip(dense, _run(folded, feeds)):
         np.testing.assert_allclose(f, d, rtol=1e-4, atol=1e-5 * max(1.0, np.abs(d).max()))
+
+
+def test_layer_keeping_fewer_weights_than_rows_is_noted():
+    """--sparsity 0.99999999 is allowed; a layer left with fewer weights than output rows is
+    warned about (issue 21): a note in its row and in the report's notes."""
+    pruned, report = prune(tiny_mlp(), "unstructured", 0.99999999, min_params=0)
+    assert report.totals.params_removed_pct > 99.0
+    for row in report.layers:
+        M = row.matrix_shape[0]
+        assert row.nonzeros < M
+        assert f"keeps {row.nonzeros} weight(s) for {M} output rows, fewer than one per row" in row.note
+        assert any(n.startswith(f"{row.name}: keeps {row.nonzeros} weight(s)") for n in report.notes)
+    _, ok = prune(tiny_mlp(), "unstructured", 0.9, min_params=0)
+    assert not any("fewer than one per row" in (r.note or "") for r in ok.layers)
+    assert not any("fewer than one per row" in n for n in ok.notes)
+    y = _run(pruned, _mlp_feed())[0]
+    assert np.isfinite(y).all()

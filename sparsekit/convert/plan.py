@@ -14,6 +14,7 @@ from .. import pack
 from ..fuse import Fusion, GraphIndex, plan_fusion
 from ..graph import (Layer, NameFilter, get_attr, infer_shapes, node_names, producer_map,
                      resolve_pads, tensor_to_array)
+from ..predict import NONFINITE_REASON, all_finite
 from ..recipe import recorded_layers
 from .choice import FORMAT_LABEL, FormatChoice, choose_format
 from .report import LayerDecision
@@ -133,6 +134,8 @@ def plan_sparse(ctx: Context, layer: Layer):
     own_bias, alpha, why = _own_bias(ctx, layer)
     if why:
         return dense_row(model, layer, "-", why, W_raw), None
+    if not all_finite(W_raw, own_bias):
+        return dense_row(model, layer, "-", NONFINITE_REASON, W_raw), None
     W = W_raw.astype(np.float32, copy=False)   # nothing below changes W in place
     if alpha != 1.0:
         W = W * np.float32(alpha)
@@ -158,6 +161,9 @@ def plan_sparse(ctx: Context, layer: Layer):
         out_rank = len(xs) if xs is not None else None
     fusion = plan_fusion(ctx.index, node, layer.M, is_conv, y_shape, ctx.shapes,
                          frozenset(ctx.claimed), out_rank=out_rank)
+    if not all_finite(fusion.scale, fusion.bias):   # a BatchNormalization or Add folded in
+        row.reason = NONFINITE_REASON
+        return row, None
     kw = dict(fmt=choice.fmt, block=choice.block, bank_size=choice.bank_size, keep=choice.keep,
               activation=fusion.activation,
               clip_min=fusion.clip_min if fusion.activation == "clip" else None,
@@ -166,6 +172,9 @@ def plan_sparse(ctx: Context, layer: Layer):
     if is_conv:
         w4 = W.reshape(layer.weight_shape)
         w4, bias = fusion.apply(w4, own_bias)
+        if not all_finite(w4, bias):   # finite parts whose product overflows float32
+            row.reason = NONFINITE_REASON
+            return row, None
         pads, _ = conv_pads(ctx, layer)
         new, inits = pack.make_sparse_conv_node(
             layer.name, node.input[0], fusion.output, w4, bias,
@@ -173,6 +182,9 @@ def plan_sparse(ctx: Context, layer: Layer):
             dilations=get_attr(node, "dilations", [1, 1]), **kw)
     else:
         Wf, bias = fusion.apply(W, own_bias)
+        if not all_finite(Wf, bias):
+            row.reason = NONFINITE_REASON
+            return row, None
         new, inits = pack.make_sparse_gemm_node(layer.name, node.input[0], fusion.output, Wf,
                                                 bias, **kw)
     row.decision, row.format = "sparse", choice.label
@@ -218,10 +230,16 @@ def plan_depthwise(ctx: Context, layer: Layer, sparse_out: set, sparse_in: set):
         bias = np.asarray(b, np.float64).reshape(-1)
     fusion = plan_fusion(ctx.index, node, layer.M, True, None, {}, frozenset(ctx.claimed),
                          allow_residual=False)
+    if not all_finite(w, bias, fusion.scale, fusion.bias):
+        row.reason = NONFINITE_REASON
+        return row, None
     if node.input[0] not in sparse_out and fusion.output not in sparse_in:
         row.reason = "no sparse op next to it: onnxruntime's own depthwise kernel is kept"
         return row, None
     w, bias = fusion.apply(w, bias)
+    if not all_finite(w, bias):
+        row.reason = NONFINITE_REASON
+        return row, None
     new, inits = pack.make_depthwise_node(
         layer.name, node.input[0], fusion.output, w, bias, strides=strides, pads=pads,
         activation=fusion.activation,

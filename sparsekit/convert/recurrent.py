@@ -8,6 +8,7 @@ from onnx import numpy_helper
 
 from ..errors import SparsekitError
 from ..graph import ONNX_DOMAINS, get_attr, tensor_to_array
+from ..predict import NONFINITE_REASON, all_finite
 from ..sequence import (RECURRENT_OPS, lstm_layers, lstm_unsupported, make_sparse_gru_node,
                         make_sparse_lstm_node)
 from .choice import FormatChoice, choose_format
@@ -76,7 +77,15 @@ def _weights(ctx: Context, node) -> Tuple[Optional[str], Optional[np.ndarray],
             why = "weights are not float32"
         elif W.ndim != 3 or R.ndim != 3:
             why = "W/R are not 3-D"
+        elif not all_finite(W, R, _bias(inits, node)):
+            why = NONFINITE_REASON
     return why, W, R
+
+
+def _bias(inits, node) -> Optional[np.ndarray]:
+    """B of the node (a constant initializer: lstm_unsupported checked), or None."""
+    return tensor_to_array(inits[node.input[3]]) if len(node.input) > 3 and node.input[3] \
+        else None
 
 
 def _matrices(W, R) -> Dict[str, np.ndarray]:

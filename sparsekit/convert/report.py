@@ -57,9 +57,45 @@ class ConvertReport:
                 "converted_bytes_ratio": (sparse_b / dense_b) if dense_b else None,
                 "weight_bytes_before": before, "weight_bytes_after": after}
 
+    @property
+    def nothing_converted(self) -> Optional[str]:
+        """None when convert rewrote at least one layer; else one line with the main reasons,
+        e.g. "nothing converted: 0 of 12 layers sparse (9 have no zeros, 3 float16)".  The
+        model convert returns is then the input's graph unchanged (the CLI refuses to write it
+        without --allow-empty)."""
+        if any(l.decision in ("sparse", "depthwise") for l in self.layers) or \
+                any(r.replaced for r in self.predicted or []):
+            return None
+        kinds: Dict[str, int] = {}
+        for l in self.layers:
+            k = _reason_kind(l.reason)
+            kinds[k] = kinds.get(k, 0) + 1
+        if self.skipped:
+            kinds["not candidates"] = len(self.skipped)
+        n = len(self.layers) + len(self.skipped)
+        if not n:
+            return "nothing converted: the model has no Conv, Gemm, MatMul, LSTM or GRU layer"
+        why = ", ".join(f"{c} {k}" for k, c in sorted(kinds.items(), key=lambda kv: -kv[1]))
+        return f"nothing converted: 0 of {n} layer(s) sparse ({why})"
+
     def to_dict(self) -> dict:
         return {"settings": dict(self.settings), "layers": [l.to_dict() for l in self.layers],
                 "skipped": list(self.skipped), "folded_bn": list(self.folded_bn),
                 "notes": list(self.notes), "totals": self.totals,
                 **({} if self.predicted is None else
                    {"predicted": [r.to_dict() for r in self.predicted]})}
+
+
+def _reason_kind(reason: str) -> str:
+    """A short group name for a dense row's reason (nothing_converted's summary)."""
+    if reason == "no zeros":
+        return "have no zeros"
+    if reason.startswith("density "):
+        return "too dense"
+    if reason.endswith("weights are not supported (float32 only)"):
+        return reason.split()[0]                       # the dtype: float16, float64, ...
+    if reason.startswith("non-finite"):
+        return "non-finite weights"
+    if reason.startswith("excluded"):
+        return "excluded"
+    return reason.split(" (")[0].split(":")[0][:60] or "kept dense"
