@@ -263,6 +263,22 @@ def _dw_weight(shape, regex):
     return f
 
 
+PADS_EXTENT = r"'pads' .* must be smaller than the dilated kernel extent"
+
+
+def _non_finite(suffix, bad):
+    def f(m, r):
+        a = get(m, suffix).copy()
+        a.reshape(-1)[int(r.integers(a.size))] = bad
+        put(m, suffix, a)
+        return suffix.lstrip(".") + r" has a non-finite value .*require finite weights and biases"
+    return f
+
+
+def _unimplemented(name):
+    return f"attribute '{name}' is not implemented by this op"
+
+
 MUTATIONS = {
     # SparseConv, format bsr
     "conv/index-out-of-range": ("conv", _idx_oob),
@@ -286,8 +302,8 @@ MUTATIONS = {
     "conv/bias-shape": ("conv", _bias_shape),
     "conv/padding-rows": ("conv", _padding_rows),
     "conv/no-group_ptr": ("conv", _drop_group_ptr),
-    "conv/kernel_shape-vs-K": ("conv", _attr("kernel_shape", [1, 1],
-                                             r"out of range \[0, K\) with K = in_channels\*kh\*kw = 5\*1\*1")),
+    "conv/kernel_shape-vs-K": ("conv", lambda m, r: (set_attr(m, "pads", None), _attr(
+        "kernel_shape", [1, 1], r"out of range \[0, K\) with K = in_channels\*kh\*kw = 5\*1\*1")(m, r))[-1]),
     "conv/kernel_shape-len": ("conv", _attr("kernel_shape", [3], r"'kernel_shape' must have 2 values")),
     "conv/kernel_shape-zero": ("conv", _attr("kernel_shape", [0, 3], r"'kernel_shape' values")),
     "conv/kernel_shape-missing": ("conv", _attr("kernel_shape", None,
@@ -334,7 +350,8 @@ MUTATIONS = {
     "bank/bank_size-zero": ("bank", _attr("bank_size", 0, r"'bank_size' must be in \[1, 65536\]")),
     "bank/bank_size-missing": ("bank", _attr("bank_size", None, r"missing required attribute 'bank_size'")),
     "bank/bank_size-other": ("bank", _attr("bank_size", 8, r"values has shape .*nbanks = ceil")),
-    "bank/kernel_shape-vs-K": ("bank", _attr("kernel_shape", [1, 1], r"values has shape .*nbanks")),
+    "bank/kernel_shape-vs-K": ("bank", lambda m, r: (set_attr(m, "pads", None), _attr(
+        "kernel_shape", [1, 1], r"values has shape .*nbanks")(m, r))[-1]),
     "bank/out_channels": ("bank", _attr("out_channels", 16, r"ceil\(out_channels / block\)")),
     # SparseGemm
     "gemm/in_features": ("gemm", _attr("in_features", 20, r"K = in_features = 20")),
@@ -355,6 +372,39 @@ MUTATIONS = {
     "dw/pads-negative": ("dw", _attr("pads", [0, -2, 0, 0], r"'pads' values")),
     "dw/W-nonconstant": ("dw", _nonconst(".W", r"'W' \(input 1\) must be a constant")),
     "dw/bias-shape": ("dw", lambda m, r: (put(m, ".bias", np.ones(5, np.float32)), r"bias has shape \[5\]")[-1]),
+    # issue 21: attributes bounded by what they mean (a pad smaller than the dilated kernel,
+    # strides and dilations up to 4096), ...
+    "conv/pads-2^20": ("conv", _attr("pads", [2**20, 0, 0, 0], PADS_EXTENT)),
+    "conv/pads-extent": ("conv", _attr("pads", lambda r: [int(v) for v in r.permutation([3, 0, 0, 0])],
+                                       PADS_EXTENT)),
+    "conv/stride-4097": ("conv", _attr("strides", [1, 4097], r"must be in \[1, 4096\]")),
+    "conv/dilation-4097": ("conv", _attr("dilations", [4097, 1], r"must be in \[1, 4096\]")),
+    "bank/pads-extent": ("bank", _attr("pads", [0, 0, 0, 3], PADS_EXTENT)),
+    "dw/pads-2^20": ("dw", _attr("pads", [0, 2**20, 0, 0], PADS_EXTENT)),
+    "dw/pads-extent": ("dw", _attr("pads", [1, 1, 3, 1], PADS_EXTENT)),
+    # ... finite weights and biases everywhere ...
+    "conv/values-nan": ("conv", _non_finite(".values", np.nan)),
+    "conv/values-inf": ("conv", _non_finite(".values", np.inf)),
+    "conv/bias-nan": ("conv", _non_finite(".bias", np.nan)),
+    "conv/bias-inf": ("conv", _non_finite(".bias", -np.inf)),
+    "bank/values-inf": ("bank", _non_finite(".values", -np.inf)),
+    "gemm/values-nan": ("gemm", _non_finite(".values", np.nan)),
+    "gemm/bias-inf": ("gemm", _non_finite(".bias", np.inf)),
+    "dw/W-nan": ("dw", _non_finite(".W", np.nan)),
+    "dw/W-inf": ("dw", _non_finite(".W", np.inf)),
+    "dw/bias-nan": ("dw", _non_finite(".bias", np.nan)),
+    # ... and no attribute silently ignored
+    "conv/group": ("conv", _attr("group", 2, _unimplemented("group"))),
+    "conv/auto_pad": ("conv", _attr("auto_pad", "SAME_UPPER", _unimplemented("auto_pad"))),
+    "conv/hidden_size": ("conv", _attr("hidden_size", 4, _unimplemented("hidden_size"))),
+    "conv/output_padding": ("conv", _attr("output_padding", [1, 1], _unimplemented("output_padding"))),
+    "bank/margin": ("bank", _attr("margin", 3, _unimplemented("margin"))),
+    "gemm/transA": ("gemm", _attr("transA", 1, _unimplemented("transA"))),
+    "gemm/alpha": ("gemm", _attr("alpha", 2.0, _unimplemented("alpha"))),
+    "gemm/kernel_shape": ("gemm", _attr("kernel_shape", [1, 1], _unimplemented("kernel_shape"))),
+    "dw/residual_after_act": ("dw", _attr("residual_after_act", 1, _unimplemented("residual_after_act"))),
+    "dw/group": ("dw", _attr("group", 1, r"'group' = 1 must equal the channel count 4")),
+    "dw/activations": ("dw", _attr("activations", ["Relu"], _unimplemented("activations"))),
 }
 
 

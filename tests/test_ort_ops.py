@@ -117,7 +117,7 @@ GEOMETRIES = {
     "1x1-small": (1, 16, 14, 14, 24, 1, 1, (0, 0, 0, 0), 1),       # direct, channel split
     "1x1-large-oc10-n2": (2, 8, 20, 21, 10, 1, 1, (0, 0, 0, 0), 1),  # direct, pixel tiles
     "1x1-s2": (1, 12, 15, 15, 8, 1, 2, (0, 0, 0, 0), 1),
-    "1x1-pad": (1, 6, 7, 9, 5, 1, 1, (1, 0, 0, 2), 1),
+    "2x1-pad": (1, 6, 7, 9, 5, (2, 1), 1, (1, 0, 1, 0), 1),  # a 1x1 may not pad (issue 21)
     "3x3-s1-p1": (2, 8, 12, 12, 16, 3, 1, (1, 1, 1, 1), 1),
     "3x3-s2-asym": (1, 8, 13, 16, 12, 3, 2, (0, 0, 1, 1), 1),
     "3x3-large": (1, 4, 30, 33, 7, 3, 1, (1, 1, 1, 1), 1),
@@ -127,7 +127,7 @@ GEOMETRIES = {
     "3x3-dil2": (1, 6, 16, 14, 8, 3, 1, (2, 2, 2, 2), 2),
     "3x3-dil2-s2-nopad": (1, 5, 19, 17, 6, 3, 2, (0, 0, 0, 0), 2),
     "1x3-kernel": (1, 7, 9, 11, 5, (1, 3), (1, 2), (0, 1, 0, 1), 1),
-    "big-pads": (1, 3, 4, 5, 4, 3, 1, (4, 0, 3, 5), 1),
+    "big-pads": (1, 3, 4, 5, 4, 3, 1, (2, 0, 2, 2), 1),   # each pad at most k - 1 (issue 21)
     # K = 288 -> im2col panels of ~227 px: several panels per image, balanced tiles
     "3x3-multi-panel": (2, 32, 40, 37, 8, 3, 1, (1, 1, 1, 1), 1),
     "5x5-s2-multi-panel": (1, 24, 45, 41, 6, 5, 2, (2, 2, 2, 2), 1),
@@ -208,6 +208,49 @@ def test_conv_batch_zero():
     sparse, _, _, _ = conv_models(rng, N=1, C=4, H=6, W=6, M=8, k=3, symbolic=True)
     y = sparsekit.session(sparse).run(None, {"X": np.zeros((0, 4, 6, 6), np.float32)})[0]
     assert y.shape == (0, 8, 4, 4)
+
+
+def test_huge_pads_refused_at_creation():
+    """Issue 21: pads = [2^20, 0, 0, 0] (once inside the documented range) on a 1x128x56x56
+    input made one run allocate a 7.2 GB output.  Each pad must be smaller than the dilated
+    kernel extent; the session is refused naming the node."""
+    rng = np.random.default_rng(21)
+    w = conv_weight(rng, 64, 128, 1, 1, 0.5, "bsr4")
+    for pads in ([2**20, 0, 0, 0], [0, 0, 0, 1]):
+        node, inits = make_sparse_conv_node("big", "X", "Y", w, None, pads=pads)
+        m = make_model([node], [vinfo("X", [1, 128, 56, 56])], [vinfo("Y", None)], inits)
+        with pytest.raises(Exception, match=r"SparseConv node 'big': attribute 'pads' .* must "
+                                            r"be smaller than the dilated kernel extent .*\(1x1\)"):
+            sparsekit.session(m)
+
+
+@pytest.mark.parametrize("op", ["conv", "gemm"])
+def test_oversized_output_refused_at_run_and_session_stays_usable(op):
+    """An output of more than 2^31 elements is a run error naming the node, raised before
+    anything is allocated; the same session then runs a normal input."""
+    M = 1 << 16
+    vals = np.ones((M // 4, 4), np.float32)          # one block of 4 rows per group, k = 0
+    inits = [numpy_helper.from_array(vals, "values"),
+             numpy_helper.from_array(np.zeros(M // 4, np.int32), "indices"),
+             numpy_helper.from_array(np.arange(M // 4 + 1, dtype=np.int32), "group_ptr")]
+    common = dict(name="n", domain="ai.sparsekit", format="bsr", block=4)
+    if op == "conv":
+        node = helper.make_node("SparseConv", ["X", "values", "indices", "group_ptr"], ["Y"],
+                                out_channels=M, in_channels=1, kernel_shape=[1, 1], **common)
+        x_big, x_ok = np.zeros((1, 1, 200, 200), np.float32), np.ones((1, 1, 2, 3), np.float32)
+        x_decl = ["N", 1, "H", "W"]
+    else:
+        node = helper.make_node("SparseGemm", ["X", "values", "indices", "group_ptr"], ["Y"],
+                                out_features=M, in_features=1, **common)
+        x_big, x_ok = np.zeros((40000, 1), np.float32), np.ones((6, 1), np.float32)
+        x_decl = ["N", 1]
+    s = sparsekit.session(make_model([node], [vinfo("X", x_decl)], [vinfo("Y", None)], inits))
+    op_name = "SparseConv" if op == "conv" else "SparseGemm"
+    with pytest.raises(Exception, match=rf"{op_name} node 'n': output Y of shape .* would have "
+                                        r"2621440000 elements, more than the 2\^31"):
+        s.run(None, {"X": x_big})
+    y = s.run(None, {"X": x_ok})[0]
+    assert y.size == 6 * M and np.all(y == 1.0)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -320,7 +363,7 @@ DEPTHWISE = {
     "5x5-s2-p2": (1, 7, 17, 19, 5, 2, (2, 2, 2, 2)),
     "7x7-s1": (1, 4, 10, 10, 7, 1, (3, 3, 3, 3)),
     "1x1": (1, 4, 5, 5, 1, 1, (0, 0, 0, 0)),
-    "3x3-s3-bigpad": (1, 2, 6, 6, 3, 3, (3, 2, 4, 1)),
+    "3x3-s3-bigpad": (1, 2, 6, 6, 3, 3, (2, 2, 2, 1)),
     # many channels: runs of channel groups per call, a ragged last run
     "3x3-203ch": (2, 203, 9, 11, 3, 1, (1, 1, 1, 1)),
     "3x3-28x28-37ch": (1, 37, 28, 28, 3, 1, (1, 1, 1, 1)),   # 784 px: channel-vectorised

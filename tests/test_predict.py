@@ -534,3 +534,59 @@ def test_crafted_geometry_fails_cleanly_or_matches_onnxruntime(st_, pads, dil, p
     want = run_stock(dense, {"X": x})
     assert y.shape == want.shape
     np.testing.assert_allclose(y, want, rtol=1e-6)
+
+
+# ------------------------------------------------------------------ issue 21: hardening --
+@pytest.mark.parametrize("tensor", ["W", "bias", "W_q_scale"])
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_weights_fail_creation(tensor, bad):
+    """One rule for every op: weights, biases and prediction tensors must be finite (a NaN
+    bias was turned into zeros where Conv + ReLU gives NaN)."""
+    rng = np.random.default_rng(21)
+    W = rng.standard_normal((6, 4, 3, 3)).astype(np.float32)
+    b = rng.standard_normal(6).astype(np.float32)
+    sparse, _ = _models(W, b, (1, 4, 8, 8), pads=(1, 1, 1, 1))
+    sparsekit.session(sparse)
+
+    def poke(a):
+        a.reshape(-1)[1] = bad
+        return a
+    with pytest.raises(Exception, match=rf"PredictedConv node 'pc': {tensor}(\[1\])? .*"
+                                        r"(non-finite|not a finite)"):
+        sparsekit.session(_edit(sparse, {"W": ".W", "bias": ".B", "W_q_scale": ".W_q_scale"}[tensor],
+                                poke))
+
+
+@pytest.mark.parametrize("attrs,match", [
+    ({"pads": [3, 1, 1, 1]}, r"'pads' .* must be smaller than the dilated kernel extent"),
+    ({"pads": [0, 2**20, 0, 0]}, r"'pads' .* must be smaller than the dilated kernel extent"),
+    ({"strides": [4097, 1]}, r"must be in \[1, 4096\]"),
+    ({"group": 2}, r"attribute 'group' is not implemented"),
+    ({"auto_pad": "SAME_LOWER"}, r"attribute 'auto_pad' is not implemented"),
+    ({"residual_after_act": 0}, r"attribute 'residual_after_act' is not implemented"),
+    ({"format": "bsr"}, r"attribute 'format' is not implemented"),
+])
+def test_rejects_out_of_bound_and_unimplemented_attributes(attrs, match):
+    rng = np.random.default_rng(22)
+    W = rng.standard_normal((6, 4, 3, 3)).astype(np.float32)
+    sparse, _ = _models(W, np.zeros(6, np.float32), (1, 4, 8, 8), pads=(1, 1, 1, 1))
+    n = sparse.graph.node[0]
+    for k, v in attrs.items():
+        for i, a in enumerate(n.attribute):
+            if a.name == k:
+                del n.attribute[i]
+                break
+        n.attribute.append(helper.make_attribute(k, v))
+    with pytest.raises(Exception, match=match) as e:
+        sparsekit.session(sparse)
+    assert "PredictedConv node 'pc'" in str(e.value)
+
+
+def test_stock_defaults_are_accepted():
+    rng = np.random.default_rng(23)
+    W = rng.standard_normal((6, 4, 3, 3)).astype(np.float32)
+    sparse, _ = _models(W, np.zeros(6, np.float32), (1, 4, 8, 8), pads=(2, 2, 2, 2))
+    sparse.graph.node[0].attribute.extend([helper.make_attribute("group", 1),
+                                           helper.make_attribute("auto_pad", "NOTSET")])
+    assert sparsekit.session(sparse).run(None, {"X": np.ones((1, 4, 8, 8), np.float32)})[0].shape \
+        == (1, 6, 10, 10)

@@ -458,3 +458,168 @@ def test_bert_layer_symbolic_seq_converts_weight_matmuls_only():
             x = np.random.default_rng(seq).standard_normal((1, seq, 64)).astype(np.float32)
             got, want = ss.run(None, {"hidden_states": x})[0], ds.run(None, {"hidden_states": x})[0]
             np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+# ------------------------------------------------------------------ issue 21: hardening --
+def _sigmoid(x):
+    with np.errstate(over="ignore"):
+        return 1.0 / (1.0 + np.exp(-x))
+
+
+def _numpy_rnn(kind, W, R, B, X, h0, c0=None, direction="forward", lbr=0):
+    """ONNX LSTM / GRU (default activations) in float64, where no gate sum can overflow."""
+    D, H = R.shape[0], R.shape[2]
+    W, R, B, X = (a.astype(np.float64) for a in (W, R, B, X))
+    S, N = X.shape[:2]
+    Y = np.zeros((S, D, N, H))
+    Yh, Yc = np.zeros((D, N, H)), np.zeros((D, N, H))
+    for d in range(D):
+        rev = direction == "reverse" or d == 1
+        h = h0[d].astype(np.float64)
+        c = c0[d].astype(np.float64) if c0 is not None else np.zeros((N, H))
+        G = R.shape[1] // H
+        Wb, Rb = B[d, :G * H], B[d, G * H:]
+        for t in (range(S - 1, -1, -1) if rev else range(S)):
+            xw = X[t] @ W[d].T + Wb
+            if kind == "lstm":
+                g = xw + h @ R[d].T + Rb
+                i, o, f = _sigmoid(g[:, :H]), _sigmoid(g[:, H:2 * H]), _sigmoid(g[:, 2 * H:3 * H])
+                c = f * c + i * np.tanh(g[:, 3 * H:])
+                h = o * np.tanh(c)
+            else:
+                zr = xw[:, :2 * H] + h @ R[d, :2 * H].T + Rb[:2 * H]
+                z, r = _sigmoid(zr[:, :H]), _sigmoid(zr[:, H:])
+                if lbr:
+                    hh = np.tanh(xw[:, 2 * H:] + r * (h @ R[d, 2 * H:].T + Rb[2 * H:]))
+                else:
+                    hh = np.tanh(xw[:, 2 * H:] + (r * h) @ R[d, 2 * H:].T + Rb[2 * H:])
+                h = (1 - z) * hh + z * h
+            Y[t, d] = h
+        Yh[d], Yc[d] = h, c
+    return [Y, Yh, Yc] if kind == "lstm" else [Y, Yh]
+
+
+def _rnn_initializers(model):
+    return {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("kind,lbr", [("lstm", 0), ("gru", 0), ("gru", 1)])
+@pytest.mark.parametrize("pattern", ["+", "-", "sign", "sign-and-normal"])
+def test_extreme_finite_inputs_saturate_like_the_reference(monkeypatch, isa, kind, lbr, pattern):
+    """Inputs of +-3e38 overflow the gates' float sums (inf, inf - inf = NaN, in an order that
+    differs per ISA): every ISA gives the finite, saturated values of the exact (float64)
+    computation, equal to SPARSEKIT_ISA=ref, and finite like stock onnxruntime."""
+    rng = np.random.default_rng(21)
+    H, I = 40, 16
+    if kind == "lstm":
+        dense, sparse, D = _pair(rng, "bidirectional", H, I, 16, 8, True)
+    else:
+        dense, sparse, D = _gru_pair(rng, "bidirectional", H, I, 16, 8, True, lbr)
+    S, N = 8, 2
+    big = np.float32(3e38)
+    X = {"+": np.full((S, N, I), big), "-": np.full((S, N, I), -big),
+         "sign": rng.choice([-big, big], (S, N, I)),
+         "sign-and-normal": np.where(rng.random((S, N, I)) < 0.5, rng.choice([-big, big], (S, N, I)),
+                                     rng.standard_normal((S, N, I)))}[pattern].astype(np.float32)
+    feeds = {"X": X, "h0": rng.choice([-big, big, 0.5], (D, N, H)).astype(np.float32)}
+    if kind == "lstm":
+        feeds["c0"] = rng.standard_normal((D, N, H)).astype(np.float32)
+    inits = _rnn_initializers(dense)
+    want = _numpy_rnn(kind, inits["W"], inits["R"], inits["B"], feeds["X"], feeds["h0"],
+                      feeds.get("c0"), "bidirectional", lbr)
+    stock = ort.InferenceSession(dense.SerializeToString(),
+                                 providers=["CPUExecutionProvider"]).run(None, feeds)
+    monkeypatch.setenv("SPARSEKIT_ISA", "ref")
+    ref = sparsekit.session(sparse).run(None, feeds)
+    monkeypatch.setenv("SPARSEKIT_ISA", isa)
+    got = sparsekit.session(sparse, threads=2).run(None, feeds)
+    for g, r, w, s in zip(got, ref, want, stock):
+        assert np.isfinite(s).all() and np.isfinite(g).all()
+        np.testing.assert_allclose(g, r, rtol=1e-6, atol=1e-5)  # h_0 of 3e38 carries on in GRU
+        np.testing.assert_allclose(g, w, rtol=1e-6, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_nan_input_propagates_and_inf_saturates(kind):
+    rng = np.random.default_rng(22)
+    if kind == "lstm":
+        _, sparse, D = _pair(rng, "forward", 8, 6, 6, 8, False)
+    else:
+        _, sparse, D = _gru_pair(rng, "forward", 8, 6, 6, 8, False, 0)
+    ss = sparsekit.session(sparse)
+    x = rng.standard_normal((3, 2, 6)).astype(np.float32)
+    x[1, 0, 2] = np.nan
+    y = ss.run(None, {"X": x})[0]
+    assert np.isnan(y[1:, :, 0]).any() and np.isfinite(y[0]).all() and np.isfinite(y[:, :, 1]).all()
+    y = ss.run(None, {"X": np.full((3, 2, 6), np.inf, np.float32)})[0]
+    assert not np.isinf(y).any()
+
+
+UNIMPLEMENTED = [
+    ("activations", ["Sigmoid", "Tanh", "Tanh"]),
+    ("activation_alpha", [1.0]),
+    ("activation_beta", [0.5]),
+    ("clip", 3.0),
+    ("input_forget", 1),
+    ("layout", 1),
+    ("activation", "relu"),
+    ("transA", 1),
+]
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+@pytest.mark.parametrize("name,value", UNIMPLEMENTED)
+def test_unimplemented_attributes_fail_creation(kind, name, value):
+    rng = np.random.default_rng(23)
+    if kind == "lstm":
+        _, sparse, _ = _pair(rng, "forward", 8, 6, 6, 8, False)
+    else:
+        _, sparse, _ = _gru_pair(rng, "forward", 8, 6, 6, 8, False, 0)
+    sparsekit.session(_set_attr(sparse, "layout", 0))  # stock defaults are accepted
+    sparsekit.session(_set_attr(sparse, "input_forget", 0))
+    with pytest.raises(Exception, match=f"attribute '{name}' is not implemented") as e:
+        sparsekit.session(_set_attr(sparse, name, value))
+    assert f"Sparse{kind.upper()} node '{kind}'" in str(e.value)
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+@pytest.mark.parametrize("tensor", [".W_values", ".R_values", ".B"])
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_weights_fail_creation(kind, tensor, bad):
+    rng = np.random.default_rng(24)
+    if kind == "lstm":
+        _, sparse, _ = _pair(rng, "forward", 8, 6, 6, 8, False)
+    else:
+        _, sparse, _ = _gru_pair(rng, "forward", 8, 6, 6, 8, False, 0)
+
+    def poke(a):
+        a.reshape(-1)[3] = bad
+        return a
+    with pytest.raises(Exception, match=r"has a non-finite value .*finite weights") as e:
+        sparsekit.session(_edit(sparse, tensor, poke))
+    assert f"node '{kind}'" in str(e.value) and tensor.lstrip(".") in str(e.value)
+
+
+def test_oversized_recurrent_output_fails_at_run_and_session_stays_usable():
+    """A few-KB SparseLSTM (hidden 2^16, R empty) asked for more than 2^31 elements: a clear
+    run error naming the node before anything is allocated; the next run works."""
+    H = 1 << 16
+    inits = [numpy_helper.from_array(np.ones((4 * H, 1, 1, 1), np.float32), "W_values"),
+             numpy_helper.from_array(np.zeros((4 * H, 1, 1), np.uint8), "W_indices"),
+             numpy_helper.from_array(np.zeros((4 * H, H // 256, 0, 1), np.float32), "R_values"),
+             numpy_helper.from_array(np.zeros((4 * H, H // 256, 0), np.uint8), "R_indices")]
+    node = helper.make_node("SparseLSTM", ["X", "W_values", "W_indices", "R_values", "R_indices"],
+                            ["Y", "Y_h", "Y_c"], name="lstm", domain="ai.sparsekit", hidden_size=H,
+                            input_size=1, w_bank_size=1, r_bank_size=256)
+    ss = sparsekit.session(_model([node], inits, [vinfo("X", ["S", "N", 1])]))
+    with pytest.raises(Exception, match=r"SparseLSTM node 'lstm': the input projection .* "
+                                        r"elements, more than the 2\^31"):
+        ss.run(None, {"X": np.zeros(((1 << 13) + 1, 1, 1), np.float32)})  # X*W^T: 2^31 + 2^18
+    y, yh, yc = ss.run(None, {"X": np.ones((2, 1, 1), np.float32)})
+    i, o, f, c = _sigmoid(1.0), _sigmoid(1.0), _sigmoid(1.0), np.tanh(1.0)
+    c1 = i * c
+    c2 = f * c1 + i * c
+    assert y.shape == (2, 1, 1, H)
+    np.testing.assert_allclose(yc, np.full((1, 1, H), c2), rtol=1e-5)
+    np.testing.assert_allclose(yh, o * np.tanh(yc), rtol=1e-5)

@@ -157,6 +157,65 @@ Attrs::Kind Attrs::kind(const char* name) const {
 
 bool Attrs::has(const char* name) const { return kind(name) != kMissing; }
 
+bool Attrs::present(const char* name) const {
+  if (has(name)) return true;
+  // A type none of the getters reads: ORT says "Attribute name and type don't match" rather
+  // than "No attribute with name" (the same wording from 1.17 to 1.32).  An unknown wording
+  // counts as absent, so a future runtime cannot make every node fail.
+  int64_t v;
+  OrtStatus* st = api_.KernelInfoGetAttribute_int64()(info_, name, &v);
+  if (!st) return true;
+  const std::string m = api_.GetErrorMessage()(st);
+  api_.ReleaseStatus()(st);
+  return m.find("don't match") != std::string::npos;
+}
+
+void refuse_unimplemented(const Attrs& a, std::initializer_list<const char*> implemented) {
+  static const char* const kProbed[] = {
+      // ONNX Conv / ConvTranspose / MaxPool
+      "auto_pad", "group", "dilations", "kernel_shape", "pads", "strides", "output_padding",
+      "output_shape", "ceil_mode", "storage_order",
+      // ONNX Gemm
+      "alpha", "beta", "transA", "transB",
+      // ONNX LSTM / GRU / RNN
+      "activations", "activation_alpha", "activation_beta", "clip", "direction", "hidden_size",
+      "input_forget", "layout", "linear_before_reset",
+      // the sparsekit ops
+      "format", "block", "bank_size", "activation", "clip_min", "clip_max",
+      "residual_after_act", "out_channels", "in_channels", "out_features", "in_features",
+      "input_size", "w_bank_size", "r_bank_size", "margin", "pool_kernel", "pool_strides",
+      "pool_pads"};
+  for (const char* name : kProbed) {
+    bool ok = false;
+    for (const char* i : implemented) ok = ok || std::string(i) == name;
+    if (ok || !a.present(name)) continue;
+    const std::string n = name;
+    // stock attributes at their defaults change nothing
+    if (n == "auto_pad" && a.get_string(name, "") == "NOTSET") continue;
+    if (n == "group" && a.get_int(name, 0) == 1) continue;
+    if ((n == "input_forget" || n == "layout") && a.get_int(name, 1) == 0) continue;
+    throw Error("attribute '" + n + "' is not implemented by this op (it would be silently "
+                "ignored): remove it, or keep the layer as the stock onnxruntime op");
+  }
+}
+
+void require_finite(const float* p, size_t n, const std::string& what) {
+  for (size_t i = 0; i < n; ++i)
+    if (!std::isfinite(p[i]))
+      throw Error(what + " has a non-finite value (" + std::to_string(p[i]) + " at flat index " +
+                  std::to_string(i) + "); sparsekit ops require finite weights and biases");
+}
+
+void check_output_size(const std::vector<int64_t>& dims, const char* what) {
+  int64_t count = 1;
+  bool over = false;
+  for (int64_t d : dims) over = over || d < 0 || __builtin_mul_overflow(count, d, &count);
+  if (over || count > kMaxOutputElements)
+    throw Error(std::string(what) + " of shape " + shape_str(dims) + " would have " +
+                (over ? std::string("more than 2^63") : std::to_string(count)) +
+                " elements, more than the 2^31 a sparsekit op allocates for one output");
+}
+
 void Attrs::wrong_type(const char* name, const char* want) const {
   if (kind(name) == kMissing)
     throw Error(std::string("missing required attribute '") + name + "' (" + want + ")");

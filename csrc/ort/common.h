@@ -5,6 +5,7 @@
 #include <atomic>
 #include <cstdint>
 #include <cstdlib>
+#include <initializer_list>
 #include <mutex>
 #include <new>
 #include <stdexcept>
@@ -36,6 +37,9 @@ class Attrs {
  public:
   Attrs(const Api& api, const OrtKernelInfo* info) : api_(api), info_(info) {}
   bool has(const char* name) const;
+  // Whether the node carries `name` with any type, including those this API level cannot read
+  // (lists of strings, graphs, tensors): told apart from "absent" by ORT's error message.
+  bool present(const char* name) const;
   // Required (throw if missing) or with a default; throw if present with another type.
   int64_t get_int(const char* name) const;
   int64_t get_int(const char* name, int64_t def) const;
@@ -58,6 +62,24 @@ class Attrs {
   const Api& api_;
   const OrtKernelInfo* info_;
 };
+
+// Fails creation naming the first attribute the op does not implement.  The C API has no way
+// to list a node's attributes, so the names probed are those a node could plausibly carry:
+// every attribute of the stock ops the sparsekit ops replace (Conv, Gemm, LSTM, GRU, RNN,
+// MaxPool) and of the other sparsekit ops.  A stock attribute at its default value is
+// accepted (auto_pad "NOTSET", group 1, input_forget 0, layout 0).
+void refuse_unimplemented(const Attrs& a, std::initializer_list<const char*> implemented);
+
+// Every weight, bias and prediction tensor of every op must be finite (docs/format.md): a
+// NaN or Inf there fails creation naming the tensor and the first bad position.
+void require_finite(const float* p, size_t n, const std::string& what);
+
+// The most elements one output may have.  A few-KB model must not be able to make one run
+// allocate gigabytes (issue 21): 2^31 float32 elements is 8 GiB.
+constexpr int64_t kMaxOutputElements = int64_t(1) << 31;
+// Throws (at run time, before anything is allocated) when `dims` has more elements than
+// kMaxOutputElements or their product overflows; `what` names the tensor ("output Y").
+void check_output_size(const std::vector<int64_t>& dims, const char* what);
 
 // ---- tensors -------------------------------------------------------------------------------
 struct TensorView {

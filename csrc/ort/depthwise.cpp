@@ -25,6 +25,8 @@ const std::vector<IoSpec>& DepthwiseConvKernel::inputs() {
 DepthwiseConvKernel::DepthwiseConvKernel(const Api& api, const OrtKernelInfo* info)
     : api_(api) {
   Attrs a(api, info);
+  refuse_unimplemented(a, {"kernel_shape", "strides", "pads", "dilations", "activation",
+                           "clip_min", "clip_max", "group"});
   kt_ = select_table();
   const TensorView W = constant_input(api, info, kDwW, "W");
   if (W.type != ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT)
@@ -37,6 +39,9 @@ DepthwiseConvKernel::DepthwiseConvKernel(const Api& api, const OrtKernelInfo* in
   k_ = W.shape[2];
   if (k_ < 1 || k_ > 1024 || C_ > INT32_MAX)
     throw Error("W has shape " + W.shape_str() + ", which is out of the supported range");
+  if (a.present("group") && a.get_int("group") != C_)
+    throw Error("attribute 'group' = " + s(a.get_int("group")) + " must equal the channel count " +
+                s(C_) + " (DepthwiseConv is depthwise)");
   if (a.has("kernel_shape")) {
     const auto ks = conv_pair_attr(a, "kernel_shape", {}, 1);
     if (ks[0] != k_ || ks[1] != k_)
@@ -51,9 +56,11 @@ DepthwiseConvKernel::DepthwiseConvKernel(const Api& api, const OrtKernelInfo* in
   if (dl[0] != 1 || dl[1] != 1)
     throw Error("attribute 'dilations' must be [1, 1] for DepthwiseConv, got " + shape_str(dl));
   const auto pd = conv_pads_attr(a);
+  conv_check_geometry({k_, k_}, st, dl, pd);
   pt_ = pd[0], pl_ = pd[1], pb_ = pd[2], pr_ = pd[3];
   act_ = read_activation(a);
   const float* wp = static_cast<const float*>(W.data);
+  require_finite(wp, size_t(C_ * k_ * k_), "W");
   w_.assign(wp, wp + C_ * k_ * k_);
   bias_ = read_bias(api, info, kDwBias, C_, "W.shape[0] = channels");
   if (bias_.empty()) bias_.assign(size_t(C_), 0.0f);

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <climits>
 #include <cmath>
+#include <cfloat>
 #include <cstring>
 
 namespace skort {
@@ -61,6 +62,7 @@ BankInput read_bank_input(const Api& api, const OrtKernelInfo* info, size_t vi, 
     throw Error(vname + ": keep = " + s(m.keep) + " entries per bank exceeds " + bs_name + " = " +
                 s(bs));
   m.v = static_cast<const float*>(vals.data);
+  require_finite(m.v, vals.count, vname);
   m.idx = constant_input(api, info, ii, iname.c_str());
   if (m.idx.type != ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8 &&
       m.idx.type != ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT16)
@@ -166,6 +168,7 @@ std::vector<float> bias_input(const Api& api, const OrtKernelInfo* info, size_t 
     throw Error("B has shape " + b.shape_str() + ", expected [" + s(D) + ", " + s(width) +
                 "] [num_directions, " + what + "]");
   const float* bp = static_cast<const float*>(b.data);
+  require_finite(bp, size_t(D * width), "B");
   out.assign(bp, bp + D * width);
   return out;
 }
@@ -204,6 +207,13 @@ RecurrentSpec read_recurrent(const Api& api, const OrtKernelInfo* info, const At
                              int64_t gates, const char* op, int64_t max_r_bank) {
   // max_r_bank: SparseGRU's recurrence runs only on the SpMV kernel (one-byte offsets)
   RecurrentSpec r;
+  // input_forget and layout are accepted at their default 0 (refuse_unimplemented)
+  refuse_unimplemented(a, gates == 3 ? std::initializer_list<const char*>{
+                                           "hidden_size", "input_size", "direction",
+                                           "w_bank_size", "r_bank_size", "linear_before_reset"}
+                                     : std::initializer_list<const char*>{
+                                           "hidden_size", "input_size", "direction",
+                                           "w_bank_size", "r_bank_size"});
   r.H = a.get_int("hidden_size");
   r.I = a.get_int("input_size");
   const std::string dir = a.get_string("direction", "forward");
@@ -240,8 +250,45 @@ inline int64_t onnx_row(int64_t p, int64_t H) { return (p % 4) * H + p / 4; }
 
 inline float sigmoid(float x) { return 1.0f / (1.0f + std::exp(-x)); }
 
+// Extreme but finite inputs (|x| ~ 3e38) overflow a gate's float sum to inf, or inf - inf =
+// NaN, in an order that differs per ISA (issue 21: NaN from AVX2, finite from stock
+// onnxruntime).  Such a pre-activation is recomputed exactly in double from the weights, the
+// same way on every ISA, and saturated to the float range, so sigmoid/tanh saturate as the
+// true value says.  A NaN in X or the state still gives NaN (IEEE on the exact sum).
+double dot_row(const SparseWeights& w, int64_t r, const float* x) {
+  double acc = 0.0;
+  for (int32_t j = w.group_ptr[size_t(r)]; j < w.group_ptr[size_t(r) + 1]; ++j)
+    acc += double(w.values[size_t(j)]) * double(x[w.k[size_t(j)]]);
+  return acc;
+}
+
+double dot_row(const Recurrent& rec, int64_t r, const float* x) {
+  if (!rec.banked) return dot_row(rec.general, r, x);
+  const sk::BankMat& m = rec.m;
+  const int64_t L = m.lanes, per_bank = int64_t(m.keep) * L, per_group = m.nbanks * per_bank;
+  const int64_t base = r / L * per_group + r % L;
+  double acc = 0.0;
+  for (int64_t b = 0; b < m.nbanks; ++b)
+    for (int64_t q = 0; q < m.keep; ++q) {
+      const size_t i = size_t(base + b * per_bank + q * L);
+      acc += double(m.values[i]) * double(x[b * m.bank_size + m.offs[i]]);
+    }
+  return acc;
+}
+
+inline float saturate(double v) {  // NaN stays NaN
+  return v > double(FLT_MAX) ? FLT_MAX : v < -double(FLT_MAX) ? -FLT_MAX : float(v);
+}
+
+// Row p of the projection (op order): bias + W·x, exactly.
+inline double proj_exact(const Projection& pr, int64_t p, const float* x) {
+  return double(pr.bias[size_t(p)]) + dot_row(pr.w, p, x);
+}
+
 float* output(const Api& api, OrtKernelContext* ctx, size_t index,
               const std::vector<int64_t>& dims) {
+  static const char* const kNames[] = {"output Y", "output Y_h", "output Y_c"};
+  check_output_size(dims, kNames[index < 3 ? index : 0]);
   OrtValue* out = nullptr;
   check(api, api.KernelContext_GetOutput()(ctx, index, dims.data(), dims.size(), &out),
         "KernelContext_GetOutput");
@@ -376,6 +423,8 @@ void SparseLSTMKernel::compute(OrtKernelContext* ctx) const {
   const std::vector<int64_t> sdims = {D, N, H};
   const float* h0 = state_input(api_, ctx, kInitH, "initial_h", sdims);
   const float* c0 = state_input(api_, ctx, kInitC, "initial_c", sdims);
+  // the input projection's scratch is 4x Y: bounded like an output, before anything is made
+  check_output_size({S, N, D, G4}, "the input projection X*W^T (4x Y, scratch)");
   float* Y = output(api_, ctx, 0, {S, D, N, H});
   float* Yh = output(api_, ctx, 1, sdims);
   float* Yc = output(api_, ctx, 2, sdims);
@@ -404,6 +453,7 @@ void SparseLSTMKernel::compute(OrtKernelContext* ctx) const {
   const int64_t ngroups = (G4 + Lg - 1) / Lg;
   const int64_t nch = std::min<int64_t>(ngroups, 8);
   const float* xw = xwbuf.get();
+  const float* xdata = static_cast<const float*>(X.data);
   for (int64_t step = 0; step < S; ++step) {
     const int64_t cur = step & 1, nxt = cur ^ 1;
     parallel_for(api_, ctx, size_t(D * N * nch), [&](size_t item) {
@@ -430,8 +480,15 @@ void SparseLSTMKernel::compute(OrtKernelContext* ctx) const {
       float* cc = cbuf.get() + (d * N + b) * H;
       float* y = Y + ((t * D + d) * N + b) * H;
       const int64_t u1 = std::min<int64_t>(g1 * Lg / 4, H);
+      const float* xt = xdata + (t * N + b) * I_;
       for (int64_t j = g0 * Lg / 4; j < u1; ++j) {
-        const float* g = gates + 4 * j;
+        float g[4];
+        for (int64_t k = 0; k < 4; ++k) {
+          g[k] = gates[4 * j + k];
+          if (!std::isfinite(g[k]))  // overflowed (or a NaN input): exactly, see dot_row
+            g[k] = saturate(proj_exact(proj_, d * G4 + 4 * j + k, xt) +
+                            dot_row(rec, 4 * j + k, hprev));
+        }
         const float i = sigmoid(g[0]), o = sigmoid(g[1]), f = sigmoid(g[2]);
         const float cn = f * cc[j] + i * std::tanh(g[3]);
         cc[j] = cn;
@@ -514,6 +571,7 @@ void SparseGRUKernel::compute(OrtKernelContext* ctx) const {
   const int64_t S = X.shape[0], N = X.shape[1], H = H_, D = D_, G3 = 3 * H_;
   const std::vector<int64_t> sdims = {D, N, H};
   const float* h0 = state_input(api_, ctx, kInitH, "initial_h", sdims);
+  check_output_size({S, N, D, G3}, "the input projection X*W^T (3x Y, scratch)");
   float* Y = output(api_, ctx, 0, {S, D, N, H});
   float* Yh = output(api_, ctx, 1, sdims);
   if (N == 0) return;
@@ -538,6 +596,7 @@ void SparseGRUKernel::compute(OrtKernelContext* ctx) const {
   const int64_t ublocks = (H + L - 1) / L;
   const int64_t nch = std::min<int64_t>(ublocks, 8);
   const float* xw = xwbuf.get();
+  const float* xdata = static_cast<const float*>(X.data);
   auto unit_range = [&](int64_t c, int64_t* u0, int64_t* u1) {
     *u0 = std::min(H, ublocks * c / nch * L);
     *u1 = std::min(H, ublocks * (c + 1) / nch * L);
@@ -554,6 +613,7 @@ void SparseGRUKernel::compute(OrtKernelContext* ctx) const {
       const float* hprev;
       float* hnext;
       const float* xw;  // [3H] this step's projection (+ biases)
+      const float* x;   // [I] this step's input row
       float* gates;     // [3H]
       float* rh;        // [HP]
     };
@@ -567,6 +627,7 @@ void SparseGRUKernel::compute(OrtKernelContext* ctx) const {
       it.hprev = hbuf.get() + ((cur * D + it.d) * N + it.b) * HP;
       it.hnext = hbuf.get() + ((nxt * D + it.d) * N + it.b) * HP;
       it.xw = xw + (it.t * N + it.b) * D * G3 + it.d * G3;
+      it.x = xdata + (it.t * N + it.b) * I_;
       it.gates = gbuf.get() + (it.d * N + it.b) * G3;
       it.rh = rhbuf.get() + (it.d * N + it.b) * HP;
       return it;
@@ -581,6 +642,13 @@ void SparseGRUKernel::compute(OrtKernelContext* ctx) const {
       groups(it.u0, it.u1, &g0, &g1);
       kt_->spmv_bank(h_[size_t(it.d)].m, g0, g1, x, init, it.gates + 2 * H);
     };
+    // z_j and r_j pre-activations, recomputed exactly where they overflowed (dot_row).
+    auto fix_zr = [&](const Item& it, int64_t j) {
+      for (int64_t q = 2 * j; q < 2 * j + 2; ++q)
+        if (!std::isfinite(it.gates[q]))
+          it.gates[q] = saturate(proj_exact(proj_, it.d * G3 + q, it.x) +
+                                 dot_row(zr_[size_t(it.d)], q, it.hprev));
+    };
     auto finish = [&](const Item& it, int64_t j, float z, float hh) {
       const float h = (1.0f - z) * hh + z * it.hprev[j];
       it.hnext[j] = h;
@@ -593,8 +661,14 @@ void SparseGRUKernel::compute(OrtKernelContext* ctx) const {
         zr_pass(it);
         h_pass(it, it.hprev, rbh_.data() + it.d * H);
         for (int64_t j = it.u0; j < it.u1; ++j) {
+          fix_zr(it, j);
           const float z = sigmoid(it.gates[2 * j]), r = sigmoid(it.gates[2 * j + 1]);
-          finish(it, j, z, std::tanh(it.xw[2 * H + j] + r * it.gates[2 * H + j]));
+          float a = it.xw[2 * H + j] + r * it.gates[2 * H + j];
+          if (!std::isfinite(a))
+            a = saturate(proj_exact(proj_, it.d * G3 + 2 * H + j, it.x) +
+                         double(r) * (double(rbh_[size_t(it.d * H + j)]) +
+                                      dot_row(h_[size_t(it.d)], j, it.hprev)));
+          finish(it, j, z, std::tanh(a));
         }
       });
     } else {
@@ -602,14 +676,21 @@ void SparseGRUKernel::compute(OrtKernelContext* ctx) const {
       parallel_for(api_, ctx, size_t(D * N * nch), [&](size_t i) {
         const Item it = item_of(i);
         zr_pass(it);
-        for (int64_t j = it.u0; j < it.u1; ++j)
+        for (int64_t j = it.u0; j < it.u1; ++j) {
+          fix_zr(it, j);  // z_j is read again by the second pass
           it.rh[j] = sigmoid(it.gates[2 * j + 1]) * it.hprev[j];
+        }
       });
       parallel_for(api_, ctx, size_t(D * N * nch), [&](size_t i) {
         const Item it = item_of(i);
         h_pass(it, it.rh, it.xw + 2 * H);
-        for (int64_t j = it.u0; j < it.u1; ++j)
-          finish(it, j, sigmoid(it.gates[2 * j]), std::tanh(it.gates[2 * H + j]));
+        for (int64_t j = it.u0; j < it.u1; ++j) {
+          float a = it.gates[2 * H + j];
+          if (!std::isfinite(a))
+            a = saturate(proj_exact(proj_, it.d * G3 + 2 * H + j, it.x) +
+                         dot_row(h_[size_t(it.d)], j, it.rh));
+          finish(it, j, sigmoid(it.gates[2 * j]), std::tanh(a));
+        }
       });
     }
   }

@@ -123,6 +123,11 @@ std::vector<int64_t> conv_pair_attr(const Attrs& a, const char* name, std::vecto
                                     int64_t min);
 std::vector<int64_t> conv_pads_attr(const Attrs& a);
 int64_t conv_out_size(int64_t in, int64_t k, int64_t stride, int64_t dil, int64_t p0, int64_t p1);
+// Strides and dilations at most kMaxStride, the dilated kernel extent dil*(k-1)+1 at most
+// 2^20, and each pad smaller than that extent (docs/format.md); throws otherwise.
+constexpr int64_t kMaxStride = 4096;
+void conv_check_geometry(const std::vector<int64_t>& ks, const std::vector<int64_t>& st,
+                         const std::vector<int64_t>& dl, const std::vector<int64_t>& pd);
 
 // Run-time helpers shared by the ops.
 const OrtValue* get_input(const Api& api, OrtKernelContext* ctx, size_t index);

@@ -73,6 +73,9 @@ const std::vector<IoSpec>& PredictedConvKernel::inputs() {
 PredictedConvKernel::PredictedConvKernel(const Api& api, const OrtKernelInfo* info)
     : api_(api) {
   Attrs a(api, info);
+  refuse_unimplemented(a, {"kernel_shape", "strides", "dilations", "pads", "activation",
+                           "clip_min", "clip_max", "margin", "pool_kernel", "pool_strides",
+                           "pool_pads"});
   kt_ = select_table();
   const TensorView W = constant_input(api, info, kPW, "W");
   if (W.type != ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT)
@@ -101,6 +104,7 @@ PredictedConvKernel::PredictedConvKernel(const Api& api, const OrtKernelInfo* in
   const auto dl = conv_pair_attr(a, "dilations", {1, 1}, 1);
   dh_ = dl[0], dw_ = dl[1];
   const auto pd = conv_pads_attr(a);
+  conv_check_geometry({kh_, kw_}, st, dl, pd);
   pt_ = pd[0], pl_ = pd[1], pb_ = pd[2], pr_ = pd[3];
   const Activation act = read_activation(a);
   if (act.name == "none" || act.lo != 0.0f)
@@ -131,13 +135,12 @@ PredictedConvKernel::PredictedConvKernel(const Api& api, const OrtKernelInfo* in
   // the kernels read each tap's channels contiguously (channels-last): W as [M][kh*kw][C]
   const int64_t taps = kh_ * kw_;
   const float* wp = static_cast<const float*>(W.data);
+  require_finite(wp, size_t(M_ * K_), "W");
   w_.assign(size_t(M_ * K_), 0.0f);
   for (int64_t m = 0; m < M_; ++m)
     for (int64_t c = 0; c < C_; ++c)
       for (int64_t t = 0; t < taps; ++t) {
-        const float v = wp[(m * C_ + c) * taps + t];
-        if (!std::isfinite(v)) throw Error("W has a non-finite value");
-        w_[size_t((m * taps + t) * C_ + c)] = v;
+        w_[size_t((m * taps + t) * C_ + c)] = wp[(m * C_ + c) * taps + t];
       }
   bias_ = read_bias(api, info, kPBias, M_, "W.shape[0] = out_channels");
   if (bias_.empty()) bias_.assign(size_t(M_), 0.0f);

@@ -43,6 +43,7 @@ const float* get_residual(const Api& api, OrtKernelContext* ctx, size_t index,
 }
 
 float* get_output(const Api& api, OrtKernelContext* ctx, const std::vector<int64_t>& dims) {
+  check_output_size(dims, "output Y");
   OrtValue* out = nullptr;
   check(api, api.KernelContext_GetOutput()(ctx, 0, dims.data(), dims.size(), &out),
         "KernelContext_GetOutput");

@@ -166,6 +166,7 @@ SparseWeights read_sparse_weights(const Api& api, const OrtKernelInfo* info, con
   TensorView vals = constant_input(api, info, kInValues, "values");
   if (vals.type != ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT)
     throw Error(std::string("values must be float32, got ") + dtype_name(vals.type));
+  require_finite(static_cast<const float*>(vals.data), vals.count, "values");
   TensorView idx = constant_input(api, info, kInIndices, "indices");
   if (!is_index_type(idx.type, bank))
     throw Error(std::string("indices must be ") + (bank ? "uint8 or uint16" : "int32 or uint16") +
@@ -192,6 +193,7 @@ AVec<float> read_bias(const Api& api, const OrtKernelInfo* info, size_t index, i
   if (b.shape != std::vector<int64_t>{M})
     throw Error("bias has shape " + b.shape_str() + ", expected [" + s(M) + "] (" + m_name + ")");
   const float* p = static_cast<const float*>(b.data);
+  require_finite(p, size_t(M), "bias");
   bias.assign(p, p + M);
   return bias;
 }

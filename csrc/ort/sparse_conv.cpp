@@ -55,6 +55,25 @@ int64_t out_size(int64_t in, int64_t k, int64_t stride, int64_t dil, int64_t p0,
 
 }  // namespace
 
+void conv_check_geometry(const std::vector<int64_t>& ks, const std::vector<int64_t>& st,
+                         const std::vector<int64_t>& dl, const std::vector<int64_t>& pd) {
+  for (size_t i = 0; i < 2; ++i) {
+    if (st[i] > kMaxStride || dl[i] > kMaxStride)
+      throw Error("attributes 'strides' " + shape_str(st) + " and 'dilations' " + shape_str(dl) +
+                  " must be in [1, " + s(kMaxStride) + "]");
+    const int64_t extent = dl[i] * (ks[i] - 1) + 1;  // <= 2^32
+    if (extent > kMaxGeom)
+      throw Error("the dilated kernel extent " + s(extent) + " (dilation " + s(dl[i]) +
+                  ", kernel " + s(ks[i]) + ") exceeds " + s(kMaxGeom));
+    // A pad as wide as the dilated kernel only adds outputs that never see the input (issue
+    // 21: pads of 2^20 on a 1x1 conv made one run allocate 7.2 GB): each pad < the extent.
+    if (pd[i] >= extent || pd[i + 2] >= extent)
+      throw Error("attribute 'pads' " + shape_str(pd) + " must be smaller than the dilated " +
+                  "kernel extent along each axis (" + s(dl[0] * (ks[0] - 1) + 1) + "x" +
+                  s(dl[1] * (ks[1] - 1) + 1) + ")");
+  }
+}
+
 std::vector<int64_t> conv_pair_attr(const Attrs& a, const char* name, std::vector<int64_t> def,
                                     int64_t min) {
   return pair_attr(a, name, std::move(def), min);
@@ -79,6 +98,9 @@ const std::vector<IoSpec>& SparseConvKernel::inputs() {
 
 SparseConvKernel::SparseConvKernel(const Api& api, const OrtKernelInfo* info) : api_(api) {
   Attrs a(api, info);
+  refuse_unimplemented(a, {"format", "block", "bank_size", "activation", "clip_min", "clip_max",
+                           "residual_after_act", "out_channels", "in_channels", "kernel_shape",
+                           "strides", "pads", "dilations"});
   kt_ = select_table();
   M_ = a.get_int("out_channels");
   C_ = a.get_int("in_channels");
@@ -89,6 +111,7 @@ SparseConvKernel::SparseConvKernel(const Api& api, const OrtKernelInfo* info) : 
   const auto st = pair_attr(a, "strides", {1, 1}, 1);
   const auto dl = pair_attr(a, "dilations", {1, 1}, 1);
   const auto pd = pads_attr(a);
+  conv_check_geometry(ks, st, dl, pd);
   kh_ = ks[0], kw_ = ks[1], sh_ = st[0], sw_ = st[1], dh_ = dl[0], dw_ = dl[1];
   pt_ = pd[0], pl_ = pd[1], pb_ = pd[2], pr_ = pd[3];
   act_ = read_activation(a);

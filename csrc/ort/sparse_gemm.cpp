@@ -17,6 +17,8 @@ const std::vector<IoSpec>& SparseGemmKernel::inputs() { return SparseConvKernel:
 
 SparseGemmKernel::SparseGemmKernel(const Api& api, const OrtKernelInfo* info) : api_(api) {
   Attrs a(api, info);
+  refuse_unimplemented(a, {"format", "block", "bank_size", "activation", "clip_min", "clip_max",
+                           "residual_after_act", "out_features", "in_features"});
   kt_ = select_table();
   M_ = a.get_int("out_features");
   K_ = a.get_int("in_features");
