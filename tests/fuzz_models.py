@@ -36,10 +36,10 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+# tests/ only: the repository root would shadow the installed package (which holds the library)
 HERE = Path(__file__).resolve().parent
-for _p in (str(HERE), str(HERE.parent)):
-    if _p not in sys.path:
-        sys.path.insert(0, _p)
+if str(HERE) not in sys.path:
+    sys.path.insert(0, str(HERE))
 
 import sparsekit  # noqa: E402
 from ort_helpers import make_model, vinfo  # noqa: E402
@@ -577,6 +577,11 @@ def _worker(path: str) -> int:
     except (ImportError, ValueError, OSError):
         pass
     cases = json.loads(Path(path).read_text())
+    try:   # a missing library would otherwise read as every case "refused"
+        sparsekit.get_library_path()
+    except Exception as e:
+        print(f"worker cannot load the custom-op library: {e}", file=sys.stderr)
+        return 2
     for i, case in enumerate(cases):
         print(f"start {i}", flush=True)
         try:
@@ -613,6 +618,8 @@ def run_in_workers(cases: List[dict], *, isa: Optional[str] = None, case_timeout
                 proc.kill()
                 stdout, stderr = proc.communicate()
                 hung = True
+            if proc.returncode == 2 and "start 0" not in stdout:
+                raise RuntimeError(stderr.strip()[-500:])   # the worker could not start at all
             done, started, phase = [], None, ""
             for line in stdout.splitlines():
                 if line.startswith("start "):

@@ -47,13 +47,10 @@ def issue_results():
 
 # the cases the campaign of issue 21 found, with their outcome under the C++ rules of that issue
 # (csrc/): attributes bounded, unimplemented attributes and non-finite weights refused at
-# session creation, every ISA equal to the reference on extreme values.  xfail (not strict)
-# while the installed library predates that change.
-CPP_CHANGE = "needs the issue-21 hardening of csrc/ in the installed library"
+# session creation, every ISA equal to the reference on extreme values.
 
 
-@pytest.mark.parametrize("case", [pytest.param(c, id=c["id"], marks=pytest.mark.xfail(
-    strict=False, reason=CPP_CHANGE)) for c in ISSUE_CASES])
+@pytest.mark.parametrize("case", [pytest.param(c, id=c["id"]) for c in ISSUE_CASES])
 def test_issue_21_cases(case, issue_results):
     r = issue_results[case["id"]]
     want = expected_outcome(case)
