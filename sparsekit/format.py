@@ -19,18 +19,41 @@ from .errors import SparsekitError
 
 __all__ = ["DOMAIN", "OPSET_VERSION", "FORMATS", "BLOCK_SIZES", "MAX_BANK_SIZE", "opset_import",
            "num_groups", "group_rows", "kept_groups", "num_banks", "ragged_keep", "bank_counts",
-           "bank_caps", "bank_keep", "bsr_index_dtype", "bank_index_dtype", "pack_bank_blocks"]
+           "bank_caps", "bank_keep", "bsr_index_dtype", "bank_index_dtype", "pack_bank_blocks",
+           "MAX_STRIDE", "MAX_KERNEL_EXTENT", "conv_geometry_problem"]
 
 DOMAIN = "ai.sparsekit"
 OPSET_VERSION = 1
 FORMATS = ("bsr", "bank")
 BLOCK_SIZES = (1, 4)
 MAX_BANK_SIZE = 65536  # in-bank offsets are stored as uint16 at most
+# the conv ops' geometry bounds (csrc/ort/sparse_conv.cpp conv_check_geometry), which keep
+# index arithmetic and output sizes bounded; stock Conv allows more
+MAX_STRIDE = 4096
+MAX_KERNEL_EXTENT = 1 << 20
 
 
 def opset_import() -> onnx.OperatorSetIdProto:
     """The opset_import entry a model using ai.sparsekit ops needs."""
     return helper.make_opsetid(DOMAIN, OPSET_VERSION)
+
+
+def conv_geometry_problem(kernel, strides, dilations, pads) -> str:
+    """Why SparseConv/DepthwiseConv/PredictedConv would refuse this 2-D geometry ("" if they
+    accept it): strides and dilations in [1, MAX_STRIDE], dilated kernel extent at most
+    MAX_KERNEL_EXTENT, each pad (``[top, left, bottom, right]``) in [0, extent)."""
+    for ax in range(2):
+        s, d = int(strides[ax]), int(dilations[ax])
+        if not (1 <= s <= MAX_STRIDE and 1 <= d <= MAX_STRIDE):
+            return f"strides {list(strides)} / dilations {list(dilations)} outside [1, {MAX_STRIDE}]"
+        extent = d * (int(kernel[ax]) - 1) + 1
+        if extent > MAX_KERNEL_EXTENT:
+            return f"dilated kernel extent {extent} > {MAX_KERNEL_EXTENT}"
+        for p in (int(pads[ax]), int(pads[ax + 2])):
+            if not 0 <= p < extent:
+                return (f"pads {list(pads)} not below the dilated kernel extent {extent} "
+                        "(the padding alone makes outputs; sparse conv ops refuse it)")
+    return ""
 
 
 # ---------------------------------------------------------------------------------------------

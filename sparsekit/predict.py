@@ -32,7 +32,7 @@ from .fuse import GraphIndex, plan_fusion
 from .graph import (ONNX_DOMAINS, NameFilter, Replacement, all_names, get_attr, node_names,
                     replace_chains, unique_name)
 from .io import as_model
-from .format import DOMAIN, opset_import
+from .format import DOMAIN, conv_geometry_problem, opset_import
 from .sessions import session, time_pair
 
 __all__ = ["quantize_rows", "make_predicted_conv_node", "prediction_units", "predicted_mask",
@@ -441,15 +441,21 @@ def rewrite_predicted(model, include: Optional[str] = None, exclude: Optional[st
             row.activation, row.reason = f.activation, NONFINITE_REASON  # a chain, kept as is
             continue
         pads = [int(v) for v in (get_attr(node, "pads") or [0, 0, 0, 0])]
+        strides = [int(v) for v in (get_attr(node, "strides") or [1, 1])]
+        dilations = [int(v) for v in (get_attr(node, "dilations") or [1, 1])]
+        why = (conv_geometry_problem(W.shape[2:], strides, dilations, pads)
+               if len(pads) == 4 and len(strides) == len(dilations) == 2
+               else f"pads {pads} / strides {strides} / dilations {dilations} are not 2-D")
+        if why:
+            row.reason = why
+            continue
         base = unique_name(f"{name}.predicted", taken)
         mp = index.sole_consumer(f.output) if pool else None
         pl = _max_pool(mp) if mp is not None else None
         out = mp.output[0] if pl is not None else f.output
         new, inits = make_predicted_conv_node(
             base, node.input[0], out, Wf, bf,
-            strides=[int(v) for v in (get_attr(node, "strides") or [1, 1])],
-            pads=[pads[0], pads[1], pads[2], pads[3]],
-            dilations=[int(v) for v in (get_attr(node, "dilations") or [1, 1])],
+            strides=strides, pads=pads, dilations=dilations,
             activation=f.activation, clip_max=f.clip_max if f.activation == "clip" else None,
             bits=bits, margin=int((margins or {}).get(name, 0)), pool=pl)
         taken.update(t.name for t in inits)

@@ -1191,3 +1191,52 @@ def test_non_finite_predicted_conv_candidates_are_not_replaced(what):
     assert not sparse_nodes(sparse)
     assert [(r.name, r.replaced, r.reason) for r in report.predicted] == [("conv", False, NONFINITE)]
     _check_same(m, sparse, overrides={"N": 2})
+
+
+# ---------------------------------------------------------------------------------------------
+# conv geometry the sparse conv ops refuse (issue 21) stays in onnxruntime
+
+@pytest.mark.parametrize("k,attrs", [
+    (1, {"pads": [1, 1, 1, 1]}),                      # a padded 1x1: pad == extent
+    (3, {"pads": [0, 3, 0, 0]}),                      # one pad past the 3x3 extent
+    (3, {"pads": [2, 2, 2, 2], "dilations": [1, 1]}),  # below the extent: converted
+    (3, {"pads": [4, 4, 4, 4], "dilations": [2, 2]}),  # dilated extent 5: converted
+    (1, {"strides": [5000, 1]}),                      # stride past MAX_STRIDE
+])
+def test_conv_geometry_the_sparse_ops_refuse_stays_dense(k, attrs):
+    """Stock Conv accepts pads as wide as the kernel (outputs of bias only); SparseConv,
+    DepthwiseConv and PredictedConv refuse them at session creation, so convert and predict
+    must keep such a layer dense, with the reason, and the model must still run the same."""
+    from sparsekit.format import conv_geometry_problem
+    rng = np.random.default_rng(49)
+    M, C = 16, 8
+    pads = attrs.get("pads", [0, 0, 0, 0])
+    strides, dil = attrs.get("strides", [1, 1]), attrs.get("dilations", [1, 1])
+    refused = conv_geometry_problem([k, k], strides, dil, pads)
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], name="conv", **attrs),
+             helper.make_node("Relu", ["c"], ["y"])]
+    m = model_of(nodes, [vi("x", [2, C, 7, 7])], [vi("y", None)],
+                 [init("w", _conv_w(rng, M, C, k)), init("b", rng.standard_normal(M).astype(np.float32))])
+    sparse, report = convert(m)
+    row = report.layers[0]
+    if refused:
+        assert row.decision == "dense" and row.reason == refused, row
+        assert not sparse_nodes(sparse)
+    else:
+        assert row.decision == "sparse", row
+        assert [n.op_type for n in sparse_nodes(sparse)] == ["SparseConv"]
+    _check_same(m, sparse)
+    # the same rule keeps PredictedConv away, and the C++ op agrees with the Python rule
+    from sparsekit.predict import rewrite_predicted
+    out, rows = rewrite_predicted(m)
+    assert rows[0].replaced == (not refused) and (not refused or rows[0].reason == refused)
+    sparse_conv = sparsekit.pack.make_sparse_conv_node(
+        "sc", "x", "y", _conv_w(rng, M, C, k), rng.standard_normal(M).astype(np.float32),
+        strides=strides, pads=pads, dilations=dil, fmt="bsr", block=4)
+    one = model_of([sparse_conv[0]], [vi("x", [2, C, 7, 7])], [vi("y", None)], sparse_conv[1])
+    one.opset_import.append(sparsekit.format.opset_import())
+    if refused:
+        with pytest.raises(Exception, match="pads|strides"):
+            sparsekit.session(one)
+    else:
+        sparsekit.session(one)

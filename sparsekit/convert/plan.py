@@ -11,6 +11,7 @@ import onnx
 from onnx import numpy_helper
 
 from .. import pack
+from ..format import conv_geometry_problem
 from ..fuse import Fusion, GraphIndex, plan_fusion
 from ..graph import (Layer, NameFilter, get_attr, infer_shapes, node_names, producer_map,
                      resolve_pads, tensor_to_array)
@@ -68,9 +69,15 @@ def conv_pads(ctx: "Context", layer: Layer) -> Tuple[Optional[list], str]:
     """Explicit [top, left, bottom, right] pads (auto_pad resolved), or (None, why)."""
     node = layer.node
     xs = ctx.shapes.get(node.input[0]) or []
-    return resolve_pads(node, xs[2:] if len(xs) == 4 else [], layer.kernel_shape,
-                        list(get_attr(node, "strides", [1, 1])),
-                        list(get_attr(node, "dilations", [1, 1])))
+    strides = list(get_attr(node, "strides", [1, 1]))
+    dilations = list(get_attr(node, "dilations", [1, 1]))
+    pads, why = resolve_pads(node, xs[2:] if len(xs) == 4 else [], layer.kernel_shape, strides,
+                             dilations)
+    if pads is not None and len(layer.kernel_shape) == 2 and len(strides) == len(dilations) == 2:
+        why = conv_geometry_problem(layer.kernel_shape, strides, dilations, pads)
+        if why:
+            return None, why
+    return pads, why
 
 
 def _unsupported(ctx: Context, layer: Layer) -> Optional[str]:
