@@ -48,6 +48,7 @@ LOSSES = ("auto", "kl", "mse")
 DEVICES = ("cpu", "cuda")
 SCHEDULES = ("cosine", "constant")
 WARMUP = 0.03          # fraction of the schedule with a linear learning-rate warm-up
+MIN_TRAIN_SIZE = 16    # --train-size: below this, stride-32 backbones have nothing left to pool
 RAMP_END = 0.6         # gradual pruning reaches its target sparsity at this point of the schedule
 RAMP_UPDATES = 40      # mask updates along the ramp
 
@@ -189,6 +190,36 @@ def _compare(teacher: Dict[str, np.ndarray], model: Dict[str, np.ndarray],
 
 # --------------------------------------------------------------------------- onnxruntime side
 
+def free_spatial_dims(model: onnx.ModelProto, name: str) -> onnx.ModelProto:
+    """A copy of ``model`` whose image input ``name`` [N, C, H, W] takes any H and W (shapes
+    inferred for the declared size are dropped)."""
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    for inp in m.graph.input:
+        if inp.name == name:
+            dims = inp.type.tensor_type.shape.dim
+            for i, label in ((2, "train_height"), (3, "train_width")):
+                dims[i].Clear()
+                dims[i].dim_param = label
+    del m.graph.value_info[:]
+    return m
+
+
+def _check_train_size(torch, teacher_sess, student, data_set, features, size: int, dev) -> None:
+    """Fail before training when teacher or student cannot run at size x size (a layer tied to
+    the declared input size: a Reshape to a fixed length, a Flatten before the classifier)."""
+    feeds = data_set.batch(2, np.random.default_rng(0), augment=False)
+    try:
+        _run(teacher_sess, feeds, data_set.step, features or None)
+        with torch.no_grad():
+            student({k: _as_input(torch, v, dev) for k, v in feeds.items()}, [])
+    except Exception as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise SparsekitError(f"--train-size {size}: the model does not run at {size}x{size} ({first}); "
+                             "it needs layers that take any input size (e.g. global pooling "
+                             "before the classifier)") from None
+
+
 def _ort_session(model: onnx.ModelProto, threads: Optional[int], extra_outputs=()):
     if extra_outputs:
         m = onnx.ModelProto()
@@ -240,7 +271,10 @@ def _save_checkpoint(torch, path: Path, state: Dict[str, Any]) -> None:
 
 
 def _check_options(steps, seconds, batch_size, lr, temperature, loss, device, schedule, sparsity,
-                   feature_weight, mix, synthetic, holdout):
+                   feature_weight, mix, synthetic, holdout, train_size):
+    if train_size is not None and (isinstance(train_size, bool) or int(train_size) != train_size
+                                   or not MIN_TRAIN_SIZE <= train_size <= 4096):
+        raise SparsekitError(f"train size must be an integer in [{MIN_TRAIN_SIZE}, 4096], got {train_size!r}")
     if steps is None and seconds is None:
         raise SparsekitError("give --steps or --seconds (or both: it stops at whichever comes first)")
     if steps is not None and (isinstance(steps, bool) or int(steps) != steps or steps < 1):
@@ -274,6 +308,7 @@ def finetune(pruned, teacher, data, *, preprocess: Optional[str] = None,
              steps: Optional[int] = None, seconds: Optional[float] = None, batch_size: int = 32,
              lr: float = 1e-4, schedule: str = "cosine", temperature: float = 2.0, loss: str = "auto",
              feature_weight: float = 0.0, augment: bool = True, mix: float = 0.5, synthetic: float = 0.0,
+             train_size: Optional[int] = None,
              holdout: float = 0.1, eval_data=None, eval_crops: int = 8,
              sparsity: Optional[float] = None, threads: Optional[int] = None, device: str = "cpu",
              seed: int = 0, checkpoint=None, checkpoint_every: float = 300.0, resume: bool = False,
@@ -288,13 +323,16 @@ def finetune(pruned, teacher, data, *, preprocess: Optional[str] = None,
     over that budget. ``loss``: "auto" (KL on class scores at ``temperature``, otherwise a
     variance-normalised MSE), "kl" or "mse"; ``feature_weight`` > 0 adds the MSE of the pruned
     layers' outputs. ``synthetic``: fraction of each image batch replaced by procedural images.
+    ``train_size``: train on ``train_size`` x ``train_size`` crops of a folder of images instead
+    of the model's input size (both teacher and student at that size: a fully convolutional model
+    with global pooling trains several times faster per image; evaluation stays at full size).
     ``sparsity``: prune further to this sparsity during training (cubic ramp, the recorded
     patterns). ``checkpoint``: a path written every ``checkpoint_every`` seconds and on Ctrl-C;
     ``resume`` continues from it. ``progress(info)`` is called after every step. The inputs are
     never modified.
     """
     _check_options(steps, seconds, batch_size, lr, temperature, loss, device, schedule, sparsity,
-                   feature_weight, mix, synthetic, holdout)
+                   feature_weight, mix, synthetic, holdout, train_size)
     torch = _torch()
     from .torch_graph import OnnxModule, trainable_initializers
     from .training_data import load_training_data
@@ -324,12 +362,14 @@ def finetune(pruned, teacher, data, *, preprocess: Optional[str] = None,
         torch.set_num_threads(int(threads))
     dev = torch.device(device)
     student = OnnxModule(model, trainable).to(dev).channels_last()
-    data_set = load_training_data(data, model, preprocess, holdout, eval_data, eval_crops, seed)
+    data_set = load_training_data(data, model, preprocess, holdout, eval_data, eval_crops, seed,
+                                  train_size)
 
     report = FinetuneReport(settings=dict(
         steps=steps, seconds=seconds, batch_size=batch_size, lr=lr, schedule=schedule,
         temperature=temperature, loss=loss, feature_weight=feature_weight, augment=augment, mix=mix,
-        synthetic=synthetic, holdout=holdout, sparsity=sparsity, threads=threads, device=device,
+        synthetic=synthetic, train_size=train_size, holdout=holdout, sparsity=sparsity,
+        threads=threads, device=device,
         seed=seed, trained_tensors=len(trainable), masked_weights=len(masks)),
         train_source=data_set.source, train_count=data_set.train_count)
 
@@ -343,7 +383,11 @@ def finetune(pruned, teacher, data, *, preprocess: Optional[str] = None,
         if not features:
             report.notes.append("no pruned layer's output is also a tensor of the teacher: "
                                 "no feature loss")
+    if train_size is not None:   # the teacher runs the training crops at their own size too
+        teacher_m = free_spatial_dims(teacher_m, data_set.input_names[0])
     teacher_sess = _ort_session(teacher_m, threads, features)
+    if train_size is not None:
+        _check_train_size(torch, teacher_sess, student, data_set, features, train_size, dev)
     out_names = [o.name for o in model.graph.output]
 
     # ---- evaluation before

@@ -233,12 +233,15 @@ def _split(n: int, holdout: float, rng: np.random.Generator) -> Tuple[np.ndarray
 
 
 def load_training_data(path, model, preprocess: Optional[str] = None, holdout: float = 0.1,
-                       eval_path=None, eval_crops: int = 8, seed: int = 0) -> TrainingData:
+                       eval_path=None, eval_crops: int = 8, seed: int = 0,
+                       train_size: Optional[int] = None) -> TrainingData:
     """Read a folder of images (``preprocess="imagenet"``) or an .npz of samples for ``model``.
 
     ``holdout`` of the photos (or samples) are kept out of training for the evaluation set, unless
     ``eval_path`` gives a separate one (same kind of data).  Images in the evaluation set are the
     centre crop plus ``eval_crops - 1`` fixed random crops of each held-back photo.
+    ``train_size``: training crops of ``train_size`` x ``train_size`` pixels instead of the
+    model's input size (a folder of images only; evaluation stays at the model's size).
     """
     p = Path(path)
     specs = input_specs(model)
@@ -258,8 +261,9 @@ def load_training_data(path, model, preprocess: Optional[str] = None, holdout: f
         files = _image_files(p)
         train_i, held_i = _split(len(files), 0.0 if eval_path is not None else holdout, rng)
         photos = [_decode(files[i], max(h, w)) for i in train_i]
+        size = (int(train_size), int(train_size)) if train_size else (h, w)
         data = TrainingData(str(p), "images", [name], len(photos), {}, "", step,
-                            _photos=photos, _size=(h, w))
+                            _photos=photos, _size=size)
         if eval_path is not None:
             data.eval_inputs, data.eval_source = _eval_set(Path(eval_path), model, preprocess, specs,
                                                            eval_crops, seed)
@@ -272,6 +276,9 @@ def load_training_data(path, model, preprocess: Optional[str] = None, holdout: f
         raise SparsekitError(f"{p}: no such data file or folder")
     if preprocess is not None:
         raise SparsekitError(f"{p}: --preprocess applies to a folder of images, not to a file")
+    if train_size:
+        raise SparsekitError(f"{p}: --train-size applies to a folder of images, not to an .npz "
+                             "(its samples are used at their own size)")
     arrays = load_npz(p, specs)
     n = next(iter(arrays.values())).shape[0]
     unit = max(step, 1)   # rows per sample: whole runs of a fixed leading dim

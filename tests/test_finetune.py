@@ -417,3 +417,75 @@ def test_sequence_first_fixed_input_trains_on_whole_runs(tmp_path):
         bad = tmp_path / "bad.npz"
         np.savez(bad, tokens=np.zeros((7, 1), np.int64))
         finetune(pm, dense, bad, steps=1)
+
+
+# --------------------------------------------------------------------------- image folders, --train-size
+
+def _photo_folder(tmp_path, n=6, side=48):
+    """A folder of PNG photos: smooth colour fields with a few discs (every crop differs)."""
+    from PIL import Image
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    rng = np.random.default_rng(5)
+    yy, xx = np.mgrid[0:side, 0:side] / side
+    for i in range(n):
+        img = np.stack([np.sin(6 * xx * rng.uniform(0.5, 2) + c) * 0.5 + 0.5 for c in range(3)], -1)
+        for _ in range(4):
+            cy, cx, r = rng.uniform(0, 1, 2).tolist() + [rng.uniform(0.1, 0.3)]
+            img[(yy - cy) ** 2 + (xx - cx) ** 2 < r * r] = rng.uniform(0, 1, 3)
+        Image.fromarray((img * 255).astype(np.uint8)).save(folder / f"p{i}.png")
+    return folder
+
+
+def test_train_size_trains_smaller_crops_and_evaluates_at_full_size(tmp_path):
+    from sparsekit.training_data import load_training_data
+    dense = _cnn(4, size=32)
+    pm = _pruned(dense, 0.75, pattern="block")
+    folder = _photo_folder(tmp_path)
+    data = load_training_data(folder, pm, "imagenet", holdout=0.34, train_size=16)
+    batch = data.batch(4, np.random.default_rng(0))["input"]
+    assert batch.shape == (4, 3, 16, 16)
+    assert data.eval_inputs["input"].shape[1:] == (3, 32, 32)
+    out, report = finetune(pm, dense, folder, preprocess="imagenet", steps=30, batch_size=8, lr=5e-3,
+                           holdout=0.34, train_size=16)
+    assert report.settings["train_size"] == 16
+    assert report.loss_last < report.loss_first
+    # the pattern holds and only values changed
+    for name, before in _inits(pm).items():
+        if name.endswith("weight"):
+            np.testing.assert_array_equal(_inits(out)[name] == 0, before == 0)
+    assert _without_initializer_values(out) == _without_initializer_values(pm)
+    # evaluation at 32x32 by stock onnxruntime: the written model is what the report measured
+    x = data.eval_inputs["input"]
+    t, s = _stock(dense, x), _stock(out, x)
+    assert np.isclose(report.after.rel_error, float(((s - t) ** 2).sum() / (t ** 2).sum()), rtol=1e-3)
+
+
+def _flatten_cnn(size=8, classes=5):
+    """conv -> relu -> Flatten -> Gemm: the classifier is tied to the input size."""
+    rng = np.random.default_rng(0)
+    c = 4
+    inits = [numpy_helper.from_array(rng.standard_normal((c, 3, 3, 3)).astype(np.float32), "cw"),
+             numpy_helper.from_array(rng.standard_normal((c * size * size, classes)).astype(np.float32) * 0.1,
+                                     "fw")]
+    nodes = [helper.make_node("Conv", ["input", "cw"], ["c"], pads=[1, 1, 1, 1], name="conv"),
+             helper.make_node("Relu", ["c"], ["r"]),
+             helper.make_node("Flatten", ["r"], ["f"]),
+             helper.make_node("Gemm", ["f", "fw"], ["logits"], name="fc")]
+    g = helper.make_graph(nodes, "flat", [helper.make_tensor_value_info("input", TensorProto.FLOAT,
+                                                                        ["N", 3, size, size])],
+                          [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", classes])], inits)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
+
+
+def test_train_size_errors(tmp_path):
+    folder = _photo_folder(tmp_path, n=3)
+    dense = _flatten_cnn(size=24)
+    pm = _pruned(dense, 0.5, pattern="block")
+    with pytest.raises(SparsekitError, match=r"--train-size 16: the model does not run at 16x16"):
+        finetune(pm, dense, folder, preprocess="imagenet", steps=1, train_size=16)
+    cnn = _cnn(size=24)
+    with pytest.raises(SparsekitError, match="applies to a folder of images"):
+        finetune(_pruned(cnn, pattern="block"), cnn, _data(tmp_path, size=24), steps=1, train_size=16)
+    with pytest.raises(SparsekitError, match=r"train size must be an integer in \[16, 4096\]"):
+        finetune(_pruned(cnn, pattern="block"), cnn, folder, preprocess="imagenet", steps=1, train_size=8)
