@@ -17,6 +17,7 @@ SUITE = [  # (zoo model, pattern, sparsity, prune options)
     ("mobilenet_v1", "block", 0.90, {}),
     ("mobilenet_v1", "bank", 0.90, {}),
     ("mobilenet_v2", "block", 0.85, {}),
+    ("efficientnet_lite0", "block", 0.85, {}),
     ("resnet50", "block", 0.80, {}),
     ("bert_layer", "bank", 0.80, {}),
     ("bert_layer", "bank", 0.80, {"block": "1x4"}),   # 1x4 blocks balanced per bank
@@ -52,7 +53,7 @@ def main() -> None:
                          "q1": r.round_ratio_q1, "q3": r.round_ratio_q3, "runs": r.sparse.runs,
                          "converted": crep.totals["converted"],
                          "depthwise": crep.totals["depthwise"]})
-            print(f"{name:13s} {pattern:6s} {sparsity:.2f} {r.threads}t  dense {r.dense.median:8.3f} ms"
+            print(f"{name:18s} {pattern:6s} {sparsity:.2f} {r.threads}t  dense {r.dense.median:8.3f} ms"
                   f"  sparse {r.sparse.median:8.3f} ms  {r.speedup:5.2f}x", flush=True)
     env = B.environment()
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")

@@ -8,13 +8,14 @@ import onnx
 
 from sparsekit.errors import SparsekitError
 
-from . import bert_layer, lstm_lm, mobilenet_v1, mobilenet_v2, resnet50
+from . import bert_layer, efficientnet_lite0, lstm_lm, mobilenet_v1, mobilenet_v2, resnet50
 
 # name -> builder; every builder takes keyword parameters with defaults (the full-size model)
 # plus ``seed`` and returns an onnx.ModelProto (opset 17, IR 8, batch 1, static shapes).
 ZOO: Dict[str, Callable[..., onnx.ModelProto]] = {
     "mobilenet_v1": mobilenet_v1.build,
     "mobilenet_v2": mobilenet_v2.build,
+    "efficientnet_lite0": efficientnet_lite0.build,
     "resnet50": resnet50.build,
     "bert_layer": bert_layer.build,
     "lstm_lm": lstm_lm.build,
@@ -23,6 +24,7 @@ ZOO: Dict[str, Callable[..., onnx.ModelProto]] = {
 _DESCRIPTIONS: Dict[str, str] = {
     "mobilenet_v1": mobilenet_v1.DESCRIPTION,
     "mobilenet_v2": mobilenet_v2.DESCRIPTION,
+    "efficientnet_lite0": efficientnet_lite0.DESCRIPTION,
     "resnet50": resnet50.DESCRIPTION,
     "bert_layer": bert_layer.DESCRIPTION,
     "lstm_lm": lstm_lm.DESCRIPTION,

@@ -30,6 +30,7 @@ IR = 8
 ZOO = {
     "mobilenet_v1": dict(resolution=32, width=0.25, num_classes=10),
     "mobilenet_v2": dict(resolution=32, width=0.35, num_classes=10),
+    "efficientnet_lite0": dict(resolution=32, width=0.25, num_classes=10),
     "resnet50": dict(resolution=32, width=0.125, num_classes=10),
     "bert_layer": dict(seq=8, hidden=64, heads=2, ffn=128, symbolic_seq=True),
     "lstm_lm": dict(hidden=32, vocab=100, seq=4, layers=2, with_state=True),
@@ -225,7 +226,7 @@ def test_zoo_outputs_match_pruned_model(name, pattern, sparsity):
     assert n_rows == report.totals["converted"] + report.totals["depthwise"]
 
 
-@pytest.mark.parametrize("name", ["mobilenet_v1", "mobilenet_v2"])
+@pytest.mark.parametrize("name", ["mobilenet_v1", "mobilenet_v2", "efficientnet_lite0"])
 def test_depthwise_convs_between_sparse_ops_become_depthwiseconv(name):
     pruned, _ = sparsekit.prune(zoo(name), sparsity=0.9, min_params=0)
     sparse, report = convert(pruned)

@@ -541,6 +541,7 @@ def test_graph_views_round_trip():
 ZOO_SMALL = {
     "mobilenet_v1": {"width": 0.5, "resolution": 64, "num_classes": 100, "bn": True},
     "mobilenet_v2": {"width": 0.5, "resolution": 64, "num_classes": 100, "bn": True},
+    "efficientnet_lite0": {"width": 0.5, "resolution": 64, "num_classes": 100, "bn": True},
     "resnet50": {"width": 0.25, "resolution": 64, "num_classes": 100, "bn": True},
     "bert_layer": {"seq": 16, "hidden": 128, "heads": 2, "ffn": 512},
     "lstm_lm": {"hidden": 128, "vocab": 500, "seq": 8},

@@ -16,6 +16,7 @@ from sparsekit.errors import SparsekitError
 SMALL = {
     "mobilenet_v1": dict(resolution=64, width=0.25),
     "mobilenet_v2": dict(resolution=64, width=0.25),
+    "efficientnet_lite0": dict(resolution=64, width=0.25),
     "resnet50": dict(resolution=64, width=0.25),
     "bert_layer": dict(seq=16, hidden=64, heads=4, ffn=128),
     "lstm_lm": dict(hidden=32, vocab=50, seq=5),
@@ -25,6 +26,7 @@ SMALL = {
 VARIANTS = [(name, kw) for name, kw in SMALL.items()] + [
     ("mobilenet_v1", dict(resolution=64, width=0.25, bn=True)),
     ("mobilenet_v2", dict(resolution=64, width=0.25, bn=True)),
+    ("efficientnet_lite0", dict(resolution=64, width=0.25, bn=True)),
     ("resnet50", dict(resolution=64, width=0.25, bn=False)),
     ("bert_layer", dict(seq=16, hidden=64, heads=4, ffn=128, symbolic_seq=True)),
     ("lstm_lm", dict(hidden=32, vocab=50, seq=5, layers=2, with_state=True)),
@@ -33,6 +35,7 @@ VARIANTS = [(name, kw) for name, kw in SMALL.items()] + [
 FULL_OUTPUT = {
     "mobilenet_v1": [1, 1000],
     "mobilenet_v2": [1, 1000],
+    "efficientnet_lite0": [1, 1000],
     "resnet50": [1, 1000],
     "bert_layer": [1, 128, 768],
     "lstm_lm": [35, 1, 10000],
@@ -101,7 +104,8 @@ def _check_and_run(model, expected_output_shape=None):
 
 # ---------------------------------------------------------------------------- registry
 def test_registry_names_and_descriptions():
-    assert models.names() == ["mobilenet_v1", "mobilenet_v2", "resnet50", "bert_layer", "lstm_lm"]
+    assert models.names() == ["mobilenet_v1", "mobilenet_v2", "efficientnet_lite0", "resnet50",
+                              "bert_layer", "lstm_lm"]
     assert set(models.ZOO) == set(models.names())
     for name in models.names():
         text = models.describe(name)
@@ -201,6 +205,50 @@ def test_mobilenet_v2_structure():
     for n in adds:
         assert producer[n.input[1]].op_type == "Conv"
     assert inits[m.graph.node[-1].input[1]].shape == (1000, 1280)
+
+
+def test_efficientnet_lite0_structure():
+    for bn in (False, True):
+        m = models.build("efficientnet_lite0", bn=bn)
+        ops = _ops(m)
+        inits = _inits(m)
+        convs = [n for n in m.graph.node if n.op_type == "Conv"]
+        assert len(convs) == 49 and ops["Clip"] == 33 and ops["Gemm"] == 1
+        assert ops["Relu"] == 0 and ops["Sigmoid"] == 0 and ops["Mul"] == 0  # Lite: no SE, no swish
+        assert ops["BatchNormalization"] == (49 if bn else 0)
+        assert all(len(n.input) == (2 if bn else 3) for n in convs)
+        depthwise = [n for n in convs if _attrs(n)["group"] > 1]
+        assert len(depthwise) == 16
+        # (kernel, stride, channels) of every depthwise conv, stage by stage
+        got = [(_attrs(n)["kernel_shape"][0], _attrs(n)["strides"][0], _attrs(n)["group"])
+               for n in depthwise]
+        assert got == ([(3, 1, 32), (3, 2, 96), (3, 1, 144), (5, 2, 144), (5, 1, 240)]
+                       + [(3, 2, 240)] + [(3, 1, 480)] * 2 + [(5, 1, 480)] + [(5, 1, 672)] * 2
+                       + [(5, 2, 672)] + [(5, 1, 1152)] * 3 + [(3, 1, 1152)])
+        for n in depthwise:
+            k = _attrs(n)["kernel_shape"][0]
+            assert _attrs(n)["pads"] == [k // 2] * 4
+            assert inits[n.input[1]].shape == (_attrs(n)["group"], 1, k, k)
+        stem = convs[0]
+        assert stem.name == "conv_stem" and _attrs(stem)["strides"] == [2, 2]
+        assert inits[stem.input[1]].shape == (32, 3, 3, 3)
+        # projections (1x1, group 1, not followed by an activation) and their widths
+        proj = [n for n in convs if n.name.endswith(".conv_pwl") or n.name == "blocks.0.0.conv_pw"]
+        assert [inits[n.input[1]].shape[0] for n in proj] == \
+            [16, 24, 24, 40, 40, 80, 80, 80, 112, 112, 112, 192, 192, 192, 192, 320]
+        assert convs[-1].name == "conv_head" and inits[convs[-1].input[1]].shape == (1280, 320, 1, 1)
+        adds = [n.name for n in m.graph.node if n.op_type == "Add"]
+        assert adds == ["blocks.1.1.add", "blocks.2.1.add", "blocks.3.1.add", "blocks.3.2.add",
+                        "blocks.4.1.add", "blocks.4.2.add", "blocks.5.1.add", "blocks.5.2.add",
+                        "blocks.5.3.add"]
+        producer = {o: n for n in m.graph.node for o in n.output}
+        for n in m.graph.node:
+            if n.op_type == "Add":  # residual: input + linear projection (+ bn), no Clip between
+                assert producer[n.input[1]].op_type in ("Conv", "BatchNormalization")
+                assert not any(i in inits for i in n.input)
+        tail = [n.op_type for n in m.graph.node[-3:]]
+        assert tail == ["GlobalAveragePool", "Flatten", "Gemm"]
+        assert inits[m.graph.node[-1].input[1]].shape == (1000, 1280)
 
 
 def test_resnet50_structure():
@@ -395,6 +443,7 @@ def test_full_size_model(name):
     expected = {
         "mobilenet_v1": 4_221_032,
         "mobilenet_v2": 3_487_816,
+        "efficientnet_lite0": 4_631_000,
         "resnet50": 25_610_152,  # torchvision's 25,557,032 + BN running statistics
         "bert_layer": 7_087_872,
         "lstm_lm": 48_022_000,

@@ -26,6 +26,7 @@ from sparsekit.predict import plan_predicted
 SMALL = {
     "mobilenet_v1": dict(resolution=64, width=0.25),
     "mobilenet_v2": dict(resolution=64, width=0.25),
+    "efficientnet_lite0": dict(resolution=64, width=0.25),
     "resnet50": dict(resolution=64, width=0.25),
     "bert_layer": dict(seq=16, hidden=64, heads=4, ffn=128),
     "lstm_lm": dict(hidden=32, vocab=50, seq=5),

@@ -166,6 +166,11 @@ using PredictUnitsFn = void (*)(const PredictMat& w, const PredictImage& img, in
 using PredictExactFn = void (*)(const PredictMat& w, const PredictImage& img, int m,
                                 const int64_t* pix, int cnt, float* out);
 
+// Each ISA fills its table field by field, by name, in a constexpr function (C++17 has no
+// designated initialisers), so the tables are still constant-initialised.  The native test
+// driver checks every table with table_complete(): a field added here and forgotten in one
+// ISA's file fails there, not as a null call.  (Not a static_assert: GCC does not fold
+// `&external_function != nullptr` under -fsanitize=undefined, which the test builds use.)
 struct KernelTable {
   Isa isa;
   const char* name;   // "ref", "avx2", ...
@@ -183,6 +188,15 @@ struct KernelTable {
   PredictUnitsFn predict_units;  // the prediction alone (MaxPool chains)
   PredictExactFn predict_exact;  // full precision at given outputs (MaxPool chains)
 };
+
+// Every name, size and function of `t` set.
+constexpr bool table_complete(const KernelTable& t) {
+  return t.name != nullptr && t.tile_pixels > 0 && t.spmm_b1 != nullptr &&
+         t.spmm_b4 != nullptr && t.dwconv != nullptr && t.spmv_lanes > 0 &&
+         t.spmv_bank != nullptr && t.dwconv_multi != nullptr && t.dw_multi_lanes > 0 &&
+         t.b1_tile_pixels > 0 && t.predict_quantize != nullptr && t.predict != nullptr &&
+         t.predict_units != nullptr && t.predict_exact != nullptr;
+}
 
 // Per-ISA tables; null when that ISA was not compiled in or the CPU lacks it.
 const KernelTable* kernels_ref();

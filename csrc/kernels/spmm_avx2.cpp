@@ -196,10 +196,27 @@ void spmm_48x1_avx2(size_t n, const SpMat& w, int g_begin, int g_end, const floa
   }
 }
 
-const KernelTable kTable = {Isa::avx2, "avx2", 24, spmm_48x1_avx2, spmm_24x4_avx2, dwconv_avx2,
-                            8, spmv_bank_avx2, dwconv_multi_avx2, 8, 48,
-                            predict_quantize_avx2, predict_avx2,
-                            predict_units_avx2, predict_exact_avx2};
+constexpr KernelTable make_table() {
+  KernelTable t{};
+  t.isa = Isa::avx2;
+  t.name = "avx2";
+  t.tile_pixels = 24;
+  t.spmm_b1 = spmm_48x1_avx2;
+  t.spmm_b4 = spmm_24x4_avx2;
+  t.dwconv = dwconv_avx2;
+  t.spmv_lanes = 8;
+  t.spmv_bank = spmv_bank_avx2;
+  t.dwconv_multi = dwconv_multi_avx2;
+  t.dw_multi_lanes = 8;
+  t.b1_tile_pixels = 48;
+  t.predict_quantize = predict_quantize_avx2;
+  t.predict = predict_avx2;
+  t.predict_units = predict_units_avx2;
+  t.predict_exact = predict_exact_avx2;
+  return t;
+}
+
+constexpr KernelTable kTable = make_table();
 
 }  // namespace
 

@@ -176,16 +176,28 @@ void spmm_32x1_avx512(size_t n, const SpMat& w, int g_begin, int g_end, const fl
 
 // The prediction is vpdpbusd's where the CPU has VNNI (Cascade Lake, Ice Lake and later, Zen 4),
 // else the AVX2 kernel's (Skylake-SP has AVX-512 but no VNNI).
-const KernelTable kTable = {Isa::avx512, "avx512", 48, spmm_32x1_avx512, spmm_48x4_avx512,
-                            dwconv_avx512, 16, spmv_bank_avx512,
-                            dwconv_multi_avx512, 16, 32,
-                            predict_quantize_avx2, predict_avx2,
-                            predict_units_avx2, predict_exact_avx2};
-const KernelTable kTableVnni = {Isa::avx512, "avx512", 48, spmm_32x1_avx512, spmm_48x4_avx512,
-                                dwconv_avx512, 16, spmv_bank_avx512,
-                                dwconv_multi_avx512, 16, 32,
-                                predict_quantize_avx2, predict_avx512vnni,
-                                predict_units_avx512vnni, predict_exact_avx2};
+constexpr KernelTable make_table(bool vnni) {
+  KernelTable t{};
+  t.isa = Isa::avx512;
+  t.name = "avx512";
+  t.tile_pixels = 48;
+  t.spmm_b1 = spmm_32x1_avx512;
+  t.spmm_b4 = spmm_48x4_avx512;
+  t.dwconv = dwconv_avx512;
+  t.spmv_lanes = 16;
+  t.spmv_bank = spmv_bank_avx512;
+  t.dwconv_multi = dwconv_multi_avx512;
+  t.dw_multi_lanes = 16;
+  t.b1_tile_pixels = 32;
+  t.predict_quantize = predict_quantize_avx2;
+  t.predict = vnni ? predict_avx512vnni : predict_avx2;
+  t.predict_units = vnni ? predict_units_avx512vnni : predict_units_avx2;
+  t.predict_exact = predict_exact_avx2;
+  return t;
+}
+
+constexpr KernelTable kTable = make_table(false);
+constexpr KernelTable kTableVnni = make_table(true);
 
 }  // namespace
 

@@ -176,10 +176,27 @@ void spmm_16x1_neon(size_t n, const SpMat& w, int g_begin, int g_end, const floa
   }
 }
 
-const KernelTable kTable = {Isa::neon, "neon", 16, spmm_16x1_neon, spmm_16x4_neon, dwconv_neon,
-                            4, spmv_bank_neon, dwconv_multi_neon, 1, 16,
-                            predict_quantize_neon, predict_neon,
-                            predict_units_ref, predict_exact_ref};
+constexpr KernelTable make_table() {
+  KernelTable t{};
+  t.isa = Isa::neon;
+  t.name = "neon";
+  t.tile_pixels = 16;
+  t.spmm_b1 = spmm_16x1_neon;
+  t.spmm_b4 = spmm_16x4_neon;
+  t.dwconv = dwconv_neon;
+  t.spmv_lanes = 4;
+  t.spmv_bank = spmv_bank_neon;
+  t.dwconv_multi = dwconv_multi_neon;
+  t.dw_multi_lanes = 1;
+  t.b1_tile_pixels = 16;
+  t.predict_quantize = predict_quantize_neon;
+  t.predict = predict_neon;
+  t.predict_units = predict_units_ref;
+  t.predict_exact = predict_exact_ref;
+  return t;
+}
+
+constexpr KernelTable kTable = make_table();
 
 }  // namespace
 

@@ -61,10 +61,27 @@ void dwconv_multi_ref(const DwShape& s, int nch, const float* x, const float* w,
                y + c * oplane);
 }
 
-const KernelTable kTable = {Isa::ref, "ref", 1, spmm_ref, spmm_ref, dwconv_ref,
-                            8, spmv_bank_ref, dwconv_multi_ref, 1, 1,
-                            predict_quantize_ref, predict_ref,
-                            predict_units_ref, predict_exact_ref};
+constexpr KernelTable make_table() {
+  KernelTable t{};
+  t.isa = Isa::ref;
+  t.name = "ref";
+  t.tile_pixels = 1;
+  t.spmm_b1 = spmm_ref;
+  t.spmm_b4 = spmm_ref;
+  t.dwconv = dwconv_ref;
+  t.spmv_lanes = 8;
+  t.spmv_bank = spmv_bank_ref;
+  t.dwconv_multi = dwconv_multi_ref;
+  t.dw_multi_lanes = 1;
+  t.b1_tile_pixels = 1;
+  t.predict_quantize = predict_quantize_ref;
+  t.predict = predict_ref;
+  t.predict_units = predict_units_ref;
+  t.predict_exact = predict_exact_ref;
+  return t;
+}
+
+constexpr KernelTable kTable = make_table();
 
 }  // namespace
 

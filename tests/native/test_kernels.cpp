@@ -1029,6 +1029,9 @@ int main(int argc, char** argv) {
       continue;
     }
     const int before_p = g_passed, before_f = g_failed;
+    record(sk::table_complete(*t) && t->isa == isa &&
+               std::strcmp(t->name, sk::isa_name(isa)) == 0,
+           std::string(sk::isa_name(isa)) + ": KernelTable has every field set");
     spmm_suite(*t);
     dw_suite(*t);
     dw_multi_suite(*t);
