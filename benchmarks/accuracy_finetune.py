@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from sparsekit.analyze import analyze
 from sparsekit.calibration import Calibration
 from sparsekit.finetune import finetune
 from sparsekit.models import photos, pretrained
@@ -66,6 +67,9 @@ def main() -> int:
     ap.add_argument("--pattern", default="block", choices=["block", "bank"])
     ap.add_argument("--sparsity", type=float, default=0.5)
     ap.add_argument("--seconds", type=float, default=900, help="fine-tuning budget")
+    ap.add_argument("--steps", type=int, default=None,
+                    help="a step budget instead of --seconds (reproducible on a shared machine; the "
+                         "row records the seconds it took)")
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--lr", type=float, default=1e-4)
     ap.add_argument("--synthetic", type=float, default=0.0)
@@ -74,7 +78,9 @@ def main() -> int:
     ap.add_argument("--features", type=float, default=0.0,
                     help="feature-loss weight (0: logits only; it makes a MobileNetV2 CPU step ~3x slower)")
     ap.add_argument("--calibration", type=int, default=256, help="crops for reconstruction")
-    ap.add_argument("--start", default="reconstruction", choices=["magnitude", "reconstruction"])
+    ap.add_argument("--start", default="reconstruction", choices=["magnitude", "reconstruction", "allocation"],
+                    help="reconstruction: with channel correction where prune has it; allocation: the "
+                         "same with per-layer sparsities from `sparsekit analyze` (the same total)")
     ap.add_argument("--skip-finetune", action="store_true")
     ap.add_argument("--gradual-from", type=float, default=None,
                     help="instead: reconstruct at this sparsity and prune gradually to --sparsity while "
@@ -125,6 +131,8 @@ def main() -> int:
             return onnx.load(path)
         t0 = time.perf_counter()
         kw = {} if method == "magnitude" else dict(calibration=cal, **(_cc() if "channel" in method else {}))
+        if method.startswith("allocation"):     # analyze's per-layer budgets for this total sparsity
+            kw["recipe"] = analyze(dense, cal, sparsity, pattern=args.pattern, samples=64).recipe()
         m, _ = prune(dense, args.pattern, sparsity, **kw)
         if sparsity == args.sparsity:
             took = {} if method == "magnitude" else {"seconds": round(time.perf_counter() - t0)}
@@ -139,12 +147,15 @@ def main() -> int:
         start = one_shot("reconstruction+channel", args.sparsity)
     if args.start == "magnitude":
         start = mag
+    if args.start == "allocation":
+        start = one_shot("allocation+channel", args.sparsity)
     if args.gradual_from is not None:
         start = one_shot("reconstruction+channel" if _cc() else "reconstruction", args.gradual_from)
     if args.skip_finetune:
         return 0
     t0 = time.perf_counter()
-    tuned, rep = finetune(start, dense, train_dir, preprocess="imagenet", seconds=args.seconds,
+    tuned, rep = finetune(start, dense, train_dir, preprocess="imagenet",
+                          seconds=None if args.steps else args.seconds, steps=args.steps,
                           batch_size=args.batch_size, lr=args.lr, synthetic=args.synthetic, holdout=0.0,
                           feature_weight=args.features, sparsity=_gradual(args), train_size=args.train_size)
     label = "finetune" + ("+features" if args.features else "") + ("+synthetic" if args.synthetic else "") \
