@@ -78,7 +78,8 @@ def main() -> int:
     ap.add_argument("--features", type=float, default=0.0,
                     help="feature-loss weight (0: logits only; it makes a MobileNetV2 CPU step ~3x slower)")
     ap.add_argument("--calibration", type=int, default=256, help="crops for reconstruction")
-    ap.add_argument("--start", default="reconstruction", choices=["magnitude", "reconstruction", "allocation"],
+    ap.add_argument("--start", default="reconstruction",
+                    choices=["magnitude", "reconstruction", "allocation"],
                     help="reconstruction: with channel correction where prune has it; allocation: the "
                          "same with per-layer sparsities from `sparsekit analyze` (the same total)")
     ap.add_argument("--skip-finetune", action="store_true")
