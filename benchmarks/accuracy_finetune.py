@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 
 from sparsekit.analyze import analyze
@@ -50,15 +51,23 @@ def logits(model, x, batch=64):
     return np.concatenate([s.run(None, {"input": x[i:i + batch]})[0] for i in range(0, len(x), batch)])
 
 
-def score(dense_logits, model, x):
+def score(dense_logits, model, x, known=None):
+    """Top-1 agreement and KL against the dense logits; with ``known`` (a set of classes), also
+    the agreement on the crops whose dense top-1 is / is not one of them."""
     z = logits(model, x).astype(np.float64)
     t = dense_logits.astype(np.float64)
     lt = t - t.max(1, keepdims=True)
     lt -= np.log(np.exp(lt).sum(1, keepdims=True))
     lz = z - z.max(1, keepdims=True)
     lz -= np.log(np.exp(lz).sum(1, keepdims=True))
-    return {"agreement": float(np.mean(z.argmax(1) == t.argmax(1))),
-            "kl": float(np.mean((np.exp(lt) * (lt - lz)).sum(1)))}
+    same = z.argmax(1) == t.argmax(1)
+    out = {"agreement": float(np.mean(same)), "kl": float(np.mean((np.exp(lt) * (lt - lz)).sum(1)))}
+    if known is not None:
+        inside = np.isin(t.argmax(1), sorted(known))
+        out.update(known_classes=float(np.mean(same[inside])) if inside.any() else None,
+                   other_classes=float(np.mean(same[~inside])) if (~inside).any() else None,
+                   known_share=float(np.mean(inside)))
+    return out
 
 
 def main() -> int:
@@ -116,9 +125,13 @@ def main() -> int:
                 onnxruntime=ort.__version__)
     rows = []
 
+    # the classes the dense model sees in the training photos (its top-1 on 16 crops of each):
+    # unseen crops of other classes show whether training carried beyond the classes it was shown
+    known = set(logits(dense, photo_crops(train_files, (224, 224), 16, seed=5)).argmax(1).tolist())
+
     def record(method, model, **extra):
         r = dict(base, method=method, seen=score(seen_t, model, seen_x),
-                 unseen=score(unseen_t, model, unseen_x), **extra)
+                 unseen=score(unseen_t, model, unseen_x, known), **extra)
         rows.append(r)
         print(json.dumps(r), flush=True)
         with open(str(RESULTS) + ".jsonl", "a") as f:
@@ -126,7 +139,6 @@ def main() -> int:
 
     def one_shot(method, sparsity):
         """A one-shot pruned model, cached across runs (its row is recorded once, when made)."""
-        import onnx
         path = CACHE / f"{len(train_files)}_{args.pattern}_{sparsity}_{method}.onnx"
         if path.is_file():
             return onnx.load(path)
@@ -161,11 +173,14 @@ def main() -> int:
                           feature_weight=args.features, sparsity=_gradual(args), train_size=args.train_size)
     label = "finetune" + ("+features" if args.features else "") + ("+synthetic" if args.synthetic else "") \
         + (f" at {args.train_size}px" if args.train_size else "") \
-        + (f" (gradual from {args.gradual_from:.0%})" if args.gradual_from is not None else "")
+        + (f" (gradual from {args.gradual_from:.0%})" if args.gradual_from is not None else "") \
+        + (f" from {args.start}" if args.start != "reconstruction" else "")
     record(label, tuned, seconds=round(time.perf_counter() - t0), steps=rep.steps, images=rep.images,
            lr=args.lr, batch_size=args.batch_size, synthetic=args.synthetic, start=args.start,
            features=args.features, train_size=args.train_size,
            loss_first=rep.loss_first, loss_last=rep.loss_last)
+    CACHE.mkdir(parents=True, exist_ok=True)     # the tuned model, for later looks at its errors
+    onnx.save(tuned, CACHE / f"{len(train_files)}_{args.pattern}_{args.sparsity}_{label}_{rep.steps}.onnx")
     return 0
 
 
