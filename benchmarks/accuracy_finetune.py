@@ -238,14 +238,21 @@ def report() -> int:
              "by onnxruntime, on new crops of the training photos (seen) and on photos training never "
              "saw (unseen: models/photos.py evaluation split). Fine-tuning starts from the row "
              "above it (reconstruction, + channel correction where listed).", "",
-             "| photos | pattern | sparsity | method | seen agree / KL | unseen agree / KL | time | "
-             "steps x batch |", "|---|---|---|---|---|---|---|---|"]
+             "unseen, known / other classes: the agreement on the unseen crops whose dense top-1 class "
+             "is / is not among the dense top-1 classes of the training photos (recorded from "
+             "2026-12-05).", "",
+             "| photos | pattern | sparsity | method | seen agree / KL | unseen agree / KL | "
+             "unseen, known / other classes | time | steps x batch |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         t = f"{r['seconds']} s" if "seconds" in r else "-"
         sb = f"{r['steps']} x {r['batch_size']}" if "steps" in r else "-"
+        u = r["unseen"]
+        split = (f"{u['known_classes']:.1%} / {u['other_classes']:.1%} ({u['known_share']:.0%} known)"
+                 if u.get("known_classes") is not None and u.get("other_classes") is not None else "-")
         lines.append(f"| {r['photos']} | {r['pattern']} | {r['sparsity']:.0%} | {r['method']} | "
                      f"{r['seen']['agreement']:.1%} / {r['seen']['kl']:.3f} | "
-                     f"{r['unseen']['agreement']:.1%} / {r['unseen']['kl']:.3f} | {t} | {sb} |")
+                     f"{u['agreement']:.1%} / {u['kl']:.3f} | {split} | {t} | {sb} |")
     meta = rows[-1] if rows else {}
     lines += ["", f"Machine: {meta.get('machine', '?')} (2 cores), "
               f"onnxruntime {meta.get('onnxruntime', '?')}; rows appended by "
