@@ -98,10 +98,13 @@ def main() -> None:
         print(line)
     if args.no_dw:
         return
-    print("\ndepthwise 3x3 (pad 1), bias+ReLU6, all channels, single thread: ms (GFLOP/s)")
+    print("\ndepthwise 3x3 (pad 1), bias+ReLU6, all channels, single thread: ms (GFLOP/s); "
+          "'ISA c8': dwconv_blocked on the same data in 8-channel blocks (NCHWc)")
     head = f"{'C x H x W / s':>20}"
     for isa in ["ref"] + isas:
         head += f" {isa:>16}"
+    for isa in isas:
+        head += f" {isa + ' c8':>16}"
     print(head)
     for C, H, W, s in DEPTHWISE:
         OH, OW = (H + 2 - 3) // s + 1, (W + 2 - 3) // s + 1
@@ -111,6 +114,9 @@ def main() -> None:
         for isa in ["ref"] + isas:
             t = _native.time_dwconv(isa, x, w, s, 1, 1, OH, OW, args.repeats)
             flops = 2.0 * 9 * C * OH * OW
+            line += f" {t * 1e3:7.3f} ({flops / t * 1e-9:5.1f})"
+        for isa in isas:
+            t = _native.time_dwconv(isa, x, w, s, 1, 1, OH, OW, args.repeats, blocked=True)
             line += f" {t * 1e3:7.3f} ({flops / t * 1e-9:5.1f})"
         print(line)
 

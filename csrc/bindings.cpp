@@ -212,8 +212,56 @@ py::array_t<float> dwconv_multi(const std::string& isa, const FArr& x, const FAr
 }
 
 // Seconds per call of dwconv over every plane of x [C, H, W] (best of `repeats`).
+// x [C, H, W] -> [ceil(C/8)][H][W][8], padding lanes zero (also for weights [C, k, k] as
+// [ceil(C/8)][k*k][8] and bias [C] as [ceil(C/8)][8]).
+std::vector<float> to_blocked(const float* x, int C, size_t plane) {
+  constexpr int L = sk::kChannelBlock;
+  const size_t nblk = (static_cast<size_t>(C) + L - 1) / L;
+  std::vector<float> out(nblk * plane * L, 0.0f);
+  for (int c = 0; c < C; ++c)
+    for (size_t p = 0; p < plane; ++p)
+      out[((c / L) * plane + p) * L + c % L] = x[c * plane + p];
+  return out;
+}
+
+// Depthwise conv of x [C, H, W] through dwconv_blocked: x, w and bias reordered into 8-channel
+// blocks here, the kernel run over `parts` row ranges, the output reordered back to [C, OH, OW].
+py::array_t<float> dwconv_blocked(const std::string& isa, const FArr& x, const FArr& w,
+                                  const FArr& bias, int stride, int pad_t, int pad_l, int OH,
+                                  int OW, float lo, float hi, int parts) {
+  const sk::KernelTable& t = table_for(isa);
+  if (x.ndim() != 3 || w.ndim() != 3 || w.shape(0) != x.shape(0) || bias.ndim() != 1 ||
+      bias.shape(0) != x.shape(0))
+    throw py::value_error("x must be [C, H, W], w [C, k, k] and bias [C]");
+  if (x.shape(0) < 1 || x.shape(0) > (1 << 24)) throw py::value_error("bad channel count");
+  if (parts < 1) throw py::value_error("parts must be >= 1");
+  const int C = static_cast<int>(x.shape(0));
+  FArr x0 = x[py::make_tuple(0)].cast<FArr>(), w0 = w[py::make_tuple(0)].cast<FArr>();
+  const sk::DwShape s = dw_shape(x0, w0, stride, pad_t, pad_l, OH, OW);
+  constexpr int L = sk::kChannelBlock;
+  const int nblk = (C + L - 1) / L;
+  const size_t plane = static_cast<size_t>(s.H) * s.W, oplane = static_cast<size_t>(OH) * OW;
+  const std::vector<float> xb = to_blocked(x.data(), C, plane);
+  const std::vector<float> wb = to_blocked(w.data(), C, static_cast<size_t>(s.k) * s.k);
+  const std::vector<float> bb = to_blocked(bias.data(), C, 1);
+  std::vector<float> yb(static_cast<size_t>(nblk) * oplane * L + 1);
+  py::array_t<float> y({static_cast<py::ssize_t>(C), static_cast<py::ssize_t>(OH),
+                        static_cast<py::ssize_t>(OW)});
+  float* yp = y.mutable_data();
+  {
+    py::gil_scoped_release nogil;
+    for (int q = 0; q < parts && OH > 0 && OW > 0; ++q)
+      t.dwconv_blocked(s, nblk, xb.data(), wb.data(), bb.data(), lo, hi, yb.data(),
+                       OH * q / parts, OH * (q + 1) / parts);
+    for (int c = 0; c < C; ++c)
+      for (size_t p = 0; p < oplane; ++p) yp[c * oplane + p] = yb[((c / L) * oplane + p) * L + c % L];
+  }
+  return y;
+}
+
 double time_dwconv(const std::string& isa, const FArr& x, const FArr& w, int stride, int pad_t,
-                   int pad_l, int OH, int OW, int repeats, bool multi) {
+                   int pad_l, int OH, int OW, int repeats, bool multi,
+                   bool blocked) {
   const sk::KernelTable& t = table_for(isa);
   if (x.ndim() != 3 || w.ndim() != 3 || w.shape(0) != x.shape(0))
     throw py::value_error("x must be [C, H, W] and w [C, k, k]");
@@ -224,10 +272,21 @@ double time_dwconv(const std::string& isa, const FArr& x, const FArr& w, int str
   const size_t kk = static_cast<size_t>(s.k) * s.k;
   std::vector<float> y(oplane * C + 1), bias(static_cast<size_t>(C), 0.1f);
   std::vector<double> times;
+  constexpr int L = sk::kChannelBlock;
+  const int nblk = (C + L - 1) / L;
+  std::vector<float> xb, wb, bb, yb;
+  if (blocked) {  // the same data in 8-channel blocks; only the kernel is timed
+    xb = to_blocked(x.data(), C, plane);
+    wb = to_blocked(w.data(), C, kk);
+    bb = to_blocked(bias.data(), C, 1);
+    yb.resize(static_cast<size_t>(nblk) * oplane * L + 1);
+  }
   py::gil_scoped_release nogil;
   for (int i = 0; i <= std::max(repeats, 1); ++i) {
     const auto t0 = std::chrono::steady_clock::now();
-    if (multi)
+    if (blocked)
+      t.dwconv_blocked(s, nblk, xb.data(), wb.data(), bb.data(), 0.0f, 6.0f, yb.data(), 0, OH);
+    else if (multi)
       t.dwconv_multi(s, C, x.data(), w.data(), bias.data(), 0.0f, 6.0f, y.data());
     else
       for (int c = 0; c < C; ++c)
@@ -368,9 +427,15 @@ PYBIND11_MODULE(_native, m) {
         "Depthwise conv of one plane x[H, W] with w[k, k]; out-of-range input is zero.");
   m.def("time_dwconv", &time_dwconv, py::arg("isa"), py::arg("x"), py::arg("w"),
         py::arg("stride"), py::arg("pad_t"), py::arg("pad_l"), py::arg("OH"), py::arg("OW"),
-        py::arg("repeats") = 20, py::arg("multi") = false,
+        py::arg("repeats") = 20, py::arg("multi") = false, py::arg("blocked") = false,
         "Best-of-repeats seconds for dwconv (bias+ReLU6) over every plane of x[C, H, W]; "
-        "multi: one dwconv_multi call for all planes instead of dwconv plane by plane.");
+        "multi: one dwconv_multi call for all planes instead of dwconv plane by plane; "
+        "blocked: one dwconv_blocked call on the same data in 8-channel blocks (NCHWc).");
+  m.def("dwconv_blocked", &dwconv_blocked, py::arg("isa"), py::arg("x"), py::arg("w"),
+        py::arg("bias"), py::arg("stride"), py::arg("pad_t"), py::arg("pad_l"), py::arg("OH"),
+        py::arg("OW"), py::arg("lo") = -inf, py::arg("hi") = inf, py::arg("parts") = 1,
+        "Depthwise conv of x[C, H, W] with w[C, k, k] and bias[C] through dwconv_blocked (data "
+        "reordered into 8-channel blocks and back here; output rows in `parts` ranges).");
   m.def("dwconv_multi", &dwconv_multi, py::arg("isa"), py::arg("x"), py::arg("w"),
         py::arg("bias"), py::arg("stride"), py::arg("pad_t"), py::arg("pad_l"), py::arg("OH"),
         py::arg("OW"), py::arg("lo") = -inf, py::arg("hi") = inf,

@@ -230,6 +230,56 @@ def test_dwconv_multi_random(isa, C, H, W, k, stride, pads, clamp, seed):
         assert not (err > 1e-5 * scale + 1e-30).any(), (isa, c, H, W, k, stride, pads)
 
 
+@pytest.mark.parametrize("isa", ISAS)
+@SETTINGS
+@given(C=st.integers(1, 40), H=st.integers(1, 30), W=st.integers(1, 34),
+       k=st.sampled_from([1, 2, 3, 5, 7]), stride=st.integers(1, 3),
+       pads=st.tuples(*[st.integers(0, 2)] * 4), clamp=st.sampled_from(CLAMPS),
+       parts=st.integers(1, 3), seed=st.integers(0, 2**32 - 1))
+def test_dwconv_blocked_random(isa, C, H, W, k, stride, pads, clamp, parts, seed):
+    """dwconv_blocked (8-channel blocks, NCHWc) against the per-plane reference: channel
+    counts not multiples of 8, odd planes, strides, pads, output rows in `parts` ranges."""
+    pt, pl, pb, pr = pads
+    if H + pt + pb < k or W + pl + pr < k:
+        return
+    OH = (H + pt + pb - k) // stride + 1
+    OW = (W + pl + pr - k) // stride + 1
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((C, H, W)).astype(np.float32)
+    w = rng.standard_normal((C, k, k)).astype(np.float32)
+    b = rng.standard_normal(C).astype(np.float32)
+    y = _native.dwconv_blocked(isa, x, w, b, stride, pt, pl, OH, OW, lo=clamp[0], hi=clamp[1],
+                               parts=parts)
+    assert y.shape == (C, OH, OW)
+    for c in range(C):
+        want, scale = dwconv_reference(x[c], w[c], stride, pt, pl, OH, OW, b[c], *clamp)
+        err = np.abs(y[c] - want)
+        assert not (err > 1e-5 * scale + 1e-30).any(), (isa, c, H, W, k, stride, pads)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("k", [3, 5])
+@pytest.mark.parametrize("stride", [1, 2])
+def test_dwconv_blocked_model_planes(isa, k, stride):
+    """The zoo models' depthwise planes (MobileNet, EfficientNet-Lite0), both padding
+    conventions for stride 2, a few channels more than a multiple of 8."""
+    p = k // 2
+    rng = np.random.default_rng(k * 10 + stride)
+    for size, C in ((112, 9), (56, 17), (28, 10), (14, 12), (7, 20)):
+        for pads in ((p, p, p, p), (p - 1, p - 1, p, p)):
+            x = rng.standard_normal((C, size, size)).astype(np.float32)
+            w = rng.standard_normal((C, k, k)).astype(np.float32)
+            b = rng.standard_normal(C).astype(np.float32)
+            OH = (size + pads[0] + pads[2] - k) // stride + 1
+            OW = (size + pads[1] + pads[3] - k) // stride + 1
+            y = _native.dwconv_blocked(isa, x, w, b, stride, pads[0], pads[1], OH, OW,
+                                       lo=0.0, hi=6.0, parts=2)
+            for c in range(C):
+                want, scale = dwconv_reference(x[c], w[c], stride, pads[0], pads[1], OH, OW,
+                                               b[c], 0.0, 6.0)
+                assert not (np.abs(y[c] - want) > 1e-5 * scale + 1e-30).any(), (size, C, c)
+
+
 # ----------------------------------------------------------------------- errors, dispatch --
 def test_available_isas():
     isas = _native.available_isas()

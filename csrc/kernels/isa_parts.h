@@ -18,6 +18,17 @@ void dwconv_multi_avx512(const DwShape& s, int nch, const float* x, const float*
                          const float* bias, float lo, float hi, float* y);
 void dwconv_multi_neon(const DwShape& s, int nch, const float* x, const float* w,
                        const float* bias, float lo, float hi, float* y);
+// Channel-blocked depthwise (dwconv_blocked.h), named by ISA and interior tile: 8 channels x
+// P output pixels per register tile.
+void dwconv_c8_ref(const DwShape& s, int nblk, const float* x, const float* w,
+                   const float* bias, float lo, float hi, float* y, int oy_begin, int oy_end);
+void dwconv_c8x8_avx2(const DwShape& s, int nblk, const float* x, const float* w,
+                      const float* bias, float lo, float hi, float* y, int oy_begin, int oy_end);
+void dwconv_c8x12_avx512(const DwShape& s, int nblk, const float* x, const float* w,
+                         const float* bias, float lo, float hi, float* y, int oy_begin,
+                         int oy_end);
+void dwconv_c8x8_neon(const DwShape& s, int nblk, const float* x, const float* w,
+                      const float* bias, float lo, float hi, float* y, int oy_begin, int oy_end);
 
 void spmv_bank_ref(const BankMat& w, int g_begin, int g_end, const float* x, const float* init,
                    float* y);

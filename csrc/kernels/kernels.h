@@ -79,6 +79,22 @@ using DwConvFn = void (*)(const DwShape& s, const float* x, const float* w, floa
 using DwMultiFn = void (*)(const DwShape& s, int nch, const float* x, const float* w,
                            const float* bias, float lo, float hi, float* y);
 
+// ---- Channel-blocked (NCHWc) layout, docs/kernels.md ----------------------------------------
+// One block size for every ISA, so a blocked tensor means the same thing on AVX2, AVX-512 and
+// NEON (a converted model stays portable): a [C, H, W] image is stored [ceil(C/8)][H][W][8],
+// channel c in block c/8, lane c%8.  Lanes past C exist in the last block; kernels treat them
+// as ordinary channels (their weights and bias are zero, so they hold act(0)).
+constexpr int kChannelBlock = 8;
+// Depthwise convolution on channel blocks, output rows [oy_begin, oy_end) of `nblk`
+// consecutive blocks: block b reads x + b*H*W*8, weights w + b*k*k*8 ([k*k][8], tap-major),
+// bias + b*8 (not null), and writes y + b*OH*OW*8 (rows outside the range untouched):
+//   y[b][oy][ox][l] = clamp(bias[b][l] + sum_{ky,kx} w[b][ky*k+kx][l] * x[b][iy][ix][l])
+// with (iy, ix) = (oy*s - pad_t + ky, ox*s - pad_l + kx), out-of-range input taken as zero.
+// Reads only the nblk*H*W*8 input floats; writes only the given rows.  Any k >= 1, stride >= 1.
+using DwBlockedFn = void (*)(const DwShape& s, int nblk, const float* x, const float* w,
+                             const float* bias, float lo, float hi, float* y, int oy_begin,
+                             int oy_end);
+
 // Bank-balanced matrix-vector product, the 1-row case (LSTM recurrence, decoding).
 // Rows are interleaved in groups of L = KernelTable::spmv_lanes: lane l of group g is row
 // g*L + l.  Every row keeps `keep` entries in each of the `nbanks` banks of `bank_size`
@@ -187,6 +203,7 @@ struct KernelTable {
   PredictFn predict;       // ReLU-output prediction + full precision where predicted positive
   PredictUnitsFn predict_units;  // the prediction alone (MaxPool chains)
   PredictExactFn predict_exact;  // full precision at given outputs (MaxPool chains)
+  DwBlockedFn dwconv_blocked;    // depthwise on kChannelBlock-channel blocks (NCHWc)
 };
 
 // Every name, size and function of `t` set.
@@ -195,7 +212,8 @@ constexpr bool table_complete(const KernelTable& t) {
          t.spmm_b4 != nullptr && t.dwconv != nullptr && t.spmv_lanes > 0 &&
          t.spmv_bank != nullptr && t.dwconv_multi != nullptr && t.dw_multi_lanes > 0 &&
          t.b1_tile_pixels > 0 && t.predict_quantize != nullptr && t.predict != nullptr &&
-         t.predict_units != nullptr && t.predict_exact != nullptr;
+         t.predict_units != nullptr && t.predict_exact != nullptr &&
+         t.dwconv_blocked != nullptr;
 }
 
 // Per-ISA tables; null when that ISA was not compiled in or the CPU lacks it.

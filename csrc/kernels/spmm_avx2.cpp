@@ -213,6 +213,7 @@ constexpr KernelTable make_table() {
   t.predict = predict_avx2;
   t.predict_units = predict_units_avx2;
   t.predict_exact = predict_exact_avx2;
+  t.dwconv_blocked = dwconv_c8x8_avx2;
   return t;
 }
 

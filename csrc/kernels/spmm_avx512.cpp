@@ -193,6 +193,7 @@ constexpr KernelTable make_table(bool vnni) {
   t.predict = vnni ? predict_avx512vnni : predict_avx2;
   t.predict_units = vnni ? predict_units_avx512vnni : predict_units_avx2;
   t.predict_exact = predict_exact_avx2;
+  t.dwconv_blocked = dwconv_c8x12_avx512;
   return t;
 }
 

@@ -193,6 +193,7 @@ constexpr KernelTable make_table() {
   t.predict = predict_neon;
   t.predict_units = predict_units_ref;
   t.predict_exact = predict_exact_ref;
+  t.dwconv_blocked = dwconv_c8x8_neon;
   return t;
 }
 

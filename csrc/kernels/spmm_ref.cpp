@@ -78,6 +78,7 @@ constexpr KernelTable make_table() {
   t.predict = predict_ref;
   t.predict_units = predict_units_ref;
   t.predict_exact = predict_exact_ref;
+  t.dwconv_blocked = dwconv_c8_ref;
   return t;
 }
 

@@ -404,6 +404,119 @@ void dw_multi_suite(const KernelTable& t) {
   check_dw_multi(t, 20, 56, 56, 3, 1, 1, 1, 1, 1, 0.0f, 6.0f);
 }
 
+// ------------------------------------------------------------ channel-blocked depthwise --
+// dwconv_blocked on C channels stored as ceil(C/8) blocks [H][W][8] against the double
+// reference.  The padding lanes of the last block get zero weights and bias (as the ops pack
+// them) and must come out as clamp(0).  The output rows are computed in `parts` row ranges
+// (thread splits); a first call over a middle range must leave every other row's guard alone.
+void check_dw_blocked(const KernelTable& t, int C, int H, int W, int k, int S, int pt, int pl,
+                      int pb, int pr, float lo, float hi, int parts) {
+  const int OH = (H + pt + pb - k) / S + 1, OW = (W + pl + pr - k) / S + 1;
+  if (H + pt + pb < k || W + pl + pr < k || OH <= 0 || OW <= 0) return;
+  constexpr int L = sk::kChannelBlock;
+  const int nblk = (C + L - 1) / L;
+  const size_t plane = static_cast<size_t>(H) * W, oplane = static_cast<size_t>(OH) * OW;
+  const size_t kk = static_cast<size_t>(k) * k;
+  Buf x(plane * nblk * L), w(kk * nblk * L), b(static_cast<size_t>(nblk) * L);
+  Buf y(oplane * nblk * L + 16);
+  std::vector<float> xc(plane * C), wc(kk * C), bc(C);
+  for (auto& v : xc) v = randf();
+  for (auto& v : wc) v = randf();
+  for (auto& v : bc) v = randf();
+  for (size_t i = 0; i < x.n; ++i) x[i] = randf();  // padding lanes: anything finite
+  for (size_t i = 0; i < w.n; ++i) w[i] = 0.0f;
+  for (size_t i = 0; i < b.n; ++i) b[i] = 0.0f;
+  for (int c = 0; c < C; ++c) {
+    const size_t blk = c / L, l = c % L;
+    b[blk * L + l] = bc[c];
+    for (size_t i = 0; i < kk; ++i) w[(blk * kk + i) * L + l] = wc[c * kk + i];
+    for (size_t p = 0; p < plane; ++p) x[(blk * plane + p) * L + l] = xc[c * plane + p];
+  }
+  for (size_t i = 0; i < y.n; ++i) y[i] = kGuard;
+  DwShape s{H, W, OH, OW, k, S, pt, pl};
+  int bad = 0;
+  char where[160] = "";
+  // A middle range alone first: rows outside it keep their guards.
+  const int m0 = OH / 3, m1 = OH - OH / 3;
+  t.dwconv_blocked(s, nblk, x.data(), w.data(), b.data(), lo, hi, y.data(), m0, m1);
+  for (int blk = 0; blk < nblk && !bad; ++blk)
+    for (int oy = 0; oy < OH; ++oy) {
+      if (oy >= m0 && oy < m1) continue;
+      for (size_t i = 0; i < static_cast<size_t>(OW) * L; ++i)
+        if (std::memcmp(&y[(blk * oplane + static_cast<size_t>(oy) * OW) * L + i], &kGuard,
+                        sizeof(float)) != 0 && !bad++)
+          std::snprintf(where, sizeof where, "row %d outside [%d, %d) written", oy, m0, m1);
+    }
+  for (int q = 0; q < parts; ++q)
+    t.dwconv_blocked(s, nblk, x.data(), w.data(), b.data(), lo, hi, y.data(),
+                     OH * q / parts, OH * (q + 1) / parts);
+  for (int c = 0; c < nblk * L; ++c)
+    for (int oy = 0; oy < OH; ++oy)
+      for (int ox = 0; ox < OW; ++ox) {
+        double acc = c < C ? bc[c] : 0.0, scale = std::fabs(acc);
+        for (int ky = 0; ky < k && c < C; ++ky)
+          for (int kx = 0; kx < k; ++kx) {
+            const int iy = oy * S - pt + ky, ix = ox * S - pl + kx;
+            if (iy < 0 || iy >= H || ix < 0 || ix >= W) continue;
+            const double term = static_cast<double>(wc[c * kk + ky * k + kx]) *
+                                xc[c * plane + static_cast<size_t>(iy) * W + ix];
+            acc += term;
+            scale += std::fabs(term);
+          }
+        const double want = clampf(acc, lo, hi);
+        const float got = y[((c / L) * oplane + static_cast<size_t>(oy) * OW + ox) * L + c % L];
+        if (!(std::fabs(got - want) <= 1e-5 * (scale + std::fabs(want)) + 1e-30) && !bad++)
+          std::snprintf(where, sizeof where, "c=%d (%d,%d): got %.9g want %.9g", c, oy, ox, got,
+                        want);
+      }
+  for (size_t i = oplane * nblk * L; i < y.n; ++i)
+    if (std::memcmp(&y[i], &kGuard, sizeof(float)) != 0 && !bad++)
+      std::snprintf(where, sizeof where, "guard after the output overwritten");
+  char msg[400];
+  std::snprintf(msg, sizeof msg, "%s dwconv_blocked C=%d %dx%d k=%d s=%d pads=%d,%d,%d,%d x%d: %s",
+                t.name, C, H, W, k, S, pt, pl, pb, pr, parts, bad ? where : "ok");
+  record(bad == 0, msg);
+}
+
+void dw_blocked_suite(const KernelTable& t) {
+  const int sizes[][2] = {{1, 1}, {2, 3}, {3, 2}, {1, 9}, {5, 5}, {7, 7}, {8, 8}, {9, 9},
+                          {6, 17}, {13, 16}, {15, 23}, {4, 33}, {11, 40}, {14, 14}};
+  int i = 0;
+  // 1 block, 2 blocks (the pair tiles of narrow rows), 5 blocks (four-block tiles + one)
+  for (int C : {1, 8, 13, 33})
+    for (int k : {1, 2, 3, 4, 5, 7})
+      for (int S : {1, 2, 3})
+        for (const auto& hw : sizes) {
+          const int p = i % 3, pb = (i / 3) % 3, pl = (i + 1) % 3, pr = (i / 2) % 3;
+          const float lo = (i % 3 == 1) ? 0.0f : -INFINITY;
+          const float hi = (i % 4 == 2) ? 0.5f : INFINITY;
+          check_dw_blocked(t, C, hw[0], hw[1], k, S, p, pl, pb, pr, lo, hi, 1 + i % 3);
+          ++i;
+        }
+  // Pads as wide as the kernel allows (k - 1): rows and columns with taps only in the padding.
+  for (int k : {3, 5})
+    for (int S : {1, 2})
+      check_dw_blocked(t, 9, 6, 7, k, S, k - 1, k - 1, k - 1, k - 1, 0.0f, 6.0f, 2);
+  // MobileNet / EfficientNet planes: 3x3 and 5x5, stride 1 ("same") and 2 (both padding
+  // conventions), channel counts not multiples of 8.
+  for (int k : {3, 5}) {
+    const int p = k / 2;
+    check_dw_blocked(t, 20, 112, 112, k, 1, p, p, p, p, 0.0f, 6.0f, 3);
+    check_dw_blocked(t, 12, 112, 112, k, 2, p - 1, p - 1, p, p, 0.0f, INFINITY, 2);
+    check_dw_blocked(t, 17, 112, 112, k, 2, p, p, p, p, 0.0f, 6.0f, 1);
+    check_dw_blocked(t, 33, 56, 56, k, 2, p, p, p, p, 0.0f, 6.0f, 2);
+    check_dw_blocked(t, 40, 28, 28, k, 1, p, p, p, p, -INFINITY, INFINITY, 1);
+    check_dw_blocked(t, 36, 14, 14, k, 1, p, p, p, p, 0.0f, 6.0f, 2);
+    check_dw_blocked(t, 50, 14, 14, k, 2, p, p, p, p, 0.0f, 6.0f, 1);
+    check_dw_blocked(t, 67, 7, 7, k, 1, p, p, p, p, 0.0f, 6.0f, 2);
+    check_dw_blocked(t, 11, 30, 57, k, 2, 0, 0, 1, 1, 0.0f, 6.0f, 3);
+  }
+  // Kernels larger than any specialisation; wide rows.
+  check_dw_blocked(t, 3, 40, 37, 33, 1, 2, 1, 2, 3, -INFINITY, INFINITY, 2);
+  check_dw_blocked(t, 5, 9, 70, 9, 2, 4, 4, 4, 4, 0.0f, INFINITY, 1);
+  check_dw_blocked(t, 9, 3, 3001, 3, 1, 1, 1, 1, 1, -INFINITY, INFINITY, 2);
+}
+
 // ------------------------------------------------------------------- bank-balanced SpMV --
 // A random bank-balanced [rows, K] matrix in the interleaved BankMat layout of table t (its
 // spmv_lanes), with ragged last banks and padding lanes, against a double reference.
@@ -1035,6 +1148,7 @@ int main(int argc, char** argv) {
     spmm_suite(*t);
     dw_suite(*t);
     dw_multi_suite(*t);
+    dw_blocked_suite(*t);
     spmv_suite(*t);
     quantize_suite(*t);
     predict_suite(*t);

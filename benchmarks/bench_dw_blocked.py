@@ -1,0 +1,162 @@
+#!/usr/bin/env python3
+"""Depthwise convs of the zoo models: sparsekit's kernels against onnxruntime's NCHWc one.
+
+    python -P benchmarks/bench_dw_blocked.py [--zoo mobilenet_v1,mobilenet_v2,efficientnet_lite0]
+        [--rounds 200] [--isa avx2]
+
+For every distinct depthwise geometry (C, H, W, k, stride, pads) of the models, one process, one
+thread, interleaved round by round, medians (ms):
+  * ort nchwc: onnxruntime (graph level ALL) running the conv + ReLU6 alone; its NCHWc transformer
+    wraps it in ReorderInput/ReorderOutput, which are left out: the figure is the profiler's
+    time of the conv node(s) themselves, what the conv costs inside a network kept in NCHWc;
+  * blocked: `dwconv_blocked` on the same data in 8-channel blocks (kernel call, no reorders);
+  * nchw: what DepthwiseConv runs today on NCHW planes (`dwconv_multi` for planes of <= 1024
+    pixels where the ISA vectorises over channels, else `dwconv` plane by plane).
+A benchmark, not a test: absolute times drift on shared machines; compare columns of one run.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import tempfile
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper
+
+from sparsekit import _native
+from sparsekit import bench as B
+from sparsekit import sessions
+
+SMALL_PLANE = 1024  # csrc/ort/depthwise.cpp: dwconv_multi up to this many input pixels
+
+
+def depthwise_layers(model: onnx.ModelProto):
+    """(C, H, W, k, stride, pads) of each depthwise Conv, in order, with repeats."""
+    m = onnx.shape_inference.infer_shapes(model)
+    shapes = {}
+    for vi in list(m.graph.value_info) + list(m.graph.input):
+        dims = [d.dim_value for d in vi.type.tensor_type.shape.dim]
+        shapes[vi.name] = dims
+    inits = {i.name: i for i in m.graph.initializer}
+    out = []
+    for n in m.graph.node:
+        if n.op_type != "Conv":
+            continue
+        a = {x.name: helper.get_attribute_value(x) for x in n.attribute}
+        w = inits.get(n.input[1])
+        xs = shapes.get(n.input[0])
+        if w is None or not xs or len(xs) != 4:
+            continue
+        C = xs[1]
+        if a.get("group", 1) != C or C == 1 or w.dims[1] != 1:
+            continue
+        k = int(w.dims[2])
+        s = int(a.get("strides", [1, 1])[0])
+        pads = tuple(int(p) for p in a.get("pads", [0, 0, 0, 0]))
+        out.append((C, xs[2], xs[3], k, s, pads))
+    return out
+
+
+def ort_model(C, H, W, k, s, pads, w, b):
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, C, H, W])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    nodes = [
+        helper.make_node("Conv", ["x", "w", "b"], ["c"], group=C, kernel_shape=[k, k],
+                         strides=[s, s], pads=list(pads)),
+        helper.make_node("Clip", ["c", "lo", "hi"], ["y"]),
+    ]
+    inits = [helper.make_tensor("w", TensorProto.FLOAT, w.shape, w.ravel()),
+             helper.make_tensor("b", TensorProto.FLOAT, b.shape, b.ravel()),
+             helper.make_tensor("lo", TensorProto.FLOAT, [], [0.0]),
+             helper.make_tensor("hi", TensorProto.FLOAT, [], [6.0])]
+    g = helper.make_graph(nodes, "dw", [x], [y], inits)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--zoo", default="mobilenet_v1,mobilenet_v2,efficientnet_lite0")
+    ap.add_argument("--rounds", type=int, default=200)
+    ap.add_argument("--isa", default=None, help="kernel table (default: the best available)")
+    ap.add_argument("--json", default=None, help="write the rows here")
+    a = ap.parse_args()
+    import onnxruntime as ort
+
+    isa = a.isa or [i for i in _native.available_isas() if i != "ref"][-1]
+    seen, layers = set(), []
+    for name in a.zoo.split(","):
+        for g in depthwise_layers(B.zoo_model(name)):
+            if g not in seen:
+                seen.add(g)
+                layers.append((name, g))
+    rng = np.random.default_rng(0)
+    print(f"isa {isa}, 1 thread, {a.rounds} interleaved rounds, medians in ms; load "
+          f"{os.getloadavg()[0]:.2f}")
+    print(f"{'model':>18} {'C x H x W k/s pads':>26} {'ort nchwc':>10} {'blocked':>8} "
+          f"{'nchw':>8} {'ort/blk':>8}")
+    rows = []
+    tot = [0.0, 0.0, 0.0]
+    for name, (C, H, W, k, s, pads) in layers:
+        OH = (H + pads[0] + pads[2] - k) // s + 1
+        OW = (W + pads[1] + pads[3] - k) // s + 1
+        x = rng.standard_normal((C, H, W)).astype(np.float32)
+        w = rng.standard_normal((C, 1, k, k)).astype(np.float32)
+        b = rng.standard_normal(C).astype(np.float32)
+        so = sessions.session_options(1, sessions.TIMING_CONFIG, custom_ops=False)
+        so.enable_profiling = True
+        so.profile_file_prefix = os.path.join(tempfile.gettempdir(), "sk_dw_prof")
+        sess = ort.InferenceSession(ort_model(C, H, W, k, s, pads, w, b).SerializeToString(),
+                                    so, providers=["CPUExecutionProvider"])
+        feeds = {"x": x[None]}
+        w3 = w[:, 0]
+        multi = H * W <= SMALL_PLANE and _native_multi_lanes(isa) > 1
+        tb, tn = [], []
+        for _ in range(5):
+            sess.run(None, feeds)
+        for _ in range(a.rounds):
+            sess.run(None, feeds)
+            tb.append(_native.time_dwconv(isa, x, w3, s, pads[0], pads[1], OH, OW, 1,
+                                          blocked=True))
+            tn.append(_native.time_dwconv(isa, x, w3, s, pads[0], pads[1], OH, OW, 1,
+                                          multi=multi))
+        path = sess.end_profiling()
+        with open(path) as f:
+            events = json.load(f)
+        os.unlink(path)
+        per_run = {}
+        for e in events:
+            if e.get("cat") != "Node" or not e.get("name", "").endswith("_kernel_time"):
+                continue
+            op = e.get("args", {}).get("op_name", "")
+            if op.startswith("Reorder"):
+                continue
+            per_run.setdefault(e["name"], []).append(e.get("dur", 0) / 1e3)
+        t_ort = sum(statistics.median(v[5:] or v) for v in per_run.values())
+        t_b = statistics.median(tb) * 1e3
+        t_n = statistics.median(tn) * 1e3
+        tot[0] += t_ort
+        tot[1] += t_b
+        tot[2] += t_n
+        geo = f"{C}x{H}x{W} {k}/{s} {','.join(map(str, pads))}"
+        print(f"{name:>18} {geo:>26} {t_ort:10.4f} {t_b:8.4f} {t_n:8.4f} {t_ort / t_b:7.2f}x")
+        rows.append({"model": name, "C": C, "H": H, "W": W, "k": k, "stride": s,
+                     "pads": list(pads), "ort_nchwc_ms": t_ort, "blocked_ms": t_b,
+                     "nchw_ms": t_n})
+    print(f"{'sum of distinct layers':>45} {tot[0]:10.4f} {tot[1]:8.4f} {tot[2]:8.4f} "
+          f"{tot[0] / tot[1]:7.2f}x")
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump({"isa": isa, "rounds": a.rounds, "rows": rows}, f, indent=1)
+
+
+def _native_multi_lanes(isa: str) -> int:
+    # what DepthwiseConv decides from the table: avx2 / avx512 vectorise small planes over
+    # channels (dw_multi_lanes > 1), ref and neon go plane by plane
+    return 1 if isa in ("ref", "neon") else 8
+
+
+if __name__ == "__main__":
+    main()

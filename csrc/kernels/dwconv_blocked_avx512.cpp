@@ -1,0 +1,41 @@
+// AVX-512 (VL) depthwise convolution on 8-channel blocks (dwconv_blocked.h): ymm registers,
+// one pixel each, and AVX-512's 32 of them for tiles of 12 output pixels.
+//
+// Why not zmm: a zmm holding two pixels' blocks (weights repeated in both halves, stride 1
+// as one 64-byte load, stride 2 as two 32-byte loads joined) was measured slower on the AMD
+// EPYC (Zen 4) development VM, which splits 512-bit operations in two: MobileNetV1's
+// 32x112x112 layer 0.093-0.130 ms against 0.077-0.079 for ymm tiles, 1152x7x7 5x5 0.070 against
+// 0.064 (benchmarks/bench_dw_blocked.py, same process).
+// GCC 12 warns about its own _mm512_undefined_ps inside the intrinsics (as in dwconv_avx512.cpp).
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#include "kernels/x86_intrinsics.h"
+
+#include "kernels/dwconv_blocked.h"
+#include "kernels/isa_parts.h"
+
+namespace sk {
+namespace {
+
+struct Avx512C8 {
+  using T = __m256;
+  static constexpr int kStrip = 12;
+  // 32 registers: 14-wide rows gain from pairs too (672x14x14 5x5: 0.082 vs 0.090 ms)
+  static constexpr int kPairMaxWidth = 16;
+  static T wload(const float* p) { return _mm256_loadu_ps(p); }
+  static T load(const float* p) { return _mm256_loadu_ps(p); }
+  static void store(float* p, T v) { _mm256_storeu_ps(p, v); }
+  static T fma(T a, T b, T c) { return _mm256_fmadd_ps(a, b, c); }
+  static T add(T a, T b) { return _mm256_add_ps(a, b); }
+  static T clamp(T v, T lo, T hi) { return _mm256_min_ps(hi, _mm256_max_ps(lo, v)); }
+  static T set1(float f) { return _mm256_set1_ps(f); }
+};
+
+}  // namespace
+
+void dwconv_c8x12_avx512(const DwShape& s, int nblk, const float* x, const float* w,
+                         const float* bias, float lo, float hi, float* y, int oy_begin,
+                         int oy_end) {
+  DwBlocked<Avx512C8>::conv(s, nblk, x, w, bias, lo, hi, y, oy_begin, oy_end);
+}
+
+}  // namespace sk
