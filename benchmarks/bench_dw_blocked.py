@@ -2,16 +2,19 @@
 """Depthwise convs of the zoo models: sparsekit's kernels against onnxruntime's NCHWc one.
 
     python -P benchmarks/bench_dw_blocked.py [--zoo mobilenet_v1,mobilenet_v2,efficientnet_lite0]
-        [--rounds 200] [--isa avx2]
+        [--rounds 200] [--isa avx2] [--threads 2]
 
-For every distinct depthwise geometry (C, H, W, k, stride, pads) of the models, one process, one
-thread, interleaved round by round, medians (ms):
+For every distinct depthwise geometry (C, H, W, k, stride, pads) of the models, one process,
+interleaved round by round, medians (ms); the onnxruntime sessions with --threads (default 1),
+the kernel columns single-threaded:
   * ort nchwc: onnxruntime (graph level ALL) running the conv + ReLU6 alone; its NCHWc transformer
     wraps it in ReorderInput/ReorderOutput, which are left out: the figure is the profiler's
     time of the conv node(s) themselves, what the conv costs inside a network kept in NCHWc;
   * blocked: `dwconv_blocked` on the same data in 8-channel blocks (kernel call, no reorders);
   * nchw: what DepthwiseConv runs today on NCHW planes (`dwconv_multi` for planes of <= 1024
-    pixels where the ISA vectorises over channels, else `dwconv` plane by plane).
+    pixels where the ISA vectorises over channels, else `dwconv` plane by plane);
+  * op: the DepthwiseConv node with layout = "NCHWc8" in onnxruntime (between two Reorder
+    nodes), the profiler's time of that node: the kernel plus the op's overhead.
 A benchmark, not a test: absolute times drift on shared machines; compare columns of one run.
 """
 from __future__ import annotations
@@ -76,16 +79,60 @@ def ort_model(C, H, W, k, s, pads, w, b):
     return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
 
 
+def blocked_op_model(C, H, W, k, s, pads, w, b):
+    from sparsekit.pack import make_depthwise_node, make_reorder_node
+    from sparsekit.format import opset_import
+
+    r1, _ = make_reorder_node("to_c8", "x", "xb", "NCHWc8")
+    dw, inits = make_depthwise_node("dw", "xb", "yb", w, b, strides=(s, s), pads=pads,
+                                    activation="clip", clip_min=0.0, clip_max=6.0,
+                                    layout="NCHWc8")
+    r2, _ = make_reorder_node("to_nchw", "yb", "y", "NCHW", channels=C)
+    g = helper.make_graph([r1, dw, r2], "dwb",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, C, H, W])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17), opset_import()],
+                             ir_version=9)
+
+
+def node_medians(sess, skip_reorders=True):
+    """Sum over nodes of each node's median profiler time (ms), reorders left out."""
+    path = sess.end_profiling()
+    with open(path) as f:
+        events = json.load(f)
+    os.unlink(path)
+    per_run = {}
+    for e in events:
+        if e.get("cat") != "Node" or not e.get("name", "").endswith("_kernel_time"):
+            continue
+        op = e.get("args", {}).get("op_name", "")
+        if skip_reorders and op.startswith("Reorder"):
+            continue
+        per_run.setdefault(e["name"], []).append(e.get("dur", 0) / 1e3)
+    return sum(statistics.median(v[5:] or v) for v in per_run.values())
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--zoo", default="mobilenet_v1,mobilenet_v2,efficientnet_lite0")
     ap.add_argument("--rounds", type=int, default=200)
-    ap.add_argument("--isa", default=None, help="kernel table (default: the best available)")
+    ap.add_argument("--isa", default=None,
+                    help="kernel table, for the kernel timings and the op (default: the best)")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="intra-op threads of both onnxruntime sessions (the kernel columns "
+                    "are single-threaded)")
     ap.add_argument("--json", default=None, help="write the rows here")
     a = ap.parse_args()
-    import onnxruntime as ort
 
     isa = a.isa or [i for i in _native.available_isas() if i != "ref"][-1]
+    os.environ["SPARSEKIT_ISA"] = isa  # the op's sessions use the same kernel table
+    with sessions.pinned(a.threads) as pin:  # as sparsekit bench runs them
+        _run(a, isa, {**sessions.TIMING_CONFIG, **pin})
+
+
+def _run(a, isa, config) -> None:
+    import onnxruntime as ort
+
     seen, layers = set(), []
     for name in a.zoo.split(","):
         for g in depthwise_layers(B.zoo_model(name)):
@@ -93,60 +140,55 @@ def main() -> None:
                 seen.add(g)
                 layers.append((name, g))
     rng = np.random.default_rng(0)
-    print(f"isa {isa}, 1 thread, {a.rounds} interleaved rounds, medians in ms; load "
+    print(f"isa {isa}, {a.threads} thread(s) (kernel columns: 1), {a.rounds} interleaved rounds, "
+          f"medians in ms; load "
           f"{os.getloadavg()[0]:.2f}")
     print(f"{'model':>18} {'C x H x W k/s pads':>26} {'ort nchwc':>10} {'blocked':>8} "
-          f"{'nchw':>8} {'ort/blk':>8}")
+          f"{'nchw':>8} {'op':>8} {'ort/blk':>8} {'ort/op':>7}")
     rows = []
-    tot = [0.0, 0.0, 0.0]
+    tot = [0.0, 0.0, 0.0, 0.0]
     for name, (C, H, W, k, s, pads) in layers:
         OH = (H + pads[0] + pads[2] - k) // s + 1
         OW = (W + pads[1] + pads[3] - k) // s + 1
         x = rng.standard_normal((C, H, W)).astype(np.float32)
         w = rng.standard_normal((C, 1, k, k)).astype(np.float32)
         b = rng.standard_normal(C).astype(np.float32)
-        so = sessions.session_options(1, sessions.TIMING_CONFIG, custom_ops=False)
-        so.enable_profiling = True
-        so.profile_file_prefix = os.path.join(tempfile.gettempdir(), "sk_dw_prof")
-        sess = ort.InferenceSession(ort_model(C, H, W, k, s, pads, w, b).SerializeToString(),
-                                    so, providers=["CPUExecutionProvider"])
+        sess = []
+        for model, custom in ((ort_model(C, H, W, k, s, pads, w, b), False),
+                              (blocked_op_model(C, H, W, k, s, pads, w, b), True)):
+            so = sessions.session_options(a.threads, config, custom_ops=custom)
+            so.enable_profiling = True
+            so.profile_file_prefix = os.path.join(tempfile.gettempdir(), "sk_dw_prof")
+            sess.append(ort.InferenceSession(model.SerializeToString(), so,
+                                             providers=["CPUExecutionProvider"]))
         feeds = {"x": x[None]}
         w3 = w[:, 0]
         multi = H * W <= SMALL_PLANE and _native_multi_lanes(isa) > 1
         tb, tn = [], []
         for _ in range(5):
-            sess.run(None, feeds)
+            for se in sess:
+                se.run(None, feeds)
         for _ in range(a.rounds):
-            sess.run(None, feeds)
+            for se in sess:
+                se.run(None, feeds)
             tb.append(_native.time_dwconv(isa, x, w3, s, pads[0], pads[1], OH, OW, 1,
                                           blocked=True))
             tn.append(_native.time_dwconv(isa, x, w3, s, pads[0], pads[1], OH, OW, 1,
                                           multi=multi))
-        path = sess.end_profiling()
-        with open(path) as f:
-            events = json.load(f)
-        os.unlink(path)
-        per_run = {}
-        for e in events:
-            if e.get("cat") != "Node" or not e.get("name", "").endswith("_kernel_time"):
-                continue
-            op = e.get("args", {}).get("op_name", "")
-            if op.startswith("Reorder"):
-                continue
-            per_run.setdefault(e["name"], []).append(e.get("dur", 0) / 1e3)
-        t_ort = sum(statistics.median(v[5:] or v) for v in per_run.values())
+        t_ort = node_medians(sess[0])
+        t_op = node_medians(sess[1])
         t_b = statistics.median(tb) * 1e3
         t_n = statistics.median(tn) * 1e3
-        tot[0] += t_ort
-        tot[1] += t_b
-        tot[2] += t_n
+        for i, v in enumerate((t_ort, t_b, t_n, t_op)):
+            tot[i] += v
         geo = f"{C}x{H}x{W} {k}/{s} {','.join(map(str, pads))}"
-        print(f"{name:>18} {geo:>26} {t_ort:10.4f} {t_b:8.4f} {t_n:8.4f} {t_ort / t_b:7.2f}x")
+        print(f"{name:>18} {geo:>26} {t_ort:10.4f} {t_b:8.4f} {t_n:8.4f} {t_op:8.4f} "
+              f"{t_ort / t_b:7.2f}x {t_ort / t_op:6.2f}x")
         rows.append({"model": name, "C": C, "H": H, "W": W, "k": k, "stride": s,
                      "pads": list(pads), "ort_nchwc_ms": t_ort, "blocked_ms": t_b,
-                     "nchw_ms": t_n})
+                     "nchw_ms": t_n, "op_ms": t_op})
     print(f"{'sum of distinct layers':>45} {tot[0]:10.4f} {tot[1]:8.4f} {tot[2]:8.4f} "
-          f"{tot[0] / tot[1]:7.2f}x")
+          f"{tot[3]:8.4f} {tot[0] / tot[1]:7.2f}x {tot[0] / tot[3]:6.2f}x")
     if a.json:
         with open(a.json, "w") as f:
             json.dump({"isa": isa, "rounds": a.rounds, "rows": rows}, f, indent=1)

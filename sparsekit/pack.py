@@ -22,9 +22,11 @@ from .format import (BLOCK_SIZES, DOMAIN, MAX_BANK_SIZE, bank_caps,
 
 __all__ = ["ACTIVATIONS", "pack_bsr",
            "pack_bank", "unpack", "pack", "make_sparse_conv_node", "make_sparse_gemm_node",
-           "make_depthwise_node"]
+           "make_depthwise_node", "make_reorder_node", "LAYOUTS"]
 
 ACTIVATIONS = ("none", "relu", "clip")
+# Activation layouts of the ops (docs/format.md): NCHW, or 8-channel blocks [N, ceil(C/8), H, W, 8].
+LAYOUTS = ("NCHW", "NCHWc8")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -295,8 +297,11 @@ def make_sparse_gemm_node(name: str, x: str, y: str, weight, bias=None, *, fmt: 
 def make_depthwise_node(name: str, x: str, y: str, weight, bias=None, *,
                         strides: Sequence[int] = (1, 1), pads: Sequence[int] = (0, 0, 0, 0),
                         activation: str = "none", clip_min: Optional[float] = None,
-                        clip_max: Optional[float] = None):
-    """A DepthwiseConv node for a depthwise Conv weight [C, 1, k, k] (group = C, dilation 1)."""
+                        clip_max: Optional[float] = None, layout: str = "NCHW"):
+    """A DepthwiseConv node for a depthwise Conv weight [C, 1, k, k] (group = C, dilation 1);
+    ``layout="NCHWc8"``: input and output in 8-channel blocks (between Reorder nodes)."""
+    if layout not in LAYOUTS:
+        raise SparsekitError(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
     w = np.ascontiguousarray(weight, dtype=np.float32)
     if w.ndim != 4 or w.shape[1] != 1 or w.shape[2] != w.shape[3]:
         raise SparsekitError(f"depthwise weight must be [C, 1, k, k], got {list(w.shape)}")
@@ -307,5 +312,20 @@ def make_depthwise_node(name: str, x: str, y: str, weight, bias=None, *,
         inputs.append(f"{name}.bias")
     attrs = dict(kernel_shape=[int(w.shape[2])] * 2, strides=_pair(strides, "strides"),
                  pads=_pads(pads), dilations=[1, 1], **_act_attrs(activation, clip_min, clip_max))
+    if layout != "NCHW":  # the default stays implicit: such nodes run on older libraries too
+        attrs["layout"] = layout
     node = helper.make_node("DepthwiseConv", inputs, [y], name=name, domain=DOMAIN, **attrs)
     return node, inits
+
+
+def make_reorder_node(name: str, x: str, y: str, to: str, channels: Optional[int] = None):
+    """A Reorder node: ``to="NCHWc8"`` [N, C, H, W] -> [N, ceil(C/8), H, W, 8] (lanes past C
+    zero), ``to="NCHW"`` back, keeping ``channels`` channels (required there)."""
+    if to not in LAYOUTS:
+        raise SparsekitError(f"to must be one of {', '.join(LAYOUTS)}, got {to!r}")
+    attrs = {"to": to}
+    if channels is not None:
+        attrs["channels"] = int(channels)
+    elif to == "NCHW":
+        raise SparsekitError("a Reorder to NCHW needs the channel count")
+    return helper.make_node("Reorder", [x], [y], name=name, domain=DOMAIN, **attrs), []

@@ -24,6 +24,7 @@ STDCXX="$(g++ -print-file-name=libstdc++.so.6)"
 LD_PRELOAD="$ASAN_RT $STDCXX" \
 ASAN_OPTIONS="detect_leaks=0:abort_on_error=1:halt_on_error=1:allocator_may_return_null=1" \
 SPARSEKIT_LIBRARY="$LIB" \
-  "$PYTHON" -P -m pytest tests/test_ort_fuzz.py tests/test_ort_ops.py tests/test_sequence.py \
+  "$PYTHON" -P -m pytest tests/test_ort_fuzz.py tests/test_ort_ops.py tests/test_blocked_ops.py \
+  tests/test_sequence.py \
   tests/test_predict.py -q -p no:cacheprovider "$@"
 echo "ASan run of the custom-op library: OK ($LIB)"

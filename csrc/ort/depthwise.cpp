@@ -1,4 +1,5 @@
-// DepthwiseConv: NCHW depthwise convolution (group = C) with a dense constant weight.
+// DepthwiseConv: depthwise convolution (group = C) with a dense constant weight, on NCHW
+// tensors or (layout = "NCHWc8") on 8-channel blocks [N, ceil(C/8), H, W, 8].
 #include <algorithm>
 #include <climits>
 
@@ -26,7 +27,11 @@ DepthwiseConvKernel::DepthwiseConvKernel(const Api& api, const OrtKernelInfo* in
     : api_(api) {
   Attrs a(api, info);
   refuse_unimplemented(a, {"kernel_shape", "strides", "pads", "dilations", "activation",
-                           "clip_min", "clip_max", "group"});
+                           "clip_min", "clip_max", "group", "layout"});
+  const std::string layout = a.get_string("layout", "NCHW");
+  if (layout != "NCHW" && layout != "NCHWc8")
+    throw Error("attribute 'layout' must be \"NCHW\" or \"NCHWc8\", got \"" + layout + "\"");
+  blocked_ = layout == "NCHWc8";
   kt_ = select_table();
   const TensorView W = constant_input(api, info, kDwW, "W");
   if (W.type != ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT)
@@ -64,12 +69,31 @@ DepthwiseConvKernel::DepthwiseConvKernel(const Api& api, const OrtKernelInfo* in
   w_.assign(wp, wp + C_ * k_ * k_);
   bias_ = read_bias(api, info, kDwBias, C_, "W.shape[0] = channels");
   if (bias_.empty()) bias_.assign(size_t(C_), 0.0f);
+  if (blocked_) {
+    // A blocked X must say so in its declared shape: a model whose blocked tensors disagree
+    // with their declared shapes fails here, not at run time.
+    std::vector<int64_t> xs;
+    if (input_static_shape(api, info, kDwX, &xs)) check_blocked_shape(xs, C_, "X");
+    // weights [blocks][k*k][8] and bias [blocks][8], zero past C (the kernels' layout)
+    constexpr int64_t L = sk::kChannelBlock;
+    const int64_t nb = (C_ + L - 1) / L, kk = k_ * k_;
+    AVec<float> wb(size_t(nb * kk * L), 0.0f), bb(size_t(nb * L), 0.0f);
+    for (int64_t c = 0; c < C_; ++c) {
+      bb[size_t(c)] = bias_[size_t(c)];  // [c / L][c % L] is element c
+      for (int64_t t = 0; t < kk; ++t)
+        wb[size_t(((c / L) * kk + t) * L + c % L)] = w_[size_t(c * kk + t)];
+    }
+    w_.swap(wb);
+    bias_.swap(bb);
+  }
   log_verbose(api, info,
               std::string("sparsekit DepthwiseConv '") + node_name(api, info) + "': kernels " +
-                  kt_->name + ", C=" + s(C_) + " k=" + s(k_) + " stride=" + s(stride_));
+                  kt_->name + ", C=" + s(C_) + " k=" + s(k_) + " stride=" + s(stride_) +
+                  " layout=" + layout);
 }
 
 void DepthwiseConvKernel::compute(OrtKernelContext* ctx) const {
+  if (blocked_) return compute_blocked(ctx);
   const TensorView X = view_tensor(api_, get_input(api_, ctx, kDwX), "X");
   if (X.type != ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT)
     throw Error(std::string("X must be float32, got ") + dtype_name(X.type));
@@ -112,6 +136,48 @@ void DepthwiseConvKernel::compute(OrtKernelContext* ctx) const {
     const int64_t c = int64_t(i) % C;
     dw(sh, x + int64_t(i) * H * W, w_.data() + c * kk, bias_[size_t(c)], act_.lo, act_.hi,
        y + int64_t(i) * OH * OW);
+  });
+}
+
+// Layout NCHWc8: X [N, B, H, W, 8] with B = ceil(C/8).  Work items are runs of blocks (up to 4,
+// so the kernel can pair blocks on narrow planes) times bands of output rows, at least 8 items
+// per call when the tensor allows, so 2 threads get even shares of a plane with few blocks.
+void DepthwiseConvKernel::compute_blocked(OrtKernelContext* ctx) const {
+  constexpr int64_t L = sk::kChannelBlock;
+  const int64_t nb = (C_ + L - 1) / L;
+  const TensorView X = view_tensor(api_, get_input(api_, ctx, kDwX), "X");
+  if (X.type != ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT)
+    throw Error(std::string("X must be float32, got ") + dtype_name(X.type));
+  if (X.shape.size() != 5 || X.shape[1] != nb || X.shape[4] != L)
+    throw Error("X has shape " + X.shape_str() + " but layout NCHWc8 with " + s(C_) +
+                " channels needs [N, " + s(nb) + ", H, W, 8]");
+  const int64_t N = X.shape[0], H = X.shape[2], W = X.shape[3];
+  const int64_t OH = conv_out_size(H, k_, stride_, 1, pt_, pb_);
+  const int64_t OW = conv_out_size(W, k_, stride_, 1, pl_, pr_);
+  if (OH < 1 || OW < 1)
+    throw Error("X spatial size " + s(H) + "x" + s(W) + " (padded) is smaller than the kernel " +
+                s(k_) + "x" + s(k_));
+  if (H > INT32_MAX || W > INT32_MAX || OH > INT32_MAX || OW > INT32_MAX)
+    throw Error("X spatial size " + s(H) + "x" + s(W) + " is too large");
+  float* y = get_output(api_, ctx, {N, nb, OH, OW, L});
+  if (N == 0) return;
+  const float* x = static_cast<const float*>(X.data);
+  sk::DwShape sh;
+  sh.H = int(H), sh.W = int(W), sh.OH = int(OH), sh.OW = int(OW);
+  sh.k = int(k_), sh.stride = int(stride_), sh.pad_t = int(pt_), sh.pad_l = int(pl_);
+  const int64_t per = std::min<int64_t>(nb, 4);  // blocks per item
+  const int64_t runs = (nb + per - 1) / per;
+  int64_t bands = (8 + N * runs - 1) / (N * runs);
+  bands = std::max<int64_t>(1, std::min(bands, OH));
+  const int64_t in = H * W * L, out = OH * OW * L, wk = k_ * k_ * L;
+  parallel_for(api_, ctx, size_t(N * runs * bands), [&](size_t i) {
+    const int64_t band = int64_t(i) % bands, run = int64_t(i) / bands % runs;
+    const int64_t n = int64_t(i) / bands / runs, b0 = run * per;
+    const int64_t nblk = std::min(per, nb - b0);
+    const int oy0 = int(OH * band / bands), oy1 = int(OH * (band + 1) / bands);
+    const int64_t off = n * nb + b0;
+    kt_->dwconv_blocked(sh, int(nblk), x + off * in, w_.data() + b0 * wk, bias_.data() + b0 * L,
+                        act_.lo, act_.hi, y + off * out, oy0, oy1);
   });
 }
 

@@ -86,9 +86,31 @@ class DepthwiseConvKernel {
   const sk::KernelTable* kt_;
   int64_t C_, k_, stride_, pt_, pl_, pb_, pr_;
   Activation act_;
-  AVec<float> w_;     // [C, k*k]
-  AVec<float> bias_;  // [C] (zeros when absent)
+  AVec<float> w_;     // [C, k*k]; layout NCHWc8: [ceil(C/8), k*k, 8], zero past C
+  AVec<float> bias_;  // [C] (zeros when absent); layout NCHWc8: [ceil(C/8), 8]
+  bool blocked_ = false;  // attribute layout = "NCHWc8"
+  void compute_blocked(OrtKernelContext* ctx) const;
 };
+
+// Reorder (docs/format.md): NCHW <-> NCHWc8 (channel blocks of 8, sk::kChannelBlock), the op at
+// each edge of a chain of blocked sparsekit ops.  to = "NCHWc8": [N, C, H, W] -> [N, ceil(C/8),
+// H, W, 8], lanes past C zero; to = "NCHW": back, keeping `channels` channels.
+class ReorderKernel {
+ public:
+  static constexpr const char* kName = "Reorder";
+  static const std::vector<IoSpec>& inputs();
+  ReorderKernel(const Api& api, const OrtKernelInfo* info);
+  void compute(OrtKernelContext* ctx) const;
+
+ private:
+  Api api_;
+  bool to_blocked_ = true;
+  int64_t channels_ = -1;  // -1: taken from X (to NCHWc8 without the attribute)
+};
+
+// Checks a declared (creation-time) shape of a blocked tensor: rank 5, ceil(C/8) blocks of 8
+// lanes where known (dims < 0 are unknown); throws naming `what` otherwise.
+void check_blocked_shape(const std::vector<int64_t>& dims, int64_t channels, const char* what);
 
 // PredictedConv (docs/predict.md): Conv (group 1) followed by ReLU or Clip(0, hi), computed in
 // full precision only where an int8 prediction of the output is positive; zero elsewhere.

@@ -1,6 +1,6 @@
 // RegisterCustomOps: the library's only exported symbol.  Registers domain "ai.sparsekit"
-// (op set 1) with SparseConv, SparseGemm, DepthwiseConv, SparseLSTM, SparseGRU and
-// PredictedConv.
+// (op set 1) with SparseConv, SparseGemm, DepthwiseConv, SparseLSTM, SparseGRU,
+// PredictedConv and Reorder.
 //
 // ABI rules followed here (shared/ort-abi.md): the API table comes only from the OrtApiBase
 // argument (GetApi(17); NULL on an older runtime -> return NULL, the ops stay unregistered);
@@ -203,7 +203,8 @@ extern "C" __attribute__((visibility("default"))) OrtStatus* RegisterCustomOps(
     for (const OrtCustomOp* op : {OpDef<SparseConvKernel>::op(), OpDef<SparseGemmKernel>::op(),
                                   OpDef<DepthwiseConvKernel>::op(),
                                   OpDef<SparseLSTMKernel>::op(), OpDef<SparseGRUKernel>::op(),
-                                  OpDef<PredictedConvKernel>::op()})
+                                  OpDef<PredictedConvKernel>::op(),
+                                  OpDef<ReorderKernel>::op()})
       check(api, api.CustomOpDomain_Add()(domain, op), "CustomOpDomain_Add");
     check(api, api.AddCustomOpDomain()(options, domain), "AddCustomOpDomain");
     return nullptr;

@@ -30,6 +30,7 @@ export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
 LD_PRELOAD="$(gcc -print-file-name=libasan.so) $(g++ -print-file-name=libstdc++.so.6)" \
 ASAN_OPTIONS="detect_leaks=0:abort_on_error=1:halt_on_error=1:allocator_may_return_null=1" \
 SPARSEKIT_LIBRARY="$PWD/$BUILD/libsparsekit_ort.so" SPARSEKIT_TEST_ISAS=avx512 \
-  "${PYTHON:-python3}" -P -m pytest tests/test_ort_ops.py tests/test_predict.py -q \
+  "${PYTHON:-python3}" -P -m pytest tests/test_ort_ops.py tests/test_blocked_ops.py \
+  tests/test_predict.py -q \
   -p no:cacheprovider -k "not unavailable_isa" "$@"
 echo "emulated AVX-512: OK"

@@ -1,0 +1,162 @@
+"""The channel-blocked layout in onnxruntime (issue 20): Reorder (NCHW <-> NCHWc8) and
+DepthwiseConv with layout = "NCHWc8", chained, against the same convs in stock onnxruntime, for
+every ISA the build has and 1 / 2 threads; and models whose blocked tensors disagree with their
+declared shapes, refused at session creation (or, with shapes unknown there, at run time)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from onnx import helper, numpy_helper
+
+import sparsekit
+from sparsekit.pack import make_depthwise_node, make_reorder_node
+from ort_helpers import assert_close, make_model, run_stock, vinfo
+
+
+def blocked(x):
+    """numpy NCHW -> NCHWc8, lanes past C zero."""
+    N, C, H, W = x.shape
+    nb = -(-C // 8)
+    out = np.zeros((N, nb * 8, H, W), np.float32)
+    out[:, :C] = x
+    return np.ascontiguousarray(out.reshape(N, nb, 8, H, W).transpose(0, 1, 3, 4, 2))
+
+
+# (N, C, H, W, k, stride, pads) of the first conv; the second is 3x3 s1 p1 on its output
+CHAINS = {
+    "3x3-s1-8ch": (1, 8, 14, 14, 3, 1, (1, 1, 1, 1)),
+    "3x3-s2-13ch": (2, 13, 15, 16, 3, 2, (1, 1, 1, 1)),
+    "3x3-s2-tf-5ch": (1, 5, 16, 16, 3, 2, (0, 0, 1, 1)),
+    "5x5-s1-20ch": (1, 20, 7, 7, 5, 1, (2, 2, 2, 2)),
+    "5x5-s2-33ch": (1, 33, 17, 19, 5, 2, (2, 2, 2, 2)),
+    "3x3-nopad-1ch": (1, 1, 7, 9, 3, 1, (0, 0, 0, 0)),
+    "7x7-s1-9ch": (1, 9, 10, 10, 7, 1, (3, 3, 3, 3)),
+    "3x3-s3-bigpad-3ch": (1, 3, 6, 6, 3, 3, (2, 2, 2, 1)),
+    "3x3-56x56-40ch": (1, 40, 56, 56, 3, 1, (1, 1, 1, 1)),
+    "3x3-112-s2-16ch": (1, 16, 112, 112, 3, 2, (0, 0, 1, 1)),
+}
+
+
+def _act(src, out, act, tag):
+    """Dense activation nodes (none / Relu / Clip(0, 6)) from src to out."""
+    if act == "relu":
+        return [helper.make_node("Relu", [src], [out])], []
+    if act == "clip":
+        lo, hi = f"{tag}.lo", f"{tag}.hi"
+        return ([helper.make_node("Clip", [src, lo, hi], [out])],
+                [numpy_helper.from_array(np.array(0.0, np.float32), lo),
+                 numpy_helper.from_array(np.array(6.0, np.float32), hi)])
+    return [helper.make_node("Identity", [src], [out])], []
+
+
+def chain_models(rng, N, C, H, W, k, s, pads, act):
+    """x -> Reorder -> DepthwiseConv (k, s, pads, act) -> DepthwiseConv (3x3, ReLU6) -> Reorder,
+    and the same two convs in plain ONNX."""
+    w1 = rng.standard_normal((C, 1, k, k)).astype(np.float32)
+    b1 = rng.standard_normal(C).astype(np.float32)
+    w2 = rng.standard_normal((C, 1, 3, 3)).astype(np.float32)
+    b2 = rng.standard_normal(C).astype(np.float32)
+    r1, _ = make_reorder_node("to_c8", "X", "Xb", "NCHWc8")
+    d1, i1 = make_depthwise_node("dw1", "Xb", "Hb", w1, b1, strides=(s, s), pads=pads,
+                                 activation=act, layout="NCHWc8",
+                                 **(dict(clip_min=0.0, clip_max=6.0) if act == "clip" else {}))
+    d2, i2 = make_depthwise_node("dw2", "Hb", "Yb", w2, b2, pads=(1, 1, 1, 1), activation="clip",
+                                 clip_min=0.0, clip_max=6.0, layout="NCHWc8")
+    r2, _ = make_reorder_node("to_nchw", "Yb", "Y", "NCHW", channels=C)
+    inputs = [vinfo("X", [N, C, H, W])]
+    sparse = make_model([r1, d1, d2, r2], inputs, [vinfo("Y", None)], i1 + i2)
+    c1 = helper.make_node("Conv", ["X", "W1", "B1"], ["C1"], group=C, kernel_shape=[k, k],
+                          strides=[s, s], pads=list(pads))
+    e1, ei1 = _act("C1", "H", act, "a1")
+    c2 = helper.make_node("Conv", ["H", "W2", "B2"], ["C2"], group=C, kernel_shape=[3, 3],
+                          pads=[1, 1, 1, 1])
+    e2, ei2 = _act("C2", "Y", "clip", "a2")
+    inits = [numpy_helper.from_array(a, n) for a, n in ((w1, "W1"), (b1, "B1"), (w2, "W2"),
+                                                        (b2, "B2"))]
+    dense = make_model([c1] + e1 + [c2] + e2, inputs, [vinfo("Y", None)], inits + ei1 + ei2,
+                       sparse=False)
+    return sparse, dense
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("act", ["none", "relu", "clip"])
+@pytest.mark.parametrize("case", list(CHAINS))
+def test_blocked_chain_matches_stock(isa, case, act, threads):
+    N, C, H, W, k, s, pads = CHAINS[case]
+    rng = np.random.default_rng(len(case) * 31 + len(act))
+    sparse, dense = chain_models(rng, N, C, H, W, k, s, pads, act)
+    feeds = {"X": rng.standard_normal((N, C, H, W)).astype(np.float32)}
+    y = sparsekit.session(sparse, threads=threads).run(None, feeds)[0]
+    assert_close(y, run_stock(dense, feeds), k * k * 9)
+
+
+@pytest.mark.parametrize("C", [1, 7, 8, 9, 24, 67])
+def test_reorder_layout_and_roundtrip(isa, C):
+    """The blocked tensor is exactly numpy's NCHWc8 (zero lanes past C); back to NCHW is exact."""
+    rng = np.random.default_rng(C)
+    r1, _ = make_reorder_node("a", "X", "Xb", "NCHWc8")
+    r2, _ = make_reorder_node("b", "Xb", "Y", "NCHW", channels=C)
+    m = make_model([r1, r2], [vinfo("X", [2, C, 5, 3])], [vinfo("Xb", None), vinfo("Y", None)])
+    x = rng.standard_normal((2, C, 5, 3)).astype(np.float32)
+    xb, y = sparsekit.session(m, threads=2).run(None, {"X": x})
+    np.testing.assert_array_equal(xb, blocked(x))
+    np.testing.assert_array_equal(y, x)
+
+
+def _dw_blocked_model(declared, C=20, layout="NCHWc8"):
+    w = np.ones((C, 1, 3, 3), np.float32)
+    node, inits = make_depthwise_node("dw", "Xb", "Y", w, pads=(1, 1, 1, 1), layout=layout)
+    return make_model([node], [vinfo("Xb", declared)], [vinfo("Y", None)], inits)
+
+
+@pytest.mark.parametrize("declared, what", [
+    ([1, 20, 8, 8], "declared with shape \\[1, 20, 8, 8\\].*needs \\[N, 3, H, W, 8\\]"),
+    ([1, 2, 8, 8, 8], "declared with shape \\[1, 2, 8, 8, 8\\].*needs \\[N, 3, H, W, 8\\]"),
+    ([1, 4, 8, 8, 8], "needs \\[N, 3, H, W, 8\\]"),
+    ([1, 3, 8, 8, 16], "needs \\[N, 3, H, W, 8\\]"),
+])
+def test_blocked_shape_disagreeing_with_declared_fails_at_creation(declared, what):
+    with pytest.raises(Exception, match=what):
+        sparsekit.session(_dw_blocked_model(declared))
+
+
+def test_reorder_declared_shape_and_attributes_checked_at_creation():
+    r, _ = make_reorder_node("r", "Xb", "Y", "NCHW", channels=20)
+    m = make_model([r], [vinfo("Xb", [1, 2, 4, 4, 8])], [vinfo("Y", None)])
+    with pytest.raises(Exception, match="needs \\[N, 3, H, W, 8\\]"):
+        sparsekit.session(m)
+    r, _ = make_reorder_node("r", "X", "Y", "NCHWc8", channels=20)
+    m = make_model([r], [vinfo("X", [1, 19, 4, 4])], [vinfo("Y", None)])
+    with pytest.raises(Exception, match="needs \\[N, 20, H, W\\]"):
+        sparsekit.session(m)
+    bad = helper.make_node("Reorder", ["X"], ["Y"], domain="ai.sparsekit", to="NCHW")
+    m = make_model([bad], [vinfo("X", [1, 1, 4, 4, 8])], [vinfo("Y", None)])
+    with pytest.raises(Exception, match="channels"):
+        sparsekit.session(m)
+    bad = helper.make_node("Reorder", ["X"], ["Y"], domain="ai.sparsekit", to="NHWC")
+    m = make_model([bad], [vinfo("X", [1, 4, 4, 4])], [vinfo("Y", None)])
+    with pytest.raises(Exception, match="attribute 'to' must be"):
+        sparsekit.session(m)
+    m = _dw_blocked_model([1, 3, 8, 8, 8])
+    next(a for a in m.graph.node[0].attribute if a.name == "layout").s = b"NHWC"  # past pack
+    with pytest.raises(Exception, match="attribute 'layout' must be"):
+        sparsekit.session(m)
+    with pytest.raises(sparsekit.SparsekitError, match="layout must be one of"):
+        _dw_blocked_model([1, 3, 8, 8, 8], layout="NHWC")
+
+
+def test_blocked_shape_unknown_at_creation_is_checked_at_run():
+    """Declared dims unknown: a wrong tensor fails the run with a message, never a read past
+    the tensor, and the session stays usable."""
+    sess = sparsekit.session(_dw_blocked_model(["N", "B", "H", "W", "L"]))
+    with pytest.raises(Exception, match="needs \\[N, 3, H, W, 8\\]"):
+        sess.run(None, {"Xb": np.zeros((1, 2, 8, 8, 8), np.float32)})
+    with pytest.raises(Exception, match="needs \\[N, 3, H, W, 8\\]"):
+        sess.run(None, {"Xb": np.zeros((1, 3, 8, 8, 4), np.float32)})
+    y = sess.run(None, {"Xb": np.ones((1, 3, 8, 8, 8), np.float32)})[0]
+    assert y.shape == (1, 3, 8, 8, 8)
+    assert y[0, 0, 3, 3, 0] == 9.0 and y[0, 2, 3, 3, 7] == 0.0  # lanes past C = 20: zero weights
+    r, _ = make_reorder_node("r", "Xb", "Y", "NCHW", channels=20)
+    m = make_model([r], [vinfo("Xb", ["N", "B", "H", "W", "L"])], [vinfo("Y", None)])
+    with pytest.raises(Exception, match="needs \\[N, 3, H, W, 8\\]"):
+        sparsekit.session(m).run(None, {"Xb": np.zeros((1, 2, 4, 4, 8), np.float32)})
