@@ -160,3 +160,42 @@ def test_blocked_shape_unknown_at_creation_is_checked_at_run():
     m = make_model([r], [vinfo("Xb", ["N", "B", "H", "W", "L"])], [vinfo("Y", None)])
     with pytest.raises(Exception, match="needs \\[N, 3, H, W, 8\\]"):
         sparsekit.session(m).run(None, {"Xb": np.zeros((1, 2, 4, 4, 8), np.float32)})
+
+
+@pytest.mark.parametrize("shape", [
+    (0, 3, 8, 8, 8), (2, 3, 1, 1, 8), (1, 3, 0, 8, 8), (1, 3, 8, 0, 8), (1, 3, 2, 40, 8),
+    (1, 3, 8, 8, 1), (1, 3, 8, 8, 9), (1, 0, 8, 8, 8), (1, 3, 8, 8), (1, 3, 8, 8, 8, 1),
+])
+def test_blocked_input_shapes_run_or_fail_cleanly(isa, shape):
+    """Whatever shape reaches a blocked DepthwiseConv (declared shape unknown): the right
+    answer or a clean run error, never a read past the tensor (the suite also runs under ASan);
+    the session stays usable."""
+    sess = sparsekit.session(_dw_blocked_model(None))
+    x = np.random.default_rng(len(shape)).standard_normal(shape).astype(np.float32)
+    valid = len(shape) == 5 and shape[1] == 3 and shape[4] == 8 and min(shape[2:4]) >= 1
+    if not valid:
+        with pytest.raises(Exception, match="DepthwiseConv node 'dw'"):
+            sess.run(None, {"Xb": x})
+    else:
+        y = sess.run(None, {"Xb": x})[0]
+        N, _, H, W, _ = shape
+        xn = x.transpose(0, 1, 4, 2, 3).reshape(N, 24, H, W)[:, :20]
+        xp = np.pad(xn, ((0, 0), (0, 0), (1, 1), (1, 1)))
+        want = sum(xp[:, :, dy:dy + H, dx:dx + W] for dy in range(3) for dx in range(3))
+        got = y.transpose(0, 1, 4, 2, 3).reshape(N, 24, H, W)
+        np.testing.assert_allclose(got[:, :20], want, rtol=1e-5, atol=1e-5)
+        assert not got[:, 20:].any()  # lanes past C: zero weights, zero bias, no activation
+    assert sess.run(None, {"Xb": np.ones((1, 3, 4, 4, 8), np.float32)})[0].shape == (1, 3, 4, 4, 8)
+
+
+@pytest.mark.parametrize("shape", [(0, 5, 3, 3), (2, 0, 3, 3), (1, 5, 0, 7), (1, 5, 3, 3, 1)])
+def test_reorder_edge_shapes(shape):
+    r1, _ = make_reorder_node("a", "X", "Xb", "NCHWc8")
+    m = make_model([r1], [vinfo("X", None)], [vinfo("Xb", None)])
+    sess = sparsekit.session(m)
+    x = np.ones(shape, np.float32)
+    if len(shape) != 4:
+        with pytest.raises(Exception, match="X must be 4-D"):
+            sess.run(None, {"X": x})
+    else:
+        np.testing.assert_array_equal(sess.run(None, {"X": x})[0], blocked(x))
