@@ -1,5 +1,6 @@
 // Reference depthwise convolution on 8-channel blocks: plain loops over the definition in
-// kernels.h (DwBlockedFn), independent of dwconv_blocked.h's tiling.
+// kernels.h (DwBlockedFn), independent of dwconv_blocked.h's tiling; and the reference layout
+// changes of one block (ToBlockedFn / FromBlockedFn).
 #include "kernels/isa_parts.h"
 
 namespace sk {
@@ -31,6 +32,23 @@ void dwconv_c8_ref(const DwShape& s, int nblk, const float* x, const float* w,
           acc = acc > hi ? hi : acc;
           y[b * out + (static_cast<ptrdiff_t>(oy) * s.OW + ox) * L + l] = acc;
         }
+}
+
+}  // namespace sk
+
+namespace sk {
+
+void to_blocked_ref(const float* x, ptrdiff_t plane, int lanes, size_t n, float* y) {
+  constexpr int L = kChannelBlock;
+  for (size_t p = 0; p < n; ++p)
+    for (int l = 0; l < L; ++l)
+      y[p * L + l] = l < lanes ? x[l * plane + static_cast<ptrdiff_t>(p)] : 0.0f;
+}
+
+void from_blocked_ref(const float* x, int lanes, size_t n, float* y, ptrdiff_t plane) {
+  constexpr int L = kChannelBlock;
+  for (int l = 0; l < lanes; ++l)
+    for (size_t p = 0; p < n; ++p) y[l * plane + static_cast<ptrdiff_t>(p)] = x[p * L + l];
 }
 
 }  // namespace sk

@@ -30,6 +30,13 @@ void dwconv_c8x12_avx512(const DwShape& s, int nblk, const float* x, const float
 void dwconv_c8x8_neon(const DwShape& s, int nblk, const float* x, const float* w,
                       const float* bias, float lo, float hi, float* y, int oy_begin, int oy_end);
 
+// Layout changes of one channel block (kernels.h ToBlockedFn / FromBlockedFn); the AVX-512
+// table uses the AVX2 ones (8 lanes are one ymm), NEON the reference loops.
+void to_blocked_ref(const float* x, ptrdiff_t plane, int lanes, size_t n, float* y);
+void from_blocked_ref(const float* x, int lanes, size_t n, float* y, ptrdiff_t plane);
+void to_blocked_avx2(const float* x, ptrdiff_t plane, int lanes, size_t n, float* y);
+void from_blocked_avx2(const float* x, int lanes, size_t n, float* y, ptrdiff_t plane);
+
 void spmv_bank_ref(const BankMat& w, int g_begin, int g_end, const float* x, const float* init,
                    float* y);
 void spmv_bank_avx2(const BankMat& w, int g_begin, int g_end, const float* x, const float* init,

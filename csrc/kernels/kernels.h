@@ -94,6 +94,13 @@ constexpr int kChannelBlock = 8;
 using DwBlockedFn = void (*)(const DwShape& s, int nblk, const float* x, const float* w,
                              const float* bias, float lo, float hi, float* y, int oy_begin,
                              int oy_end);
+// One channel block between layouts, pixels [0, n) (Reorder at a chain's edges):
+//   to_blocked:   y[p*8 + l] = l < lanes ? x[l*plane + p] : 0      (lanes in 1..8)
+//   from_blocked: y[l*plane + p] = x[p*8 + l] for l < lanes
+// x / y: the block's first channel plane (plane: floats between channel planes) or its first
+// pixel's block.  Reads and writes exactly those elements.
+using ToBlockedFn = void (*)(const float* x, ptrdiff_t plane, int lanes, size_t n, float* y);
+using FromBlockedFn = void (*)(const float* x, int lanes, size_t n, float* y, ptrdiff_t plane);
 
 // Bank-balanced matrix-vector product, the 1-row case (LSTM recurrence, decoding).
 // Rows are interleaved in groups of L = KernelTable::spmv_lanes: lane l of group g is row
@@ -204,6 +211,8 @@ struct KernelTable {
   PredictUnitsFn predict_units;  // the prediction alone (MaxPool chains)
   PredictExactFn predict_exact;  // full precision at given outputs (MaxPool chains)
   DwBlockedFn dwconv_blocked;    // depthwise on kChannelBlock-channel blocks (NCHWc)
+  ToBlockedFn to_blocked;        // NCHW planes -> one channel block
+  FromBlockedFn from_blocked;    // one channel block -> NCHW planes
 };
 
 // Every name, size and function of `t` set.
@@ -213,7 +222,7 @@ constexpr bool table_complete(const KernelTable& t) {
          t.spmv_bank != nullptr && t.dwconv_multi != nullptr && t.dw_multi_lanes > 0 &&
          t.b1_tile_pixels > 0 && t.predict_quantize != nullptr && t.predict != nullptr &&
          t.predict_units != nullptr && t.predict_exact != nullptr &&
-         t.dwconv_blocked != nullptr;
+         t.dwconv_blocked != nullptr && t.to_blocked != nullptr && t.from_blocked != nullptr;
 }
 
 // Per-ISA tables; null when that ISA was not compiled in or the CPU lacks it.

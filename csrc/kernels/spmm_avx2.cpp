@@ -214,6 +214,8 @@ constexpr KernelTable make_table() {
   t.predict_units = predict_units_avx2;
   t.predict_exact = predict_exact_avx2;
   t.dwconv_blocked = dwconv_c8x8_avx2;
+  t.to_blocked = to_blocked_avx2;
+  t.from_blocked = from_blocked_avx2;
   return t;
 }
 

@@ -194,6 +194,8 @@ constexpr KernelTable make_table(bool vnni) {
   t.predict_units = vnni ? predict_units_avx512vnni : predict_units_avx2;
   t.predict_exact = predict_exact_avx2;
   t.dwconv_blocked = dwconv_c8x12_avx512;
+  t.to_blocked = to_blocked_avx2;
+  t.from_blocked = from_blocked_avx2;
   return t;
 }
 

@@ -194,6 +194,8 @@ constexpr KernelTable make_table() {
   t.predict_units = predict_units_ref;
   t.predict_exact = predict_exact_ref;
   t.dwconv_blocked = dwconv_c8x8_neon;
+  t.to_blocked = to_blocked_ref;
+  t.from_blocked = from_blocked_ref;
   return t;
 }
 

@@ -104,6 +104,7 @@ class ReorderKernel {
 
  private:
   Api api_;
+  const sk::KernelTable* kt_;
   bool to_blocked_ = true;
   int64_t channels_ = -1;  // -1: taken from X (to NCHWc8 without the attribute)
 };

@@ -10,6 +10,14 @@ namespace skort {
 namespace {
 std::string s(int64_t v) { return std::to_string(v); }
 constexpr int64_t L = sk::kChannelBlock;
+// Pixels per work item: whole planes when there are blocks enough for 8 items, else planes cut
+// into multiples of 8 pixels (the kernels' transposes) so 2 threads share a few large blocks.
+int64_t pixel_chunk(int64_t blocks, int64_t P) {
+  if (blocks >= 8 || P <= 64) return std::max<int64_t>(P, 1);
+  const int64_t parts = (8 + blocks - 1) / blocks;
+  const int64_t c = ((P + parts - 1) / parts + 7) / 8 * 8;
+  return std::max<int64_t>(c, 64);
+}
 }  // namespace
 
 void check_blocked_shape(const std::vector<int64_t>& d, int64_t channels, const char* what) {
@@ -31,6 +39,7 @@ const std::vector<IoSpec>& ReorderKernel::inputs() {
 ReorderKernel::ReorderKernel(const Api& api, const OrtKernelInfo* info) : api_(api) {
   Attrs a(api, info);
   refuse_unimplemented(a, {"to", "channels"});
+  kt_ = select_table();
   const std::string to = a.get_string("to");
   if (to != "NCHWc8" && to != "NCHW")
     throw Error("attribute 'to' must be \"NCHWc8\" or \"NCHW\", got \"" + to + "\"");
@@ -66,15 +75,14 @@ void ReorderKernel::compute(OrtKernelContext* ctx) const {
       throw Error("X has shape " + X.shape_str() + " but attribute 'channels' is " + s(channels_));
     const int64_t nb = (C + L - 1) / L;
     float* y = get_output(api_, ctx, {N, nb, X.shape[2], X.shape[3], L});
-    parallel_for(api_, ctx, size_t(N * nb), [&](size_t i) {
-      const int64_t n = int64_t(i) / nb, b = int64_t(i) % nb;
-      const int64_t lanes = std::min(L, C - b * L);
-      const float* src = x + (n * C + b * L) * P;
-      float* dst = y + int64_t(i) * P * L;
-      for (int64_t p = 0; p < P; ++p) {
-        for (int64_t l = 0; l < lanes; ++l) dst[p * L + l] = src[l * P + p];
-        for (int64_t l = lanes; l < L; ++l) dst[p * L + l] = 0.0f;
-      }
+    const int64_t chunk = pixel_chunk(N * nb, P);
+    const int64_t chunks = (P + chunk - 1) / chunk;
+    parallel_for(api_, ctx, size_t(N * nb * chunks), [&](size_t i) {
+      const int64_t q = int64_t(i) % chunks, nbk = int64_t(i) / chunks;
+      const int64_t n = nbk / nb, b = nbk % nb, p0 = q * chunk;
+      const int lanes = int(std::min(L, C - b * L));
+      kt_->to_blocked(x + (n * C + b * L) * P + p0, P, lanes, size_t(std::min(chunk, P - p0)),
+                      y + (nbk * P + p0) * L);
     });
     return;
   }
@@ -84,13 +92,14 @@ void ReorderKernel::compute(OrtKernelContext* ctx) const {
                 " channels needs [N, " + s(nb) + ", H, W, 8]");
   const int64_t N = X.shape[0], C = channels_, P = X.shape[2] * X.shape[3];
   float* y = get_output(api_, ctx, {N, C, X.shape[2], X.shape[3]});
-  parallel_for(api_, ctx, size_t(N * nb), [&](size_t i) {
-    const int64_t n = int64_t(i) / nb, b = int64_t(i) % nb;
-    const int64_t lanes = std::min(L, C - b * L);
-    const float* src = x + int64_t(i) * P * L;
-    float* dst = y + (n * C + b * L) * P;
-    for (int64_t l = 0; l < lanes; ++l)
-      for (int64_t p = 0; p < P; ++p) dst[l * P + p] = src[p * L + l];
+  const int64_t chunk = pixel_chunk(N * nb, P);
+  const int64_t chunks = (P + chunk - 1) / chunk;
+  parallel_for(api_, ctx, size_t(N * nb * chunks), [&](size_t i) {
+    const int64_t q = int64_t(i) % chunks, nbk = int64_t(i) / chunks;
+    const int64_t n = nbk / nb, b = nbk % nb, p0 = q * chunk;
+    const int lanes = int(std::min(L, C - b * L));
+    kt_->from_blocked(x + (nbk * P + p0) * L, lanes, size_t(std::min(chunk, P - p0)),
+                      y + (n * C + b * L) * P + p0, P);
   });
 }
 

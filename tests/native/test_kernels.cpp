@@ -517,6 +517,42 @@ void dw_blocked_suite(const KernelTable& t) {
   check_dw_blocked(t, 9, 3, 3001, 3, 1, 1, 1, 1, 1, -INFINITY, INFINITY, 2);
 }
 
+// to_blocked / from_blocked of one block: `lanes` channel planes `gap` floats apart beyond n,
+// exact-size buffers (ASan), bit-exact against the definition, untouched channels of the NCHW
+// side keep their guards.
+void check_reorder(const KernelTable& t, int lanes, size_t n, size_t gap) {
+  constexpr int L = sk::kChannelBlock;
+  const ptrdiff_t plane = static_cast<ptrdiff_t>(n + gap);
+  const size_t span = static_cast<size_t>(lanes - 1) * plane + n;  // the planes' extent
+  Buf x(span), yb(n * L), back(span);
+  for (size_t i = 0; i < x.n; ++i) x[i] = randf();
+  for (size_t i = 0; i < yb.n; ++i) yb[i] = kGuard;
+  for (size_t i = 0; i < back.n; ++i) back[i] = kGuard;
+  t.to_blocked(x.data(), plane, lanes, n, yb.data());
+  t.from_blocked(yb.data(), lanes, n, back.data(), plane);
+  int bad = 0;
+  for (size_t p = 0; p < n && !bad; ++p)
+    for (int l = 0; l < L; ++l) {
+      const float want = l < lanes ? x[l * plane + p] : 0.0f;
+      if (std::memcmp(&yb[p * L + l], &want, sizeof(float)) != 0) bad = 1;
+    }
+  for (size_t i = 0; i < span && !bad; ++i) {
+    const bool in_plane = static_cast<ptrdiff_t>(i) % plane < static_cast<ptrdiff_t>(n);
+    const float want = in_plane ? x[i] : kGuard;  // the gaps between planes left alone
+    if (std::memcmp(&back[i], &want, sizeof(float)) != 0) bad = 2;
+  }
+  char msg[200];
+  std::snprintf(msg, sizeof msg, "%s to/from_blocked lanes=%d n=%zu gap=%zu: %s", t.name, lanes,
+                n, gap, bad == 1 ? "to_blocked wrong" : bad == 2 ? "from_blocked wrong" : "ok");
+  record(bad == 0, msg);
+}
+
+void reorder_suite(const KernelTable& t) {
+  for (int lanes = 1; lanes <= sk::kChannelBlock; ++lanes)
+    for (size_t n : {1, 5, 7, 8, 9, 15, 16, 17, 49, 64, 196, 1001})
+      check_reorder(t, lanes, n, (n + lanes) % 3);
+}
+
 // ------------------------------------------------------------------- bank-balanced SpMV --
 // A random bank-balanced [rows, K] matrix in the interleaved BankMat layout of table t (its
 // spmv_lanes), with ragged last banks and padding lanes, against a double reference.
@@ -1149,6 +1185,7 @@ int main(int argc, char** argv) {
     dw_suite(*t);
     dw_multi_suite(*t);
     dw_blocked_suite(*t);
+    reorder_suite(*t);
     spmv_suite(*t);
     quantize_suite(*t);
     predict_suite(*t);
