@@ -15,6 +15,9 @@ the kernel columns single-threaded:
     pixels where the ISA vectorises over channels, else `dwconv` plane by plane);
   * op: the DepthwiseConv node with layout = "NCHWc8" in onnxruntime (between two Reorder
     nodes), the profiler's time of that node: the kernel plus the op's overhead.
+With --chain R both sessions run R convs in a row (the one under test, then 3x3 stride-1 ones)
+and only the first is reported: with 2 threads a lone node measures the pool's wake-up (the
+worker is asleep when the node starts), not the conv.
 A benchmark, not a test: absolute times drift on shared machines; compare columns of one run.
 """
 from __future__ import annotations
@@ -63,40 +66,53 @@ def depthwise_layers(model: onnx.ModelProto):
     return out
 
 
-def ort_model(C, H, W, k, s, pads, w, b):
+def _geometries(k, s, pads, chain):
+    """The conv under test, then chain - 1 followers (3x3, stride 1, pad 1) on its output."""
+    return [(k, s, tuple(pads))] + [(3, 1, (1, 1, 1, 1))] * (chain - 1)
+
+
+def ort_model(C, H, W, k, s, pads, w, b, chain=1):
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, C, H, W])
-    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
-    nodes = [
-        helper.make_node("Conv", ["x", "w", "b"], ["c"], group=C, kernel_shape=[k, k],
-                         strides=[s, s], pads=list(pads)),
-        helper.make_node("Clip", ["c", "lo", "hi"], ["y"]),
-    ]
-    inits = [helper.make_tensor("w", TensorProto.FLOAT, w.shape, w.ravel()),
-             helper.make_tensor("b", TensorProto.FLOAT, b.shape, b.ravel()),
-             helper.make_tensor("lo", TensorProto.FLOAT, [], [0.0]),
-             helper.make_tensor("hi", TensorProto.FLOAT, [], [6.0])]
+    nodes, inits, cur = [], [], "x"
+    inits += [helper.make_tensor("lo", TensorProto.FLOAT, [], [0.0]),
+              helper.make_tensor("hi", TensorProto.FLOAT, [], [6.0])]
+    for i, (kk, ss, pp) in enumerate(_geometries(k, s, pads, chain)):
+        wi = w if i == 0 else np.full((C, 1, kk, kk), 0.1, np.float32)
+        nodes += [helper.make_node("Conv", [cur, f"w{i}", f"b{i}"], [f"c{i}"], group=C,
+                                   kernel_shape=[kk, kk], strides=[ss, ss], pads=list(pp)),
+                  helper.make_node("Clip", [f"c{i}", "lo", "hi"], [f"h{i}"])]
+        inits += [helper.make_tensor(f"w{i}", TensorProto.FLOAT, wi.shape, wi.ravel()),
+                  helper.make_tensor(f"b{i}", TensorProto.FLOAT, b.shape, b.ravel())]
+        cur = f"h{i}"
+    y = helper.make_tensor_value_info(cur, TensorProto.FLOAT, None)
     g = helper.make_graph(nodes, "dw", [x], [y], inits)
     return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
 
 
-def blocked_op_model(C, H, W, k, s, pads, w, b):
+def blocked_op_model(C, H, W, k, s, pads, w, b, chain=1):
     from sparsekit.pack import make_depthwise_node, make_reorder_node
     from sparsekit.format import opset_import
 
-    r1, _ = make_reorder_node("to_c8", "x", "xb", "NCHWc8")
-    dw, inits = make_depthwise_node("dw", "xb", "yb", w, b, strides=(s, s), pads=pads,
-                                    activation="clip", clip_min=0.0, clip_max=6.0,
-                                    layout="NCHWc8")
-    r2, _ = make_reorder_node("to_nchw", "yb", "y", "NCHW", channels=C)
-    g = helper.make_graph([r1, dw, r2], "dwb",
+    nodes, inits, cur = [make_reorder_node("to_c8", "x", "xb0", "NCHWc8")[0]], [], "xb0"
+    for i, (kk, ss, pp) in enumerate(_geometries(k, s, pads, chain)):
+        wi = w if i == 0 else np.full((C, 1, kk, kk), 0.1, np.float32)
+        dw, ini = make_depthwise_node(f"c{i}", cur, f"xb{i + 1}", wi, b, strides=(ss, ss),
+                                      pads=pp, activation="clip", clip_min=0.0, clip_max=6.0,
+                                      layout="NCHWc8")
+        nodes.append(dw)
+        inits += ini
+        cur = f"xb{i + 1}"
+    nodes.append(make_reorder_node("to_nchw", cur, "y", "NCHW", channels=C)[0])
+    g = helper.make_graph(nodes, "dwb",
                           [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, C, H, W])],
                           [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
     return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17), opset_import()],
                              ir_version=9)
 
 
-def node_medians(sess, skip_reorders=True):
-    """Sum over nodes of each node's median profiler time (ms), reorders left out."""
+def node_medians(sess):
+    """Median profiler time (ms) of the conv under test: the nodes named c0 / c0_nchwc and its
+    Clip (h0, when onnxruntime did not fuse it); reorders and chain followers left out."""
     path = sess.end_profiling()
     with open(path) as f:
         events = json.load(f)
@@ -105,10 +121,10 @@ def node_medians(sess, skip_reorders=True):
     for e in events:
         if e.get("cat") != "Node" or not e.get("name", "").endswith("_kernel_time"):
             continue
-        op = e.get("args", {}).get("op_name", "")
-        if skip_reorders and op.startswith("Reorder"):
+        name = e["name"][: -len("_kernel_time")]
+        if name.split("_")[0] not in ("c0", "h0"):
             continue
-        per_run.setdefault(e["name"], []).append(e.get("dur", 0) / 1e3)
+        per_run.setdefault(name, []).append(e.get("dur", 0) / 1e3)
     return sum(statistics.median(v[5:] or v) for v in per_run.values())
 
 
@@ -121,6 +137,10 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1,
                     help="intra-op threads of both onnxruntime sessions (the kernel columns "
                     "are single-threaded)")
+    ap.add_argument("--chain", type=int, default=1,
+                    help="follow the conv under test by chain - 1 more (3x3 s1) in both sessions, "
+                    "so a 2-thread pool stays awake between nodes as in a network; only the "
+                    "first conv is reported")
     ap.add_argument("--json", default=None, help="write the rows here")
     a = ap.parse_args()
 
@@ -154,8 +174,8 @@ def _run(a, isa, config) -> None:
         w = rng.standard_normal((C, 1, k, k)).astype(np.float32)
         b = rng.standard_normal(C).astype(np.float32)
         sess = []
-        for model, custom in ((ort_model(C, H, W, k, s, pads, w, b), False),
-                              (blocked_op_model(C, H, W, k, s, pads, w, b), True)):
+        for model, custom in ((ort_model(C, H, W, k, s, pads, w, b, a.chain), False),
+                              (blocked_op_model(C, H, W, k, s, pads, w, b, a.chain), True)):
             so = sessions.session_options(a.threads, config, custom_ops=custom)
             so.enable_profiling = True
             so.profile_file_prefix = os.path.join(tempfile.gettempdir(), "sk_dw_prof")
