@@ -37,6 +37,21 @@ void from_blocked_ref(const float* x, int lanes, size_t n, float* y, ptrdiff_t p
 void to_blocked_avx2(const float* x, ptrdiff_t plane, int lanes, size_t n, float* y);
 void from_blocked_avx2(const float* x, int lanes, size_t n, float* y, ptrdiff_t plane);
 
+// 1x4 SpMM on channel blocks (spmm_blocked.h), named by register tile (8-lane pixel vectors
+// x 4 rows) and ISA; the reference is plain loops over kernels.h's definition.
+void spmm_c8_ref(size_t n, const SpMat& w, int g_begin, int g_end, const float* x,
+                 ptrdiff_t x_bstride, int x_blocks, float* y, ptrdiff_t y_bstride,
+                 const Epilogue& ep, float* panel, int panel_stride);
+void spmm_c8_24x4_avx2(size_t n, const SpMat& w, int g_begin, int g_end, const float* x,
+                       ptrdiff_t x_bstride, int x_blocks, float* y, ptrdiff_t y_bstride,
+                       const Epilogue& ep, float* panel, int panel_stride);
+void spmm_c8_32x4_avx512(size_t n, const SpMat& w, int g_begin, int g_end, const float* x,
+                         ptrdiff_t x_bstride, int x_blocks, float* y, ptrdiff_t y_bstride,
+                         const Epilogue& ep, float* panel, int panel_stride);
+void spmm_c8_16x4_neon(size_t n, const SpMat& w, int g_begin, int g_end, const float* x,
+                       ptrdiff_t x_bstride, int x_blocks, float* y, ptrdiff_t y_bstride,
+                       const Epilogue& ep, float* panel, int panel_stride);
+
 void spmv_bank_ref(const BankMat& w, int g_begin, int g_end, const float* x, const float* init,
                    float* y);
 void spmv_bank_avx2(const BankMat& w, int g_begin, int g_end, const float* x, const float* init,

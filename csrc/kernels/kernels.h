@@ -102,6 +102,22 @@ using DwBlockedFn = void (*)(const DwShape& s, int nblk, const float* x, const f
 using ToBlockedFn = void (*)(const float* x, ptrdiff_t plane, int lanes, size_t n, float* y);
 using FromBlockedFn = void (*)(const float* x, int lanes, size_t n, float* y, ptrdiff_t plane);
 
+// 1x4 block-sparse pointwise conv on channel blocks (SparseConv with layout = "NCHWc8"):
+// B = 4 weights; X is `x_blocks` blocks of n pixels ([n][8], block stride x_bstride floats),
+// reduction index k being lane k%8 of block k/8; Y is output row r at lane r%8 of block r/8.
+// A 4-row group fills half a Y block: group g writes lanes (g%2)*4 .. +3 of block g/2, so for
+// groups g in [g_begin, g_end) (g_end <= 2*ceil(rows/8)) and pixels p in [0, n):
+//   y[(g/2)*y_bstride + p*8 + (g%2)*4 + b] = epilogue(sum_j values[4j+b] * X(k_j, p))
+// with x_offset[j] = k_j * panel_stride.  Groups past w.groups (the upper half of the last
+// block when rows % 8 is 1..4) are empty, so every lane of every block written is defined
+// (rows past `rows`: epilogue of 0).  ep.bias: null or 8*ceil(rows/8) floats, zero past rows;
+// ep.residual: Y's layout with block stride ep.residual_stride.  panel: scratch of
+// x_blocks*8*panel_stride floats (panel_stride a multiple of 8): the SIMD kernels transpose X
+// into it, up to panel_stride pixels at a time; the reference reads X directly.
+using SpmmBlockedFn = void (*)(size_t n, const SpMat& w, int g_begin, int g_end, const float* x,
+                               ptrdiff_t x_bstride, int x_blocks, float* y, ptrdiff_t y_bstride,
+                               const Epilogue& ep, float* panel, int panel_stride);
+
 // Bank-balanced matrix-vector product, the 1-row case (LSTM recurrence, decoding).
 // Rows are interleaved in groups of L = KernelTable::spmv_lanes: lane l of group g is row
 // g*L + l.  Every row keeps `keep` entries in each of the `nbanks` banks of `bank_size`
@@ -213,6 +229,7 @@ struct KernelTable {
   DwBlockedFn dwconv_blocked;    // depthwise on kChannelBlock-channel blocks (NCHWc)
   ToBlockedFn to_blocked;        // NCHW planes -> one channel block
   FromBlockedFn from_blocked;    // one channel block -> NCHW planes
+  SpmmBlockedFn spmm_b4_blocked; // 1x4 SpMM on channel blocks (SparseConv layout NCHWc8)
 };
 
 // Every name, size and function of `t` set.
@@ -222,7 +239,8 @@ constexpr bool table_complete(const KernelTable& t) {
          t.spmv_bank != nullptr && t.dwconv_multi != nullptr && t.dw_multi_lanes > 0 &&
          t.b1_tile_pixels > 0 && t.predict_quantize != nullptr && t.predict != nullptr &&
          t.predict_units != nullptr && t.predict_exact != nullptr &&
-         t.dwconv_blocked != nullptr && t.to_blocked != nullptr && t.from_blocked != nullptr;
+         t.dwconv_blocked != nullptr && t.to_blocked != nullptr && t.from_blocked != nullptr &&
+         t.spmm_b4_blocked != nullptr;
 }
 
 // Per-ISA tables; null when that ISA was not compiled in or the CPU lacks it.

@@ -81,6 +81,7 @@ constexpr KernelTable make_table() {
   t.dwconv_blocked = dwconv_c8_ref;
   t.to_blocked = to_blocked_ref;
   t.from_blocked = from_blocked_ref;
+  t.spmm_b4_blocked = spmm_c8_ref;
   return t;
 }
 

@@ -553,6 +553,132 @@ void reorder_suite(const KernelTable& t) {
       check_reorder(t, lanes, n, (n + lanes) % 3);
 }
 
+// ------------------------------------------------------------- channel-blocked 1x4 SpMM --
+// spmm_b4_blocked on a random 1x4 matrix: X as ceil(K/8) blocks [n][8] (padding lanes: any
+// finite value, never read), Y as ceil(rows/8) blocks with a guard gap between blocks, the
+// padding rows of the last block (zero weights, zero bias) must come out as epilogue(0) and
+// every lane of every block is written.  Optionally split into group and pixel ranges (the
+// op's thread splits).  Panel stride `ps` (a multiple of 8) may be smaller than n.
+void check_spmm_blocked(const KernelTable& t, const SparseCase& c, int n, const EpiCase& e,
+                        int ps, bool split, const std::string& tag) {
+  constexpr int L = sk::kChannelBlock;
+  const int K = c.K, rows = c.rows;
+  const int kb = (K + L - 1) / L, mb = (rows + L - 1) / L;
+  const ptrdiff_t xbs = static_cast<ptrdiff_t>(n) * L + 5;  // gaps between blocks
+  const ptrdiff_t ybs = static_cast<ptrdiff_t>(n) * L + 3;
+  const ptrdiff_t rbs = static_cast<ptrdiff_t>(n) * L + 1;
+  Buf x(static_cast<size_t>(kb) * xbs), y(static_cast<size_t>(mb) * ybs + 7);
+  Buf bias(static_cast<size_t>(mb) * L), res(static_cast<size_t>(mb) * rbs);
+  Buf panel(static_cast<size_t>(kb) * L * ps);
+  for (size_t i = 0; i < x.n; ++i) x[i] = randf();
+  for (size_t i = 0; i < bias.n; ++i) bias[i] = static_cast<int>(i) < rows ? randf() : 0.0f;
+  for (size_t i = 0; i < res.n; ++i) res[i] = randf();
+  for (size_t i = 0; i < y.n; ++i) y[i] = kGuard;
+  std::vector<int32_t> xoff(c.kidx.size());
+  for (size_t j = 0; j < xoff.size(); ++j) xoff[j] = c.kidx[j] * ps;
+  SpMat w;
+  w.B = 4;
+  w.rows = rows;
+  w.groups = c.groups;
+  w.group_ptr = c.group_ptr.data();
+  w.x_offset = xoff.data();
+  w.values = c.values.data();
+  Epilogue ep;
+  ep.bias = e.bias ? bias.data() : nullptr;
+  ep.residual = e.residual ? res.data() : nullptr;
+  ep.residual_stride = rbs;
+  ep.residual_after_act = e.after;
+  ep.lo = e.lo;
+  ep.hi = e.hi;
+  const int G2 = 2 * mb;
+  if (!split) {
+    t.spmm_b4_blocked(static_cast<size_t>(n), w, 0, G2, x.data(), xbs, kb, y.data(), ybs, ep,
+                      panel.data(), ps);
+  } else {  // group ranges split at an odd group (half a block) and two pixel ranges
+    const int gm = G2 > 1 ? randint(1, G2 - 1) : 1;
+    const int pm = n > 1 ? randint(1, n - 1) : 0;
+    const int gr[3] = {0, gm, G2};
+    const int pr[3] = {0, pm, n};
+    for (int gi = 0; gi < 2; ++gi)
+      for (int pi = 0; pi < 2; ++pi) {
+        if (pr[pi + 1] <= pr[pi] || gr[gi + 1] <= gr[gi]) continue;
+        Epilogue e2 = ep;
+        if (e2.residual) e2.residual += static_cast<ptrdiff_t>(pr[pi]) * L;
+        t.spmm_b4_blocked(static_cast<size_t>(pr[pi + 1] - pr[pi]), w, gr[gi], gr[gi + 1],
+                          x.data() + static_cast<ptrdiff_t>(pr[pi]) * L, xbs, kb,
+                          y.data() + static_cast<ptrdiff_t>(pr[pi]) * L, ybs, e2, panel.data(),
+                          ps);
+      }
+  }
+  int bad = 0;
+  char where[200] = "";
+  for (size_t i = 0; i < y.n; ++i) {
+    const ptrdiff_t blk = static_cast<ptrdiff_t>(i) / ybs, off = static_cast<ptrdiff_t>(i) % ybs;
+    const float got = y[i];
+    if (blk >= mb || off >= static_cast<ptrdiff_t>(n) * L) {
+      if (std::memcmp(&got, &kGuard, sizeof got) != 0 && !bad++)
+        std::snprintf(where, sizeof where, "guard overwritten at %zu", i);
+      continue;
+    }
+    const int r = static_cast<int>(blk) * L + static_cast<int>(off % L);
+    const int p = static_cast<int>(off / L);
+    double acc = 0.0, scale = 0.0;
+    for (int k = 0; k < K && r < rows; ++k) {
+      const double term = static_cast<double>(c.dense[static_cast<size_t>(r) * K + k]) *
+                          x[(k / L) * xbs + static_cast<ptrdiff_t>(p) * L + k % L];
+      acc += term;
+      scale += std::fabs(term);
+    }
+    if (e.bias) {
+      acc += bias[r];
+      scale += std::fabs(bias[r]);
+    }
+    const double rv = e.residual ? res[blk * rbs + off] : 0.0;
+    if (e.residual && !e.after) acc += rv;
+    double want = clampf(acc, e.lo, e.hi);
+    if (e.residual && e.after) want += rv;
+    scale += std::fabs(rv) + std::fabs(want);
+    if (!(std::fabs(got - want) <= 1e-5 * scale + 1e-30) && !bad++)
+      std::snprintf(where, sizeof where, "row %d px %d: got %.9g want %.9g", r, p, got, want);
+  }
+  char msg[512];
+  std::snprintf(msg, sizeof msg,
+                "%s spmm_b4_blocked %s n=%d rows=%d K=%d nnzb=%zu ps=%d epi=%s%s: %s", t.name,
+                tag.c_str(), n, rows, K, c.kidx.size(), ps, e.name, split ? " split" : "",
+                bad ? where : "ok");
+  record(bad == 0, msg);
+}
+
+void spmm_blocked_suite(const KernelTable& t) {
+  const double sparsities[] = {0.0, 0.3, 0.5, 0.7, 0.9, 0.95, 0.99, 1.0};
+  int ei = 0, si = 0;
+  // Every pixel count 1..80, rows and K often not multiples of 4 or 8, panels narrower than n.
+  for (int n = 1; n <= 80; ++n) {
+    const int rows = randint(1, 29);
+    const int K = randint(1, 45);
+    const int ps = 8 * randint(1, 6);
+    const SparseCase c = make_sparse(4, rows, K, sparsities[si++ % 8], n % 7 == 3 ? 2 : 0);
+    check_spmm_blocked(t, c, n, kEpis[ei++ % kNumEpis], ps, n % 3 == 0, "sweep");
+  }
+  // Every epilogue x shapes (1..4 rows of the last block, empty groups, wide reductions).
+  const int ns[] = {1, 7, 8, 9, 23, 24, 25, 31, 32, 33, 49, 97, 196};
+  const int rowss[] = {1, 3, 4, 5, 8, 12, 13, 17, 30, 64};
+  for (int e = 0; e < kNumEpis; ++e)
+    for (int n : ns) {
+      const int rows = rowss[randint(0, 9)];
+      const int K = randint(1, 150);
+      const int ps = n < 64 && e % 2 ? 64 : 8 * randint(1, 12);
+      const SparseCase c = make_sparse(4, rows, K, sparsities[si++ % 8], e % 4 == 3 ? 3 : 0);
+      check_spmm_blocked(t, c, n, kEpis[e], ps, (n + e) % 3 == 0, "epi");
+    }
+  for (int n : {5, 24, 49, 80}) {
+    check_spmm_blocked(t, make_sparse(4, 17, 30, 1.0, 0), n, kEpis[8], 24, false, "all-empty");
+    check_spmm_blocked(t, make_sparse(4, 6, 64, 0.0, 0), n, kEpis[4], 32, true, "dense");
+  }
+  check_spmm_blocked(t, make_sparse(4, 36, 1024, 0.9, 0), 49, kEpis[2], 64, false, "K1024");
+  check_spmm_blocked(t, make_sparse(4, 64, 32, 0.9, 0), 500, kEpis[4], 240, true, "K32");
+}
+
 // ------------------------------------------------------------------- bank-balanced SpMV --
 // A random bank-balanced [rows, K] matrix in the interleaved BankMat layout of table t (its
 // spmv_lanes), with ragged last banks and padding lanes, against a double reference.
@@ -1186,6 +1312,7 @@ int main(int argc, char** argv) {
     dw_multi_suite(*t);
     dw_blocked_suite(*t);
     reorder_suite(*t);
+    spmm_blocked_suite(*t);
     spmv_suite(*t);
     quantize_suite(*t);
     predict_suite(*t);

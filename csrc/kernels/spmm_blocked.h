@@ -1,0 +1,174 @@
+// 1x4 block-sparse SpMM on channel blocks (NCHWc8 in and out; kernels.h SpmmBlockedFn), one
+// template for the SIMD ISAs over a vector policy V (as dwconv_blocked.h):
+//
+//   struct V {
+//     using T;                        // 8 floats: one reduction row over 8 pixels
+//     using H;                        // 4 floats: one pixel's 4 rows of a group
+//     static constexpr int kMaxNV;    // pixel vectors per register tile (4 x kMaxNV accumulators)
+//     static T load(const float* p); static void store(float* p, T v);
+//     static T zero(); static T set1(float f); static T fma(T a, T b, T c);  // a * b + c
+//     static T clamp(T v, T lo, T hi);            // min(hi, max(lo, v)), a NaN stays NaN
+//     static void transpose8(T (&r)[8]);          // r[i] lane j <- r[j] lane i
+//     static void rows_to_pixels(const T (&r)[4], H (&px)[8]);  // px[i] = (r0[i] .. r3[i])
+//     static H hload(const float* p); static void hstore(float* p, H v);
+//     static H hadd(H a, H b); static H hclamp(H v, H lo, H hi); static H hset1(float f);
+//   };
+//
+// Why this shape: the 1x4 tile vectorises over pixels (4 rows x 8*NV pixels, 4 broadcasts and
+// NV loads per 4*NV FMAs, as spmm_24x4_avx2), but in NCHWc8 a reduction row's pixels are 8
+// floats apart.  So X is read through a panel: up to panel_stride pixels of every X block are
+// transposed (8x8 in registers) into [K8][panel_stride] rows once, and every output group then
+// sweeps that panel.  The output is NOT written to a panel and transposed back (round 6 measured
+// that design 1.1-1.9x slower than NCHW): each 4-row x 8-pixel piece of the tile is transposed
+// in registers into 8 pixels' 4-lane halves of their Y blocks and stored there.  Groups 2b and
+// 2b+1 write the two halves of Y block b one after the other, while the lines are in L1.  (A
+// full 8x8 store would need both groups' tiles live at once: 24 accumulators, more than AVX2's
+// 16 registers.)
+//
+// Everything has internal linkage: each ISA file compiles its own copy with its own flags.
+#pragma once
+
+#include <cstddef>
+
+#include "kernels/kernels.h"
+
+namespace sk {
+namespace {
+
+template <class V>
+struct SpmmBlocked {
+  using T = typename V::T;
+  using H = typename V::H;
+  static constexpr int kL = kChannelBlock;
+
+  // Panel columns [0, w) of every X block, from pixel p0: panel[k*ps + q] = X(k, p0 + q);
+  // columns up to w rounded to 8 hold zeros past w (the tiles' last vector reads them).
+  static void fill_panel(const float* x, ptrdiff_t xbs, int xblocks, size_t p0, size_t w,
+                         float* panel, int ps) {
+    for (int kb = 0; kb < xblocks; ++kb) {
+      const float* xb = x + kb * xbs + static_cast<ptrdiff_t>(p0) * kL;
+      float* pb = panel + static_cast<ptrdiff_t>(kb) * kL * ps;
+      for (size_t q = 0; q < w; q += 8) {
+        T r[8];
+        if (q + 8 <= w) {
+          _Pragma("GCC unroll 8") for (int i = 0; i < 8; ++i) r[i] = V::load(xb + (q + i) * kL);
+        } else {
+          for (int i = 0; i < 8; ++i) r[i] = q + i < w ? V::load(xb + (q + i) * kL) : V::zero();
+        }
+        V::transpose8(r);
+        _Pragma("GCC unroll 8") for (int l = 0; l < 8; ++l) V::store(pb + l * ps + q, r[l]);
+      }
+    }
+  }
+
+  // One register tile: 4 rows x NV*8 pixels from panel column p (pan = panel + p); y / res
+  // point at the tile's first pixel's half block.  PART: the last vector has `valid` pixels.
+  template <int NV, bool PART>
+  static inline __attribute__((always_inline)) void tile(const float* pan, const int32_t* off,
+                                                         const float* val, int32_t j0,
+                                                         int32_t j1, const float* bias4,
+                                                         float* y, const float* res,
+                                                         bool after, T vlo, T vhi, H hlo, H hhi,
+                                                         int valid) {
+    T acc[4][NV];
+    _Pragma("GCC unroll 4") for (int b = 0; b < 4; ++b) {
+      const T init = bias4 ? V::set1(bias4[b]) : V::zero();
+      _Pragma("GCC unroll 8") for (int v = 0; v < NV; ++v) acc[b][v] = init;
+    }
+    for (int32_t j = j0; j < j1; ++j) {
+      const float* xr = pan + off[j];
+      T xv[NV];
+      _Pragma("GCC unroll 8") for (int v = 0; v < NV; ++v) xv[v] = V::load(xr + 8 * v);
+      const float* wj = val + 4 * static_cast<ptrdiff_t>(j);
+      _Pragma("GCC unroll 4") for (int b = 0; b < 4; ++b) {
+        const T wb = V::set1(wj[b]);
+        _Pragma("GCC unroll 8") for (int v = 0; v < NV; ++v) acc[b][v] = V::fma(wb, xv[v], acc[b][v]);
+      }
+    }
+    _Pragma("GCC unroll 8") for (int v = 0; v < NV; ++v) {
+      const T r[4] = {acc[0][v], acc[1][v], acc[2][v], acc[3][v]};
+      const int nv = (PART && v == NV - 1) ? valid : 8;
+      float* yv = y + 8 * v * kL;
+      H px[8];
+      if (!res) {  // the clamp on 4 row vectors, before the transpose (8 pixel halves after)
+        const T c[4] = {V::clamp(r[0], vlo, vhi), V::clamp(r[1], vlo, vhi),
+                        V::clamp(r[2], vlo, vhi), V::clamp(r[3], vlo, vhi)};
+        V::rows_to_pixels(c, px);
+        if (PART) {
+          for (int i = 0; i < nv; ++i) V::hstore(yv + i * kL, px[i]);
+        } else {
+          _Pragma("GCC unroll 8") for (int i = 0; i < 8; ++i) V::hstore(yv + i * kL, px[i]);
+        }
+      } else {  // the residual is blocked like Y: add it per pixel after the transpose
+        V::rows_to_pixels(r, px);
+        const float* rv = res + 8 * v * kL;
+        for (int i = 0; i < nv; ++i) {
+          const H rr = V::hload(rv + i * kL);
+          H a = px[i];
+          if (!after) a = V::hadd(a, rr);
+          a = V::hclamp(a, hlo, hhi);
+          if (after) a = V::hadd(a, rr);
+          V::hstore(yv + i * kL, a);
+        }
+      }
+    }
+  }
+
+  // The tiles narrower than kMaxNV vectors, widest first: after the full tiles fewer than
+  // kMaxNV vectors remain, so each width runs at most once.
+  template <int NV>
+  static inline __attribute__((always_inline)) void rest(size_t& p, size_t cw, const float* pan,
+                                                         const int32_t* off, const float* val,
+                                                         int32_t j0, int32_t j1,
+                                                         const float* bias4, float* y,
+                                                         const float* res, bool after, T vlo,
+                                                         T vhi, H hlo, H hhi) {
+    if constexpr (NV >= 1) {
+      if (p + 8 * NV <= cw) {
+        tile<NV, false>(pan + p, off, val, j0, j1, bias4, y + p * kL, res ? res + p * kL : res,
+                        after, vlo, vhi, hlo, hhi, 8);
+        p += 8 * NV;
+      }
+      rest<NV - 1>(p, cw, pan, off, val, j0, j1, bias4, y, res, after, vlo, vhi, hlo, hhi);
+    }
+  }
+
+  static void run(size_t n, const SpMat& w, int g_begin, int g_end, const float* x,
+                  ptrdiff_t xbs, int xblocks, float* y, ptrdiff_t ybs, const Epilogue& ep,
+                  float* panel, int ps) {
+    constexpr int NVM = V::kMaxNV;
+    const T vlo = V::set1(ep.lo), vhi = V::set1(ep.hi);
+    const H hlo = V::hset1(ep.lo), hhi = V::hset1(ep.hi);
+    // Panel chunks of equal width (a multiple of 8, at most ps): 49 pixels with ps = 48 run as
+    // one 56-wide chunk, not 48 + 1 (every chunk is one more pass over all the weights).
+    const size_t nch = (n + ps - 1) / ps;
+    const size_t cwid = ((n + nch - 1) / nch + 7) / 8 * 8;
+    for (size_t pc = 0; pc < n; pc += cwid) {
+      const size_t cw = n - pc < cwid ? n - pc : cwid;
+      fill_panel(x, xbs, xblocks, pc, cw, panel, ps);
+      for (int g = g_begin; g < g_end; ++g) {
+        const bool has = g < w.groups;
+        const int32_t j0 = has ? w.group_ptr[g] : 0, j1 = has ? w.group_ptr[g + 1] : 0;
+        const float* bias4 = ep.bias ? ep.bias + 4 * g : nullptr;
+        const ptrdiff_t at = (g / 2) * ybs + static_cast<ptrdiff_t>(pc) * kL + (g % 2) * 4;
+        float* yg = y + at;
+        const float* rg = ep.residual ? ep.residual + (g / 2) * ep.residual_stride +
+                                            static_cast<ptrdiff_t>(pc) * kL + (g % 2) * 4
+                                      : nullptr;
+        size_t p = 0;
+        for (; p + 8 * NVM <= cw; p += 8 * NVM)
+          tile<NVM, false>(panel + p, w.x_offset, w.values, j0, j1, bias4, yg + p * kL,
+                           rg ? rg + p * kL : rg, ep.residual_after_act, vlo, vhi, hlo, hhi, 8);
+        rest<NVM - 1>(p, cw, panel, w.x_offset, w.values, j0, j1, bias4, yg, rg,
+                      ep.residual_after_act, vlo, vhi, hlo, hhi);
+        if (p < cw)
+          tile<1, true>(panel + p, w.x_offset, w.values, j0, j1, bias4, yg + p * kL,
+                        rg ? rg + p * kL : rg, ep.residual_after_act, vlo, vhi, hlo, hhi,
+                        static_cast<int>(cw - p));
+      }
+    }
+  }
+};
+
+}  // namespace
+}  // namespace sk
