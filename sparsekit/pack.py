@@ -246,15 +246,25 @@ def make_sparse_conv_node(name: str, x: str, y: str, weight, bias=None, *, fmt: 
                           pads: Sequence[int] = (0, 0, 0, 0), dilations: Sequence[int] = (1, 1),
                           activation: str = "none", clip_min: Optional[float] = None,
                           clip_max: Optional[float] = None, residual: Optional[str] = None,
-                          residual_after_act: bool = False):
+                          residual_after_act: bool = False, layout: str = "NCHW"):
     """A SparseConv node for ONNX Conv weight [M, C, kh, kw] (zeros = pruned), group 1.
 
-    pads are ONNX-ordered [top, left, bottom, right].  Returns (NodeProto, [TensorProto]).
+    pads are ONNX-ordered [top, left, bottom, right].  ``layout="NCHWc8"``: X, Y (and the
+    residual) in 8-channel blocks [N, ceil(C/8), H, W, 8]; only for 1x1 convs with stride 1, no
+    pads and 1x4 blocks (fmt "bsr" or "bank" with block=4).  Returns (NodeProto, [TensorProto]).
     """
+    if layout not in LAYOUTS:
+        raise SparsekitError(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
     w = np.asarray(weight)
     if w.ndim != 4:
         raise SparsekitError(f"conv weight must be [M, C, kh, kw], got shape {list(w.shape)}")
     M, C, kh, kw = (int(d) for d in w.shape)
+    if layout != "NCHW":
+        if (kh, kw) != (1, 1) or _pair(strides, "strides") != [1, 1] or any(_pads(pads)):
+            raise SparsekitError(f"layout {layout} needs a 1x1 conv with stride 1 and no pads, "
+                                 f"got kernel {kh}x{kw}, strides {strides}, pads {pads}")
+        if int(block) != 4:
+            raise SparsekitError(f"layout {layout} needs 1x4 blocks (block=4), got block={block}")
     packed = pack(w.reshape(M, -1), fmt, block, bank_size, keep)
     if residual_after_act and not residual:
         raise SparsekitError("residual_after_act needs a residual input")
@@ -266,6 +276,8 @@ def make_sparse_conv_node(name: str, x: str, y: str, weight, bias=None, *, fmt: 
                  **_act_attrs(activation, clip_min, clip_max))
     if fmt == "bank":
         attrs["bank_size"] = int(bank_size)
+    if layout != "NCHW":  # the default stays implicit: such nodes run on older libraries too
+        attrs["layout"] = layout
     node = helper.make_node("SparseConv", inputs, [y], name=name, domain=DOMAIN, **attrs)
     return node, inits
 

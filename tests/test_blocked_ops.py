@@ -1,6 +1,6 @@
-"""The channel-blocked layout in onnxruntime (issue 20): Reorder (NCHW <-> NCHWc8) and
-DepthwiseConv with layout = "NCHWc8", chained, against the same convs in stock onnxruntime, for
-every ISA the build has and 1 / 2 threads; and models whose blocked tensors disagree with their
+"""The channel-blocked layout in onnxruntime (issue 20): Reorder (NCHW <-> NCHWc8),
+DepthwiseConv and SparseConv (1x1, 1x4 blocks) with layout = "NCHWc8", chained, against the same
+convs in stock onnxruntime, for every ISA the build has and 1 / 2 threads; and models whose blocked tensors disagree with their
 declared shapes, refused at session creation (or, with shapes unknown there, at run time)."""
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from onnx import helper, numpy_helper
 
 import sparsekit
-from sparsekit.pack import make_depthwise_node, make_reorder_node
+from sparsekit.pack import make_depthwise_node, make_reorder_node, make_sparse_conv_node
 from ort_helpers import assert_close, make_model, run_stock, vinfo
 
 
@@ -199,3 +199,184 @@ def test_reorder_edge_shapes(shape):
             sess.run(None, {"X": x})
     else:
         np.testing.assert_array_equal(sess.run(None, {"X": x})[0], blocked(x))
+
+
+# ---- blocked SparseConv ----------------------------------------------------------------------
+# (N, C, H, W, M1, M2, depthwise stride, 1x4 sparsity): Reorder -> SparseConv C->M1 -> blocked
+# depthwise 3x3 -> SparseConv M1->M2 -> Reorder.  Channel counts not multiples of 8 (or 4),
+# odd planes, 1 pixel (the group split), large planes (the pixel split, several panel chunks).
+PW_CHAINS = {
+    "8-16-8-7x7": (1, 8, 7, 7, 16, 8, 1, 0.5),
+    "13-20-13-9x11-s2": (2, 13, 9, 11, 20, 13, 2, 0.7),
+    "3-5-6-5x5-dense": (1, 3, 5, 5, 5, 6, 1, 0.0),
+    "33-67-33-14x14": (1, 33, 14, 14, 67, 33, 1, 0.9),
+    "17-12-9-1x1": (1, 17, 1, 1, 12, 9, 1, 0.6),
+    "32-64-64-28x28-s2": (1, 32, 28, 28, 64, 64, 2, 0.9),
+    "24-44-24-57x31": (1, 24, 57, 31, 44, 24, 1, 0.95),
+    "100-200-100-7x7": (2, 100, 7, 7, 200, 100, 1, 0.9),
+}
+
+
+def sparse_1x4(rng, M, C, sparsity, empty_groups=True):
+    """[M, C, 1, 1] weight pruned in blocks of 4 output rows at one input channel; with
+    empty_groups, every third group of 4 rows has no weight at all (empty rows)."""
+    w = rng.standard_normal((M, C)).astype(np.float32)
+    G = -(-M // 4)
+    keep = rng.random((G, C)) >= sparsity
+    if empty_groups and G > 2:
+        keep[1::3] = False
+    w *= np.repeat(keep, 4, axis=0)[:M]
+    return w.reshape(M, C, 1, 1)
+
+
+def pw_chain_models(rng, N, C, H, W, M1, M2, s, sparsity, act, residual):
+    """The blocked chain and the same convs in plain ONNX; with residual (M2 == C), the second
+    SparseConv adds the chain's blocked input before its ReLU6."""
+    w1 = sparse_1x4(rng, M1, C, sparsity)
+    b1 = rng.standard_normal(M1).astype(np.float32)
+    wd = rng.standard_normal((M1, 1, 3, 3)).astype(np.float32)
+    bd = rng.standard_normal(M1).astype(np.float32)
+    w2 = sparse_1x4(rng, M2, M1, sparsity)
+    b2 = rng.standard_normal(M2).astype(np.float32)
+    clip = dict(clip_min=0.0, clip_max=6.0)
+    r1, _ = make_reorder_node("to_c8", "X", "Xb", "NCHWc8")
+    p1, i1 = make_sparse_conv_node("pw1", "Xb", "Ab", w1, b1, activation=act, layout="NCHWc8",
+                                   **(clip if act == "clip" else {}))
+    d1, i2 = make_depthwise_node("dw", "Ab", "Bb", wd, bd, strides=(s, s), pads=(1, 1, 1, 1),
+                                 activation="clip", layout="NCHWc8", **clip)
+    p2, i3 = make_sparse_conv_node("pw2", "Bb", "Yb", w2, b2, activation="clip", layout="NCHWc8",
+                                   residual="Xb" if residual else None, **clip)
+    r2, _ = make_reorder_node("to_nchw", "Yb", "Y", "NCHW", channels=M2)
+    inputs = [vinfo("X", [N, C, H, W])]
+    sparse = make_model([r1, p1, d1, p2, r2], inputs, [vinfo("Y", None)], i1 + i2 + i3)
+    if residual:  # stride 2 has no residual: the planes differ
+        assert s == 1 and M2 == C
+    c1 = helper.make_node("Conv", ["X", "W1", "B1"], ["C1"], kernel_shape=[1, 1])
+    e1, ei1 = _act("C1", "A", act, "a1")
+    cd = helper.make_node("Conv", ["A", "WD", "BD"], ["CD"], group=M1, kernel_shape=[3, 3],
+                          strides=[s, s], pads=[1, 1, 1, 1])
+    ed, eid = _act("CD", "B", "clip", "ad")
+    c2 = helper.make_node("Conv", ["B", "W2", "B2"], ["C2"], kernel_shape=[1, 1])
+    nodes = [c1] + e1 + [cd] + ed + [c2]
+    if residual:
+        nodes.append(helper.make_node("Add", ["C2", "X"], ["S2"]))
+    e2, ei2 = _act("S2" if residual else "C2", "Y", "clip", "a2")
+    inits = [numpy_helper.from_array(a, n) for a, n in (
+        (w1, "W1"), (b1, "B1"), (wd, "WD"), (bd, "BD"), (w2, "W2"), (b2, "B2"))]
+    dense = make_model(nodes + e2, inputs, [vinfo("Y", None)], inits + ei1 + eid + ei2,
+                       sparse=False)
+    return sparse, dense
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("act", ["none", "relu", "clip"])
+@pytest.mark.parametrize("case", list(PW_CHAINS))
+def test_blocked_pointwise_chain_matches_stock(isa, case, act, threads):
+    N, C, H, W, M1, M2, s, sp = PW_CHAINS[case]
+    residual = s == 1 and M2 == C and act != "none"
+    rng = np.random.default_rng(len(case) * 17 + len(act))
+    sparse, dense = pw_chain_models(rng, N, C, H, W, M1, M2, s, sp, act, residual)
+    feeds = {"X": rng.standard_normal((N, C, H, W)).astype(np.float32)}
+    y = sparsekit.session(sparse, threads=threads).run(None, feeds)[0]
+    assert_close(y, run_stock(dense, feeds), 9 * (C + M1))
+
+
+@pytest.mark.parametrize("after", [False, True])
+def test_blocked_sparse_conv_lanes_and_residual(isa, after):
+    """The blocked output itself: numpy's NCHWc8 of the NCHW op's result on the same weights,
+    lanes past M equal to act(0) (+ the residual's lanes past M), residual before or after the
+    activation."""
+    rng = np.random.default_rng(3 + after)
+    N, C, M, H, W = 2, 11, 13, 5, 7
+    w = sparse_1x4(rng, M, C, 0.5)
+    b = rng.standard_normal(M).astype(np.float32)
+    x = rng.standard_normal((N, C, H, W)).astype(np.float32)
+    r = rng.standard_normal((N, 2, H, W, 8)).astype(np.float32)
+    kw = dict(activation="clip", clip_min=-0.5, clip_max=0.7, residual="R",
+              residual_after_act=after)
+    nb, ib = make_sparse_conv_node("pw", "Xb", "Yb", w, b, layout="NCHWc8", **kw)
+    mb = make_model([nb], [vinfo("Xb", [N, 2, H, W, 8]), vinfo("R", [N, 2, H, W, 8])],
+                    [vinfo("Yb", None)], ib)
+    nn_, in_ = make_sparse_conv_node("pw", "X", "Y", w, b, **kw)
+    rn = r.transpose(0, 1, 4, 2, 3).reshape(N, 16, H, W)
+    mn = make_model([nn_], [vinfo("X", [N, C, H, W]), vinfo("R", [N, M, H, W])],
+                    [vinfo("Y", None)], in_)
+    yb = sparsekit.session(mb, threads=2).run(None, {"Xb": blocked(x), "R": r})[0]
+    yn = sparsekit.session(mn).run(None, {"X": x, "R": np.ascontiguousarray(rn[:, :M])})[0]
+    assert yb.shape == (N, 2, H, W, 8)
+    got = yb.transpose(0, 1, 4, 2, 3).reshape(N, 16, H, W)
+    np.testing.assert_allclose(got[:, :M], yn, rtol=1e-5, atol=1e-5)
+    pad = rn[:, M:]
+    want_pad = np.clip(0.0, -0.5, 0.7) + pad if after else np.clip(pad, -0.5, 0.7)
+    np.testing.assert_allclose(got[:, M:], want_pad, rtol=1e-6, atol=1e-6)
+
+
+def _pw_blocked_model(declared, C=20, M=12, res_declared=None, **kw):
+    w = sparse_1x4(np.random.default_rng(0), M, C, 0.5)
+    node, inits = make_sparse_conv_node("pw", "Xb", "Y", w, layout="NCHWc8",
+                                        residual="R" if res_declared is not None else None, **kw)
+    inputs = [vinfo("Xb", declared)]
+    if res_declared is not None:
+        inputs.append(vinfo("R", res_declared))
+    return make_model([node], inputs, [vinfo("Y", None)], inits)
+
+
+@pytest.mark.parametrize("declared, res, what", [
+    ([1, 20, 8, 8], None, "X is declared with shape \\[1, 20, 8, 8\\].*needs \\[N, 3, H, W, 8\\]"),
+    ([1, 2, 8, 8, 8], None, "X is declared.*needs \\[N, 3, H, W, 8\\]"),
+    ([1, 3, 8, 8, 4], None, "needs \\[N, 3, H, W, 8\\]"),
+    ([1, 3, 8, 8, 8], [1, 12, 8, 8], "residual is declared.*needs \\[N, 2, H, W, 8\\]"),
+    ([1, 3, 8, 8, 8], [1, 3, 8, 8, 8], "residual is declared.*needs \\[N, 2, H, W, 8\\]"),
+])
+def test_blocked_sparse_conv_declared_shape_fails_at_creation(declared, res, what):
+    with pytest.raises(Exception, match=what) as e:
+        sparsekit.session(_pw_blocked_model(declared, res_declared=res))
+    assert "SparseConv" in str(e.value)
+
+
+def test_blocked_sparse_conv_refuses_what_it_cannot_run():
+    """Only 1x1 / stride 1 / no pads / 1x4 blocks run blocked: the others fail at creation
+    (in pack, and in the library for a node made past pack), as does an unknown layout."""
+    w = sparse_1x4(np.random.default_rng(1), 8, 8, 0.5)
+    with pytest.raises(sparsekit.SparsekitError, match="needs a 1x1 conv"):
+        make_sparse_conv_node("pw", "X", "Y", np.ones((8, 8, 3, 3), np.float32), layout="NCHWc8")
+    with pytest.raises(sparsekit.SparsekitError, match="needs 1x4 blocks"):
+        make_sparse_conv_node("pw", "X", "Y", w, block=1, layout="NCHWc8")
+    with pytest.raises(sparsekit.SparsekitError, match="layout must be one of"):
+        make_sparse_conv_node("pw", "X", "Y", w, layout="NHWC")
+    for tweak, what in ((dict(block=1), "needs 1x4 blocks"),
+                        (dict(strides=(2, 2)), "needs a 1x1 conv with stride 1"),
+                        (dict(layout="NHWC"), "attribute 'layout' must be")):
+        node, inits = make_sparse_conv_node("pw", "Xb", "Y", w, **{k: v for k, v in tweak.items()
+                                                                    if k != "layout"})
+        node.attribute.append(helper.make_attribute("layout", tweak.get("layout", "NCHWc8")))
+        m = make_model([node], [vinfo("Xb", [1, 1, 4, 4, 8])], [vinfo("Y", None)], inits)
+        with pytest.raises(Exception, match=what):
+            sparsekit.session(m)
+
+
+@pytest.mark.parametrize("shape", [
+    (0, 3, 8, 8, 8), (2, 3, 1, 1, 8), (1, 3, 0, 8, 8), (1, 3, 8, 0, 8), (1, 3, 2, 40, 8),
+    (1, 3, 8, 8, 1), (1, 3, 8, 8, 9), (1, 2, 8, 8, 8), (1, 3, 8, 8), (1, 3, 8, 8, 8, 1),
+])
+def test_blocked_sparse_conv_run_shapes(isa, shape):
+    """Declared shape unknown: whatever reaches the op runs right or fails the run cleanly, and
+    the session stays usable (also under ASan)."""
+    sess = sparsekit.session(_pw_blocked_model(None))
+    x = np.random.default_rng(len(shape)).standard_normal(shape).astype(np.float32)
+    valid = len(shape) == 5 and shape[1] == 3 and shape[4] == 8
+    if not valid:
+        with pytest.raises(Exception, match="SparseConv node 'pw'"):
+            sess.run(None, {"Xb": x})
+    else:
+        y = sess.run(None, {"Xb": x})[0]
+        N, _, H, W, _ = shape
+        assert y.shape == (N, 2, H, W, 8)
+        w = sparse_1x4(np.random.default_rng(0), 12, 20, 0.5)[:, :, 0, 0]
+        xn = x.transpose(0, 1, 4, 2, 3).reshape(N, 24, H, W)[:, :20]
+        want = np.einsum("mc,nchw->nmhw", w, xn)
+        got = y.transpose(0, 1, 4, 2, 3).reshape(N, 16, H, W)
+        np.testing.assert_allclose(got[:, :12], want, rtol=1e-4, atol=1e-5)
+        assert not got[:, 12:].any()
+    y = sess.run(None, {"Xb": np.ones((1, 3, 4, 4, 8), np.float32)})[0]
+    assert y.shape == (1, 2, 4, 4, 8)

@@ -52,6 +52,14 @@ class SparseConvKernel {
   KChunks kchunks_;             // im2col path, B = 1, large K: blocks by chunks of panel rows
   std::vector<int32_t> tap_c_, tap_dy_, tap_dx_;  // per panel row: channel, row/col shift
   bool phases_;                 // phase-plane path possible (small strided convs: the stems)
+  // layout = "NCHWc8" (1x1, stride 1, no pads, 1x4 blocks only): X [N, ceil(C/8), H, W, 8],
+  // Y and the residual [N, ceil(M/8), H, W, 8], through KernelTable::spmm_b4_blocked
+  bool blocked_ = false;
+  int blk_ps_ = 0;              // panel stride: pixels of X transposed per chunk
+  AVec<int32_t> blk_xoff_;      // k * blk_ps_
+  AVec<float> blk_bias_;        // [ceil(M/8) * 8], zero past M (empty when no bias)
+  void init_blocked(const Api& api, const OrtKernelInfo* info);
+  void compute_blocked(OrtKernelContext* ctx) const;
 };
 
 class SparseGemmKernel {

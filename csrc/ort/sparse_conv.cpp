@@ -100,7 +100,11 @@ SparseConvKernel::SparseConvKernel(const Api& api, const OrtKernelInfo* info) : 
   Attrs a(api, info);
   refuse_unimplemented(a, {"format", "block", "bank_size", "activation", "clip_min", "clip_max",
                            "residual_after_act", "out_channels", "in_channels", "kernel_shape",
-                           "strides", "pads", "dilations"});
+                           "strides", "pads", "dilations", "layout"});
+  const std::string layout = a.get_string("layout", "NCHW");
+  if (layout != "NCHW" && layout != "NCHWc8")
+    throw Error("attribute 'layout' must be \"NCHW\" or \"NCHWc8\", got \"" + layout + "\"");
+  blocked_ = layout == "NCHWc8";
   kt_ = select_table();
   M_ = a.get_int("out_channels");
   C_ = a.get_int("in_channels");
@@ -149,13 +153,15 @@ SparseConvKernel::SparseConvKernel(const Api& api, const OrtKernelInfo* info) : 
     static_xoff_.resize(w_.k.size());
     direct_offsets(w_, static_hw_, static_xoff_.data());
   }
+  if (blocked_) init_blocked(api, info);
   // K chunks for the im2col path only: on the direct path (X rows an image plane apart) they
   // measured slower on MobileNetV1's 1x1 layers (e.g. 512x14x14 0.33 -> 0.39 ms at 90% bank).
   if (!residual_after_act_ && !direct_) kchunks_ = make_panel_kchunks(w_, panel_, kt_);
   log_verbose(api, info,
               std::string("sparsekit SparseConv '") + node_name(api, info) + "': kernels " +
                   kt_->name + ", " +
-                  (direct_   ? "direct 1x1"
+                  (blocked_  ? "NCHWc8 1x1 (panel " + s(blk_ps_) + " px)"
+                   : direct_ ? "direct 1x1"
                    : phases_ ? "phase-plane (output rows >= 24 wide) or im2col"
                              : "im2col") +
                   " path, " + s(w_.nblocks()) + " nonzero blocks of " + s(w_.B) + ", panel T=" +
@@ -173,6 +179,7 @@ sk::Epilogue SparseConvKernel::epilogue() const {
 }
 
 void SparseConvKernel::compute(OrtKernelContext* ctx) const {
+  if (blocked_) return compute_blocked(ctx);
   const TensorView X = view_tensor(api_, get_input(api_, ctx, kInX), "X");
   if (X.type != ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT)
     throw Error(std::string("X must be float32, got ") + dtype_name(X.type));
@@ -413,6 +420,98 @@ void SparseConvKernel::run_phases(OrtKernelContext* ctx, const float* x, float* 
       spmm(size_t(OW), m, 0, int(w_.G), ph.get() + r * Wh, y + at, P, ep);
     }
   });
+}
+
+// ---- layout NCHWc8 -------------------------------------------------------------------------
+// A 1x1 conv between channel-blocked tensors (docs/format.md): same packed weights, the kernel
+// reads X through a per-chunk transposed panel and stores Y blocks directly (spmm_blocked.h).
+namespace {
+constexpr int64_t kBL = sk::kChannelBlock;
+// Panel chunk: X's K8 rows x this many pixels in 256 KiB (L2 on Zen 3/4), at most 960 pixels
+// (the NCHW kernels' chunk) and at least 32; a multiple of 8.  MobileNetV1's 49x1024 layers
+// thus run as one chunk (every chunk is one pass over all the weights).
+int blocked_panel_stride(int64_t K8) {
+  const int64_t by_k = (int64_t(64) << 10) / std::max<int64_t>(1, K8);
+  return int(std::max<int64_t>(32, std::min<int64_t>(960, by_k)) / 8 * 8);
+}
+}  // namespace
+
+void SparseConvKernel::init_blocked(const Api& api, const OrtKernelInfo* info) {
+  if (!direct_ || dh_ != 1 || dw_ != 1)
+    throw Error("layout NCHWc8 needs a 1x1 conv with stride 1 and no pads, got kernel " +
+                s(kh_) + "x" + s(kw_) + ", strides " + s(sh_) + "x" + s(sw_) + ", pads [" +
+                s(pt_) + ", " + s(pl_) + ", " + s(pb_) + ", " + s(pr_) + "]");
+  if (w_.B != 4)
+    throw Error("layout NCHWc8 needs 1x4 blocks (block = 4), got block " + s(w_.B));
+  // Declared shapes of the blocked inputs must agree with the layout: a crafted model fails
+  // here, not at run time (as DepthwiseConv and Reorder do).
+  std::vector<int64_t> xs;
+  if (input_static_shape(api, info, kInX, &xs)) check_blocked_shape(xs, C_, "X");
+  if (input_present(api, info, kInResidual) &&
+      input_static_shape(api, info, kInResidual, &xs))
+    check_blocked_shape(xs, M_, "residual");
+  const int64_t K8 = (C_ + kBL - 1) / kBL * kBL;
+  if (K8 > INT32_MAX / 960)
+    throw Error("in_channels = " + s(C_) + " is too large for layout NCHWc8");
+  blk_ps_ = blocked_panel_stride(K8);
+  blk_xoff_.resize(std::max<size_t>(1, w_.k.size()));
+  for (size_t j = 0; j < w_.k.size(); ++j) blk_xoff_[j] = w_.k[j] * blk_ps_;
+  if (!bias_.empty()) {
+    blk_bias_.assign(size_t((M_ + kBL - 1) / kBL * kBL), 0.0f);
+    std::copy(bias_.begin(), bias_.end(), blk_bias_.begin());
+  }
+}
+
+void SparseConvKernel::compute_blocked(OrtKernelContext* ctx) const {
+  const int64_t kb = (C_ + kBL - 1) / kBL, mb = (M_ + kBL - 1) / kBL;
+  const TensorView X = view_tensor(api_, get_input(api_, ctx, kInX), "X");
+  if (X.type != ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT)
+    throw Error(std::string("X must be float32, got ") + dtype_name(X.type));
+  if (X.shape.size() != 5 || X.shape[1] != kb || X.shape[4] != kBL)
+    throw Error("X has shape " + X.shape_str() + " but layout NCHWc8 with " + s(C_) +
+                " in_channels needs [N, " + s(kb) + ", H, W, 8]");
+  const int64_t N = X.shape[0], H = X.shape[2], W = X.shape[3];
+  const int64_t P = H * W;
+  if (H > INT32_MAX || W > INT32_MAX || P > INT32_MAX / kBL)
+    throw Error("X spatial size " + s(H) + "x" + s(W) + " is too large");
+  const std::vector<int64_t> ydims = {N, mb, H, W, kBL};
+  const float* res = get_residual(api_, ctx, kInResidual, ydims);
+  float* y = get_output(api_, ctx, ydims);
+  if (N == 0 || P == 0) return;
+  const float* x = static_cast<const float*>(X.data);
+  sk::SpMat m = spmat(w_, blk_xoff_.data());
+  sk::Epilogue ep0 = epilogue();
+  ep0.bias = blk_bias_.empty() ? nullptr : blk_bias_.data();
+  const int64_t xbs = P * kBL, ybs = P * kBL;  // block strides
+  const size_t panel = size_t(kb * kBL * blk_ps_);
+  const int G2 = int(2 * mb);  // half-block groups, the last one possibly empty
+  // The NCHW op's split: pixels for large images (each item transposes only its own pixels),
+  // Y blocks for small ones (each item transposes all of X's few pixels into its own panel).
+  if (P > kSmallPixels || P >= 4 * kt_->tile_pixels) {
+    const PixelSplit ps = split_pixels(P, pixel_tile(kt_, C_), kt_);
+    parallel_for(api_, ctx, size_t(N * ps.n), [&](size_t i) {
+      const int64_t n = int64_t(i) / ps.n, t = int64_t(i) % ps.n;
+      const int64_t p0 = ps.begin(t), len = ps.len(t);
+      Scratch<float> pan{panel};
+      sk::Epilogue ep = ep0;
+      if (res) ep.residual = res + n * mb * ybs + p0 * kBL, ep.residual_stride = ybs;
+      kt_->spmm_b4_blocked(size_t(len), m, 0, G2, x + n * kb * xbs + p0 * kBL, xbs, int(kb),
+                           y + n * mb * ybs + p0 * kBL, ybs, ep, pan.get(), blk_ps_);
+    });
+  } else {
+    // Whole Y blocks per item (no cache line shared between threads), and only 4 items: each
+    // transposes all of X again.
+    const GroupChunks gc{int(std::min<int64_t>(mb, 4)), int(mb)};
+    parallel_for(api_, ctx, size_t(N * gc.n), [&](size_t i) {
+      const int64_t n = int64_t(i) / gc.n;
+      const int c = int(int64_t(i) % gc.n);
+      Scratch<float> pan{panel};
+      sk::Epilogue ep = ep0;
+      if (res) ep.residual = res + n * mb * ybs, ep.residual_stride = ybs;
+      kt_->spmm_b4_blocked(size_t(P), m, 2 * gc.begin(c), 2 * gc.end(c), x + n * kb * xbs, xbs,
+                           int(kb), y + n * mb * ybs, ybs, ep, pan.get(), blk_ps_);
+    });
+  }
 }
 
 }  // namespace skort
