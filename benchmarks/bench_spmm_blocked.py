@@ -47,7 +47,7 @@ def pruned_1x4(rng, M, K, sparsity):
 def _chain(K, M, chain, rng, sparsity):
     """(in, out, weight, bias) of the conv under test and its followers (M -> M)."""
     convs, c = [], K
-    for i in range(chain):
+    for _ in range(chain):
         w = pruned_1x4(rng, M, c, sparsity)
         convs.append((c, M, w, rng.standard_normal(M).astype(np.float32) * 0.1))
         c = M

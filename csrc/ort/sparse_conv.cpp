@@ -502,9 +502,9 @@ void SparseConvKernel::compute_blocked(OrtKernelContext* ctx) const {
                            y + n * mb * ybs + p0 * kBL, ybs, ep, pan.get(), blk_ps_);
     });
   } else {
-    // Whole Y blocks per item (no cache line shared between threads), and only 4 items: each
-    // transposes all of X again.
-    const GroupChunks gc{int(std::min<int64_t>(mb, 4)), int(mb)};
+    // Whole Y blocks per item (no cache line shared between threads), and only 2 items (the
+    // 2-core target): each transposes all of X again.
+    const GroupChunks gc{int(std::min<int64_t>(mb, 2)), int(mb)};
     parallel_for(api_, ctx, size_t(N * gc.n), [&](size_t i) {
       const int64_t n = int64_t(i) / gc.n;
       const int c = int(int64_t(i) % gc.n);
