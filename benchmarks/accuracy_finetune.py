@@ -52,8 +52,8 @@ def logits(model, x, batch=64):
 
 
 def score(dense_logits, model, x, known=None):
-    """Top-1 agreement and KL against the dense logits; with ``known`` (a set of classes), also
-    the agreement on the crops whose dense top-1 is / is not one of them."""
+    """Top-1 agreement, top-5 containment and KL against the dense logits; with ``known`` (a set
+    of classes), also the agreement on the crops whose dense top-1 is / is not one of them."""
     z = logits(model, x).astype(np.float64)
     t = dense_logits.astype(np.float64)
     lt = t - t.max(1, keepdims=True)
@@ -61,7 +61,11 @@ def score(dense_logits, model, x, known=None):
     lz = z - z.max(1, keepdims=True)
     lz -= np.log(np.exp(lz).sum(1, keepdims=True))
     same = z.argmax(1) == t.argmax(1)
-    out = {"agreement": float(np.mean(same)), "kl": float(np.mean((np.exp(lt) * (lt - lz)).sum(1)))}
+    # top-5: the dense top-1 class is among the pruned model's five best (a near-miss on an
+    # ambiguous crop counts; see docs/finetune.md for how fragile top-1 agreement is on these photos)
+    top5 = (np.argsort(-z, axis=1)[:, :5] == t.argmax(1)[:, None]).any(1)
+    out = {"agreement": float(np.mean(same)), "top5": float(np.mean(top5)),
+           "kl": float(np.mean((np.exp(lt) * (lt - lz)).sum(1)))}
     if known is not None:
         inside = np.isin(t.argmax(1), sorted(known))
         out.update(known_classes=float(np.mean(same[inside])) if inside.any() else None,
@@ -91,10 +95,16 @@ def main() -> int:
                     choices=["magnitude", "reconstruction", "allocation"],
                     help="reconstruction: with channel correction where prune has it; allocation: the "
                          "same with per-layer sparsities from `sparsekit analyze` (the same total)")
+    ap.add_argument("--exclude", default=None, metavar="REGEX",
+                    help="layers prune leaves dense (e.g. classifier: the final Gemm)")
     ap.add_argument("--skip-finetune", action="store_true")
     ap.add_argument("--gradual-from", type=float, default=None,
                     help="instead: reconstruct at this sparsity and prune gradually to --sparsity while "
                          "fine-tuning")
+    ap.add_argument("--fragility", action="store_true",
+                    help="instead: how far the dense model's own top-1 moves on the unseen crops when the "
+                         "layers prune would choose get Gaussian noise of 2-20%% of their mean |w| (a "
+                         "scale for what an agreement figure means on these photos)")
     ap.add_argument("--report", action="store_true", help="write the markdown table from the rows")
     ap.add_argument("--digits", action="store_true",
                     help="the digits CNN instead: test top-1 on its 600 held-out images")
@@ -103,6 +113,8 @@ def main() -> int:
         return report()
     if args.digits:
         return digits(args)
+    if args.fragility:
+        return fragility()
 
     dense = pretrained.mobilenet_v2_imagenet()
     work = Path(tempfile.mkdtemp(prefix="sk_ft_"))
@@ -120,7 +132,8 @@ def main() -> int:
     cal = Calibration({"input": cal_x}, 32, f"{len(cal_x)} crops of {len(train_files)} photos")
 
     base = dict(photos=len(train_files), eval_photos=len(eval_files), pattern=args.pattern,
-                sparsity=args.sparsity, seen_crops=len(seen_x), unseen_crops=len(unseen_x),
+                sparsity=args.sparsity, exclude=args.exclude, seen_crops=len(seen_x),
+                unseen_crops=len(unseen_x),
                 date=time.strftime("%Y-%m-%d %H:%M"), machine=platform.processor() or platform.machine(),
                 onnxruntime=ort.__version__)
     rows = []
@@ -139,11 +152,13 @@ def main() -> int:
 
     def one_shot(method, sparsity):
         """A one-shot pruned model, cached across runs (its row is recorded once, when made)."""
-        path = CACHE / f"{len(train_files)}_{args.pattern}_{sparsity}_{method}.onnx"
+        dense_part = f"_except-{args.exclude}" if args.exclude else ""
+        path = CACHE / f"{len(train_files)}_{args.pattern}_{sparsity}_{method}{dense_part}.onnx"
         if path.is_file():
             return onnx.load(path)
         t0 = time.perf_counter()
         kw = {} if method == "magnitude" else dict(calibration=cal, **(_cc() if "channel" in method else {}))
+        kw["exclude"] = args.exclude
         if method.startswith("allocation"):     # analyze's per-layer budgets for this total sparsity
             kw["recipe"] = analyze(dense, cal, sparsity, pattern=args.pattern, samples=64).recipe()
         m, _ = prune(dense, args.pattern, sparsity, **kw)
@@ -180,7 +195,49 @@ def main() -> int:
            features=args.features, train_size=args.train_size,
            loss_first=rep.loss_first, loss_last=rep.loss_last)
     CACHE.mkdir(parents=True, exist_ok=True)     # the tuned model, for later looks at its errors
-    onnx.save(tuned, CACHE / f"{len(train_files)}_{args.pattern}_{args.sparsity}_{label}_{rep.steps}.onnx")
+    onnx.save(tuned, CACHE / f"{len(train_files)}_{args.pattern}_{args.sparsity}_{label}_{rep.steps}"
+                            f"{'_except-' + args.exclude if args.exclude else ''}.onnx")
+    return 0
+
+
+def fragility(levels=(0.02, 0.05, 0.10, 0.20), seed=0) -> int:
+    """The dense model with noise on the weights prune would prune (BatchNorm folded first, as
+    prune does), scored like the study's rows on the same unseen crops: the agreement a model
+    as close to dense as int8 (2%) or a careful fine-tune (5-10%) gets on these photos."""
+    from sparsekit.fold_bn import fold_batchnorms
+    from sparsekit.graph import initializer_map, set_initializer, tensor_to_array
+    from sparsekit.selection import select_layers, selection_rules
+
+    dense = pretrained.mobilenet_v2_imagenet()
+    work = Path(tempfile.mkdtemp(prefix="sk_ft_frag_"))
+    photos.export("evaluation", work / "eval")
+    x = photo_crops(sorted((work / "eval").iterdir()), (224, 224), 8, seed=0)
+    t = logits(dense, x)
+    p = np.exp(t - t.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    top2 = np.sort(p, 1)[:, -2:]
+    folded = onnx.ModelProto()
+    folded.CopyFrom(dense)
+    fold_batchnorms(folded)    # in place
+    layers = [c for c, _ in select_layers(folded, selection_rules("block", 0.5)).chosen]
+    rows = {"model": "mobilenet_v2 dense + noise", "unseen_crops": len(x), "layers": len(layers),
+            "teacher_top1_prob_median": float(np.median(top2[:, 1])),
+            "teacher_margin_median": float(np.median(top2[:, 1] - top2[:, 0])),
+            "date": time.strftime("%Y-%m-%d %H:%M"), "levels": {}}
+    rng = np.random.default_rng(seed)
+    for level in levels:
+        m = onnx.ModelProto()
+        m.CopyFrom(folded)
+        inits = initializer_map(m)
+        for c in layers:
+            w = tensor_to_array(inits[c.weight])
+            noisy = w + rng.standard_normal(w.shape).astype(np.float32) * level * float(np.abs(w).mean())
+            set_initializer(inits[c.weight], noisy.astype(np.float32))
+        rows["levels"][f"{level:.0%}"] = score(t, m, x)
+        print(f"noise {level:.0%}: {rows['levels'][f'{level:.0%}']}", flush=True)
+    with open(str(RESULTS) + "_fragility.jsonl", "a") as f:
+        f.write(json.dumps(rows) + "\n")
+    print(json.dumps(rows))
     return 0
 
 
@@ -240,19 +297,22 @@ def report() -> int:
              "above it (reconstruction, + channel correction where listed).", "",
              "unseen, known / other classes: the agreement on the unseen crops whose dense top-1 class "
              "is / is not among the dense top-1 classes of the training photos (recorded from "
-             "2026-12-05).", "",
-             "| photos | pattern | sparsity | method | seen agree / KL | unseen agree / KL | "
-             "unseen, known / other classes | time | steps x batch |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "2026-12-05). unseen top-5: the share of unseen crops whose dense top-1 class is among "
+             "the model's five best (recorded from 2026-12-05 16:00). dense: the layers prune left "
+             "dense (`--exclude`).", "",
+             "| photos | pattern | sparsity | dense | method | seen agree / KL | unseen agree / KL | "
+             "unseen top-5 | unseen, known / other classes | time | steps x batch |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         t = f"{r['seconds']} s" if "seconds" in r else "-"
         sb = f"{r['steps']} x {r['batch_size']}" if "steps" in r else "-"
         u = r["unseen"]
         split = (f"{u['known_classes']:.1%} / {u['other_classes']:.1%} ({u['known_share']:.0%} known)"
                  if u.get("known_classes") is not None and u.get("other_classes") is not None else "-")
-        lines.append(f"| {r['photos']} | {r['pattern']} | {r['sparsity']:.0%} | {r['method']} | "
-                     f"{r['seen']['agreement']:.1%} / {r['seen']['kl']:.3f} | "
-                     f"{u['agreement']:.1%} / {u['kl']:.3f} | {split} | {t} | {sb} |")
+        top5 = f"{u['top5']:.1%}" if "top5" in u else "-"
+        lines.append(f"| {r['photos']} | {r['pattern']} | {r['sparsity']:.0%} | {r.get('exclude') or '-'} | "
+                     f"{r['method']} | {r['seen']['agreement']:.1%} / {r['seen']['kl']:.3f} | "
+                     f"{u['agreement']:.1%} / {u['kl']:.3f} | {top5} | {split} | {t} | {sb} |")
     meta = rows[-1] if rows else {}
     lines += ["", f"Machine: {meta.get('machine', '?')} (2 cores), "
               f"onnxruntime {meta.get('onnxruntime', '?')}; rows appended by "
