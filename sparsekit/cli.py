@@ -750,6 +750,9 @@ def zoo(name, output, force, as_json):
               help="Samples per step.")
 @click.option("--lr", type=click.FloatRange(min=0.0), default=1e-4, show_default=True,
               help="Adam learning rate (warm-up, then --schedule over the budget).")
+@click.option("--relative-lr", is_flag=True,
+              help="--lr is a step relative to each output channel's weight scale (per tensor for "
+                   "biases), not an absolute one: suits models with folded BatchNorms.")
 @click.option("--schedule", type=click.Choice(SCHEDULES), default="cosine", show_default=True,
               help="Learning-rate schedule.")
 @click.option("--loss", type=click.Choice(LOSSES), default="auto", show_default=True,
@@ -791,7 +794,8 @@ def zoo(name, output, force, as_json):
               help="Weights in a side file named after OUTPUT (OUTPUT.data), or in the .onnx only "
                    "(an error above 2 GB). Default: as the input has them; always above 2 GB.")
 @click.option("--force", is_flag=True, help="Overwrite the output file if it exists.")
-def finetune(model, output, teacher, data, preprocess, steps, seconds, batch_size, lr, schedule, loss,
+def finetune(model, output, teacher, data, preprocess, steps, seconds, batch_size, lr, relative_lr,
+             schedule, loss,
              temperature, feature_weight, no_augment, mix, synthetic, train_size, holdout, eval_data,
              eval_crops, sparsity, threads, device, seed, checkpoint, checkpoint_every, resume, as_json,
              force, external_data):
@@ -812,7 +816,8 @@ def finetune(model, output, teacher, data, preprocess, steps, seconds, batch_siz
     with _training_progress(enabled=not as_json) as progress:
         tuned, report = run_finetune(
             student, dense, data, preprocess=preprocess, steps=steps, seconds=seconds,
-            batch_size=batch_size, lr=lr, schedule=schedule, temperature=temperature, loss=loss,
+            batch_size=batch_size, lr=lr, relative_lr=relative_lr, schedule=schedule,
+            temperature=temperature, loss=loss,
             feature_weight=feature_weight, augment=not no_augment, mix=mix, synthetic=synthetic,
             train_size=train_size, holdout=holdout, eval_data=eval_data, eval_crops=eval_crops,
             sparsity=sparsity, threads=threads, device=device, seed=seed, checkpoint=ckpt,

@@ -308,7 +308,7 @@ def finetune(pruned, teacher, data, *, preprocess: Optional[str] = None,
              steps: Optional[int] = None, seconds: Optional[float] = None, batch_size: int = 32,
              lr: float = 1e-4, schedule: str = "cosine", temperature: float = 2.0, loss: str = "auto",
              feature_weight: float = 0.0, augment: bool = True, mix: float = 0.5, synthetic: float = 0.0,
-             train_size: Optional[int] = None,
+             train_size: Optional[int] = None, relative_lr: bool = False,
              holdout: float = 0.1, eval_data=None, eval_crops: int = 8,
              sparsity: Optional[float] = None, threads: Optional[int] = None, device: str = "cpu",
              seed: int = 0, checkpoint=None, checkpoint_every: float = 300.0, resume: bool = False,
@@ -326,6 +326,10 @@ def finetune(pruned, teacher, data, *, preprocess: Optional[str] = None,
     ``train_size``: train on ``train_size`` x ``train_size`` crops of a folder of images instead
     of the model's input size (both teacher and student at that size: a fully convolutional model
     with global pooling trains several times faster per image; evaluation stays at full size).
+    ``relative_lr``: ``lr`` is a step relative to each weight's scale (per output channel of
+    Conv/Gemm/MatMul weights, per tensor otherwise), not an absolute one: folded BatchNorms leave
+    channels whose weights differ in scale by orders of magnitude, which one absolute Adam step
+    cannot suit.
     ``sparsity``: prune further to this sparsity during training (cubic ramp, the recorded
     patterns). ``checkpoint``: a path written every ``checkpoint_every`` seconds and on Ctrl-C;
     ``resume`` continues from it. ``progress(info)`` is called after every step. The inputs are
@@ -368,7 +372,8 @@ def finetune(pruned, teacher, data, *, preprocess: Optional[str] = None,
     report = FinetuneReport(settings=dict(
         steps=steps, seconds=seconds, batch_size=batch_size, lr=lr, schedule=schedule,
         temperature=temperature, loss=loss, feature_weight=feature_weight, augment=augment, mix=mix,
-        synthetic=synthetic, train_size=train_size, holdout=holdout, sparsity=sparsity,
+        synthetic=synthetic, train_size=train_size, relative_lr=relative_lr, holdout=holdout,
+        sparsity=sparsity,
         threads=threads, device=device,
         seed=seed, trained_tensors=len(trainable), masked_weights=len(masks)),
         train_source=data_set.source, train_count=data_set.train_count)
@@ -406,6 +411,8 @@ def finetune(pruned, teacher, data, *, preprocess: Optional[str] = None,
     params = student.named_weights()
     mask_t = {n: torch.from_numpy(m).to(dev) for n, m in masks.items()}
     opt = torch.optim.Adam(list(params.values()), lr=lr)
+    scales = {n: torch.from_numpy(s).to(dev) for n, s in _step_scales(model, originals).items()} \
+        if relative_lr else {}
     rng = np.random.default_rng(seed)
     state = {"step": 0, "images": 0, "elapsed": 0.0, "losses": []}
     fp = _fingerprint(student_src.SerializeToString(deterministic=True),
@@ -505,8 +512,11 @@ def finetune(pruned, teacher, data, *, preprocess: Optional[str] = None,
             for n, m in mask_t.items():
                 if params[n].grad is not None:
                     params[n].grad.mul_(m)
+            before = {n: params[n].detach().clone() for n in scales}
             opt.step()
             with torch.no_grad():
+                for n, s in scales.items():     # Adam's step, times the weight's own scale
+                    params[n].copy_(before[n] + (params[n] - before[n]) * s)
                 for n, m in mask_t.items():
                     params[n].mul_(m)
             state["step"] += 1
@@ -547,6 +557,30 @@ def finetune(pruned, teacher, data, *, preprocess: Optional[str] = None,
         report.after = _compare(eval_teacher, _run(_ort_session(model, threads), data_set.eval_inputs,
                                                    data_set.step, out_names), kinds)
     return model, report
+
+
+def _step_scales(model: onnx.ModelProto, originals: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+    """Per trained tensor, the scale its steps are multiplied by under ``relative_lr``: the RMS
+    of the nonzero weights of each output channel (Conv/Gemm/MatMul weights, broadcastable), the
+    RMS of the tensor otherwise (biases and any other trained tensor; 1 where that is 0)."""
+    def rms(a, axis=None):
+        nz = np.count_nonzero(a, axis=axis, keepdims=axis is not None)
+        return np.sqrt(np.sum(np.square(a, dtype=np.float64), axis=axis, keepdims=axis is not None)
+                       / np.maximum(nz, 1))
+
+    out: Dict[str, np.ndarray] = {}
+    for layer in prunable_layers(model):
+        w = originals.get(layer.weight)
+        if w is None or layer.weight in out:
+            continue
+        axes = tuple(i for i in range(w.ndim) if i != (1 if layer.transposed else 0))
+        whole = rms(w)
+        out[layer.weight] = np.maximum(rms(w, axes), 1e-2 * whole if whole > 0 else 1.0)
+    for n, a in originals.items():
+        if n not in out:
+            r = rms(a)
+            out[n] = np.asarray(r if r > 0 else 1.0)
+    return {n: s.astype(originals[n].dtype) for n, s in out.items()}
 
 
 def _as_input(torch, a: np.ndarray, dev):

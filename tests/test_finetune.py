@@ -128,10 +128,12 @@ def test_pattern_kept_on_generated_models(tmp_path, seed, c1, c2, pattern, spars
 
 # --------------------------------------------------------------------------- learning and write-back
 
-def test_loss_falls_and_agreement_rises(tmp_path):
+@pytest.mark.parametrize("relative_lr", [False, True])
+def test_loss_falls_and_agreement_rises(tmp_path, relative_lr):
     dense = _cnn(3)
     pm = _pruned(dense, 0.75, pattern="block")
-    out, report = finetune(pm, dense, _data(tmp_path, n=200), steps=60, batch_size=32, lr=1e-2)
+    out, report = finetune(pm, dense, _data(tmp_path, n=200), steps=60, batch_size=32,
+                           lr=5e-2 if relative_lr else 1e-2, relative_lr=relative_lr)
     assert report.loss_last < 0.5 * report.loss_first
     # before/after are measured by onnxruntime on the held-back samples; check them independently
     held = report.before.samples
@@ -143,12 +145,46 @@ def test_loss_falls_and_agreement_rises(tmp_path):
     assert err(out) < 0.7 * err(pm)
 
 
+@pytest.mark.parametrize("relative_lr", [False, True])
 @pytest.mark.parametrize("transposed_fc", [False, True])
-def test_zero_learning_rate_gives_back_the_input_bit_for_bit(tmp_path, transposed_fc):
+def test_zero_learning_rate_gives_back_the_input_bit_for_bit(tmp_path, transposed_fc, relative_lr):
     dense = _cnn(transposed_fc=transposed_fc)
     pm = _pruned(dense, 0.5, pattern="block")
-    out, _ = finetune(pm, dense, _data(tmp_path), steps=3, batch_size=8, lr=0.0)
+    out, _ = finetune(pm, dense, _data(tmp_path), steps=3, batch_size=8, lr=0.0, relative_lr=relative_lr)
     assert out.SerializeToString(deterministic=True) == pm.SerializeToString(deterministic=True)
+
+
+@pytest.mark.parametrize("transposed_fc", [False, True])
+def test_relative_lr_steps_each_output_channel_by_its_own_scale(tmp_path, transposed_fc):
+    """With relative_lr, one step moves each output channel of a weight by about lr times the RMS
+    of that channel's nonzero weights, whatever the channel's scale (folded BatchNorms make
+    channels differ by orders of magnitude)."""
+    dense = _cnn(transposed_fc=transposed_fc)
+    scale = np.logspace(-2, 1, 16).astype(np.float32)    # conv2's 16 channels, 1e-2 .. 10
+    for t in dense.graph.initializer:
+        if t.name == "conv2.weight":
+            t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t) * scale[:, None, None, None], t.name))
+    pm = _pruned(dense, 0.5, pattern="bank", bank_size=8)    # every channel keeps half its weights
+    lr = 1e-1     # the first step is in the warm-up: a small fraction of it
+    out, _ = finetune(pm, dense, _data(tmp_path), steps=1, batch_size=16, lr=lr, relative_lr=True,
+                      schedule="constant", augment=False, holdout=0.0)
+    before, after = _inits(pm), _inits(out)
+    w0, w1 = before["conv2.weight"].reshape(16, -1), after["conv2.weight"].reshape(16, -1)
+    nz = w0 != 0
+    rms = np.sqrt((w0 ** 2).sum(1) / nz.sum(1))
+    step = np.abs(w1 - w0).max(1)
+    # Adam's first step is ~lr per element (times the warm-up factor); relative: times the rms
+    ratio = step / rms
+    moved = ratio > 0
+    assert moved.sum() >= 14
+    assert ratio[moved].max() / ratio[moved].min() < 20      # absolute steps would differ ~1000x
+    assert (ratio <= lr * 1.01).all()
+    # the Gemm weight's scale is per output column when stored [K, M] (transB=0), per row otherwise
+    f0, f1 = before["fc.weight"], after["fc.weight"]
+    per = f0 if transposed_fc else f0.T
+    rms_fc = np.sqrt((per ** 2).sum(1) / np.maximum((per != 0).sum(1), 1))
+    step_fc = np.abs(f1 - f0) if transposed_fc else np.abs(f1 - f0).T
+    assert (step_fc.max(1) <= lr * 1.01 * rms_fc).all()
 
 
 def _shared_weight_models():
