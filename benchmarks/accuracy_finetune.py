@@ -86,6 +86,7 @@ def main() -> int:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--lr", type=float, default=1e-4)
     ap.add_argument("--synthetic", type=float, default=0.0)
+    ap.add_argument("--relative-lr", action="store_true", help="--lr relative to each channel's weight scale")
     ap.add_argument("--train-size", type=int, default=None,
                     help="fine-tune on crops of this many pixels (evaluation stays at 224)")
     ap.add_argument("--features", type=float, default=0.0,
@@ -97,6 +98,8 @@ def main() -> int:
                          "same with per-layer sparsities from `sparsekit analyze` (the same total)")
     ap.add_argument("--exclude", default=None, metavar="REGEX",
                     help="layers prune leaves dense (e.g. classifier: the final Gemm)")
+    ap.add_argument("--include", default=None, metavar="REGEX",
+                    help="prune only these layers (e.g. classifier: how much that one layer costs)")
     ap.add_argument("--skip-finetune", action="store_true")
     ap.add_argument("--gradual-from", type=float, default=None,
                     help="instead: reconstruct at this sparsity and prune gradually to --sparsity while "
@@ -132,7 +135,8 @@ def main() -> int:
     cal = Calibration({"input": cal_x}, 32, f"{len(cal_x)} crops of {len(train_files)} photos")
 
     base = dict(photos=len(train_files), eval_photos=len(eval_files), pattern=args.pattern,
-                sparsity=args.sparsity, exclude=args.exclude, seen_crops=len(seen_x),
+                sparsity=args.sparsity, exclude=args.exclude, include=args.include,
+                seen_crops=len(seen_x),
                 unseen_crops=len(unseen_x),
                 date=time.strftime("%Y-%m-%d %H:%M"), machine=platform.processor() or platform.machine(),
                 onnxruntime=ort.__version__)
@@ -152,13 +156,14 @@ def main() -> int:
 
     def one_shot(method, sparsity):
         """A one-shot pruned model, cached across runs (its row is recorded once, when made)."""
-        dense_part = f"_except-{args.exclude}" if args.exclude else ""
+        dense_part = (f"_except-{args.exclude}" if args.exclude else "") \
+            + (f"_only-{args.include}" if args.include else "")
         path = CACHE / f"{len(train_files)}_{args.pattern}_{sparsity}_{method}{dense_part}.onnx"
         if path.is_file():
             return onnx.load(path)
         t0 = time.perf_counter()
         kw = {} if method == "magnitude" else dict(calibration=cal, **(_cc() if "channel" in method else {}))
-        kw["exclude"] = args.exclude
+        kw["exclude"], kw["include"] = args.exclude, args.include
         if method.startswith("allocation"):     # analyze's per-layer budgets for this total sparsity
             kw["recipe"] = analyze(dense, cal, sparsity, pattern=args.pattern, samples=64).recipe()
         m, _ = prune(dense, args.pattern, sparsity, **kw)
@@ -185,18 +190,22 @@ def main() -> int:
     tuned, rep = finetune(start, dense, train_dir, preprocess="imagenet",
                           seconds=None if args.steps else args.seconds, steps=args.steps,
                           batch_size=args.batch_size, lr=args.lr, synthetic=args.synthetic, holdout=0.0,
-                          feature_weight=args.features, sparsity=_gradual(args), train_size=args.train_size)
+                          feature_weight=args.features, sparsity=_gradual(args), train_size=args.train_size,
+                          relative_lr=args.relative_lr)
     label = "finetune" + ("+features" if args.features else "") + ("+synthetic" if args.synthetic else "") \
         + (f" at {args.train_size}px" if args.train_size else "") \
+        + (" (relative lr)" if args.relative_lr else "") \
         + (f" (gradual from {args.gradual_from:.0%})" if args.gradual_from is not None else "") \
         + (f" from {args.start}" if args.start != "reconstruction" else "")
     record(label, tuned, seconds=round(time.perf_counter() - t0), steps=rep.steps, images=rep.images,
-           lr=args.lr, batch_size=args.batch_size, synthetic=args.synthetic, start=args.start,
+           lr=args.lr, relative_lr=args.relative_lr, batch_size=args.batch_size, synthetic=args.synthetic,
+           start=args.start,
            features=args.features, train_size=args.train_size,
            loss_first=rep.loss_first, loss_last=rep.loss_last)
     CACHE.mkdir(parents=True, exist_ok=True)     # the tuned model, for later looks at its errors
     onnx.save(tuned, CACHE / f"{len(train_files)}_{args.pattern}_{args.sparsity}_{label}_{rep.steps}"
-                            f"{'_except-' + args.exclude if args.exclude else ''}.onnx")
+                            f"{'_except-' + args.exclude if args.exclude else ''}"
+                            f"{'_only-' + args.include if args.include else ''}.onnx")
     return 0
 
 
@@ -288,6 +297,12 @@ def digits(args) -> int:
     return 0
 
 
+def _layers(row) -> str:
+    if row.get("include"):
+        return f"only {row['include']}"
+    return f"all but {row['exclude']}" if row.get("exclude") else "-"
+
+
 def report() -> int:
     path = Path(str(RESULTS) + ".jsonl")
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
@@ -298,9 +313,9 @@ def report() -> int:
              "unseen, known / other classes: the agreement on the unseen crops whose dense top-1 class "
              "is / is not among the dense top-1 classes of the training photos (recorded from "
              "2026-12-05). unseen top-5: the share of unseen crops whose dense top-1 class is among "
-             "the model's five best (recorded from 2026-12-05 16:00). dense: the layers prune left "
-             "dense (`--exclude`).", "",
-             "| photos | pattern | sparsity | dense | method | seen agree / KL | unseen agree / KL | "
+             "the model's five best (recorded from 2026-12-05 16:00). layers: the layers prune left "
+             "dense (`--exclude`, \"all but X\") or the only ones it pruned (`--include`, \"only X\").", "",
+             "| photos | pattern | sparsity | layers | method | seen agree / KL | unseen agree / KL | "
              "unseen top-5 | unseen, known / other classes | time | steps x batch |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -310,7 +325,7 @@ def report() -> int:
         split = (f"{u['known_classes']:.1%} / {u['other_classes']:.1%} ({u['known_share']:.0%} known)"
                  if u.get("known_classes") is not None and u.get("other_classes") is not None else "-")
         top5 = f"{u['top5']:.1%}" if "top5" in u else "-"
-        lines.append(f"| {r['photos']} | {r['pattern']} | {r['sparsity']:.0%} | {r.get('exclude') or '-'} | "
+        lines.append(f"| {r['photos']} | {r['pattern']} | {r['sparsity']:.0%} | {_layers(r)} | "
                      f"{r['method']} | {r['seen']['agreement']:.1%} / {r['seen']['kl']:.3f} | "
                      f"{u['agreement']:.1%} / {u['kl']:.3f} | {top5} | {split} | {t} | {sb} |")
     meta = rows[-1] if rows else {}
