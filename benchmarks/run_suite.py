@@ -39,7 +39,9 @@ def main() -> None:
         if args.only and name not in args.only.split(","):
             continue
         dense = B.zoo_model(name)
-        pruned, sparse, _, crep = B.prepare(dense, pattern, sparsity, **kw)
+        # layouts chosen per chain by timing at the first thread count, as `bench --zoo` does
+        pruned, sparse, _, crep = B.prepare(dense, pattern, sparsity, layout="auto",
+                                            threads=threads[0], **kw)
         if kw.get("block"):
             pattern = f"{pattern}{kw['block']}"
         feeds = sessions.make_inputs(pruned)

@@ -206,10 +206,12 @@ def _check_same_interface(dense: onnx.ModelProto, sparse: onnx.ModelProto) -> No
 # pipelines: a dense model (or a zoo name) -> pruned -> converted -> benchmarked
 
 
-def prepare(dense_model, pattern: str, sparsity: float, **prune_kw):
-    """Prune and convert a dense model in memory: (pruned dense model, sparse model, reports)."""
+def prepare(dense_model, pattern: str, sparsity: float, *, layout: str = "NCHW",
+            threads: Optional[int] = None, **prune_kw):
+    """Prune and convert a dense model in memory: (pruned dense model, sparse model, reports).
+    ``layout`` (and ``threads`` for "auto"'s timing): convert's activation layout."""
     pruned, prune_report = prune(dense_model, pattern=pattern, sparsity=sparsity, **prune_kw)
-    sparse, convert_report = convert(pruned)
+    sparse, convert_report = convert(pruned, layout=layout, threads=threads)
     return pruned, sparse, prune_report, convert_report
 
 

@@ -360,6 +360,11 @@ def _parse_max_density(values) -> dict:
               help="--autotune: size of a symbolic input dim while timing (default 1).")
 @click.option("--no-depthwise", is_flag=True,
               help="Leave depthwise convs to onnxruntime instead of DepthwiseConv.")
+@click.option("--layout", type=click.Choice(["auto", "NCHW", "NCHWc8"]), default=None,
+              help="Activations between chained DepthwiseConv / 1x1 SparseConv ops: NCHW, "
+                   "8-channel blocks (NCHWc8, a Reorder at each chain edge), or auto: per chain, "
+                   "whichever runs faster here (timed with --threads). Default: auto with "
+                   "--autotune, else NCHW.")
 @click.option("--include", default=None, metavar="REGEX", help="Only convert matching nodes.")
 @click.option("--exclude", default=None, metavar="REGEX", help="Never convert matching nodes.")
 @click.option("--predict-relu", is_flag=True,
@@ -383,7 +388,8 @@ def _parse_max_density(values) -> dict:
 @click.option("--allow-empty", is_flag=True,
               help="Write OUTPUT even when no layer was converted (a copy of MODEL) and exit 0; "
                    "without it that case writes nothing and exits 3.")
-def convert(model, output, autotune, threads, max_density, dim, no_depthwise, include, exclude,
+def convert(model, output, autotune, threads, max_density, dim, no_depthwise, layout, include,
+            exclude,
             predict_relu, min_zeros, recall, predict_bits, calibration, preprocess,
             calibration_samples, batch_size, as_json, force, external_data, allow_empty):
     """Rewrite MODEL's sparse layers into ai.sparsekit ops with packed weights.
@@ -417,7 +423,7 @@ def convert(model, output, autotune, threads, max_density, dim, no_depthwise, in
         converted, report = run_convert(source, max_density=limits, autotune=autotune,
                                         threads=threads, depthwise=not no_depthwise,
                                         include=include, exclude=exclude, autotune_dims=dims,
-                                        progress=progress, **predict)
+                                        layout=layout, progress=progress, **predict)
     empty = report.nothing_converted
     written = empty is None or allow_empty
     if written:
@@ -461,6 +467,8 @@ def _render_convert_report(report, autotune: bool) -> None:
         out.print(f"skipped {len(report.skipped)} layer(s): " + ", ".join(
             f"{s['name']} ({s['reason']})" for s in report.skipped[:8])
             + (" ..." if len(report.skipped) > 8 else ""))
+    if report.chains:
+        _render_chains(report.chains)
     for note in report.notes:
         out.print(f"note: {note}")
     t = report.totals
@@ -469,6 +477,17 @@ def _render_convert_report(report, autotune: bool) -> None:
               f"kept {t['kept_dense']} dense; converted weights "
               f"{_fmt_count(t['converted_dense_bytes'])}B -> {_fmt_count(t['converted_sparse_bytes'])}B"
               + (f" ({ratio:.3f}x)" if ratio is not None else ""))
+
+
+def _render_chains(chains) -> None:
+    table = Table(title="chains (activation layout)")
+    for col in ("first op", "last op", "ops", "layout", "NCHW ms", "NCHWc8 ms", "why"):
+        table.add_column(col, justify="right" if col in ("ops", "NCHW ms", "NCHWc8 ms")
+                         else "left")
+    for c in chains:
+        table.add_row(c.nodes[0], c.nodes[-1], str(len(c.nodes)), c.layout,
+                      _fmt_ms(c.nchw_ms), _fmt_ms(c.blocked_ms), c.reason)
+    out.print(table)
 
 
 def _render_predicted(predicted, autotune: bool) -> None:
@@ -560,6 +579,10 @@ def _parse_list(text: str, kind, what: str) -> list:
               help="Sparsity for --zoo / dense MODEL.")
 @click.option("--sweep", default=None, metavar="S1,S2,...",
               help="Prune, convert and bench at each sparsity; print/plot speedup vs sparsity.")
+@click.option("--layout", type=click.Choice(["auto", "NCHW", "NCHWc8"]), default="auto",
+              show_default=True,
+              help="A dense MODEL or --zoo: convert's activation layout (auto: per chain, the "
+                   "faster one at the first --threads count; see `sparsekit convert --help`).")
 @click.option("--no-profile", is_flag=True, help="Skip the per-op breakdown.")
 @click.option("--no-memory", is_flag=True, help="Skip the peak-memory measurement.")
 @click.option("--no-pin", is_flag=True,
@@ -569,7 +592,7 @@ def _parse_list(text: str, kind, what: str) -> list:
 @click.option("--plot", type=click.Path(dir_okay=False), default=None,
               help="Draw the comparison to this PNG (needs matplotlib).")
 def bench(model, against, device, threads, runs, seconds, warmup, shape, inputs_npz, zoo,
-          pattern, sparsity, sweep, no_profile, no_memory, no_pin, as_json, plot):
+          pattern, sparsity, sweep, layout, no_profile, no_memory, no_pin, as_json, plot):
     """Time a sparse model against dense onnxruntime, side by side, and report the speedup.
 
     \b
@@ -638,7 +661,8 @@ def bench(model, against, device, threads, runs, seconds, warmup, shape, inputs_
     elif against:
         raise SparsekitError("MODEL is dense: --against is for comparing a converted MODEL")
     else:
-        dense_m, sparse_m, _, _ = B.prepare(dense, patterns[0], sparsity)
+        dense_m, sparse_m, _, _ = B.prepare(dense, patterns[0], sparsity, layout=layout,
+                                            threads=thread_list[0])
         label = f"{label} ({patterns[0]} {sparsity:g})"
     with layer_progress("timing", enabled=not as_json) as progress:
         report = B.bench(sparse_m, dense_m, threads=thread_list, runs=runs, seconds=seconds,

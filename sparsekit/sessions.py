@@ -163,18 +163,19 @@ LAYER_RUNS = 15
 
 def time_models(dense, sparse, feeds: Dict[str, np.ndarray], threads: Optional[int] = None, *,
                 warmup: int = 3, runs: int = 20, seconds: Optional[float] = None,
-                pin: bool = True, progress: Optional[Callable[[int, int], None]] = None
-                ) -> Dict[str, np.ndarray]:
+                pin: bool = True, progress: Optional[Callable[[int, int], None]] = None,
+                base_custom_ops: bool = False) -> Dict[str, np.ndarray]:
     """Per-round milliseconds of ``dense`` (stock onnxruntime) and ``sparse`` (with sparsekit's
     ops) on the same ``feeds``, keys "dense" and "sparse".
 
     Both sessions get ``threads`` threads and :data:`TIMING_CONFIG`; with ``pin`` the calling
     thread and the pool workers are pinned (:func:`pinned`).  The runs are interleaved
     (:func:`sparsekit.timing.interleaved`: ``warmup``, ``runs``, ``seconds``, ``progress``).
+    ``base_custom_ops``: ``dense`` has sparsekit ops too (two layouts of one converted model).
     """
     with pinned(threads, pin) as cfg:
         config = {**TIMING_CONFIG, **cfg}
-        ds = session(dense, threads, config, custom_ops=False)
+        ds = session(dense, threads, config, custom_ops=base_custom_ops)
         ss = session(sparse, threads, config)
         times = interleaved({"dense": lambda s=ds: s.run(None, feeds),
                              "sparse": lambda s=ss: s.run(None, feeds)},
@@ -185,11 +186,12 @@ def time_models(dense, sparse, feeds: Dict[str, np.ndarray], threads: Optional[i
 
 
 def time_pair(dense, sparse, feeds: Dict[str, np.ndarray], threads: Optional[int] = None, *,
-              warmup: int = LAYER_WARMUP, runs: int = LAYER_RUNS, pin: bool = True
-              ) -> Tuple[float, float]:
+              warmup: int = LAYER_WARMUP, runs: int = LAYER_RUNS, pin: bool = True,
+              base_custom_ops: bool = False) -> Tuple[float, float]:
     """(dense median ms, sparse median ms): two candidate models for the same job (typically
     one layer alone, built both ways) timed side by side by :func:`time_models`."""
-    t = time_models(dense, sparse, feeds, threads, warmup=warmup, runs=runs, pin=pin)
+    t = time_models(dense, sparse, feeds, threads, warmup=warmup, runs=runs, pin=pin,
+                    base_custom_ops=base_custom_ops)
     return float(np.median(t["dense"])), float(np.median(t["sparse"]))
 
 

@@ -15,6 +15,7 @@ The package, in the order its modules build on each other:
   plan       candidates, per-layer plans (sparse op or DepthwiseConv + fused epilogue)
   autotune   dense vs sparse timing of one layer
   recurrent  LSTM/GRU -> SparseLSTM/SparseGRU
+  layout     chains of blockable ops -> NCHWc8 with Reorders at their edges
   (here)     convert(): the stages in order, the graph rewrite, the output check
 """
 from __future__ import annotations
@@ -33,12 +34,13 @@ from ..predict import DEFAULT_BITS, DEFAULT_MIN_ZEROS, DEFAULT_RECALL, plan_pred
 from ..weights import read_weights, refused_layers
 from .autotune import AutoTuner, check_autotune_dims, decide
 from .choice import DEFAULT_MAX_DENSITY, choose_format, thresholds
+from .layout import LAYOUT_CHOICES, apply_layouts, check_layout
 from .plan import Context, Plan, dense_row, plan_depthwise, plan_sparse
 from .recurrent import LSTM_MAX_DENSITY, plan_recurrent
 from .report import ConvertReport, LayerDecision
 
 __all__ = ["convert", "ConvertReport", "LayerDecision", "choose_format", "CONVERTED_KEY",
-           "DEFAULT_MAX_DENSITY", "LSTM_MAX_DENSITY"]
+           "DEFAULT_MAX_DENSITY", "LSTM_MAX_DENSITY", "LAYOUT_CHOICES"]
 
 CONVERTED_KEY = "sparsekit.converted"
 
@@ -51,7 +53,8 @@ def convert(model_or_path, *, max_density: Optional[Dict[str, float]] = None,
             autotune_dims: Optional[Dict[str, int]] = None,
             predict_relu: bool = False, calibration=None,
             min_zeros: float = DEFAULT_MIN_ZEROS, recall: float = DEFAULT_RECALL,
-            predict_bits: int = DEFAULT_BITS, progress: Progress = None):
+            predict_bits: int = DEFAULT_BITS, layout: Optional[str] = None,
+            progress: Progress = None):
     """Return (converted ModelProto, ConvertReport).  The input model is never modified.
 
     max_density: per-format density limits overriding DEFAULT_MAX_DENSITY ("block4", "block1").
@@ -59,6 +62,10 @@ def convert(model_or_path, *, max_density: Optional[Dict[str, float]] = None,
       and keep the faster; the thresholds are then not used.  Symbolic dims of the timed inputs
       take their value from `autotune_dims` ({dim name: size}), else 1.
     depthwise: turn depthwise convs next to sparse ops into DepthwiseConv.
+    layout: activations between chained DepthwiseConv / 1x1 SparseConv (1x4 blocks) ops in
+      "NCHW", in 8-channel blocks ("NCHWc8", Reorder nodes at each chain's edges), or "auto":
+      per chain, whichever is faster timed alone (`threads`).  Default: "auto" with
+      autotune, else "NCHW".  report.chains lists every chain and its choice.
     include / exclude: regexes (re.search) on layer names, or lists of them; other layers stay
       dense (graph.NameFilter: the same meaning as in prune).
     predict_relu: afterwards turn Conv -> ReLU/Clip(0, x) layers that stayed dense into
@@ -78,6 +85,7 @@ def convert(model_or_path, *, max_density: Optional[Dict[str, float]] = None,
     if threads is not None and (isinstance(threads, bool) or int(threads) < 1):
         raise SparsekitError(f"threads must be >= 1, got {threads}")
     dims = check_autotune_dims(autotune_dims)
+    layout = check_layout(layout) or ("auto" if autotune else "NCHW")
     if predict_relu and calibration is None:
         raise SparsekitError("predict_relu needs calibration data: whether a layer's outputs "
                              "are mostly zero is measured on real inputs")
@@ -87,7 +95,7 @@ def convert(model_or_path, *, max_density: Optional[Dict[str, float]] = None,
     report = ConvertReport(settings={
         "max_density": limits, "autotune": bool(autotune), "threads": threads,
         "depthwise": bool(depthwise), "include": include, "exclude": exclude,
-        "autotune_dims": dims})
+        "autotune_dims": dims, "layout": layout})
     report.notes.extend(weight_notes)
     report.folded_bn, bn_notes = fold_batchnorms(model)
     report.notes.extend(bn_notes)
@@ -106,6 +114,7 @@ def convert(model_or_path, *, max_density: Optional[Dict[str, float]] = None,
                                        range(1, min(len(p.node.input), 5)))
                            for p in plans.values()], opset=format.opset_import())
     report.layers = [rows[i] for i in sorted(rows)]
+    report.chains = apply_layouts(model, layout, ctx.shapes, threads=threads, dims=dims)
     set_metadata(model, CONVERTED_KEY, json.dumps(
         {"version": 1, "layers": {l.name: l.format for l in report.layers
                                   if l.decision in ("sparse", "depthwise")}}))

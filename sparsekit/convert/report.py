@@ -40,6 +40,8 @@ class ConvertReport:
     settings: Dict[str, object] = field(default_factory=dict)
     # with predict_relu: one row per Conv -> ReLU/Clip(0, x) chain (predict.PredictedLayer)
     predicted: Optional[List[PredictedLayer]] = None
+    # chains of ops that can run in 8-channel blocks and the layout each got (layout.Chain)
+    chains: list = field(default_factory=list)
 
     @property
     def totals(self) -> dict:
@@ -82,6 +84,7 @@ class ConvertReport:
         return {"settings": dict(self.settings), "layers": [l.to_dict() for l in self.layers],
                 "skipped": list(self.skipped), "folded_bn": list(self.folded_bn),
                 "notes": list(self.notes), "totals": self.totals,
+                "chains": [c.to_dict() for c in self.chains],
                 **({} if self.predicted is None else
                    {"predicted": [r.to_dict() for r in self.predicted]})}
 

@@ -1,0 +1,183 @@
+"""convert's activation layout (issue 20): chains of DepthwiseConv / 1x1 SparseConv ops in
+8-channel blocks with Reorders at their edges, against stock onnxruntime on the pruned model."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+from onnx import helper
+
+import sparsekit
+from sparsekit.cli import main
+from sparsekit.convert import convert
+from sparsekit.convert.layout import find_chains
+from sparsekit.errors import SparsekitError
+from test_convert import (assert_close, assert_valid_output, block_mask, feeds_for, init,
+                          masked, model_of, run_sparse, run_stock, vi, zoo)
+
+
+def _blocked_chains(report):
+    return [c for c in report.chains if c.layout == "NCHWc8"]
+
+
+def _check_blocked_graph(model, report):
+    """Every node of a blocked chain carries layout NCHWc8; one Reorder per chain edge."""
+    by_name = {n.name: n for n in model.graph.node}
+    for c in _blocked_chains(report):
+        for name in c.nodes:
+            attrs = {a.name: a for a in by_name[name].attribute}
+            assert helper.get_attribute_value(attrs["layout"]) == b"NCHWc8", name
+    reorders = [n for n in model.graph.node if n.op_type == "Reorder"]
+    assert len(reorders) == sum(len(c.inputs) + len(c.outputs) for c in _blocked_chains(report))
+    for c in report.chains:
+        if c.layout == "NCHW":
+            for name in c.nodes:
+                assert all(a.name != "layout" for a in by_name[name].attribute)
+
+
+@pytest.mark.parametrize("name", ["mobilenet_v1", "mobilenet_v2", "efficientnet_lite0",
+                                  "resnet50"])
+def test_zoo_blocked_chains_match_stock_onnxruntime(name):
+    pruned, _ = sparsekit.prune(zoo(name), sparsity=0.85, min_params=0)
+    before = pruned.SerializeToString()
+    nchw, rep_nchw = convert(pruned)
+    blocked, rep = convert(pruned, layout="NCHWc8")
+    assert pruned.SerializeToString() == before
+    assert rep_nchw.settings["layout"] == "NCHW" and not _blocked_chains(rep_nchw)
+    assert not any(n.op_type == "Reorder" for n in nchw.graph.node)
+    assert [c.nodes for c in rep.chains] == [c.nodes for c in rep_nchw.chains]
+    assert rep.chains and all(c.layout == "NCHWc8" for c in rep.chains)
+    assert_valid_output(pruned, blocked)
+    _check_blocked_graph(blocked, rep)
+    if name != "resnet50":  # the whole backbone after the stem is one chain: in once, out once
+        assert len(rep.chains) == 1 and len(rep.chains[0].inputs) == 1
+        assert rep.chains[0].outputs and len(rep.chains[0].outputs) == 1
+    feeds = feeds_for(pruned)
+    for t in (1, 2):
+        assert_close(run_stock(pruned, feeds, t), run_sparse(blocked, feeds, t))
+
+
+def _edge_model(rng, stride: int, C: int):
+    """stem 3x3 Conv -> [1x1 -> dw 3x3 -> 1x1 (+ residual at stride 1)] with a chain-internal
+    tensor also read outside the chain (ReduceMean) and a chain tensor that is a graph output
+    and is read outside too (GlobalAveragePool)."""
+    M1 = C + 4
+    nodes = [helper.make_node("Conv", ["X", "w0"], ["a0"], pads=[1, 1, 1, 1], name="stem"),
+             helper.make_node("Relu", ["a0"], ["A"]),
+             helper.make_node("Conv", ["A", "w1", "b1"], ["b0"], name="pw1"),
+             helper.make_node("Relu", ["b0"], ["B"]),
+             helper.make_node("Conv", ["B", "wd"], ["c0"], group=M1, strides=[stride] * 2,
+                              pads=[1, 1, 1, 1], name="dw"),
+             helper.make_node("Clip", ["c0", "lo", "hi"], ["Cc"]),
+             helper.make_node("Conv", ["Cc", "w2", "b2"], ["d0" if stride == 1 else "D"],
+                              name="pw2")]
+    if stride == 1:
+        nodes.append(helper.make_node("Add", ["d0", "A"], ["D"]))
+    nodes += [helper.make_node("ReduceMean", ["B"], ["side"], axes=[2, 3], keepdims=0),
+              helper.make_node("GlobalAveragePool", ["D"], ["pool"])]
+    inits = [init("w0", rng.standard_normal((C, 3, 3, 3)).astype(np.float32) * 0.3),
+             init("w1", masked(rng, (M1, C, 1, 1), block_mask(rng, M1, C, 0.4)[..., None, None])),
+             init("b1", rng.standard_normal(M1).astype(np.float32)),
+             init("wd", rng.standard_normal((M1, 1, 3, 3)).astype(np.float32) * 0.3),
+             init("lo", np.float32(0.0)), init("hi", np.float32(6.0)),
+             init("w2", masked(rng, (C, M1, 1, 1), block_mask(rng, C, M1, 0.4)[..., None, None])),
+             init("b2", rng.standard_normal(C).astype(np.float32))]
+    H = 9
+    OH = (H - 1) // stride + 1
+    return model_of(nodes, [vi("X", [1, 3, H, H])],
+                    [vi("D", [1, C, OH, OH]), vi("side", [1, M1]), vi("pool", [1, C, 1, 1])],
+                    inits, opset=17)
+
+
+@pytest.mark.parametrize("C", [12, 16, 20])
+@pytest.mark.parametrize("stride", [1, 2])
+def test_chain_edges_inside_reads_and_graph_outputs(stride, C):
+    model = _edge_model(np.random.default_rng(C + stride), stride, C)
+    blocked, rep = convert(model, layout="NCHWc8")
+    assert [c.nodes for c in rep.chains] == [["pw1", "dw", "pw2"]]
+    chain = rep.chains[0]
+    assert chain.inputs == ["A"]                         # X and the residual: one Reorder
+    assert sorted(chain.outputs) == ["B", "D"]           # read outside / a graph output
+    _check_blocked_graph(blocked, rep)
+    assert_valid_output(model, blocked)
+    feeds = feeds_for(model)
+    assert_close(run_stock(model, feeds), run_sparse(blocked, feeds))
+
+
+def test_chain_reading_a_tensor_made_between_its_nodes():
+    """pwA -> pwB (+ R), R made by a node that sits between them in the graph: the rewritten
+    chain is placed where pwA was, so the graph is sorted again."""
+    rng = np.random.default_rng(3)
+    C = 16
+    nodes = [helper.make_node("Conv", ["X", "wa"], ["Y"], name="pwA"),
+             helper.make_node("Neg", ["X"], ["R"], name="neg"),
+             helper.make_node("Conv", ["Y", "wb"], ["z0"], name="pwB"),
+             helper.make_node("Add", ["z0", "R"], ["Z"])]
+    inits = [init(n, masked(rng, (C, C, 1, 1), block_mask(rng, C, C, 0.3)[..., None, None]))
+             for n in ("wa", "wb")]
+    model = model_of(nodes, [vi("X", [1, C, 5, 7])], [vi("Z", [1, C, 5, 7])], inits)
+    blocked, rep = convert(model, layout="NCHWc8")
+    assert [c.nodes for c in rep.chains] == [["pwA", "pwB"]]
+    assert sorted(rep.chains[0].inputs) == ["R", "X"]
+    order = [n.name for n in blocked.graph.node]
+    assert order.index("neg") < order.index("pwB")
+    _check_blocked_graph(blocked, rep)
+    onnx.checker.check_model(blocked)
+    feeds = feeds_for(model)
+    assert_close(run_stock(model, feeds), run_sparse(blocked, feeds))
+
+
+def test_ops_that_cannot_run_blocked_split_chains():
+    """A 3x3 SparseConv and a 1x1 one with stride 2 are not blockable: they end chains."""
+    pruned, _ = sparsekit.prune(zoo("resnet50"), sparsity=0.85, min_params=0)
+    nchw, _ = convert(pruned)
+    in_chain = {n for c in find_chains(nchw) for n in c.nodes}
+    for n in nchw.graph.node:
+        if n.op_type != "SparseConv":
+            continue
+        attrs = {a.name: helper.get_attribute_value(a) for a in n.attribute}
+        one_by_one = list(attrs["kernel_shape"]) == [1, 1] and list(attrs["strides"]) == [1, 1]
+        assert (n.name in in_chain) == (one_by_one and attrs["block"] == 4), n.name
+
+
+def test_auto_keeps_what_was_timed_faster():
+    pruned, _ = sparsekit.prune(zoo("mobilenet_v2"), sparsity=0.85, min_params=0)
+    model, rep = convert(pruned, layout="auto", threads=1)
+    assert rep.chains
+    for c in rep.chains:
+        assert c.nchw_ms is not None and c.blocked_ms is not None
+        assert (c.layout == "NCHWc8") == (c.blocked_ms < c.nchw_ms), c
+    _check_blocked_graph(model, rep)
+    feeds = feeds_for(pruned)
+    assert_close(run_stock(pruned, feeds), run_sparse(model, feeds))
+    # autotune implies auto; an explicit layout wins over it
+    _, rep_at = convert(pruned, autotune=True, threads=1, layout="NCHW")
+    assert rep_at.settings["layout"] == "NCHW" and not _blocked_chains(rep_at)
+
+
+def test_bad_layout_is_one_error():
+    with pytest.raises(SparsekitError, match="layout must be one of auto, NCHW, NCHWc8"):
+        convert(zoo("mobilenet_v1"), layout="NHWC")
+
+
+def test_cli_layout_and_json_chains(tmp_path, capsys):
+    src = tmp_path / "p.onnx"
+    pruned, _ = sparsekit.prune(zoo("mobilenet_v1"), sparsity=0.9, min_params=0)
+    onnx.save(pruned, src)
+    out = tmp_path / "s.onnx"
+    assert main(["convert", str(src), "-o", str(out), "--layout", "NCHWc8", "--json"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    assert rep["settings"]["layout"] == "NCHWc8"
+    assert [c["layout"] for c in rep["chains"]] == ["NCHWc8"]
+    assert set(rep["chains"][0]) >= {"nodes", "inputs", "outputs", "nchw_ms", "blocked_ms"}
+    model = onnx.load(out)
+    assert sum(n.op_type == "Reorder" for n in model.graph.node) == 2
+    feeds = feeds_for(pruned)
+    assert_close(run_stock(pruned, feeds), run_sparse(model, feeds))
+    # the table names the chain and its layout; a layout click does not know is refused
+    assert main(["convert", str(src), "-o", str(out), "--layout", "NCHWc8", "--force"]) == 0
+    assert "chains (activation layout)" in capsys.readouterr().out
+    assert main(["convert", str(src), "-o", str(tmp_path / "t.onnx"), "--layout", "NHWC"]) != 0
+    assert "NHWC" in capsys.readouterr().err and not (tmp_path / "t.onnx").exists()
