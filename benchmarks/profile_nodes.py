@@ -2,6 +2,7 @@
 """Per-node times (ms per run, onnxruntime's profiler) of a zoo model, dense and sparse.
 
     python benchmarks/profile_nodes.py --zoo mobilenet_v1 --pattern block --sparsity 0.9 --threads 1
+        [--layout NCHWc8] [--dense]
 A diagnostic, not a benchmark: profiler times are per node, medians over runs.
 """
 from __future__ import annotations
@@ -50,9 +51,12 @@ def main():
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--runs", type=int, default=30)
     ap.add_argument("--dense", action="store_true")
+    ap.add_argument("--layout", default="NCHW", choices=["auto", "NCHW", "NCHWc8"],
+                    help="convert's activation layout for the sparse model")
     a = ap.parse_args()
     dense = B.zoo_model(a.zoo)
-    pruned, sparse, _, _ = B.prepare(dense, a.pattern, a.sparsity)
+    pruned, sparse, _, _ = B.prepare(dense, a.pattern, a.sparsity, layout=a.layout,
+                                     threads=a.threads)
     feeds = sessions.make_inputs(dense)
     rows = profile(pruned if a.dense else sparse, feeds, a.threads, a.runs, a.dense)
     tot = 0.0

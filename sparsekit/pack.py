@@ -246,25 +246,34 @@ def make_sparse_conv_node(name: str, x: str, y: str, weight, bias=None, *, fmt: 
                           pads: Sequence[int] = (0, 0, 0, 0), dilations: Sequence[int] = (1, 1),
                           activation: str = "none", clip_min: Optional[float] = None,
                           clip_max: Optional[float] = None, residual: Optional[str] = None,
-                          residual_after_act: bool = False, layout: str = "NCHW"):
+                          residual_after_act: bool = False, layout: str = "NCHW",
+                          input_layout: Optional[str] = None):
     """A SparseConv node for ONNX Conv weight [M, C, kh, kw] (zeros = pruned), group 1.
 
     pads are ONNX-ordered [top, left, bottom, right].  ``layout="NCHWc8"``: X, Y (and the
     residual) in 8-channel blocks [N, ceil(C/8), H, W, 8]; only for 1x1 convs with stride 1, no
-    pads and 1x4 blocks (fmt "bsr" or "bank" with block=4).  Returns (NodeProto, [TensorProto]).
+    pads and 1x4 blocks (fmt "bsr" or "bank" with block=4).  ``input_layout="NCHW"`` with
+    ``layout="NCHWc8"``: X in NCHW, Y (and the residual) blocked, any geometry, 1x4 blocks (a
+    conv that starts a blocked chain).  Returns (NodeProto, [TensorProto]).
     """
     if layout not in LAYOUTS:
         raise SparsekitError(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
+    input_layout = layout if input_layout is None else input_layout
+    if input_layout not in LAYOUTS:
+        raise SparsekitError(f"input_layout must be one of {', '.join(LAYOUTS)}, "
+                             f"got {input_layout!r}")
+    if input_layout != "NCHW" and layout == "NCHW":
+        raise SparsekitError(f"input_layout {input_layout} needs layout {input_layout}")
     w = np.asarray(weight)
     if w.ndim != 4:
         raise SparsekitError(f"conv weight must be [M, C, kh, kw], got shape {list(w.shape)}")
     M, C, kh, kw = (int(d) for d in w.shape)
-    if layout != "NCHW":
+    if layout != "NCHW" and int(block) != 4:
+        raise SparsekitError(f"layout {layout} needs 1x4 blocks (block=4), got block={block}")
+    if input_layout != "NCHW":
         if (kh, kw) != (1, 1) or _pair(strides, "strides") != [1, 1] or any(_pads(pads)):
             raise SparsekitError(f"layout {layout} needs a 1x1 conv with stride 1 and no pads, "
                                  f"got kernel {kh}x{kw}, strides {strides}, pads {pads}")
-        if int(block) != 4:
-            raise SparsekitError(f"layout {layout} needs 1x4 blocks (block=4), got block={block}")
     packed = pack(w.reshape(M, -1), fmt, block, bank_size, keep)
     if residual_after_act and not residual:
         raise SparsekitError("residual_after_act needs a residual input")
@@ -278,6 +287,8 @@ def make_sparse_conv_node(name: str, x: str, y: str, weight, bias=None, *, fmt: 
         attrs["bank_size"] = int(bank_size)
     if layout != "NCHW":  # the default stays implicit: such nodes run on older libraries too
         attrs["layout"] = layout
+    if input_layout != layout:
+        attrs["input_layout"] = input_layout
     node = helper.make_node("SparseConv", inputs, [y], name=name, domain=DOMAIN, **attrs)
     return node, inits
 

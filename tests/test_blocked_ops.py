@@ -380,3 +380,110 @@ def test_blocked_sparse_conv_run_shapes(isa, shape):
         assert not got[:, 12:].any()
     y = sess.run(None, {"Xb": np.ones((1, 3, 4, 4, 8), np.float32)})[0]
     assert y.shape == (1, 2, 4, 4, 8)
+
+
+# ---- SparseConv from NCHW into blocks (input_layout = "NCHW", layout = "NCHWc8") -------------
+# (N, C, H, W, M, k, stride, pads, dilation, 1x4 sparsity): a network's stem (3 -> 32 3x3 s2),
+# odd channel counts and planes, 1x1 with stride, dilation, 7x7, large planes (several pixel
+# tiles), dense and very sparse weights.
+HEAD_CASES = {
+    "stem-3-32-s2": (1, 3, 32, 32, 32, 3, 2, (1, 1, 1, 1), 1, 0.0),
+    "stem-tf-pads": (2, 3, 17, 18, 16, 3, 2, (0, 0, 1, 1), 1, 0.0),
+    "3x3-13-21": (1, 13, 9, 11, 21, 3, 1, (1, 1, 1, 1), 1, 0.7),
+    "1x1-s2-24-40": (1, 24, 14, 14, 40, 1, 2, (0, 0, 0, 0), 1, 0.9),
+    "1x1-s1-5-12": (1, 5, 7, 7, 12, 1, 1, (0, 0, 0, 0), 1, 0.5),
+    "5x5-dil2-7-9": (1, 7, 15, 13, 9, 5, 1, (4, 4, 4, 4), 2, 0.5),
+    "7x7-s2-3-64": (1, 3, 45, 47, 64, 7, 2, (3, 3, 3, 3), 1, 0.3),
+    "3x3-112-3-32": (1, 3, 224, 224, 32, 3, 2, (1, 1, 1, 1), 1, 0.0),
+    "3x3-all-zero": (1, 4, 6, 6, 8, 3, 1, (1, 1, 1, 1), 1, 1.0),
+}
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("act", ["none", "relu", "clip"])
+@pytest.mark.parametrize("case", list(HEAD_CASES))
+def test_nchw_to_blocked_sparse_conv_matches_stock(isa, case, act, threads):
+    """SparseConv reading NCHW and writing NCHWc8, then the Reorder back: equal to stock
+    onnxruntime's Conv (+ activation); its blocked output is numpy's NCHWc8 of that, lanes past
+    M equal to act(bias 0)."""
+    N, C, H, W, M, k, s, pads, d, sp = HEAD_CASES[case]
+    rng = np.random.default_rng(len(case) * 7 + len(act))
+    w = rng.standard_normal((M, C, k, k)).astype(np.float32)
+    G = -(-M // 4)
+    w *= np.repeat(rng.random((G, C * k * k)) >= sp, 4, axis=0)[:M].reshape(M, C, k, k)
+    b = rng.standard_normal(M).astype(np.float32)
+    clip = dict(clip_min=0.0, clip_max=6.0) if act == "clip" else {}
+    node, inits = make_sparse_conv_node("head", "X", "Yb", w, b, strides=(s, s), pads=pads,
+                                        dilations=(d, d), activation=act, layout="NCHWc8",
+                                        input_layout="NCHW", **clip)
+    back, _ = make_reorder_node("to_nchw", "Yb", "Y", "NCHW", channels=M)
+    sparse = make_model([node, back], [vinfo("X", [N, C, H, W])],
+                        [vinfo("Yb", None), vinfo("Y", None)], inits)
+    conv = helper.make_node("Conv", ["X", "W", "B"], ["C1"], kernel_shape=[k, k], strides=[s, s],
+                            pads=list(pads), dilations=[d, d])
+    e, ei = _act("C1", "Y", act, "a")
+    dense = make_model([conv] + e, [vinfo("X", [N, C, H, W])], [vinfo("Y", None)],
+                       [numpy_helper.from_array(w, "W"), numpy_helper.from_array(b, "B")] + ei,
+                       sparse=False)
+    feeds = {"X": rng.standard_normal((N, C, H, W)).astype(np.float32)}
+    yb, y = sparsekit.session(sparse, threads=threads).run(None, feeds)
+    want = run_stock(dense, feeds)
+    assert_close(y, want, C * k * k)
+    assert yb.shape == (N, -(-M // 8)) + want.shape[2:] + (8,)
+    lanes = yb.transpose(0, 1, 4, 2, 3).reshape(N, -1, *want.shape[2:])
+    np.testing.assert_array_equal(lanes[:, :M], y)
+    assert not lanes[:, M:].any()  # act(0): rows past M have no weights and bias 0
+
+
+def test_nchw_to_blocked_sparse_conv_residual(isa):
+    """The residual is blocked like Y, added before or after the activation."""
+    rng = np.random.default_rng(11)
+    N, C, H, W, M = 1, 6, 9, 9, 12
+    w = rng.standard_normal((M, C, 3, 3)).astype(np.float32)
+    r = rng.standard_normal((N, 2, H, W, 8)).astype(np.float32)
+    x = rng.standard_normal((N, C, H, W)).astype(np.float32)
+    rn = np.ascontiguousarray(r.transpose(0, 1, 4, 2, 3).reshape(N, 16, H, W)[:, :M])
+    for after in (False, True):
+        kw = dict(pads=(1, 1, 1, 1), activation="relu", residual="R", residual_after_act=after)
+        nb, ib = make_sparse_conv_node("c", "X", "Yb", w, layout="NCHWc8", input_layout="NCHW",
+                                       **kw)
+        mb = make_model([nb], [vinfo("X", [N, C, H, W]), vinfo("R", [N, 2, H, W, 8])],
+                        [vinfo("Yb", None)], ib)
+        nn_, in_ = make_sparse_conv_node("c", "X", "Y", w, **kw)
+        mn = make_model([nn_], [vinfo("X", [N, C, H, W]), vinfo("R", [N, M, H, W])],
+                        [vinfo("Y", None)], in_)
+        yb = sparsekit.session(mb, threads=2).run(None, {"X": x, "R": r})[0]
+        yn = sparsekit.session(mn).run(None, {"X": x, "R": rn})[0]
+        got = yb.transpose(0, 1, 4, 2, 3).reshape(N, 16, H, W)
+        np.testing.assert_allclose(got[:, :M], yn, rtol=1e-5, atol=1e-5)
+
+
+def test_nchw_to_blocked_sparse_conv_refusals():
+    """input_layout NCHWc8 with layout NCHW, an unknown input_layout, block 1, and a declared X
+    or residual that disagrees with the layouts fail at creation with a message."""
+    w = sparse_1x4(np.random.default_rng(2), 8, 4, 0.5)
+    with pytest.raises(sparsekit.SparsekitError, match="input_layout NCHWc8 needs layout"):
+        make_sparse_conv_node("c", "X", "Y", w, input_layout="NCHWc8")
+    with pytest.raises(sparsekit.SparsekitError, match="needs 1x4 blocks"):
+        make_sparse_conv_node("c", "X", "Y", w, block=1, layout="NCHWc8", input_layout="NCHW")
+    node, inits = make_sparse_conv_node("c", "X", "Y", w)
+    cases = [({"input_layout": "NCHWc8"}, [1, 4, 5, 5], "input_layout NCHWc8 needs layout"),
+             ({"input_layout": "NHWC", "layout": "NCHWc8"}, [1, 4, 5, 5],
+              "attribute 'input_layout' must be"),
+             ({"input_layout": "NCHW", "layout": "NCHWc8"}, [1, 1, 5, 5, 8],
+              "X is declared with shape \\[1, 1, 5, 5, 8\\], but input_layout NCHW"),
+             ({"input_layout": "NCHW", "layout": "NCHWc8"}, [1, 3, 5, 5],
+              "X is declared with shape \\[1, 3, 5, 5\\]")]
+    for attrs, declared, what in cases:
+        n2 = helper.make_node("SparseConv", list(node.input), ["Y"], domain="ai.sparsekit",
+                              **{a.name: helper.get_attribute_value(a) for a in node.attribute},
+                              **attrs)
+        m = make_model([n2], [vinfo("X", declared)], [vinfo("Y", None)], inits)
+        with pytest.raises(Exception, match=what):
+            sparsekit.session(m)
+    nb, ib = make_sparse_conv_node("c", "X", "Y", w, layout="NCHWc8", input_layout="NCHW",
+                                   residual="R")
+    m = make_model([nb], [vinfo("X", [1, 4, 5, 5]), vinfo("R", [1, 8, 5, 5])],
+                   [vinfo("Y", None)], ib)
+    with pytest.raises(Exception, match="residual is declared"):
+        sparsekit.session(m)

@@ -23,14 +23,23 @@ def _blocked_chains(report):
 
 
 def _check_blocked_graph(model, report):
-    """Every node of a blocked chain carries layout NCHWc8; one Reorder per chain edge."""
+    """Every node of a blocked chain carries layout NCHWc8; one Reorder per chain edge but
+    those where the conv making the input writes blocks itself (a head: a SparseConv reading
+    NCHW and writing NCHWc8, under the replaced conv's name)."""
     by_name = {n.name: n for n in model.graph.node}
     for c in _blocked_chains(report):
         for name in c.nodes:
             attrs = {a.name: a for a in by_name[name].attribute}
             assert helper.get_attribute_value(attrs["layout"]) == b"NCHWc8", name
     reorders = [n for n in model.graph.node if n.op_type == "Reorder"]
-    assert len(reorders) == sum(len(c.inputs) + len(c.outputs) for c in _blocked_chains(report))
+    assert len(reorders) == sum(len(c.inputs) - len(c.heads) + len(c.outputs)
+                                for c in _blocked_chains(report))
+    for c in _blocked_chains(report):
+        for x, name in c.heads.items():
+            head = by_name[name]
+            assert head.op_type == "SparseConv" and head.output[0] != x
+            attrs = {a.name: helper.get_attribute_value(a) for a in head.attribute}
+            assert attrs["layout"] == b"NCHWc8" and attrs["input_layout"] == b"NCHW"
     for c in report.chains:
         if c.layout == "NCHW":
             for name in c.nodes:
@@ -51,9 +60,18 @@ def test_zoo_blocked_chains_match_stock_onnxruntime(name):
     assert rep.chains and all(c.layout == "NCHWc8" for c in rep.chains)
     assert_valid_output(pruned, blocked)
     _check_blocked_graph(blocked, rep)
-    if name != "resnet50":  # the whole backbone after the stem is one chain: in once, out once
+    if name != "resnet50":  # the whole backbone after the stem is one chain: in once, out once,
+        # and the stem (a dense Conv + Relu/Clip) writes its input in blocks: no Reorder in
         assert len(rep.chains) == 1 and len(rep.chains[0].inputs) == 1
         assert rep.chains[0].outputs and len(rep.chains[0].outputs) == 1
+        stem = next(n for n in pruned.graph.node if n.op_type == "Conv")
+        assert rep.chains[0].heads == {rep.chains[0].inputs[0]: stem.name}
+        assert sum(n.op_type == "Reorder" for n in blocked.graph.node) == 1
+        assert not any(n.op_type == "Conv" for n in blocked.graph.node)
+        row = next(r for r in rep.layers if r.name == stem.name)
+        assert "NCHWc8" in row.note
+    else:  # the 3x3 and strided SparseConvs before 1x1 chains write their blocks
+        assert any(c.heads for c in rep.chains)
     feeds = feeds_for(pruned)
     for t in (1, 2):
         assert_close(run_stock(pruned, feeds, t), run_sparse(blocked, feeds, t))
@@ -171,9 +189,11 @@ def test_cli_layout_and_json_chains(tmp_path, capsys):
     rep = json.loads(capsys.readouterr().out)
     assert rep["settings"]["layout"] == "NCHWc8"
     assert [c["layout"] for c in rep["chains"]] == ["NCHWc8"]
-    assert set(rep["chains"][0]) >= {"nodes", "inputs", "outputs", "nchw_ms", "blocked_ms"}
+    assert set(rep["chains"][0]) >= {"nodes", "inputs", "outputs", "heads", "nchw_ms",
+                                     "blocked_ms"}
+    assert list(rep["chains"][0]["heads"].values()) == ["conv1"]
     model = onnx.load(out)
-    assert sum(n.op_type == "Reorder" for n in model.graph.node) == 2
+    assert sum(n.op_type == "Reorder" for n in model.graph.node) == 1
     feeds = feeds_for(pruned)
     assert_close(run_stock(pruned, feeds), run_sparse(model, feeds))
     # the table names the chain and its layout; a layout click does not know is refused

@@ -51,6 +51,18 @@ void spmm_c8_32x4_avx512(size_t n, const SpMat& w, int g_begin, int g_end, const
 void spmm_c8_16x4_neon(size_t n, const SpMat& w, int g_begin, int g_end, const float* x,
                        ptrdiff_t x_bstride, int x_blocks, float* y, ptrdiff_t y_bstride,
                        const Epilogue& ep, float* panel, int panel_stride);
+// The same from a filled panel (kernels.h SpmmPanelBlockedFn).
+void spmm_panel_c8_ref(size_t n, const SpMat& w, int g_begin, int g_end, const float* panel,
+                       float* y, ptrdiff_t y_bstride, const Epilogue& ep);
+void spmm_panel_c8_24x4_avx2(size_t n, const SpMat& w, int g_begin, int g_end,
+                             const float* panel, float* y, ptrdiff_t y_bstride,
+                             const Epilogue& ep);
+void spmm_panel_c8_32x4_avx512(size_t n, const SpMat& w, int g_begin, int g_end,
+                               const float* panel, float* y, ptrdiff_t y_bstride,
+                               const Epilogue& ep);
+void spmm_panel_c8_16x4_neon(size_t n, const SpMat& w, int g_begin, int g_end,
+                             const float* panel, float* y, ptrdiff_t y_bstride,
+                             const Epilogue& ep);
 
 void spmv_bank_ref(const BankMat& w, int g_begin, int g_end, const float* x, const float* init,
                    float* y);

@@ -117,6 +117,13 @@ using FromBlockedFn = void (*)(const float* x, int lanes, size_t n, float* y, pt
 using SpmmBlockedFn = void (*)(size_t n, const SpMat& w, int g_begin, int g_end, const float* x,
                                ptrdiff_t x_bstride, int x_blocks, float* y, ptrdiff_t y_bstride,
                                const Epilogue& ep, float* panel, int panel_stride);
+// The same product from a panel the caller filled (SparseConv with an NCHW input and an
+// NCHWc8 output: im2col rows): X(k_j, p) = panel[x_offset[j] + p] for p in [0, n), and the
+// SIMD kernels read each row up to n rounded to 8 (those floats must be readable, and finite
+// or zero).  Y, ep and the groups as in SpmmBlockedFn.
+using SpmmPanelBlockedFn = void (*)(size_t n, const SpMat& w, int g_begin, int g_end,
+                                    const float* panel, float* y, ptrdiff_t y_bstride,
+                                    const Epilogue& ep);
 
 // Bank-balanced matrix-vector product, the 1-row case (LSTM recurrence, decoding).
 // Rows are interleaved in groups of L = KernelTable::spmv_lanes: lane l of group g is row
@@ -230,6 +237,7 @@ struct KernelTable {
   ToBlockedFn to_blocked;        // NCHW planes -> one channel block
   FromBlockedFn from_blocked;    // one channel block -> NCHW planes
   SpmmBlockedFn spmm_b4_blocked; // 1x4 SpMM on channel blocks (SparseConv layout NCHWc8)
+  SpmmPanelBlockedFn spmm_b4_panel_blocked;  // from a filled panel to channel blocks
 };
 
 // Every name, size and function of `t` set.
@@ -240,7 +248,7 @@ constexpr bool table_complete(const KernelTable& t) {
          t.b1_tile_pixels > 0 && t.predict_quantize != nullptr && t.predict != nullptr &&
          t.predict_units != nullptr && t.predict_exact != nullptr &&
          t.dwconv_blocked != nullptr && t.to_blocked != nullptr && t.from_blocked != nullptr &&
-         t.spmm_b4_blocked != nullptr;
+         t.spmm_b4_blocked != nullptr && t.spmm_b4_panel_blocked != nullptr;
 }
 
 // Per-ISA tables; null when that ISA was not compiled in or the CPU lacks it.

@@ -217,6 +217,7 @@ constexpr KernelTable make_table() {
   t.to_blocked = to_blocked_avx2;
   t.from_blocked = from_blocked_avx2;
   t.spmm_b4_blocked = spmm_c8_24x4_avx2;
+  t.spmm_b4_panel_blocked = spmm_panel_c8_24x4_avx2;
   return t;
 }
 

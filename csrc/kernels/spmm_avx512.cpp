@@ -197,6 +197,7 @@ constexpr KernelTable make_table(bool vnni) {
   t.to_blocked = to_blocked_avx2;
   t.from_blocked = from_blocked_avx2;
   t.spmm_b4_blocked = spmm_c8_32x4_avx512;
+  t.spmm_b4_panel_blocked = spmm_panel_c8_32x4_avx512;
   return t;
 }
 

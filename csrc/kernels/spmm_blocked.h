@@ -151,12 +151,47 @@ struct SpmmBlocked {
                  ep.residual ? ep.residual + (g / 2) * ep.residual_stride + at : nullptr};
   }
 
-  static void run(size_t n, const SpMat& w, int g_begin, int g_end, const float* x,
-                  ptrdiff_t xbs, int xblocks, float* y, ptrdiff_t ybs, const Epilogue& ep,
-                  float* panel, int ps) {
+  // Groups [g_begin, g_end) over panel columns [0, cw), which are pixels pc .. pc+cw of Y
+  // (and of the residual); the panel's rows hold zeros (or any finite value) up to cw
+  // rounded to 8.
+  static void sweep(size_t cw, const SpMat& w, int g_begin, int g_end, const float* panel,
+                    float* y, ptrdiff_t ybs, const Epilogue& ep, size_t pc) {
     constexpr int NVM = V::kMaxNV;
     const T vlo = V::set1(ep.lo), vhi = V::set1(ep.hi);
     const H hlo = V::hset1(ep.lo), hhi = V::hset1(ep.hi);
+    // The two groups of a Y block tile by tile, so both halves of each stored line are
+    // written one after the other.  (Group after group, whose 960-pixel chunk of one block
+    // half is 30 KiB of lines, measured the same within noise in a standalone driver, avx2
+    // on Zen 3: MobileNetV1's 1x1 layers 0.64-0.92x of NCHW either way.)
+    for (int g = g_begin; g < g_end;) {
+      const bool pair = g % 2 == 0 && g + 1 < g_end;
+      const Group a = group(w, g, ep, y, ybs, pc), b = pair ? group(w, g + 1, ep, y, ybs, pc) : a;
+      const bool after = ep.residual_after_act;
+      size_t p = 0;
+      for (; p + 8 * NVM <= cw; p += 8 * NVM) {
+        tile<NVM, false>(panel + p, w.x_offset, w.values, a.j0, a.j1, a.bias4, a.y + p * kL,
+                         a.res ? a.res + p * kL : a.res, after, vlo, vhi, hlo, hhi, 8);
+        if (pair)
+          tile<NVM, false>(panel + p, w.x_offset, w.values, b.j0, b.j1, b.bias4, b.y + p * kL,
+                           b.res ? b.res + p * kL : b.res, after, vlo, vhi, hlo, hhi, 8);
+      }
+      for (int h = 0; h < (pair ? 2 : 1); ++h) {
+        const Group& q = h ? b : a;
+        size_t pr = p;
+        rest<NVM - 1>(pr, cw, panel, w.x_offset, w.values, q.j0, q.j1, q.bias4, q.y, q.res,
+                      after, vlo, vhi, hlo, hhi);
+        if (pr < cw)
+          tile<1, true>(panel + pr, w.x_offset, w.values, q.j0, q.j1, q.bias4, q.y + pr * kL,
+                        q.res ? q.res + pr * kL : q.res, after, vlo, vhi, hlo, hhi,
+                        static_cast<int>(cw - pr));
+      }
+      g += pair ? 2 : 1;
+    }
+  }
+
+  static void run(size_t n, const SpMat& w, int g_begin, int g_end, const float* x,
+                  ptrdiff_t xbs, int xblocks, float* y, ptrdiff_t ybs, const Epilogue& ep,
+                  float* panel, int ps) {
     // Panel chunks of equal width (a multiple of 8, at most ps): 49 pixels with ps = 48 run as
     // one 56-wide chunk, not 48 + 1 (every chunk is one more pass over all the weights).
     const size_t nch = (n + ps - 1) / ps;
@@ -164,34 +199,7 @@ struct SpmmBlocked {
     for (size_t pc = 0; pc < n; pc += cwid) {
       const size_t cw = n - pc < cwid ? n - pc : cwid;
       fill_panel(x, xbs, xblocks, pc, cw, panel, ps);
-      // The two groups of a Y block tile by tile, so both halves of each stored line are
-      // written one after the other.  (Group after group, whose 960-pixel chunk of one block
-      // half is 30 KiB of lines, measured the same within noise in a standalone driver, avx2
-      // on Zen 3: MobileNetV1's 1x1 layers 0.64-0.92x of NCHW either way.)
-      for (int g = g_begin; g < g_end;) {
-        const bool pair = g % 2 == 0 && g + 1 < g_end;
-        const Group a = group(w, g, ep, y, ybs, pc), b = pair ? group(w, g + 1, ep, y, ybs, pc) : a;
-        const bool after = ep.residual_after_act;
-        size_t p = 0;
-        for (; p + 8 * NVM <= cw; p += 8 * NVM) {
-          tile<NVM, false>(panel + p, w.x_offset, w.values, a.j0, a.j1, a.bias4, a.y + p * kL,
-                           a.res ? a.res + p * kL : a.res, after, vlo, vhi, hlo, hhi, 8);
-          if (pair)
-            tile<NVM, false>(panel + p, w.x_offset, w.values, b.j0, b.j1, b.bias4, b.y + p * kL,
-                             b.res ? b.res + p * kL : b.res, after, vlo, vhi, hlo, hhi, 8);
-        }
-        for (int h = 0; h < (pair ? 2 : 1); ++h) {
-          const Group& q = h ? b : a;
-          size_t pr = p;
-          rest<NVM - 1>(pr, cw, panel, w.x_offset, w.values, q.j0, q.j1, q.bias4, q.y, q.res,
-                        after, vlo, vhi, hlo, hhi);
-          if (pr < cw)
-            tile<1, true>(panel + pr, w.x_offset, w.values, q.j0, q.j1, q.bias4, q.y + pr * kL,
-                          q.res ? q.res + pr * kL : q.res, after, vlo, vhi, hlo, hhi,
-                          static_cast<int>(cw - pr));
-        }
-        g += pair ? 2 : 1;
-      }
+      sweep(cw, w, g_begin, g_end, panel, y, ybs, ep, pc);
     }
   }
 };

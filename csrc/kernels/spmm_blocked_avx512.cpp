@@ -42,4 +42,9 @@ void spmm_c8_32x4_avx512(size_t n, const SpMat& w, int g_begin, int g_end, const
                              panel, panel_stride);
 }
 
+void spmm_panel_c8_32x4_avx512(size_t n, const SpMat& w, int g_begin, int g_end,
+                       const float* panel, float* y, ptrdiff_t y_bstride, const Epilogue& ep) {
+  SpmmBlocked<Avx512Spmm>::sweep(n, w, g_begin, g_end, panel, y, y_bstride, ep, 0);
+}
+
 }  // namespace sk

@@ -71,4 +71,9 @@ void spmm_c8_16x4_neon(size_t n, const SpMat& w, int g_begin, int g_end, const f
                              panel, panel_stride);
 }
 
+void spmm_panel_c8_16x4_neon(size_t n, const SpMat& w, int g_begin, int g_end,
+                       const float* panel, float* y, ptrdiff_t y_bstride, const Epilogue& ep) {
+  SpmmBlocked<NeonSpmm>::sweep(n, w, g_begin, g_end, panel, y, y_bstride, ep, 0);
+}
+
 }  // namespace sk

@@ -33,4 +33,29 @@ void spmm_c8_ref(size_t n, const SpMat& w, int g_begin, int g_end, const float* 
   }
 }
 
+void spmm_panel_c8_ref(size_t n, const SpMat& w, int g_begin, int g_end, const float* panel,
+                       float* y, ptrdiff_t y_bstride, const Epilogue& ep) {
+  constexpr int L = kChannelBlock;
+  for (int g = g_begin; g < g_end; ++g) {
+    const bool has = g < w.groups;
+    for (int b = 0; b < 4; ++b) {
+      const int r = g * 4 + b;
+      const ptrdiff_t lane = (g % 2) * 4 + b;
+      for (size_t p = 0; p < n; ++p) {
+        float acc = ep.bias ? ep.bias[r] : 0.0f;
+        if (has)
+          for (int32_t j = w.group_ptr[g]; j < w.group_ptr[g + 1]; ++j)
+            acc += w.values[static_cast<size_t>(j) * 4 + b] * panel[w.x_offset[j] + p];
+        const ptrdiff_t at = static_cast<ptrdiff_t>(p) * L + lane;
+        const float res = ep.residual ? ep.residual[(g / 2) * ep.residual_stride + at] : 0.0f;
+        if (!ep.residual_after_act) acc += res;
+        acc = acc < ep.lo ? ep.lo : acc;  // a NaN stays NaN
+        acc = acc > ep.hi ? ep.hi : acc;
+        if (ep.residual_after_act) acc += res;
+        y[(g / 2) * y_bstride + at] = acc;
+      }
+    }
+  }
+}
+
 }  // namespace sk

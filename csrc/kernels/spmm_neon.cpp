@@ -197,6 +197,7 @@ constexpr KernelTable make_table() {
   t.to_blocked = to_blocked_ref;
   t.from_blocked = from_blocked_ref;
   t.spmm_b4_blocked = spmm_c8_16x4_neon;
+  t.spmm_b4_panel_blocked = spmm_panel_c8_16x4_neon;
   return t;
 }
 

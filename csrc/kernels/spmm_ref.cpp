@@ -82,6 +82,7 @@ constexpr KernelTable make_table() {
   t.to_blocked = to_blocked_ref;
   t.from_blocked = from_blocked_ref;
   t.spmm_b4_blocked = spmm_c8_ref;
+  t.spmm_b4_panel_blocked = spmm_panel_c8_ref;
   return t;
 }
 

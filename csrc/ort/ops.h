@@ -32,7 +32,8 @@ class SparseConvKernel {
   void run_im2col(OrtKernelContext* ctx, const float* x, float* y, const float* res, int64_t N,
                   int64_t H, int64_t W, int64_t OH, int64_t OW) const;
   void im2col(const float* x_img, int64_t H, int64_t W, int64_t OW, int64_t p0, int64_t len,
-              float* panel) const;
+              float* panel, int64_t T) const;
+  void nchw_geometry(const TensorView& X, int64_t* OH, int64_t* OW) const;
   bool phase_path_fits(int64_t OW) const;
   void run_phases(OrtKernelContext* ctx, const float* x, float* y, const float* res, int64_t N,
                   int64_t H, int64_t W, int64_t OH, int64_t OW) const;
@@ -60,6 +61,12 @@ class SparseConvKernel {
   AVec<float> blk_bias_;        // [ceil(M/8) * 8], zero past M (empty when no bias)
   void init_blocked(const Api& api, const OrtKernelInfo* info);
   void compute_blocked(OrtKernelContext* ctx) const;
+  // layout = "NCHWc8" with input_layout = "NCHW" (any geometry, 1x4 blocks): X NCHW, Y and
+  // the residual blocked; im2col panels of out_T_ pixels through spmm_b4_panel_blocked
+  bool blocked_out_ = false;
+  int64_t out_T_ = 0;           // panel row stride: panel_.T rounded up to 8
+  void init_blocked_out(const Api& api, const OrtKernelInfo* info);
+  void compute_blocked_out(OrtKernelContext* ctx) const;
 };
 
 class SparseGemmKernel {

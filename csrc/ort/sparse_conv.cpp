@@ -100,11 +100,18 @@ SparseConvKernel::SparseConvKernel(const Api& api, const OrtKernelInfo* info) : 
   Attrs a(api, info);
   refuse_unimplemented(a, {"format", "block", "bank_size", "activation", "clip_min", "clip_max",
                            "residual_after_act", "out_channels", "in_channels", "kernel_shape",
-                           "strides", "pads", "dilations", "layout"});
+                           "strides", "pads", "dilations", "layout", "input_layout"});
   const std::string layout = a.get_string("layout", "NCHW");
   if (layout != "NCHW" && layout != "NCHWc8")
     throw Error("attribute 'layout' must be \"NCHW\" or \"NCHWc8\", got \"" + layout + "\"");
-  blocked_ = layout == "NCHWc8";
+  const std::string in_layout = a.get_string("input_layout", layout);
+  if (in_layout != "NCHW" && in_layout != "NCHWc8")
+    throw Error("attribute 'input_layout' must be \"NCHW\" or \"NCHWc8\", got \"" + in_layout +
+                "\"");
+  if (in_layout == "NCHWc8" && layout == "NCHW")
+    throw Error("input_layout NCHWc8 needs layout NCHWc8 (a blocked X gives a blocked Y)");
+  blocked_ = layout == "NCHWc8" && in_layout == "NCHWc8";
+  blocked_out_ = layout == "NCHWc8" && in_layout == "NCHW";
   kt_ = select_table();
   M_ = a.get_int("out_channels");
   C_ = a.get_int("in_channels");
@@ -154,14 +161,16 @@ SparseConvKernel::SparseConvKernel(const Api& api, const OrtKernelInfo* info) : 
     direct_offsets(w_, static_hw_, static_xoff_.data());
   }
   if (blocked_) init_blocked(api, info);
+  if (blocked_out_) init_blocked_out(api, info);
   // K chunks for the im2col path only: on the direct path (X rows an image plane apart) they
   // measured slower on MobileNetV1's 1x1 layers (e.g. 512x14x14 0.33 -> 0.39 ms at 90% bank).
-  if (!residual_after_act_ && !direct_) kchunks_ = make_panel_kchunks(w_, panel_, kt_);
+  if (!residual_after_act_ && !direct_ && !blocked_out_) kchunks_ = make_panel_kchunks(w_, panel_, kt_);
   log_verbose(api, info,
               std::string("sparsekit SparseConv '") + node_name(api, info) + "': kernels " +
                   kt_->name + ", " +
-                  (blocked_  ? "NCHWc8 1x1 (panel " + s(blk_ps_) + " px)"
-                   : direct_ ? "direct 1x1"
+                  (blocked_      ? "NCHWc8 1x1 (panel " + s(blk_ps_) + " px)"
+                   : blocked_out_ ? "NCHW -> NCHWc8 im2col"
+                   : direct_      ? "direct 1x1"
                    : phases_ ? "phase-plane (output rows >= 24 wide) or im2col"
                              : "im2col") +
                   " path, " + s(w_.nblocks()) + " nonzero blocks of " + s(w_.B) + ", panel T=" +
@@ -178,24 +187,32 @@ sk::Epilogue SparseConvKernel::epilogue() const {
   return ep;
 }
 
-void SparseConvKernel::compute(OrtKernelContext* ctx) const {
-  if (blocked_) return compute_blocked(ctx);
-  const TensorView X = view_tensor(api_, get_input(api_, ctx, kInX), "X");
+// An NCHW X's checks and output size (the NCHW op and the NCHW -> NCHWc8 one).
+void SparseConvKernel::nchw_geometry(const TensorView& X, int64_t* OH, int64_t* OW) const {
   if (X.type != ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT)
     throw Error(std::string("X must be float32, got ") + dtype_name(X.type));
   if (X.shape.size() != 4)
     throw Error("X must be 4-D [N, C, H, W], got shape " + X.shape_str());
   if (X.shape[1] != C_)
     throw Error("X has shape " + X.shape_str() + " but in_channels = " + s(C_));
-  const int64_t N = X.shape[0], H = X.shape[2], W = X.shape[3];
-  const int64_t OH = out_size(H, kh_, sh_, dh_, pt_, pb_);
-  const int64_t OW = out_size(W, kw_, sw_, dw_, pl_, pr_);
-  if (OH < 1 || OW < 1)
+  const int64_t H = X.shape[2], W = X.shape[3];
+  *OH = out_size(H, kh_, sh_, dh_, pt_, pb_);
+  *OW = out_size(W, kw_, sw_, dw_, pl_, pr_);
+  if (*OH < 1 || *OW < 1)
     throw Error("X spatial size " + s(H) + "x" + s(W) + " (padded " + s(H + pt_ + pb_) + "x" +
                 s(W + pl_ + pr_) + ") is smaller than the dilated kernel " +
                 s(dh_ * (kh_ - 1) + 1) + "x" + s(dw_ * (kw_ - 1) + 1));
-  if (OH > INT32_MAX || OW > INT32_MAX || H > INT32_MAX || W > INT32_MAX)
+  if (*OH > INT32_MAX || *OW > INT32_MAX || H > INT32_MAX || W > INT32_MAX)
     throw Error("X spatial size " + s(H) + "x" + s(W) + " is too large");
+}
+
+void SparseConvKernel::compute(OrtKernelContext* ctx) const {
+  if (blocked_) return compute_blocked(ctx);
+  if (blocked_out_) return compute_blocked_out(ctx);
+  const TensorView X = view_tensor(api_, get_input(api_, ctx, kInX), "X");
+  int64_t OH, OW;
+  nchw_geometry(X, &OH, &OW);
+  const int64_t N = X.shape[0], H = X.shape[2], W = X.shape[3];
   const std::vector<int64_t> ydims = {N, M_, OH, OW};
   const float* res = get_residual(api_, ctx, kInResidual, ydims);
   float* y = get_output(api_, ctx, ydims);
@@ -249,8 +266,7 @@ void SparseConvKernel::run_direct(OrtKernelContext* ctx, const float* x, float* 
 
 // Panel rows u for output pixels [p0, p0+len) of one image: panel[u*T + t].
 void SparseConvKernel::im2col(const float* x_img, int64_t H, int64_t W, int64_t OW, int64_t p0,
-                              int64_t len, float* panel) const {
-  const int64_t T = panel_.T;
+                              int64_t len, float* panel, int64_t T) const {
   for (size_t u = 0; u < panel_.rows.size(); ++u) {
     const float* xc = x_img + int64_t(tap_c_[u]) * H * W;
     const int64_t dy = tap_dy_[u], dx = tap_dx_[u];
@@ -307,7 +323,7 @@ void SparseConvKernel::run_im2col(OrtKernelContext* ctx, const float* x, float* 
       const int64_t n = int64_t(i) / ps.n, t = int64_t(i) % ps.n;
       const int64_t p0 = ps.begin(t), len = ps.len(t);
       Scratch<float> panel{size_t(panel_size)};
-      im2col(x + n * C * H * W, H, W, OW, p0, len, panel.get());
+      im2col(x + n * C * H * W, H, W, OW, p0, len, panel.get(), T);
       sk::Epilogue ep = ep0;
       if (res) ep.residual = res + n * M * P + p0, ep.residual_stride = P;
       spmm_maybe_chunked(kchunks_, spmm, m, size_t(len), 0, int(G), panel.get(),
@@ -325,7 +341,7 @@ void SparseConvKernel::run_im2col(OrtKernelContext* ctx, const float* x, float* 
     parallel_for(api_, ctx, size_t(cnt * ntiles), [&](size_t i) {
       const int64_t n = int64_t(i) / ntiles, t = int64_t(i) % ntiles, p0 = t * T;
       im2col(x + (n0 + n) * C * H * W, H, W, OW, p0, std::min(T, P - p0),
-             panels.get() + (n * ntiles + t) * panel_size);
+             panels.get() + (n * ntiles + t) * panel_size, T);
     });
     parallel_for(api_, ctx, size_t(cnt * ntiles * gc.n), [&](size_t i) {
       const int c = int(int64_t(i) % gc.n);
@@ -515,6 +531,69 @@ void SparseConvKernel::compute_blocked(OrtKernelContext* ctx) const {
                            int(kb), y + n * mb * ybs, ybs, ep, pan.get(), blk_ps_);
     });
   }
+}
+
+// ---- NCHW in, NCHWc8 out --------------------------------------------------------------------
+// Any conv (a network's stem, a strided or k x k layer before a blocked chain) writing its
+// output in channel blocks, so no Reorder follows it: im2col panels of the NCHW X as on the
+// im2col path, swept by the blocked kernel's tiles (spmm_blocked.h) into Y blocks.
+void SparseConvKernel::init_blocked_out(const Api& api, const OrtKernelInfo* info) {
+  if (w_.B != 4)
+    throw Error("layout NCHWc8 needs 1x4 blocks (block = 4), got block " + s(w_.B));
+  std::vector<int64_t> xs;
+  if (input_static_shape(api, info, kInX, &xs) && (xs.size() != 4 || (xs[1] >= 0 && xs[1] != C_)))
+    throw Error("X is declared with shape " + shape_str(xs) + ", but input_layout NCHW with " +
+                s(C_) + " in_channels needs [N, " + s(C_) + ", H, W]");
+  if (input_present(api, info, kInResidual) &&
+      input_static_shape(api, info, kInResidual, &xs))
+    check_blocked_shape(xs, M_, "residual");
+  out_T_ = (int64_t(panel_.T) + kBL - 1) / kBL * kBL;
+  if (int64_t(panel_.rows.size()) * out_T_ > INT32_MAX)
+    throw Error("weights reference too many reduction rows (" + s(int64_t(panel_.rows.size())) +
+                ")");
+  blk_xoff_.resize(std::max<size_t>(1, w_.k.size()));
+  for (size_t j = 0; j < w_.k.size(); ++j)
+    blk_xoff_[j] = int32_t(panel_.x_offset[j] / panel_.T * out_T_);
+  if (!bias_.empty()) {
+    blk_bias_.assign(size_t((M_ + kBL - 1) / kBL * kBL), 0.0f);
+    std::copy(bias_.begin(), bias_.end(), blk_bias_.begin());
+  }
+}
+
+void SparseConvKernel::compute_blocked_out(OrtKernelContext* ctx) const {
+  const TensorView X = view_tensor(api_, get_input(api_, ctx, kInX), "X");
+  int64_t OH, OW;
+  nchw_geometry(X, &OH, &OW);
+  const int64_t N = X.shape[0], H = X.shape[2], W = X.shape[3];
+  const int64_t P = OH * OW, mb = (M_ + kBL - 1) / kBL;
+  if (P > INT32_MAX / kBL) throw Error("output size " + s(OH) + "x" + s(OW) + " is too large");
+  const std::vector<int64_t> ydims = {N, mb, OH, OW, kBL};
+  const float* res = get_residual(api_, ctx, kInResidual, ydims);
+  float* y = get_output(api_, ctx, ydims);
+  if (N == 0) return;
+  const float* x = static_cast<const float*>(X.data);
+  const sk::SpMat m = spmat(w_, blk_xoff_.data());
+  sk::Epilogue ep0 = epilogue();
+  ep0.bias = blk_bias_.empty() ? nullptr : blk_bias_.data();
+  const int64_t T = out_T_, R = std::max<int64_t>(1, int64_t(panel_.rows.size()));
+  const int64_t ybs = P * kBL, C = C_;
+  const int G2 = int(2 * mb);
+  // One item per (image, pixel tile of at most panel_.T pixels): im2col into its own panel,
+  // the rows' tails up to a whole vector zeroed (the tiles read them), then all groups.
+  const PixelSplit ps = split_pixels(P, panel_.T, kt_);
+  parallel_for(api_, ctx, size_t(N * ps.n), [&](size_t i) {
+    const int64_t n = int64_t(i) / ps.n, t = int64_t(i) % ps.n;
+    const int64_t p0 = ps.begin(t), len = ps.len(t);
+    Scratch<float> panel{size_t(R * T)};
+    im2col(x + n * C * H * W, H, W, OW, p0, len, panel.get(), T);
+    const int64_t len8 = (len + kBL - 1) / kBL * kBL;
+    for (int64_t u = 0; u < int64_t(panel_.rows.size()); ++u)
+      std::fill(panel.get() + u * T + len, panel.get() + u * T + len8, 0.0f);
+    sk::Epilogue ep = ep0;
+    if (res) ep.residual = res + n * mb * ybs + p0 * kBL, ep.residual_stride = ybs;
+    kt_->spmm_b4_panel_blocked(size_t(len), m, 0, G2, panel.get(), y + n * mb * ybs + p0 * kBL,
+                               ybs, ep);
+  });
 }
 
 }  // namespace skort

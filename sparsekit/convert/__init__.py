@@ -115,6 +115,7 @@ def convert(model_or_path, *, max_density: Optional[Dict[str, float]] = None,
                            for p in plans.values()], opset=format.opset_import())
     report.layers = [rows[i] for i in sorted(rows)]
     report.chains = apply_layouts(model, layout, ctx.shapes, threads=threads, dims=dims)
+    _note_heads(report)
     set_metadata(model, CONVERTED_KEY, json.dumps(
         {"version": 1, "layers": {l.name: l.format for l in report.layers
                                   if l.decision in ("sparse", "depthwise")}}))
@@ -192,6 +193,17 @@ def _note_shared_weights(ctx: Context, rows: Dict[int, LayerDecision],
         if rows[i].decision == "sparse" and users:
             rows[i].note = ("the dense weight stays in the file: also read by "
                             + ", ".join(users[:3]) + (" ..." if len(users) > 3 else ""))
+
+
+def _note_heads(report: ConvertReport) -> None:
+    """A layer that now writes a blocked chain's input says so (a dense one is a SparseConv
+    with its weights in 1x4 blocks)."""
+    rows = {l.name: l for l in report.layers}
+    for c in report.chains:
+        for name in (c.heads if c.layout == "NCHWc8" else {}).values():
+            if name in rows:
+                note = "writes NCHWc8 for the chain after it (SparseConv, input_layout NCHW)"
+                rows[name].note = f"{rows[name].note}; {note}" if rows[name].note else note
 
 
 def _check_output(model: onnx.ModelProto, src: onnx.ModelProto, report: ConvertReport) -> None:

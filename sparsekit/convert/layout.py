@@ -3,9 +3,13 @@ chain edge (issue 20; docs/convert.md "Activation layout").
 
 A chain is a connected set of converted ops that can run blocked: DepthwiseConv, and SparseConv
 with a 1x1 kernel, stride 1, no pads and 1x4 blocks.  Tensors passed between two of them (the
-activation input and the fused residual) stay blocked; a tensor entering the chain gets one
-Reorder to NCHWc8, and a tensor leaving it (read by any other node, or a graph output) one
-Reorder back to NCHW under its own name, so nothing outside the chain changes.  Which chains
+activation input and the fused residual) stay blocked; a tensor leaving the chain (read by any
+other node, or a graph output) gets one Reorder back to NCHW under its own name, so nothing
+outside the chain changes.  A tensor entering the chain gets a Reorder to NCHWc8, unless the
+conv that makes it can write blocks itself (its head): a SparseConv of any geometry (1x4, no
+residual), or a plain Conv (+ Relu / Clip) such as the network's stem, which becomes a
+SparseConv with its dense weights in 1x4 blocks, reading NCHW and writing NCHWc8
+(input_layout = "NCHW").  Either way the tensor is read by chain ops only.  Which chains
 go blocked: all ("NCHWc8"), none ("NCHW"), or those measured faster blocked than NCHW, each
 chain alone in onnxruntime with its Reorders ("auto", as autotune does per layer).
 """
@@ -21,7 +25,7 @@ from onnx import helper
 
 from .. import format, pack
 from ..errors import SparsekitError
-from ..graph import get_attr
+from ..graph import get_attr, tensor_to_array
 from ..sessions import time_pair
 
 __all__ = ["LAYOUT_CHOICES", "Chain", "find_chains", "apply_layouts", "check_layout"]
@@ -40,11 +44,15 @@ class Chain:
     reason: str = ""
     nchw_ms: Optional[float] = None
     blocked_ms: Optional[float] = None
+    heads: Dict[str, str] = field(default_factory=dict)   # input -> conv that writes it blocked
     index: List[int] = field(default_factory=list, repr=False)   # positions in graph.node
+    # input -> (positions of the nodes its head replaces, the head node, its initializers)
+    head_plans: Dict[str, tuple] = field(default_factory=dict, repr=False)
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d.pop("index")
+        d.pop("head_plans")
         return d
 
 
@@ -100,6 +108,7 @@ def find_chains(model: onnx.ModelProto) -> List[Chain]:
         for x in n.input:
             readers.setdefault(x, []).append(j)
     graph_outputs = {o.name for o in model.graph.output}
+    taken = _names(model)
     chains = []
     for idx in groups.values():
         inside = set(idx)
@@ -113,8 +122,100 @@ def find_chains(model: onnx.ModelProto) -> List[Chain]:
             y = nodes[i].output[0]
             if y in graph_outputs or any(j not in inside for j in readers.get(y, [])):
                 outputs.append(y)
-        chains.append(Chain([nodes[i].name for i in idx], inputs, outputs, index=idx))
+        chain = Chain([nodes[i].name for i in idx], inputs, outputs, index=idx)
+        for x in inputs:
+            if x in graph_outputs or any(j not in inside for j in readers.get(x, [])):
+                continue  # read outside the chain too: it stays NCHW, with a Reorder
+            plan = _head(model, x, readers, taken)
+            if plan is not None:
+                chain.head_plans[x] = plan
+                chain.heads[x] = model.graph.node[plan[0][0]].name
+        chains.append(chain)
     return chains
+
+
+def _head(model: onnx.ModelProto, x: str, readers: Dict[str, List[int]], taken: set):
+    """The conv that makes ``x`` rewritten to write it in blocks (module docstring), or None:
+    (positions of the nodes it replaces, the new SparseConv, its initializers)."""
+    nodes = model.graph.node
+    made = {o: j for j, n in enumerate(nodes) for o in n.output}
+    j = made.get(x)
+    if j is None:
+        return None
+    node = nodes[j]
+    if node.domain == format.DOMAIN:
+        if (node.op_type != "SparseConv" or int(get_attr(node, "block", 0)) != 4
+                or any(a.name in ("layout", "input_layout") for a in node.attribute)
+                or (len(node.input) > _RESIDUAL and node.input[_RESIDUAL])):
+            return None
+        head = copy.deepcopy(node)
+        head.attribute.extend([helper.make_attribute("layout", BLOCKED),
+                               helper.make_attribute("input_layout", "NCHW")])
+        return [j], head, []
+    act, lo, hi, conv_j = "none", None, None, j
+    inits = {t.name: t for t in model.graph.initializer}
+    if node.op_type in ("Relu", "Clip") and node.domain in ("", "ai.onnx"):
+        if node.op_type == "Clip":
+            try:
+                bounds = _clip_bounds(node, inits)
+            except SparsekitError:
+                bounds = None
+            if bounds is None:
+                return None
+            act, (lo, hi) = "clip", bounds
+        else:
+            act = "relu"
+        conv_j = made.get(node.input[0])
+        if conv_j is None or readers.get(node.input[0]) != [j]:
+            return None
+    conv = nodes[conv_j]
+    if conv.op_type != "Conv" or conv.domain not in ("", "ai.onnx") or len(conv.input) < 2:
+        return None
+    try:
+        return _dense_head(conv, conv_j, j, x, inits, act, lo, hi, taken)
+    except SparsekitError:  # weights we cannot read here (external data not loaded)
+        return None
+
+
+def _dense_head(conv, conv_j: int, j: int, x: str, inits, act: str, lo, hi, taken: set):
+    w_t = inits.get(conv.input[1])
+    b_t = inits.get(conv.input[2]) if len(conv.input) > 2 and conv.input[2] else None
+    if (w_t is None or w_t.data_type != onnx.TensorProto.FLOAT or len(w_t.dims) != 4
+            or int(get_attr(conv, "group", 1)) != 1
+            or get_attr(conv, "auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET")
+            or (len(conv.input) > 2 and conv.input[2] and b_t is None)):
+        return None
+    w = tensor_to_array(w_t)
+    bias = None if b_t is None else tensor_to_array(b_t).astype(np.float32).reshape(-1)
+    if not (np.isfinite(w).all() and (bias is None or np.isfinite(bias).all())):
+        return None
+    try:
+        # initializers under a new prefix (the conv's own names, e.g. a folded "conv1.bias",
+        # are taken); the node keeps the conv's name
+        head, head_inits = pack.make_sparse_conv_node(
+            _unique(f"{conv.name or x}.nchwc8", taken), conv.input[0], x, w, bias, fmt="bsr",
+            block=4,
+            strides=list(get_attr(conv, "strides", [1, 1])),
+            pads=list(get_attr(conv, "pads", [0, 0, 0, 0])),
+            dilations=list(get_attr(conv, "dilations", [1, 1])), activation=act,
+            clip_min=lo, clip_max=hi, layout=BLOCKED, input_layout="NCHW")
+    except SparsekitError:
+        return None
+    head.name = conv.name or head.name
+    return sorted({conv_j, j}), head, head_inits
+
+
+def _clip_bounds(node: onnx.NodeProto, inits) -> Optional[tuple]:
+    """(min, max) of a Clip with constant bounds (attributes before opset 11, else inputs)."""
+    lo, hi = get_attr(node, "min", -np.inf), get_attr(node, "max", np.inf)
+    for k, v in ((1, "lo"), (2, "hi")):
+        if len(node.input) > k and node.input[k]:
+            t = inits.get(node.input[k])
+            if t is None:
+                return None
+            val = float(tensor_to_array(t).reshape(-1)[0])
+            lo, hi = (val, hi) if v == "lo" else (lo, val)
+    return float(lo), float(hi)
 
 
 def _channels(model: onnx.ModelProto, node: onnx.NodeProto) -> int:
@@ -154,8 +255,13 @@ def _block_nodes(model: onnx.ModelProto, chain: Chain, taken: set) -> List[onnx.
             x = node.input[k]
             if x in chain.inputs and x not in done_in:
                 done_in.add(x)
-                out.append(pack.make_reorder_node(_unique(f"{x}.to_nchwc8", taken), x,
-                                                  blocked[x], BLOCKED)[0])
+                if x in chain.head_plans:
+                    head = copy.deepcopy(chain.head_plans[x][1])
+                    head.output[0] = blocked[x]
+                    out.append(head)
+                else:
+                    out.append(pack.make_reorder_node(_unique(f"{x}.to_nchwc8", taken), x,
+                                                      blocked[x], BLOCKED)[0])
             node.input[k] = blocked[x]
         y = node.output[0]
         node.output[0] = blocked[y]
@@ -170,7 +276,8 @@ def _block_nodes(model: onnx.ModelProto, chain: Chain, taken: set) -> List[onnx.
 
 
 def _rewrite(model: onnx.ModelProto, chains: List[Chain]) -> None:
-    """Replace the nodes of every chain whose layout is NCHWc8 (in place)."""
+    """Replace the nodes of every chain whose layout is NCHWc8 (and those its heads replace),
+    in place."""
     nodes = model.graph.node
     taken = _names(model)
     new_at: Dict[int, List[onnx.NodeProto]] = {}
@@ -179,8 +286,12 @@ def _rewrite(model: onnx.ModelProto, chains: List[Chain]) -> None:
         if c.layout == BLOCKED:
             new_at[c.index[0]] = _block_nodes(model, c, taken)
             drop.update(c.index)
+            for replaced, _, head_inits in c.head_plans.values():
+                drop.update(replaced)
+                model.graph.initializer.extend(head_inits)
     if not drop:
         return
+    gone = {x for i in drop for x in nodes[i].input}
     merged = []
     for i, n in enumerate(nodes):
         merged.extend(new_at.get(i, []))
@@ -188,6 +299,11 @@ def _rewrite(model: onnx.ModelProto, chains: List[Chain]) -> None:
             merged.append(n)
     del model.graph.node[:]
     model.graph.node.extend(_topological(merged))
+    # a head's dense weights (and Clip bounds) go with the nodes it replaced
+    used = {x for n in model.graph.node for x in n.input} | {o.name for o in model.graph.output}
+    kept_inits = [t for t in model.graph.initializer if t.name in used or t.name not in gone]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(kept_inits)
     # tensors that now exist only blocked, under new names, lose their NCHW value_info
     live = {x for n in model.graph.node for x in n.output}
     kept = [v for v in model.graph.value_info if v.name in live]
@@ -227,33 +343,41 @@ def _topological(nodes: List[onnx.NodeProto]) -> List[onnx.NodeProto]:
 
 
 def _chain_models(model: onnx.ModelProto, chain: Chain, shapes, dims: Dict[str, int]):
-    """(NCHW model, blocked model, feeds): the chain alone, both ways, on random inputs."""
+    """(NCHW model, blocked model, feeds): the chain alone (with the nodes its heads replace),
+    both ways, on random inputs."""
+    nodes = model.graph.node
+    head_nodes = sorted(i for replaced, _, _ in chain.head_plans.values() for i in replaced)
+    plain = [copy.deepcopy(nodes[i]) for i in head_nodes + list(chain.index)]
+    made = {o for n in plain for o in n.output}
+    inits = {t.name: t for t in model.graph.initializer}
+    sources = [x for x in dict.fromkeys(x for n in plain for x in n.input)
+               if x and x not in made and x not in inits]
     rng = np.random.default_rng(0)
     feeds = {}
-    for x in chain.inputs:
+    for x in sources:
         d = shapes.get(x)
         if not d or any(not (isinstance(v, str) and v) and not (isinstance(v, int) and v > 0)
                         for v in d):
             raise SparsekitError(f"the shape of {x!r} is unknown")
         feeds[x] = rng.standard_normal([v if isinstance(v, int) else dims.get(v, 1)
                                         for v in d]).astype(np.float32)
-    nodes = model.graph.node
-    plain = [copy.deepcopy(nodes[i]) for i in chain.index]
     blocked = _block_nodes(model, chain, _names(model))
-    inits = {t.name: t for t in model.graph.initializer}
     used = list({x: inits[x] for n in plain for x in n.input if x in inits}.values())
+    head_inits = [t for _, _, hi in chain.head_plans.values() for t in hi]
     opsets = [o for o in model.opset_import if o.domain != format.DOMAIN] + [format.opset_import()]
 
-    def build(ns):
+    def build(ns, consts):
         g = helper.make_graph(
             ns, "chain",
             [helper.make_tensor_value_info(k, onnx.TensorProto.FLOAT, list(v.shape))
              for k, v in feeds.items()],
             [helper.make_tensor_value_info(y, onnx.TensorProto.FLOAT, None)
-             for y in chain.outputs], used)
+             for y in chain.outputs], consts)
         return helper.make_model(g, opset_imports=opsets, ir_version=model.ir_version)
 
-    return build(plain), build(blocked), feeds
+    needed = {x for n in blocked for x in n.input}
+    return (build(plain, used),
+            build(blocked, [t for t in used + head_inits if t.name in needed]), feeds)
 
 
 def apply_layouts(model: onnx.ModelProto, layout: str, shapes, *, threads: Optional[int] = None,

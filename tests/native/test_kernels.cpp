@@ -559,8 +559,10 @@ void reorder_suite(const KernelTable& t) {
 // padding rows of the last block (zero weights, zero bias) must come out as epilogue(0) and
 // every lane of every block is written.  Optionally split into group and pixel ranges (the
 // op's thread splits).  Panel stride `ps` (a multiple of 8) may be smaller than n.
+// from_panel: spmm_b4_panel_blocked on X's rows as a filled panel (n rounded up to 8 floats
+// per row plus `ps` more, the padding zero), the same reference.
 void check_spmm_blocked(const KernelTable& t, const SparseCase& c, int n, const EpiCase& e,
-                        int ps, bool split, const std::string& tag) {
+                        int ps, bool split, const std::string& tag, bool from_panel) {
   constexpr int L = sk::kChannelBlock;
   const int K = c.K, rows = c.rows;
   const int kb = (K + L - 1) / L, mb = (rows + L - 1) / L;
@@ -574,8 +576,14 @@ void check_spmm_blocked(const KernelTable& t, const SparseCase& c, int n, const 
   for (size_t i = 0; i < bias.n; ++i) bias[i] = static_cast<int>(i) < rows ? randf() : 0.0f;
   for (size_t i = 0; i < res.n; ++i) res[i] = randf();
   for (size_t i = 0; i < y.n; ++i) y[i] = kGuard;
+  const int pt = (n + 7) / 8 * 8 + ps;  // filled panel's row stride
+  Buf filled(static_cast<size_t>(K) * pt);
+  for (int k = 0; k < K; ++k)
+    for (int p = 0; p < pt; ++p)
+      filled[static_cast<size_t>(k) * pt + p] =
+          p < n ? x[(k / L) * xbs + static_cast<ptrdiff_t>(p) * L + k % L] : 0.0f;
   std::vector<int32_t> xoff(c.kidx.size());
-  for (size_t j = 0; j < xoff.size(); ++j) xoff[j] = c.kidx[j] * ps;
+  for (size_t j = 0; j < xoff.size(); ++j) xoff[j] = c.kidx[j] * (from_panel ? pt : ps);
   SpMat w;
   w.B = 4;
   w.rows = rows;
@@ -591,7 +599,9 @@ void check_spmm_blocked(const KernelTable& t, const SparseCase& c, int n, const 
   ep.lo = e.lo;
   ep.hi = e.hi;
   const int G2 = 2 * mb;
-  if (!split) {
+  if (!split && from_panel) {
+    t.spmm_b4_panel_blocked(static_cast<size_t>(n), w, 0, G2, filled.data(), y.data(), ybs, ep);
+  } else if (!split) {
     t.spmm_b4_blocked(static_cast<size_t>(n), w, 0, G2, x.data(), xbs, kb, y.data(), ybs, ep,
                       panel.data(), ps);
   } else {  // group ranges split at an odd group (half a block) and two pixel ranges
@@ -604,6 +614,12 @@ void check_spmm_blocked(const KernelTable& t, const SparseCase& c, int n, const 
         if (pr[pi + 1] <= pr[pi] || gr[gi + 1] <= gr[gi]) continue;
         Epilogue e2 = ep;
         if (e2.residual) e2.residual += static_cast<ptrdiff_t>(pr[pi]) * L;
+        if (from_panel) {
+          t.spmm_b4_panel_blocked(static_cast<size_t>(pr[pi + 1] - pr[pi]), w, gr[gi],
+                                  gr[gi + 1], filled.data() + pr[pi],
+                                  y.data() + static_cast<ptrdiff_t>(pr[pi]) * L, ybs, e2);
+          continue;
+        }
         t.spmm_b4_blocked(static_cast<size_t>(pr[pi + 1] - pr[pi]), w, gr[gi], gr[gi + 1],
                           x.data() + static_cast<ptrdiff_t>(pr[pi]) * L, xbs, kb,
                           y.data() + static_cast<ptrdiff_t>(pr[pi]) * L, ybs, e2, panel.data(),
@@ -643,13 +659,19 @@ void check_spmm_blocked(const KernelTable& t, const SparseCase& c, int n, const 
   }
   char msg[512];
   std::snprintf(msg, sizeof msg,
-                "%s spmm_b4_blocked %s n=%d rows=%d K=%d nnzb=%zu ps=%d epi=%s%s: %s", t.name,
-                tag.c_str(), n, rows, K, c.kidx.size(), ps, e.name, split ? " split" : "",
-                bad ? where : "ok");
+                "%s %s %s n=%d rows=%d K=%d nnzb=%zu ps=%d epi=%s%s: %s", t.name,
+                from_panel ? "spmm_b4_panel_blocked" : "spmm_b4_blocked", tag.c_str(), n, rows,
+                K, c.kidx.size(), ps, e.name, split ? " split" : "", bad ? where : "ok");
   record(bad == 0, msg);
 }
 
 void spmm_blocked_suite(const KernelTable& t) {
+  // every case from X's blocks and from a filled panel (the NCHW-input path)
+  const auto check_spmm_blocked = [&t](const KernelTable&, const SparseCase& c, int n,
+                                       const EpiCase& e, int ps, bool split,
+                                       const std::string& tag) {
+    for (bool fp : {false, true}) ::check_spmm_blocked(t, c, n, e, ps, split, tag, fp);
+  };
   const double sparsities[] = {0.0, 0.3, 0.5, 0.7, 0.9, 0.95, 0.99, 1.0};
   int ei = 0, si = 0;
   // Every pixel count 1..80, rows and K often not multiples of 4 or 8, panels narrower than n.
