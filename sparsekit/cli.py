@@ -793,6 +793,14 @@ def zoo(name, output, force, as_json):
 @click.option("--train-size", type=click.IntRange(min=1), default=None, metavar="PIXELS",
               help="Train on PIXELSxPIXELS crops (a folder of images; e.g. 160 for a 224 model: "
                    "several times faster per step); evaluation stays at the model's size.")
+@click.option("--invert", type=click.IntRange(min=0), default=0, show_default=True, metavar="N",
+              help="Before training, synthesise N images from the teacher alone (model inversion: "
+                   "its BatchNorm statistics, random classes, a smoothness prior) and add them to "
+                   "the training photos; image folders only. Takes time on top of the budget.")
+@click.option("--invert-steps", type=click.IntRange(min=1), default=100, show_default=True,
+              help="--invert: optimisation steps per batch of images.")
+@click.option("--invert-size", type=click.IntRange(min=8), default=None, metavar="PIXELS",
+              help="--invert: image size (default: the training size).")
 @click.option("--holdout", type=click.FloatRange(0.0, 1.0, max_open=True), default=0.1, show_default=True,
               help="Fraction of the photos/samples held back for the before/after comparison.")
 @click.option("--eval-data", type=click.Path(), default=None,
@@ -820,7 +828,8 @@ def zoo(name, output, force, as_json):
 @click.option("--force", is_flag=True, help="Overwrite the output file if it exists.")
 def finetune(model, output, teacher, data, preprocess, steps, seconds, batch_size, lr, relative_lr,
              schedule, loss,
-             temperature, feature_weight, no_augment, mix, synthetic, train_size, holdout, eval_data,
+             temperature, feature_weight, no_augment, mix, synthetic, train_size, invert, invert_steps,
+             invert_size, holdout, eval_data,
              eval_crops, sparsity, threads, device, seed, checkpoint, checkpoint_every, resume, as_json,
              force, external_data):
     """Fine-tune a pruned MODEL towards its dense --teacher on unlabelled --data.
@@ -843,7 +852,8 @@ def finetune(model, output, teacher, data, preprocess, steps, seconds, batch_siz
             batch_size=batch_size, lr=lr, relative_lr=relative_lr, schedule=schedule,
             temperature=temperature, loss=loss,
             feature_weight=feature_weight, augment=not no_augment, mix=mix, synthetic=synthetic,
-            train_size=train_size, holdout=holdout, eval_data=eval_data, eval_crops=eval_crops,
+            train_size=train_size, invert=invert, invert_steps=invert_steps, invert_size=invert_size,
+            holdout=holdout, eval_data=eval_data, eval_crops=eval_crops,
             sparsity=sparsity, threads=threads, device=device, seed=seed, checkpoint=ckpt,
             checkpoint_every=checkpoint_every, resume=resume, progress=progress)
     io.save_model(tuned, output, external_data, source=model)
@@ -869,6 +879,11 @@ def _training_progress(enabled: bool):
         task = bar.add_task("", total=1.0)
 
         def update(info) -> None:
+            if info.get("phase") == "invert":  # images from the teacher, before training
+                bar.update(task, completed=info["position"],
+                           description=f"synthesising images: step {info['step']}  "
+                                       f"loss {info['loss']:.4f}")
+                return
             bar.update(task, completed=info["position"],
                        description=f"step {info['step']}  loss {info['loss']:.4f}  "
                                    f"{info['images_per_second']:.1f} img/s")
@@ -903,6 +918,12 @@ def render_finetune_report(report) -> None:
     out.print(f"{d['steps']} steps ({d['stopped_by']}), {d['images']} samples from {d['train_count']} "
               f"training photos/samples, {d['seconds']:.0f} s; loss {_fmt_err(d['loss_first'])} -> "
               f"{_fmt_err(d['loss_last'])}")
+    inv = d.get("inversion")
+    if inv:
+        out.print(f"synthesised {inv['images']} images from the teacher ({inv['statistics']} "
+                  f"statistics of {inv['layers']} layers, {inv['steps']} steps each batch) in "
+                  f"{inv['seconds']:.0f} s, loss {_fmt_err(inv['loss_first'])} -> "
+                  f"{_fmt_err(inv['loss_last'])}; they are among the training photos above")
     for n in d["notes"]:
         out.print(f"note: {n}")
 

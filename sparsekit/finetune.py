@@ -98,6 +98,7 @@ class FinetuneReport:
     train_count: int = 0
     layers: List[LayerChange] = field(default_factory=list)
     notes: List[str] = field(default_factory=list)
+    inversion: Optional[Dict[str, Any]] = None   # with invert: inversion.invert_images' facts
 
     def to_dict(self) -> Dict[str, Any]:
         return asdict(self)
@@ -304,11 +305,36 @@ def _check_options(steps, seconds, batch_size, lr, temperature, loss, device, sc
         raise SparsekitError(f"holdout must be in [0, 1), got {holdout!r}")
 
 
+def _synthesise(torch, teacher_m, data_set, n: int, steps: int, size: Optional[int],
+                batch_size: int, seed: int, progress) -> dict:
+    """Images from the teacher alone (inversion.py) added to the training photos; the facts."""
+    from .inversion import invert_images
+    if data_set.kind != "images":
+        raise SparsekitError("--invert needs a folder of images (--preprocess imagenet): it makes "
+                             "images for an image classifier")
+    hw = (size, size) if size else tuple(data_set._size)
+    real = {data_set.input_names[0]: torch.from_numpy(
+        data_set.batch(min(64, 4 * batch_size), np.random.default_rng(seed), mix=0.0)[
+            data_set.input_names[0]])}
+
+    def tick(done, total, loss):
+        if progress:
+            progress({"phase": "invert", "position": done / total, "step": done, "loss": loss,
+                      "images_per_second": 0.0})
+
+    photos, facts = invert_images(teacher_m, n, hw, steps=steps, batch_size=min(batch_size, 32),
+                                  real=real, seed=seed, progress=tick)
+    data_set.add_photos(photos)
+    facts.pop("targets")    # one class per image: not report material
+    return facts
+
+
 def finetune(pruned, teacher, data, *, preprocess: Optional[str] = None,
              steps: Optional[int] = None, seconds: Optional[float] = None, batch_size: int = 32,
              lr: float = 1e-4, schedule: str = "cosine", temperature: float = 2.0, loss: str = "auto",
              feature_weight: float = 0.0, augment: bool = True, mix: float = 0.5, synthetic: float = 0.0,
              train_size: Optional[int] = None, relative_lr: bool = False,
+             invert: int = 0, invert_steps: int = 100, invert_size: Optional[int] = None,
              holdout: float = 0.1, eval_data=None, eval_crops: int = 8,
              sparsity: Optional[float] = None, threads: Optional[int] = None, device: str = "cpu",
              seed: int = 0, checkpoint=None, checkpoint_every: float = 300.0, resume: bool = False,
@@ -330,6 +356,9 @@ def finetune(pruned, teacher, data, *, preprocess: Optional[str] = None,
     Conv/Gemm/MatMul weights, per tensor otherwise), not an absolute one: folded BatchNorms leave
     channels whose weights differ in scale by orders of magnitude, which one absolute Adam step
     cannot suit.
+    ``invert``: before training, synthesise this many images from the teacher alone (model
+    inversion: ``invert_steps`` optimisation steps each, at ``invert_size`` pixels, default the
+    training size; inversion.py) and add them to the training photos (a folder of images only).
     ``sparsity``: prune further to this sparsity during training (cubic ramp, the recorded
     patterns). ``checkpoint``: a path written every ``checkpoint_every`` seconds and on Ctrl-C;
     ``resume`` continues from it. ``progress(info)`` is called after every step. The inputs are
@@ -337,6 +366,9 @@ def finetune(pruned, teacher, data, *, preprocess: Optional[str] = None,
     """
     _check_options(steps, seconds, batch_size, lr, temperature, loss, device, schedule, sparsity,
                    feature_weight, mix, synthetic, holdout, train_size)
+    if invert < 0 or invert_steps < 1 or (invert_size is not None and invert_size < 8):
+        raise SparsekitError(f"invert must be >= 0, invert_steps >= 1 and invert_size >= 8, got "
+                             f"{invert}, {invert_steps}, {invert_size}")
     torch = _torch()
     from .torch_graph import OnnxModule, trainable_initializers
     from .training_data import load_training_data
@@ -373,10 +405,16 @@ def finetune(pruned, teacher, data, *, preprocess: Optional[str] = None,
         steps=steps, seconds=seconds, batch_size=batch_size, lr=lr, schedule=schedule,
         temperature=temperature, loss=loss, feature_weight=feature_weight, augment=augment, mix=mix,
         synthetic=synthetic, train_size=train_size, relative_lr=relative_lr, holdout=holdout,
+        invert=invert, invert_steps=invert_steps, invert_size=invert_size,
         sparsity=sparsity,
         threads=threads, device=device,
         seed=seed, trained_tensors=len(trainable), masked_weights=len(masks)),
         train_source=data_set.source, train_count=data_set.train_count)
+
+    if invert:
+        report.inversion = _synthesise(torch, teacher_m, data_set, invert, invert_steps,
+                                       invert_size, batch_size, seed, progress)
+        report.train_count = data_set.train_count
 
     # features: outputs of the pruned layers that the teacher computes too
     features: List[str] = []

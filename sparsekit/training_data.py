@@ -159,6 +159,14 @@ class TrainingData:
                 out.append(k)
         return out
 
+    def add_photos(self, photos: List[torch.Tensor]) -> None:
+        """More training photos (uint8 [3, h, w]; e.g. images synthesised from the teacher,
+        inversion.py): they get the same crops, flips and mixing as the others."""
+        if self.kind != "images":
+            raise SparsekitError("photos can be added to a folder of images only")
+        self._photos = list(self._photos) + list(photos)
+        self.train_count += len(photos)
+
     def batch(self, n: int, rng: np.random.Generator, augment: bool = True, mix: float = 0.5,
               synthetic: float = 0.0) -> Dict[str, np.ndarray]:
         """``n`` fresh training samples."""
