@@ -25,6 +25,7 @@ from onnx import helper
 
 from .. import format, pack
 from ..errors import SparsekitError
+from ..format import conv_geometry_problem
 from ..graph import get_attr, tensor_to_array
 from ..sessions import time_pair
 
@@ -33,6 +34,10 @@ __all__ = ["LAYOUT_CHOICES", "Chain", "find_chains", "apply_layouts", "check_lay
 LAYOUT_CHOICES = ("auto", "NCHW", "NCHWc8")
 BLOCKED = "NCHWc8"
 _RESIDUAL = 5            # SparseConv's residual input (X, values, indices, group_ptr, bias, R)
+# A dense Conv becomes a chain's head only with a short reduction (C*kh*kw, as a stem's 3*3*3):
+# its weights run through the sparse kernel at density 1, which onnxruntime's dense convs beat
+# on large layers (the blocked chain is timed with it under "auto"; NCHWc8 takes it as is).
+DENSE_HEAD_MAX_K = 256
 
 
 @dataclass
@@ -185,6 +190,13 @@ def _dense_head(conv, conv_j: int, j: int, x: str, inits, act: str, lo, hi, take
             or get_attr(conv, "auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET")
             or (len(conv.input) > 2 and conv.input[2] and b_t is None)):
         return None
+    strides = list(get_attr(conv, "strides", [1, 1]))
+    pads = list(get_attr(conv, "pads", [0, 0, 0, 0]))
+    dilations = list(get_attr(conv, "dilations", [1, 1]))
+    M, C, kh, kw = (int(d) for d in w_t.dims)
+    if (C * kh * kw > DENSE_HEAD_MAX_K or len(strides) != 2 or len(pads) != 4
+            or len(dilations) != 2 or conv_geometry_problem([kh, kw], strides, dilations, pads)):
+        return None
     w = tensor_to_array(w_t)
     bias = None if b_t is None else tensor_to_array(b_t).astype(np.float32).reshape(-1)
     if not (np.isfinite(w).all() and (bias is None or np.isfinite(bias).all())):
@@ -194,10 +206,7 @@ def _dense_head(conv, conv_j: int, j: int, x: str, inits, act: str, lo, hi, take
         # are taken); the node keeps the conv's name
         head, head_inits = pack.make_sparse_conv_node(
             _unique(f"{conv.name or x}.nchwc8", taken), conv.input[0], x, w, bias, fmt="bsr",
-            block=4,
-            strides=list(get_attr(conv, "strides", [1, 1])),
-            pads=list(get_attr(conv, "pads", [0, 0, 0, 0])),
-            dilations=list(get_attr(conv, "dilations", [1, 1])), activation=act,
+            block=4, strides=strides, pads=pads, dilations=dilations, activation=act,
             clip_min=lo, clip_max=hi, layout=BLOCKED, input_layout="NCHW")
     except SparsekitError:
         return None
