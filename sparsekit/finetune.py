@@ -306,7 +306,7 @@ def _check_options(steps, seconds, batch_size, lr, temperature, loss, device, sc
 
 
 def _synthesise(torch, teacher_m, data_set, n: int, steps: int, size: Optional[int],
-                batch_size: int, seed: int, progress) -> dict:
+                batch_size: int, seed: int, device: str, progress) -> dict:
     """Images from the teacher alone (inversion.py) added to the training photos; the facts."""
     from .inversion import invert_images
     if data_set.kind != "images":
@@ -323,7 +323,7 @@ def _synthesise(torch, teacher_m, data_set, n: int, steps: int, size: Optional[i
                       "images_per_second": 0.0})
 
     photos, facts = invert_images(teacher_m, n, hw, steps=steps, batch_size=min(batch_size, 32),
-                                  real=real, seed=seed, progress=tick)
+                                  real=real, seed=seed, device=device, progress=tick)
     data_set.add_photos(photos)
     facts.pop("targets")    # one class per image: not report material
     return facts
@@ -413,7 +413,7 @@ def finetune(pruned, teacher, data, *, preprocess: Optional[str] = None,
 
     if invert:
         report.inversion = _synthesise(torch, teacher_m, data_set, invert, invert_steps,
-                                       invert_size, batch_size, seed, progress)
+                                       invert_size, batch_size, seed, device, progress)
         report.train_count = data_set.train_count
 
     # features: outputs of the pruned layers that the teacher computes too

@@ -95,7 +95,7 @@ def _tv_l2(x: torch.Tensor) -> torch.Tensor:
 def invert_images(model: onnx.ModelProto, n: int, size: Tuple[int, int], *, steps: int = 200,
                   batch_size: int = 32, inversion: Optional[Inversion] = None,
                   real: Optional[Dict[str, torch.Tensor]] = None, seed: int = 0,
-                  progress: Optional[Callable[[int, int, float], None]] = None
+                  device: str = "cpu", progress: Optional[Callable[[int, int, float], None]] = None
                   ) -> Tuple[List[torch.Tensor], dict]:
     """``n`` images of ``size`` (H, W) for an ImageNet-normalised image classifier ``model``:
     (uint8 [3, H, W] photos, facts: the loss before/after, seconds, statistics source, and
@@ -112,12 +112,15 @@ def invert_images(model: onnx.ModelProto, n: int, size: Tuple[int, int], *, step
     for p in module.parameters():
         p.requires_grad_(False)
     inv = inversion or statistic_targets(model, module, real)
+    dev = torch.device(device)
+    module = module.to(dev)
+    stats = [(name, mean.to(dev), var.to(dev)) for name, mean, var in inv.targets]
     names = [t[0] for t in inv.targets]
     out_name = module.outputs[0]
     gen = torch.Generator().manual_seed(seed)
     H, W = size
     shift = max(1, int(round(SHIFT * min(H, W))))
-    lo, hi = (0 - _MEAN) / _STD, (1 - _MEAN) / _STD
+    lo, hi = ((0 - _MEAN) / _STD).to(dev), ((1 - _MEAN) / _STD).to(dev)
     photos: List[torch.Tensor] = []
     total = steps * ((n + batch_size - 1) // batch_size)
     done, first, last, t0 = 0, None, None, time.perf_counter()
@@ -126,7 +129,7 @@ def invert_images(model: onnx.ModelProto, n: int, size: Tuple[int, int], *, step
     for start in range(0, n, batch_size):
         b = min(batch_size, n - start)
         coarse = torch.randn(b, 3, max(1, H // INIT_SCALE), max(1, W // INIT_SCALE), generator=gen)
-        x = F.interpolate(coarse, size=(H, W), mode="bilinear", align_corners=False)
+        x = F.interpolate(coarse, size=(H, W), mode="bilinear", align_corners=False).to(dev)
         x = x.contiguous(memory_format=torch.channels_last).requires_grad_(True)
         opt = torch.optim.Adam([x], lr=LR, betas=(0.5, 0.9))
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
@@ -141,9 +144,9 @@ def invert_images(model: onnx.ModelProto, n: int, size: Tuple[int, int], *, step
             if target is None:
                 classes = logits.shape[-1] if logits.dim() == 2 else None
                 if classes is not None and classes > 1:
-                    target = torch.randint(0, classes, (b,), generator=gen)
+                    target = torch.randint(0, classes, (b,), generator=gen).to(dev)
             stat = logits.new_zeros(())
-            for k, (name, mean, var) in enumerate(inv.targets):
+            for k, (name, mean, var) in enumerate(stats):
                 a = out[name]
                 m = a.mean(dim=(0, 2, 3))
                 v = a.var(dim=(0, 2, 3), unbiased=False)
@@ -165,10 +168,10 @@ def invert_images(model: onnx.ModelProto, n: int, size: Tuple[int, int], *, step
             if progress:
                 progress(done, total, value)
         with torch.no_grad():
-            img = (x.detach() * _STD + _MEAN).clamp(0, 1).mul(255).round().to(torch.uint8)
+            img = (x.detach().cpu() * _STD + _MEAN).clamp(0, 1).mul(255).round().to(torch.uint8)
         photos.extend(img[i].contiguous() for i in range(b))
         if target is not None:
-            targets.extend(target.tolist())
+            targets.extend(target.cpu().tolist())
     return photos, {"images": n, "steps": steps, "seconds": time.perf_counter() - t0,
                     "statistics": inv.source, "layers": len(inv.targets), "classes": classes,
                     "loss_first": first, "loss_last": last, "targets": targets or None}
