@@ -148,8 +148,9 @@ def invert_images(model: onnx.ModelProto, n: int, size: Tuple[int, int], *, step
             stat = logits.new_zeros(())
             for k, (name, mean, var) in enumerate(stats):
                 a = out[name]
-                m = a.mean(dim=(0, 2, 3))
-                v = a.var(dim=(0, 2, 3), unbiased=False)
+                dims = [d for d in range(a.dim()) if d != 1]     # all but the channels
+                m = a.mean(dim=dims)
+                v = a.var(dim=dims, unbiased=False)
                 term = torch.norm(m - mean, 2) + torch.norm(v - var, 2)
                 stat = stat + term * (FIRST_STAT_FACTOR if k == 0 else 1.0)
             loss = STAT_WEIGHT * stat + TV_WEIGHT * _tv_l2(xs) + L2_WEIGHT * xs.pow(2).mean()
