@@ -24,10 +24,12 @@ LAYERS = [
     ("selection", ["selection"]),
     ("onnxruntime", ["sessions"]),
     ("algorithms", ["reconstruct", "predict", "torch_graph", "training_data"]),
+    ("algorithms on the torch graph", ["inversion"]),
     ("convert: report", ["convert.report"]),
     ("convert: choice", ["convert.choice"]),
     ("convert: plan", ["convert.plan"]),
-    ("convert: autotune, recurrent", ["convert.autotune", "convert.recurrent"]),
+    ("convert: autotune, recurrent, layout", ["convert.autotune", "convert.recurrent",
+                                             "convert.layout"]),
     ("stages", ["prune", "convert", "finetune"]),
     ("reports", ["analyze", "bench", "inspection", "plot"]),
     ("command line", ["cli"]),
@@ -35,7 +37,7 @@ LAYERS = [
 ]
 LAYER_OF = {m: i for i, (_, mods) in enumerate(LAYERS) for m in mods}
 # modules whose import needs an optional extra (torch, matplotlib): imported inside functions
-OPTIONAL = {"torch_graph", "training_data", "plot"}
+OPTIONAL = {"torch_graph", "training_data", "inversion", "plot"}
 
 
 def _module_name(path: Path) -> str:
