@@ -193,7 +193,7 @@ def _dense_head(conv, conv_j: int, j: int, x: str, inits, act: str, lo, hi, take
     strides = list(get_attr(conv, "strides", [1, 1]))
     pads = list(get_attr(conv, "pads", [0, 0, 0, 0]))
     dilations = list(get_attr(conv, "dilations", [1, 1]))
-    M, C, kh, kw = (int(d) for d in w_t.dims)
+    _, C, kh, kw = (int(d) for d in w_t.dims)
     if (C * kh * kw > DENSE_HEAD_MAX_K or len(strides) != 2 or len(pads) != 4
             or len(dilations) != 2 or conv_geometry_problem([kh, kw], strides, dilations, pads)):
         return None
