@@ -4,7 +4,9 @@ spmm_b4 (1x4 blocks) and spmm_b1 (unstructured) per ISA on MobileNetV1's pointwi
 given sparsity, counting only the useful FLOPs (2 per stored nonzero weight per pixel), next to
 numpy's dense matmul (all FLOPs; numpy's BLAS, forced to one thread if threadpoolctl is
 installed, else set OMP_NUM_THREADS=1 / OPENBLAS_NUM_THREADS=1 yourself).  Also the depthwise
-convs of MobileNetV1 (3x3) per ISA.
+convs of MobileNetV1 (3x3) and the bank-balanced matrix-vector product (an LSTM step's
+4*hidden x hidden recurrent weight, one line per bank size: each selects its own in-register
+gather) per ISA.
 
     python benchmarks/bench_kernels.py [--sparsity 0.9] [--isa avx2] [--repeats 30]
 """
@@ -69,6 +71,7 @@ def main() -> None:
     ap.add_argument("--isa", action="append", help="ISA(s) to run (default: all available)")
     ap.add_argument("--repeats", type=int, default=30)
     ap.add_argument("--no-dw", action="store_true", help="skip the depthwise part")
+    ap.add_argument("--no-spmv", action="store_true", help="skip the matrix-vector part")
     args = ap.parse_args()
     try:
         from threadpoolctl import threadpool_limits
@@ -77,6 +80,7 @@ def main() -> None:
     except ImportError:
         pass
     isas = args.isa or [i for i in _native.available_isas() if i != "ref"]
+    simd = [i for i in isas if i != "ref"]
     rng = np.random.default_rng(0)
     print(f"spmm, sparsity {args.sparsity}, single thread, GFLOP/s on useful FLOPs "
           f"(numpy: dense FLOPs), best of repeats")
@@ -96,8 +100,13 @@ def main() -> None:
                 useful = 2.0 * len(ki) * B * n
                 line += f" {useful / t * 1e-9:10.1f}"
         print(line)
-    if args.no_dw:
-        return
+    if not args.no_dw:
+        depthwise(rng, simd, args.repeats)
+    if not args.no_spmv:
+        spmv(rng, isas, args.sparsity, args.repeats)
+
+
+def depthwise(rng, isas, repeats) -> None:
     print("\ndepthwise 3x3 (pad 1), bias+ReLU6, all channels, single thread: ms (GFLOP/s); "
           "'ISA c8': dwconv_blocked on the same data in 8-channel blocks (NCHWc)")
     head = f"{'C x H x W / s':>20}"
@@ -112,12 +121,34 @@ def main() -> None:
         w = rng.standard_normal((C, 3, 3)).astype(np.float32)
         line = f"{f'{C}x{H}x{W}/{s}':>20}"
         for isa in ["ref"] + isas:
-            t = _native.time_dwconv(isa, x, w, s, 1, 1, OH, OW, args.repeats)
+            t = _native.time_dwconv(isa, x, w, s, 1, 1, OH, OW, repeats)
             flops = 2.0 * 9 * C * OH * OW
             line += f" {t * 1e3:7.3f} ({flops / t * 1e-9:5.1f})"
         for isa in isas:
-            t = _native.time_dwconv(isa, x, w, s, 1, 1, OH, OW, args.repeats, blocked=True)
+            t = _native.time_dwconv(isa, x, w, s, 1, 1, OH, OW, repeats, blocked=True)
             line += f" {t * 1e3:7.3f} ({flops / t * 1e-9:5.1f})"
+        print(line)
+
+
+SPMV_ROWS, SPMV_K = 4096, 1024  # an LSTM step's recurrent weight, hidden 1024
+
+
+def spmv(rng, isas, sparsity, repeats) -> None:
+    print(f"\nbank-balanced spmv {SPMV_ROWS}x{SPMV_K}, sparsity {sparsity}, single thread: "
+          "us per product (GFLOP/s on useful FLOPs)")
+    print(f"{'bank':>20}" + "".join(f" {isa:>16}" for isa in isas))
+    x = rng.standard_normal(SPMV_K).astype(np.float32)
+    for bank in (8, 16, 32, 64):
+        keep = max(1, round(bank * (1 - sparsity)))
+        nbanks = SPMV_K // bank
+        offs = np.argsort(rng.random((SPMV_ROWS, nbanks, bank)), axis=2)[:, :, :keep]
+        offs = np.sort(offs, axis=2).astype(np.uint8)
+        vals = rng.standard_normal((SPMV_ROWS, nbanks, keep)).astype(np.float32)
+        line = f"{f'{bank} (keep {keep})':>20}"
+        for isa in isas:
+            t = _native.time_spmv_bank(isa, vals, offs, bank, SPMV_K, x, repeats)
+            flops = 2.0 * SPMV_ROWS * nbanks * keep
+            line += f" {t * 1e6:7.1f} ({flops / t * 1e-9:5.1f})"
         print(line)
 
 

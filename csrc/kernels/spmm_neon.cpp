@@ -1,179 +1,57 @@
-// aarch64 NEON sparse x dense kernels (Advanced SIMD is baseline on aarch64).
-//
-//   spmm_16x4_neon: B = 4.  16 pixels x 4 rows = 16 q-register accumulators; per nonzero block
-//                   4 loads of X, one load of the block's 4 weights, 16 lane-indexed FMAs
-//                   (vfmaq_laneq_f32).  Remainders 8x4, 4x4, then a 1..3-pixel tail.
-//   spmm_16x1_neon: B = 1.  16 pixels x 1 row, blocks two at a time into two sets of 4
-//                   accumulators.  Remainders 8, 4, tail.
-// The 1..3-pixel tails go through a 4-float stack buffer (NEON has no masked loads), so no
-// lane past the end of X, Y or the residual is read or written.  Epilogue as the x86
-// kernels: bias initialises the accumulators; (+ residual), clamp, (+ residual after act).
-// No alignment is assumed.
+// aarch64 NEON sparse x dense kernels in NCHW (spmm.h; Advanced SIMD is baseline on aarch64):
+//   spmm_16x4_neon: B = 4, 16 pixels x 4 rows = 16 q-register accumulators; per block one load
+//                   of its 4 weights and lane-indexed FMAs (vfmaq_laneq_f32), no broadcasts.
+//   spmm_16x1_neon: B = 1, 16 pixels x 1 row in two sets of 4 accumulators.
+// Partial vectors (1..3 pixels) go through a 4-float stack buffer (NEON has no masked loads),
+// so no lane past the end of X, Y or the residual is read or written.
 #include <arm_neon.h>
 
 #include "kernels/isa_parts.h"
-#include "kernels/kernels.h"
+#include "kernels/spmm.h"
 
 namespace sk {
 namespace {
 
-constexpr size_t kChunk = 960;  // pixels per chunk (multiple of 16), as on x86
-
-// m (1..4) floats from p, zero-filled to 4 lanes; reads only p[0 .. m).
-template <bool PARTIAL>
-inline float32x4_t load4(const float* p, int m) {
-  if (!PARTIAL) return vld1q_f32(p);
-  float t[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-  for (int i = 0; i < m; ++i) t[i] = p[i];
-  return vld1q_f32(t);
-}
-
-template <bool PARTIAL>
-inline void store4(float* p, float32x4_t v, int m) {
-  if (!PARTIAL) return vst1q_f32(p, v);
-  float t[4];
-  vst1q_f32(t, v);
-  for (int i = 0; i < m; ++i) p[i] = t[i];
-}
-
-template <bool PARTIAL>
-inline void store_out(float* dst, float32x4_t acc, const float* res, bool res_after,
-                      float32x4_t lo, float32x4_t hi, int m) {
-  float32x4_t r = vdupq_n_f32(0.0f);
-  if (res) r = load4<PARTIAL>(res, m);
-  if (res && !res_after) acc = vaddq_f32(acc, r);
-  acc = vmaxq_f32(lo, acc);
-  acc = vminq_f32(hi, acc);
-  if (res && res_after) acc = vaddq_f32(acc, r);
-  store4<PARTIAL>(dst, acc, m);
-}
-
-// NV*4 pixels x 4 rows at pixel p; PARTIAL (NV == 1): only m < 4 pixels.
-template <int NV, bool PARTIAL>
-__attribute__((always_inline)) inline void tile_b4(size_t p, const float* x,
-                                                   const int32_t* off, const float* val,
-                                                   int32_t j0, int32_t j1, int r0, int nr,
-                                                   float* y, ptrdiff_t ys, const Epilogue& ep,
-                                                   float32x4_t lo, float32x4_t hi, int m) {
-  float32x4_t acc[4][NV];
-  _Pragma("GCC unroll 8") for (int b = 0; b < 4; ++b) {
-    const float32x4_t init = vdupq_n_f32((ep.bias && b < nr) ? ep.bias[r0 + b] : 0.0f);
-    _Pragma("GCC unroll 8") for (int v = 0; v < NV; ++v) acc[b][v] = init;
+struct Neon {
+  using T = float32x4_t;
+  using M = int;  // valid lanes of a partial vector
+  using W = float32x4_t;
+  static constexpr int kLanes = 4, kNV4 = 4, kNV1 = 4;
+  static M full() { return 4; }
+  static M tail(size_t m) { return static_cast<int>(m); }
+  template <bool PART>
+  static T load(const float* p, M m) {
+    if (!PART) return vld1q_f32(p);
+    float t[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    for (int i = 0; i < m; ++i) t[i] = p[i];
+    return vld1q_f32(t);
   }
-  const float* xp = x + p;
-  for (int32_t j = j0; j < j1; ++j) {
-    const float* xr = xp + off[j];
-    float32x4_t xv[NV];
-    _Pragma("GCC unroll 8") for (int v = 0; v < NV; ++v) xv[v] = load4<PARTIAL>(xr + 4 * v, m);
-    const float32x4_t wj = vld1q_f32(val + 4 * static_cast<size_t>(j));
-    _Pragma("GCC unroll 8") for (int v = 0; v < NV; ++v) {
-      acc[0][v] = vfmaq_laneq_f32(acc[0][v], xv[v], wj, 0);
-      acc[1][v] = vfmaq_laneq_f32(acc[1][v], xv[v], wj, 1);
-      acc[2][v] = vfmaq_laneq_f32(acc[2][v], xv[v], wj, 2);
-      acc[3][v] = vfmaq_laneq_f32(acc[3][v], xv[v], wj, 3);
-    }
+  template <bool PART>
+  static void store(float* p, T v, M m) {
+    if (!PART) return vst1q_f32(p, v);
+    float t[4];
+    vst1q_f32(t, v);
+    for (int i = 0; i < m; ++i) p[i] = t[i];
   }
-  _Pragma("GCC unroll 8") for (int b = 0; b < 4; ++b) {
-    if (b >= nr) break;
-    const int r = r0 + b;
-    float* yr = y + r * ys + p;
-    const float* rr = ep.residual ? ep.residual + r * ep.residual_stride + p : nullptr;
-    _Pragma("GCC unroll 8") for (int v = 0; v < NV; ++v)
-      store_out<PARTIAL>(yr + 4 * v, acc[b][v], rr ? rr + 4 * v : nullptr,
-                         ep.residual_after_act, lo, hi, m);
-  }
-}
+  static T zero() { return vdupq_n_f32(0.0f); }
+  static T set1(float f) { return vdupq_n_f32(f); }
+  static T add(T a, T b) { return vaddq_f32(a, b); }
+  static T fma(T a, T b, T c) { return vfmaq_f32(c, a, b); }
+  // vmaxq/vminq return NaN when either operand is NaN
+  static T clamp(T v, T lo, T hi) { return vminq_f32(hi, vmaxq_f32(lo, v)); }
+  static W wload(const float* p) { return vld1q_f32(p); }
+  template <int b>
+  static T fma_w(W w, T x, T acc) { return vfmaq_laneq_f32(acc, x, w, b); }
+};
 
 void spmm_16x4_neon(size_t n, const SpMat& w, int g_begin, int g_end, const float* x,
                     float* y, ptrdiff_t y_stride, const Epilogue& ep) {
-  const float32x4_t lo = vdupq_n_f32(ep.lo), hi = vdupq_n_f32(ep.hi);
-  for (size_t pc = 0; pc < n; pc += kChunk) {
-    const size_t pe = n - pc < kChunk ? n : pc + kChunk;
-    for (int g = g_begin; g < g_end; ++g) {
-      const int32_t j0 = w.group_ptr[g], j1 = w.group_ptr[g + 1];
-      const int r0 = g * 4;
-      const int nr = w.rows - r0 < 4 ? w.rows - r0 : 4;
-      const int32_t* off = w.x_offset;
-      const float* val = w.values;
-      size_t p = pc;
-      for (; p + 16 <= pe; p += 16)
-        tile_b4<4, false>(p, x, off, val, j0, j1, r0, nr, y, y_stride, ep, lo, hi, 4);
-      if (p + 8 <= pe) {
-        tile_b4<2, false>(p, x, off, val, j0, j1, r0, nr, y, y_stride, ep, lo, hi, 4);
-        p += 8;
-      }
-      if (p + 4 <= pe) {
-        tile_b4<1, false>(p, x, off, val, j0, j1, r0, nr, y, y_stride, ep, lo, hi, 4);
-        p += 4;
-      }
-      if (p < pe)
-        tile_b4<1, true>(p, x, off, val, j0, j1, r0, nr, y, y_stride, ep, lo, hi,
-                         static_cast<int>(pe - p));
-    }
-  }
-}
-
-template <int NV, bool PARTIAL>
-__attribute__((always_inline)) inline void tile_b1(size_t p, const float* x,
-                                                   const int32_t* off, const float* val,
-                                                   int32_t j0, int32_t j1, int r, float* y,
-                                                   ptrdiff_t ys, const Epilogue& ep,
-                                                   float32x4_t lo, float32x4_t hi, int m) {
-  float32x4_t a[NV], c[NV];
-  const float32x4_t init = vdupq_n_f32(ep.bias ? ep.bias[r] : 0.0f);
-  _Pragma("GCC unroll 8") for (int v = 0; v < NV; ++v) {
-    a[v] = init;
-    c[v] = vdupq_n_f32(0.0f);
-  }
-  const float* xp = x + p;
-  int32_t j = j0;
-  for (; j + 2 <= j1; j += 2) {
-    const float* xa = xp + off[j];
-    const float* xc = xp + off[j + 1];
-    const float wa = val[j], wc = val[j + 1];
-    _Pragma("GCC unroll 8") for (int v = 0; v < NV; ++v) {
-      a[v] = vfmaq_n_f32(a[v], load4<PARTIAL>(xa + 4 * v, m), wa);
-      c[v] = vfmaq_n_f32(c[v], load4<PARTIAL>(xc + 4 * v, m), wc);
-    }
-  }
-  if (j < j1) {
-    const float* xa = xp + off[j];
-    const float wa = val[j];
-    _Pragma("GCC unroll 8") for (int v = 0; v < NV; ++v)
-      a[v] = vfmaq_n_f32(a[v], load4<PARTIAL>(xa + 4 * v, m), wa);
-  }
-  float* yr = y + r * ys + p;
-  const float* rr = ep.residual ? ep.residual + r * ep.residual_stride + p : nullptr;
-  _Pragma("GCC unroll 8") for (int v = 0; v < NV; ++v)
-    store_out<PARTIAL>(yr + 4 * v, vaddq_f32(a[v], c[v]), rr ? rr + 4 * v : nullptr,
-                       ep.residual_after_act, lo, hi, m);
+  Spmm<Neon>::run<true>(n, w, g_begin, g_end, x, y, y_stride, ep);
 }
 
 void spmm_16x1_neon(size_t n, const SpMat& w, int g_begin, int g_end, const float* x,
                     float* y, ptrdiff_t y_stride, const Epilogue& ep) {
-  const float32x4_t lo = vdupq_n_f32(ep.lo), hi = vdupq_n_f32(ep.hi);
-  for (size_t pc = 0; pc < n; pc += kChunk) {
-    const size_t pe = n - pc < kChunk ? n : pc + kChunk;
-    for (int g = g_begin; g < g_end; ++g) {
-      const int32_t j0 = w.group_ptr[g], j1 = w.group_ptr[g + 1];
-      const int32_t* off = w.x_offset;
-      const float* val = w.values;
-      size_t p = pc;
-      for (; p + 16 <= pe; p += 16)
-        tile_b1<4, false>(p, x, off, val, j0, j1, g, y, y_stride, ep, lo, hi, 4);
-      if (p + 8 <= pe) {
-        tile_b1<2, false>(p, x, off, val, j0, j1, g, y, y_stride, ep, lo, hi, 4);
-        p += 8;
-      }
-      if (p + 4 <= pe) {
-        tile_b1<1, false>(p, x, off, val, j0, j1, g, y, y_stride, ep, lo, hi, 4);
-        p += 4;
-      }
-      if (p < pe)
-        tile_b1<1, true>(p, x, off, val, j0, j1, g, y, y_stride, ep, lo, hi,
-                         static_cast<int>(pe - p));
-    }
-  }
+  Spmm<Neon>::run<false>(n, w, g_begin, g_end, x, y, y_stride, ep);
 }
 
 constexpr KernelTable make_table() {
