@@ -8,29 +8,13 @@
 
 #include "kernels/isa_parts.h"
 #include "kernels/spmm_blocked.h"
-#include "kernels/x86_transpose.h"
+#include "kernels/x86_ymm.h"
 
 namespace sk {
 namespace {
 
-struct Avx512Spmm {
-  using T = __m256;
-  using H = __m128;
+struct Avx512Spmm : Ymm {
   static constexpr int kMaxNV = 4;  // 16 accumulators + 4 X + 1 broadcast of the 32
-  static T load(const float* p) { return _mm256_loadu_ps(p); }
-  static void store(float* p, T v) { _mm256_storeu_ps(p, v); }
-  static T zero() { return _mm256_setzero_ps(); }
-  static T set1(float f) { return _mm256_set1_ps(f); }
-  static T fma(T a, T b, T c) { return _mm256_fmadd_ps(a, b, c); }
-  // max(lo, v) returns v when v is NaN (second operand), and so does min(hi, NaN)
-  static T clamp(T v, T lo, T hi) { return _mm256_min_ps(hi, _mm256_max_ps(lo, v)); }
-  static void transpose8(T (&r)[8]) { sk::transpose8(r); }
-  static void rows_to_pixels(const T (&r)[4], H (&px)[8]) { rows4_to_pixels(r, px); }
-  static H hload(const float* p) { return _mm_loadu_ps(p); }
-  static void hstore(float* p, H v) { _mm_storeu_ps(p, v); }
-  static H hadd(H a, H b) { return _mm_add_ps(a, b); }
-  static H hclamp(H v, H lo, H hi) { return _mm_min_ps(hi, _mm_max_ps(lo, v)); }
-  static H hset1(float f) { return _mm_set1_ps(f); }
 };
 
 }  // namespace
