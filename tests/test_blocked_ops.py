@@ -395,6 +395,10 @@ HEAD_CASES = {
     "5x5-dil2-7-9": (1, 7, 15, 13, 9, 5, 1, (4, 4, 4, 4), 2, 0.5),
     "7x7-s2-3-64": (1, 3, 45, 47, 64, 7, 2, (3, 3, 3, 3), 1, 0.3),
     "3x3-112-3-32": (1, 3, 224, 224, 32, 3, 2, (1, 1, 1, 1), 1, 0.0),
+    # phase-plane path (output rows >= 24 wide), rows not a multiple of 8 wide, a short last
+    # band of output rows: stride 2 (135 rows in bands of 8) and stride 1 (41 in bands of 2)
+    "stem-s2-phases-odd": (2, 3, 270, 61, 20, 3, 2, (1, 1, 1, 1), 1, 0.0),
+    "3x3-s1-phases-odd": (1, 5, 41, 29, 12, 3, 1, (1, 1, 1, 1), 1, 0.5),
     "3x3-all-zero": (1, 4, 6, 6, 8, 3, 1, (1, 1, 1, 1), 1, 1.0),
 }
 
@@ -435,26 +439,30 @@ def test_nchw_to_blocked_sparse_conv_matches_stock(isa, case, act, threads):
     assert not lanes[:, M:].any()  # act(0): rows past M have no weights and bias 0
 
 
-def test_nchw_to_blocked_sparse_conv_residual(isa):
-    """The residual is blocked like Y, added before or after the activation."""
+@pytest.mark.parametrize("H,W,s", [(9, 9, 1), (41, 29, 1), (70, 61, 2)])
+def test_nchw_to_blocked_sparse_conv_residual(isa, H, W, s):
+    """The residual is blocked like Y, added before or after the activation (im2col path, and
+    the phase-plane path from 24-wide output rows)."""
     rng = np.random.default_rng(11)
-    N, C, H, W, M = 1, 6, 9, 9, 12
+    N, C, M = 1, 6, 12
+    OH, OW = (H - 1) // s + 1, (W - 1) // s + 1
     w = rng.standard_normal((M, C, 3, 3)).astype(np.float32)
-    r = rng.standard_normal((N, 2, H, W, 8)).astype(np.float32)
+    r = rng.standard_normal((N, 2, OH, OW, 8)).astype(np.float32)
     x = rng.standard_normal((N, C, H, W)).astype(np.float32)
-    rn = np.ascontiguousarray(r.transpose(0, 1, 4, 2, 3).reshape(N, 16, H, W)[:, :M])
+    rn = np.ascontiguousarray(r.transpose(0, 1, 4, 2, 3).reshape(N, 16, OH, OW)[:, :M])
     for after in (False, True):
-        kw = dict(pads=(1, 1, 1, 1), activation="relu", residual="R", residual_after_act=after)
+        kw = dict(strides=(s, s), pads=(1, 1, 1, 1), activation="relu", residual="R",
+                  residual_after_act=after)
         nb, ib = make_sparse_conv_node("c", "X", "Yb", w, layout="NCHWc8", input_layout="NCHW",
                                        **kw)
-        mb = make_model([nb], [vinfo("X", [N, C, H, W]), vinfo("R", [N, 2, H, W, 8])],
+        mb = make_model([nb], [vinfo("X", [N, C, H, W]), vinfo("R", [N, 2, OH, OW, 8])],
                         [vinfo("Yb", None)], ib)
         nn_, in_ = make_sparse_conv_node("c", "X", "Y", w, **kw)
-        mn = make_model([nn_], [vinfo("X", [N, C, H, W]), vinfo("R", [N, M, H, W])],
+        mn = make_model([nn_], [vinfo("X", [N, C, H, W]), vinfo("R", [N, M, OH, OW])],
                         [vinfo("Y", None)], in_)
         yb = sparsekit.session(mb, threads=2).run(None, {"X": x, "R": r})[0]
         yn = sparsekit.session(mn).run(None, {"X": x, "R": rn})[0]
-        got = yb.transpose(0, 1, 4, 2, 3).reshape(N, 16, H, W)
+        got = yb.transpose(0, 1, 4, 2, 3).reshape(N, 16, OH, OW)
         np.testing.assert_allclose(got[:, :M], yn, rtol=1e-5, atol=1e-5)
 
 

@@ -35,8 +35,9 @@ class SparseConvKernel {
               float* panel, int64_t T) const;
   void nchw_geometry(const TensorView& X, int64_t* OH, int64_t* OW) const;
   bool phase_path_fits(int64_t OW) const;
+  // blocked: Y (and the residual) in NCHWc8, through spmm_b4_panel_blocked (blocked_out_)
   void run_phases(OrtKernelContext* ctx, const float* x, float* y, const float* res, int64_t N,
-                  int64_t H, int64_t W, int64_t OH, int64_t OW) const;
+                  int64_t H, int64_t W, int64_t OH, int64_t OW, bool blocked) const;
   sk::Epilogue epilogue() const;
 
   Api api_;
@@ -62,7 +63,8 @@ class SparseConvKernel {
   void init_blocked(const Api& api, const OrtKernelInfo* info);
   void compute_blocked(OrtKernelContext* ctx) const;
   // layout = "NCHWc8" with input_layout = "NCHW" (any geometry, 1x4 blocks): X NCHW, Y and
-  // the residual blocked; im2col panels of out_T_ pixels through spmm_b4_panel_blocked
+  // the residual blocked; phase planes (the stems) or im2col panels of out_T_ pixels through
+  // spmm_b4_panel_blocked
   bool blocked_out_ = false;
   int64_t out_T_ = 0;           // panel row stride: panel_.T rounded up to 8
   void init_blocked_out(const Api& api, const OrtKernelInfo* info);

@@ -18,6 +18,7 @@ std::string s(int64_t v) { return std::to_string(v); }
 // least one register tile wide.
 constexpr int64_t kPhaseMaxK = 256;
 constexpr int64_t kPhaseMinWidth = 24;
+constexpr int64_t kBL = sk::kChannelBlock;  // channels per block of layout NCHWc8
 constexpr int64_t kPhaseMaxBand = 8;  // output rows per band (its planes stay in L2)
 
 // Geometry attributes are bounded so that no index arithmetic below can overflow.
@@ -169,7 +170,8 @@ SparseConvKernel::SparseConvKernel(const Api& api, const OrtKernelInfo* info) : 
               std::string("sparsekit SparseConv '") + node_name(api, info) + "': kernels " +
                   kt_->name + ", " +
                   (blocked_      ? "NCHWc8 1x1 (panel " + s(blk_ps_) + " px)"
-                   : blocked_out_ ? "NCHW -> NCHWc8 im2col"
+                   : blocked_out_ ? (phases_ ? "NCHW -> NCHWc8 phase-plane (output rows >= 24 wide) or im2col"
+                                             : "NCHW -> NCHWc8 im2col")
                    : direct_      ? "direct 1x1"
                    : phases_ ? "phase-plane (output rows >= 24 wide) or im2col"
                              : "im2col") +
@@ -221,7 +223,7 @@ void SparseConvKernel::compute(OrtKernelContext* ctx) const {
   if (direct_ && H * W <= INT32_MAX / C_)
     run_direct(ctx, x, y, res, N, H * W);
   else if (phase_path_fits(OW))
-    run_phases(ctx, x, y, res, N, H, W, OH, OW);
+    run_phases(ctx, x, y, res, N, H, W, OH, OW, false);
   else
     run_im2col(ctx, x, y, res, N, H, W, OH, OW);
 }
@@ -386,7 +388,7 @@ bool SparseConvKernel::phase_path_fits(int64_t OW) const {
 
 void SparseConvKernel::run_phases(OrtKernelContext* ctx, const float* x, float* y,
                                   const float* res, int64_t N, int64_t H, int64_t W,
-                                  int64_t OH, int64_t OW) const {
+                                  int64_t OH, int64_t OW, bool blocked) const {
   const int64_t s = sh_, C = C_, M = M_, P = OH * OW, taps = kh_ * kw_;
   // Output rows per parallel item: a few, so 2-4 threads get even shares.  Each item splits
   // just the input rows its output rows read into its own phase planes (Hh rows: the band and
@@ -402,19 +404,31 @@ void SparseConvKernel::run_phases(OrtKernelContext* ctx, const float* x, float* 
   }
   const sk::SpMat m = spmat(w_, xoff.get());
   const sk::SpmmFn spmm = spmm_fn(kt_, w_.B);
-  const sk::Epilogue ep0 = epilogue();
+  sk::Epilogue ep0 = epilogue();
+  // Blocked Y: the panel kernel reads each row up to OW rounded to 8, so when OW is not a
+  // multiple of 8 the rows a short band leaves unwritten and 8 floats past the planes are
+  // zeroed (read, never used).
+  const int64_t mb = (M + kBL - 1) / kBL, ybs = P * kBL;
+  const bool overread = blocked && OW % kBL != 0;
+  if (blocked) ep0.bias = blk_bias_.empty() ? nullptr : blk_bias_.data();
   // Padded input row: pad_l zeros, W inputs, zeros up to the s*Wh (+1) columns phases read.
   const int64_t rowbuf = std::max(pl_ + W, s * Wh) + 8;
   parallel_for(api_, ctx, size_t(N * nbands), [&](size_t item) {
     const int64_t n = int64_t(item) / nbands, oy0 = int64_t(item) % nbands * band;
     const int64_t rows = std::min(band, OH - oy0);
-    Scratch<float> ph{size_t(total)};
+    const int64_t used = rows + (kh_ - 1) / s;  // plane rows the band's taps read
+    Scratch<float> ph{size_t(total + kBL)};
     Scratch<float> buf{size_t(rowbuf)};
     std::memset(buf.get(), 0, size_t(rowbuf) * sizeof(float));
+    if (overread) {
+      for (int64_t q = 0; q < s * s * C; ++q)
+        std::memset(ph.get() + q * plane + used * Wh, 0, size_t((Hh - used) * Wh) * sizeof(float));
+      std::memset(ph.get() + total, 0, size_t(kBL) * sizeof(float));
+    }
     const float* xn = x + n * C * H * W;
     for (int64_t c = 0; c < C; ++c)
       for (int64_t py = 0; py < s; ++py)
-        for (int64_t r = 0; r < rows + (kh_ - 1) / s; ++r) {
+        for (int64_t r = 0; r < used; ++r) {
           const int64_t iy = s * (oy0 + r) + py - pt_;
           float* d0 = ph.get() + ((py * s * C) + c) * plane + r * Wh;  // phase (py, 0)
           float* d1 = s == 2 ? d0 + C * plane : nullptr;              // phase (py, 1)
@@ -431,9 +445,16 @@ void SparseConvKernel::run_phases(OrtKernelContext* ctx, const float* x, float* 
         }
     for (int64_t r = 0; r < rows; ++r) {
       sk::Epilogue ep = ep0;
-      const int64_t at = n * M * P + (oy0 + r) * OW;
-      if (res) ep.residual = res + at, ep.residual_stride = P;
-      spmm(size_t(OW), m, 0, int(w_.G), ph.get() + r * Wh, y + at, P, ep);
+      if (blocked) {
+        const int64_t at = n * mb * ybs + (oy0 + r) * OW * kBL;
+        if (res) ep.residual = res + at, ep.residual_stride = ybs;
+        kt_->spmm_b4_panel_blocked(size_t(OW), m, 0, int(2 * mb), ph.get() + r * Wh, y + at,
+                                   ybs, ep);
+      } else {
+        const int64_t at = n * M * P + (oy0 + r) * OW;
+        if (res) ep.residual = res + at, ep.residual_stride = P;
+        spmm(size_t(OW), m, 0, int(w_.G), ph.get() + r * Wh, y + at, P, ep);
+      }
     }
   });
 }
@@ -442,7 +463,6 @@ void SparseConvKernel::run_phases(OrtKernelContext* ctx, const float* x, float* 
 // A 1x1 conv between channel-blocked tensors (docs/format.md): same packed weights, the kernel
 // reads X through a per-chunk transposed panel and stores Y blocks directly (spmm_blocked.h).
 namespace {
-constexpr int64_t kBL = sk::kChannelBlock;
 // Panel chunk: X's K8 rows x this many pixels in about 64 KiB, between 64 and ~960 pixels, an
 // odd multiple of 16 floats so the panel's rows (ps floats apart) spread over the L1 sets.
 // Standalone driver, avx2, Zen 3 under load (ms, blocked kernel): 3136x128x128 ps 512 0.284,
@@ -572,6 +592,7 @@ void SparseConvKernel::compute_blocked_out(OrtKernelContext* ctx) const {
   float* y = get_output(api_, ctx, ydims);
   if (N == 0) return;
   const float* x = static_cast<const float*>(X.data);
+  if (phase_path_fits(OW)) return run_phases(ctx, x, y, res, N, H, W, OH, OW, true);
   const sk::SpMat m = spmat(w_, blk_xoff_.data());
   sk::Epilogue ep0 = epilogue();
   ep0.bias = blk_bias_.empty() ? nullptr : blk_bias_.data();
