@@ -69,6 +69,7 @@ def main() -> None:
     env = B.environment()
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
     (out / "layout.json").write_text(json.dumps({"date": stamp, "environment": env,
                                                  "rows": rows}, indent=1) + "\n")
     lines = [f"# Activation layout: dense onnxruntime vs sparsekit NCHW vs NCHWc8 ({stamp})", "",
