@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+from onnx import numpy_helper
 import onnxruntime as ort
 
 from sparsekit.analyze import analyze
@@ -150,7 +151,7 @@ def main() -> int:
     known = set(logits(dense, photo_crops(train_files, (224, 224), 16, seed=5)).argmax(1).tolist())
 
     def record(method, model, **extra):
-        r = dict(base, method=method, seen=score(seen_t, model, seen_x),
+        r = dict(base, method=method, zeros=round(zero_share(model), 4), seen=score(seen_t, model, seen_x),
                  unseen=score(unseen_t, model, unseen_x, known), **extra)
         rows.append(r)
         print(json.dumps(r), flush=True)
@@ -168,7 +169,8 @@ def main() -> int:
         kw = {} if method == "magnitude" else dict(calibration=cal, **(_cc() if "channel" in method else {}))
         kw["exclude"], kw["include"] = args.exclude, args.include
         if method.startswith("allocation"):     # analyze's per-layer budgets for this total sparsity
-            kw["recipe"] = analyze(dense, cal, sparsity, pattern=args.pattern, samples=64).recipe()
+            kw["recipe"] = analyze(dense, cal, sparsity, pattern=args.pattern, samples=64,
+                                   include=args.include, exclude=args.exclude).recipe()
         m, _ = prune(dense, args.pattern, sparsity, **kw)
         if sparsity == args.sparsity:
             took = {} if method == "magnitude" else {"seconds": round(time.perf_counter() - t0)}
@@ -304,6 +306,21 @@ def digits(args) -> int:
     return 0
 
 
+def zero_share(model) -> float:
+    """Share of zero weights over the non-depthwise Conv and the Gemm weights: what the total
+    sparsity of a row really is (the first layers prune skips and --exclude'd ones included)."""
+    inits = {i.name: i for i in model.graph.initializer}
+    total = zeros = 0
+    for n in model.graph.node:
+        if n.op_type in ("Conv", "Gemm") and len(n.input) > 1 and n.input[1] in inits:
+            w = numpy_helper.to_array(inits[n.input[1]])
+            if n.op_type == "Conv" and w.shape[1] == 1 and w.shape[0] > 1:
+                continue  # depthwise
+            total += w.size
+            zeros += w.size - np.count_nonzero(w)
+    return zeros / max(total, 1)
+
+
 def _layers(row) -> str:
     if row.get("include"):
         return f"only {row['include']}"
@@ -321,7 +338,9 @@ def report() -> int:
              "is / is not among the dense top-1 classes of the training photos (recorded from "
              "2026-12-05). unseen top-5: the share of unseen crops whose dense top-1 class is among "
              "the model's five best (recorded from 2026-12-05 16:00). layers: the layers prune left "
-             "dense (`--exclude`, \"all but X\") or the only ones it pruned (`--include`, \"only X\").", "",
+             "dense (`--exclude`, \"all but X\") or the only ones it pruned (`--include`, \"only X\"). "
+             "sparsity: prune's target for the layers it pruned and, recorded from 2026-12-06 05:50, "
+             "the share of zeros over all non-depthwise Conv and Gemm weights.", "",
              "| photos | pattern | sparsity | layers | method | seen agree / KL | unseen agree / KL | "
              "unseen top-5 | unseen, known / other classes | time | steps x batch |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -332,7 +351,8 @@ def report() -> int:
         split = (f"{u['known_classes']:.1%} / {u['other_classes']:.1%} ({u['known_share']:.0%} known)"
                  if u.get("known_classes") is not None and u.get("other_classes") is not None else "-")
         top5 = f"{u['top5']:.1%}" if "top5" in u else "-"
-        lines.append(f"| {r['photos']} | {r['pattern']} | {r['sparsity']:.0%} | {_layers(r)} | "
+        sp = f"{r['sparsity']:.0%}" + (f" ({r['zeros']:.0%} of all)" if "zeros" in r else "")
+        lines.append(f"| {r['photos']} | {r['pattern']} | {sp} | {_layers(r)} | "
                      f"{r['method']} | {r['seen']['agreement']:.1%} / {r['seen']['kl']:.3f} | "
                      f"{u['agreement']:.1%} / {u['kl']:.3f} | {top5} | {split} | {t} | {sb} |")
     meta = rows[-1] if rows else {}
