@@ -7,25 +7,16 @@
 
 #include "kernels/dwconv.h"
 #include "kernels/isa_parts.h"
-#include "kernels/x86_transpose.h"
+#include "kernels/x86_ymm.h"
 
 namespace sk {
 namespace {
 
-alignas(32) const int32_t kTailMask[16] = {-1, -1, -1, -1, -1, -1, -1, -1,
-                                          0,  0,  0,  0,  0,  0,  0,  0};
-
-inline __m256i tail_mask(int m) {
-  return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(kTailMask + 8 - m));
-}
-
-struct Avx2Dw {
-  using T = __m256;
+struct Avx2Dw : Ymm {  // fma(w, v, acc) = w * v + acc on a broadcast tap
   using Wt = __m256;
   struct Pair {
     __m256 lo, hi;
   };
-  static constexpr int kLanes = 8;
   // A 112x112 plane (54 KiB) in the ring would evict L1.  Zen3, 3x3, all channels: 32x112x112
   // 0.186 -> 0.172-0.177 ms, 64x112x112 s2 0.201 -> 0.166-0.168, 96x112x112 s2 0.297 -> 0.253,
   // 128x56x56 0.196 -> 0.184.
@@ -33,9 +24,6 @@ struct Avx2Dw {
   static constexpr bool kWholeTailStores = true;  // vmaskmovps stores are slow
   static constexpr bool kMulti = true;
 
-  static T load(const float* p) { return _mm256_loadu_ps(p); }
-  static void store(float* p, T v) { _mm256_storeu_ps(p, v); }
-  static T load_part(const float* p, int m) { return _mm256_maskload_ps(p, tail_mask(m)); }
   static T load_shifted(const float* p, int sh, int m) {
     const __m256 v = load_part(p, m);  // v[j] = p[j], j < m
     const __m256i idx =
@@ -44,14 +32,7 @@ struct Avx2Dw {
     const __m256 keep = _mm256_castsi256_ps(_mm256_cmpgt_epi32(idx, _mm256_set1_epi32(-1)));
     return _mm256_and_ps(moved, keep);
   }
-  static void store_part(float* p, T v, int m) { _mm256_maskstore_ps(p, tail_mask(m), v); }
-  static T zero() { return _mm256_setzero_ps(); }
-  static T set1(float f) { return _mm256_set1_ps(f); }
-  static T add(T a, T b) { return _mm256_add_ps(a, b); }
   static Wt weight(const float* p) { return _mm256_broadcast_ss(p); }
-  static T fma(Wt w, T v, T acc) { return _mm256_fmadd_ps(w, v, acc); }
-  // max(lo, v) returns v when v is NaN (second operand), and so does min(hi, NaN)
-  static T clamp(T v, T lo, T hi) { return _mm256_min_ps(hi, _mm256_max_ps(lo, v)); }
 
   static Pair load2(const float* row, int i) { return {load(row + i), load(row + i + 8)}; }
   static Pair pair(T lo, T hi) { return {lo, hi}; }

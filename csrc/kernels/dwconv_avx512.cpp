@@ -10,36 +10,24 @@
 
 #include "kernels/dwconv.h"
 #include "kernels/isa_parts.h"
+#include "kernels/x86_zmm.h"
 
 namespace sk {
 namespace {
 
-inline __mmask16 tail_mask(int m) { return static_cast<__mmask16>((1u << m) - 1u); }
-
-struct Avx512Dw {
-  using T = __m512;
+struct Avx512Dw : Zmm {  // fma(w, v, acc) = w * v + acc on a broadcast tap
   using Wt = __m512;
   struct Pair {
     __m512 lo, hi;
   };
-  static constexpr int kLanes = 16;
   static constexpr bool kShortRing = false;
   static constexpr bool kWholeTailStores = false;
   static constexpr bool kMulti = true;
 
-  static T load(const float* p) { return _mm512_loadu_ps(p); }
-  static void store(float* p, T v) { _mm512_storeu_ps(p, v); }
-  static T load_part(const float* p, int m) { return _mm512_maskz_loadu_ps(tail_mask(m), p); }
   static T load_shifted(const float* p, int sh, int m) {  // expand p[0 .. m) into lanes sh ..
-    return _mm512_maskz_expandloadu_ps(static_cast<__mmask16>(tail_mask(m) << sh), p);
+    return _mm512_maskz_expandloadu_ps(static_cast<__mmask16>(mask(m) << sh), p);
   }
-  static void store_part(float* p, T v, int m) { _mm512_mask_storeu_ps(p, tail_mask(m), v); }
-  static T zero() { return _mm512_setzero_ps(); }
-  static T set1(float f) { return _mm512_set1_ps(f); }
-  static T add(T a, T b) { return _mm512_add_ps(a, b); }
   static Wt weight(const float* p) { return _mm512_set1_ps(*p); }
-  static T fma(Wt w, T v, T acc) { return _mm512_fmadd_ps(w, v, acc); }
-  static T clamp(T v, T lo, T hi) { return _mm512_min_ps(hi, _mm512_max_ps(lo, v)); }
 
   static Pair load2(const float* row, int i) { return {load(row + i), load(row + i + 16)}; }
   static Pair pair(T lo, T hi) { return {lo, hi}; }
@@ -59,7 +47,7 @@ struct Avx512Dw {
     const __m512i idx = _mm512_mullo_epi32(
         _mm512_set1_epi32(stride),
         _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15));
-    return _mm512_mask_i32gather_ps(_mm512_setzero_ps(), tail_mask(m), idx, p, 4);
+    return _mm512_mask_i32gather_ps(_mm512_setzero_ps(), mask(m), idx, p, 4);
   }
   // Butterfly transpose of a 16x16 block held as 16 rows: stage h swaps bit h of the row
   // index with bit h of the column index; the four stages together swap all bits.

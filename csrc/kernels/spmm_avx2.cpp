@@ -9,23 +9,17 @@
 
 #include "kernels/isa_parts.h"
 #include "kernels/spmm.h"
+#include "kernels/x86_ymm.h"
 
 namespace sk {
 namespace {
 
-// kTailMask + 8 - m: the first m lanes all-ones, the rest zero (m in 0..8).
-alignas(32) const int32_t kTailMask[16] = {-1, -1, -1, -1, -1, -1, -1, -1,
-                                          0,  0,  0,  0,  0,  0,  0,  0};
-
-struct Avx2 {
-  using T = __m256;
+struct Avx2 : Ymm {
   using M = __m256i;
   using W = const float*;  // broadcast per row at the FMA (vbroadcastss from memory)
-  static constexpr int kLanes = 8, kNV4 = 3, kNV1 = 6;
+  static constexpr int kNV4 = 3, kNV1 = 6;
   static M full() { return _mm256_set1_epi32(-1); }
-  static M tail(size_t m) {
-    return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(kTailMask + 8 - m));
-  }
+  static M tail(size_t m) { return mask(static_cast<int>(m)); }
   template <bool PART>
   static T load(const float* p, M m) {
     return PART ? _mm256_maskload_ps(p, m) : _mm256_loadu_ps(p);
@@ -37,12 +31,6 @@ struct Avx2 {
     else
       _mm256_storeu_ps(p, v);
   }
-  static T zero() { return _mm256_setzero_ps(); }
-  static T set1(float f) { return _mm256_set1_ps(f); }
-  static T add(T a, T b) { return _mm256_add_ps(a, b); }
-  static T fma(T a, T b, T c) { return _mm256_fmadd_ps(a, b, c); }
-  // max(lo, v) / min(hi, v) return v when it is NaN (second operand), like the reference.
-  static T clamp(T v, T lo, T hi) { return _mm256_min_ps(hi, _mm256_max_ps(lo, v)); }
   static W wload(const float* p) { return p; }
   template <int b>
   static T fma_w(W w, T x, T acc) { return _mm256_fmadd_ps(_mm256_broadcast_ss(w + b), x, acc); }

@@ -11,17 +11,17 @@
 
 #include "kernels/isa_parts.h"
 #include "kernels/spmm.h"
+#include "kernels/x86_zmm.h"
 
 namespace sk {
 namespace {
 
-struct Avx512 {
-  using T = __m512;
+struct Avx512 : Zmm {
   using M = __mmask16;
   using W = const float*;  // broadcast per row at the FMA
-  static constexpr int kLanes = 16, kNV4 = 3, kNV1 = 2;
+  static constexpr int kNV4 = 3, kNV1 = 2;
   static M full() { return 0xFFFF; }
-  static M tail(size_t m) { return static_cast<__mmask16>((1u << m) - 1u); }
+  static M tail(size_t m) { return mask(static_cast<int>(m)); }
   template <bool PART>
   static T load(const float* p, M m) {
     return PART ? _mm512_maskz_loadu_ps(m, p) : _mm512_loadu_ps(p);
@@ -33,12 +33,6 @@ struct Avx512 {
     else
       _mm512_storeu_ps(p, v);
   }
-  static T zero() { return _mm512_setzero_ps(); }
-  static T set1(float f) { return _mm512_set1_ps(f); }
-  static T add(T a, T b) { return _mm512_add_ps(a, b); }
-  static T fma(T a, T b, T c) { return _mm512_fmadd_ps(a, b, c); }
-  // max(lo, v) / min(hi, v) return v when it is NaN, like the reference.
-  static T clamp(T v, T lo, T hi) { return _mm512_min_ps(hi, _mm512_max_ps(lo, v)); }
   static W wload(const float* p) { return p; }
   template <int b>
   static T fma_w(W w, T x, T acc) { return _mm512_fmadd_ps(_mm512_set1_ps(w[b]), x, acc); }

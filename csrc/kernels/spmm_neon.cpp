@@ -2,43 +2,31 @@
 //   spmm_16x4_neon: B = 4, 16 pixels x 4 rows = 16 q-register accumulators; per block one load
 //                   of its 4 weights and lane-indexed FMAs (vfmaq_laneq_f32), no broadcasts.
 //   spmm_16x1_neon: B = 1, 16 pixels x 1 row in two sets of 4 accumulators.
-// Partial vectors (1..3 pixels) go through a 4-float stack buffer (NEON has no masked loads),
-// so no lane past the end of X, Y or the residual is read or written.
-#include <arm_neon.h>
-
+// Partial vectors (1..3 pixels) go lane by lane (neon_q.h), so no lane past the end of X, Y or
+// the residual is read or written.
 #include "kernels/isa_parts.h"
+#include "kernels/neon_q.h"
 #include "kernels/spmm.h"
 
 namespace sk {
 namespace {
 
-struct Neon {
-  using T = float32x4_t;
+struct Neon : Q4 {
   using M = int;  // valid lanes of a partial vector
   using W = float32x4_t;
-  static constexpr int kLanes = 4, kNV4 = 4, kNV1 = 4;
+  static constexpr int kNV4 = 4, kNV1 = 4;
   static M full() { return 4; }
   static M tail(size_t m) { return static_cast<int>(m); }
   template <bool PART>
-  static T load(const float* p, M m) {
-    if (!PART) return vld1q_f32(p);
-    float t[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-    for (int i = 0; i < m; ++i) t[i] = p[i];
-    return vld1q_f32(t);
-  }
+  static T load(const float* p, M m) { return PART ? load_part(p, m) : vld1q_f32(p); }
   template <bool PART>
   static void store(float* p, T v, M m) {
-    if (!PART) return vst1q_f32(p, v);
-    float t[4];
-    vst1q_f32(t, v);
-    for (int i = 0; i < m; ++i) p[i] = t[i];
+    if (PART)
+      store_part(p, v, m);
+    else
+      vst1q_f32(p, v);
   }
-  static T zero() { return vdupq_n_f32(0.0f); }
-  static T set1(float f) { return vdupq_n_f32(f); }
-  static T add(T a, T b) { return vaddq_f32(a, b); }
   static T fma(T a, T b, T c) { return vfmaq_f32(c, a, b); }
-  // vmaxq/vminq return NaN when either operand is NaN
-  static T clamp(T v, T lo, T hi) { return vminq_f32(hi, vmaxq_f32(lo, v)); }
   static W wload(const float* p) { return vld1q_f32(p); }
   template <int b>
   static T fma_w(W w, T x, T acc) { return vfmaq_laneq_f32(acc, x, w, b); }

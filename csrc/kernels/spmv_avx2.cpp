@@ -8,23 +8,17 @@
 
 #include "kernels/isa_parts.h"
 #include "kernels/spmv.h"
+#include "kernels/x86_ymm.h"
 
 namespace sk {
 namespace {
 
-struct Avx2 {
-  using T = __m256;
+struct Avx2 : Ymm {
   using M = __m256i;
-  static constexpr int kLanes = 8, kMaxNX = 4;
-  static M rows(int nr) {
-    return _mm256_cmpgt_epi32(_mm256_set1_epi32(nr), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-  }
-  static T load(const float* p) { return _mm256_loadu_ps(p); }
+  static constexpr int kMaxNX = 4;
+  static M rows(int nr) { return mask(nr); }
   static T load_rows(const float* p, M m) { return _mm256_maskload_ps(p, m); }
   static void store_rows(float* p, T v, M m) { _mm256_maskstore_ps(p, m, v); }
-  static T zero() { return _mm256_setzero_ps(); }
-  static T add(T a, T b) { return _mm256_add_ps(a, b); }
-  static T fma(T a, T b, T c) { return _mm256_fmadd_ps(a, b, c); }
   template <int NX>
   static T pick(const T* xr, const uint8_t* o, const float* xb) {
     const __m256i id = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(o)));

@@ -10,21 +10,17 @@
 
 #include "kernels/isa_parts.h"
 #include "kernels/spmv.h"
+#include "kernels/x86_zmm.h"
 
 namespace sk {
 namespace {
 
-struct Avx512 {
-  using T = __m512;
+struct Avx512 : Zmm {
   using M = __mmask16;
-  static constexpr int kLanes = 16, kMaxNX = 4;
-  static M rows(int nr) { return static_cast<__mmask16>((1u << nr) - 1u); }
-  static T load(const float* p) { return _mm512_loadu_ps(p); }
+  static constexpr int kMaxNX = 4;
+  static M rows(int nr) { return mask(nr); }
   static T load_rows(const float* p, M m) { return _mm512_maskz_loadu_ps(m, p); }
   static void store_rows(float* p, T v, M m) { _mm512_mask_storeu_ps(p, m, v); }
-  static T zero() { return _mm512_setzero_ps(); }
-  static T add(T a, T b) { return _mm512_add_ps(a, b); }
-  static T fma(T a, T b, T c) { return _mm512_fmadd_ps(a, b, c); }
   template <int NX>
   static T pick(const T* xr, const uint8_t* o, const float* xb) {
     const __m512i id =

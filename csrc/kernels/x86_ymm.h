@@ -1,19 +1,32 @@
-// The 8-lane ymm vector policy shared by the AVX2 and AVX-512 channel-block kernels
-// (spmm_blocked.h, dwconv_blocked.h): both ISAs run those on ymm registers, one 8-channel block
-// per vector, and differ only in their tile sizes (AVX-512 has 32 registers), which each ISA
-// file adds by deriving from Ymm.  Include the intrinsics (immintrin.h or x86_intrinsics.h)
+// The 8-lane ymm vector operations every AVX2 policy and the AVX-512 channel-block policies
+// share (the AVX-512 channel-block kernels run on ymm registers too, one 8-channel block per
+// vector): each kernel family's policy derives from Ymm and adds its tile sizes and what is its
+// own (spmm.h, spmv.h, dwconv.h, spmm_blocked.h, dwconv_blocked.h).  Include the intrinsics (immintrin.h or x86_intrinsics.h)
 // first; internal linkage, so each ISA file compiles its own copy with its own flags.
 #pragma once
+
+#include <cstdint>
 
 #include "kernels/x86_transpose.h"
 
 namespace sk {
 namespace {
 
+// kTailMask8 + 8 - m: the first m lanes all-ones, the rest zero (m in 0..8).
+alignas(32) const int32_t kTailMask8[16] = {-1, -1, -1, -1, -1, -1, -1, -1,
+                                           0,  0,  0,  0,  0,  0,  0,  0};
+
 struct Ymm {
   using T = __m256;  // 8 floats: a channel block, or one row over 8 pixels
   using H = __m128;  // 4 floats: one pixel's 4 rows of a 1x4 group
+  static constexpr int kLanes = 8;
+  static __m256i mask(int m) {  // the first m lanes
+    return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(kTailMask8 + 8 - m));
+  }
   static T load(const float* p) { return _mm256_loadu_ps(p); }
+  // vmaskmovps: lanes past m are neither read nor written (the loads give 0 there)
+  static T load_part(const float* p, int m) { return _mm256_maskload_ps(p, mask(m)); }
+  static void store_part(float* p, T v, int m) { _mm256_maskstore_ps(p, mask(m), v); }
   static T wload(const float* p) { return _mm256_loadu_ps(p); }
   static void store(float* p, T v) { _mm256_storeu_ps(p, v); }
   static T zero() { return _mm256_setzero_ps(); }
