@@ -100,6 +100,9 @@ def main() -> int:
                     choices=["magnitude", "reconstruction", "allocation"],
                     help="reconstruction: with channel correction where prune has it; allocation: the "
                          "same with per-layer sparsities from `sparsekit analyze` (the same total)")
+    ap.add_argument("--allocate-by", default="params", choices=["params", "flops"],
+                    help="--start allocation: the total analyze keeps (weights, or multiply-adds: "
+                         "what the speed follows)")
     ap.add_argument("--exclude", default=None, metavar="REGEX",
                     help="layers prune leaves dense (e.g. classifier: the final Gemm)")
     ap.add_argument("--include", default=None, metavar="REGEX",
@@ -170,7 +173,8 @@ def main() -> int:
         kw["exclude"], kw["include"] = args.exclude, args.include
         if method.startswith("allocation"):     # analyze's per-layer budgets for this total sparsity
             kw["recipe"] = analyze(dense, cal, sparsity, pattern=args.pattern, samples=64,
-                                   include=args.include, exclude=args.exclude).recipe()
+                                   by=args.allocate_by, include=args.include,
+                                   exclude=args.exclude).recipe()
         m, _ = prune(dense, args.pattern, sparsity, **kw)
         if sparsity == args.sparsity:
             took = {} if method == "magnitude" else {"seconds": round(time.perf_counter() - t0)}
@@ -186,7 +190,8 @@ def main() -> int:
     if args.start == "magnitude":
         start = mag
     if args.start == "allocation":
-        start = one_shot("allocation+channel", args.sparsity)
+        start = one_shot("allocation" + ("" if args.allocate_by == "params" else " by flops")
+                         + "+channel", args.sparsity)
     if args.gradual_from is not None:
         start = one_shot("reconstruction+channel" if _cc() else "reconstruction", args.gradual_from)
     if args.skip_finetune:
@@ -203,7 +208,8 @@ def main() -> int:
         + (" (relative lr)" if args.relative_lr else "") \
         + (f" +{args.invert} inverted" if args.invert else "") \
         + (f" (gradual from {args.gradual_from:.0%})" if args.gradual_from is not None else "") \
-        + (f" from {args.start}" if args.start != "reconstruction" else "")
+        + (f" from {args.start}" if args.start != "reconstruction" else "") \
+        + (" by flops" if args.start == "allocation" and args.allocate_by == "flops" else "")
     record(label, tuned, seconds=round(time.perf_counter() - t0), steps=rep.steps, images=rep.images,
            lr=args.lr, relative_lr=args.relative_lr, batch_size=args.batch_size, synthetic=args.synthetic,
            start=args.start,
