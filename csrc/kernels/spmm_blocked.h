@@ -8,8 +8,11 @@
 //     static T load(const float* p); static void store(float* p, T v);
 //     static T zero(); static T set1(float f); static T fma(T a, T b, T c);  // a * b + c
 //     static T clamp(T v, T lo, T hi);            // min(hi, max(lo, v)), a NaN stays NaN
+//     static T add(T a, T b);
 //     static void transpose8(T (&r)[8]);          // r[i] lane j <- r[j] lane i
 //     static void rows_to_pixels(const T (&r)[4], H (&px)[8]);  // px[i] = (r0[i] .. r3[i])
+//     static void rows_to_pairs(const T (&r)[4], T (&u)[4]);    // u[i] = (px[i] | px[i+4])
+//     static T line_lo(T ua, T ub); static T line_hi(T ua, T ub);  // (ua | ub) low / high halves
 //     static H hload(const float* p); static void hstore(float* p, H v);
 //     static H hadd(H a, H b); static H hclamp(H v, H lo, H hi); static H hset1(float f);
 //   };
@@ -20,15 +23,17 @@
 // transposed (8x8 in registers) into [K8][panel_stride] rows once, and every output group then
 // sweeps that panel.  The output is NOT written to a panel and transposed back (round 6 measured
 // that design 1.1-1.9x slower than NCHW): each 4-row x 8-pixel piece of the tile is transposed
-// in registers into 8 pixels' 4-lane halves of their Y blocks and stored there.  Groups 2b and
-// 2b+1 write the two halves of Y block b one after the other, while the lines are in L1.  (A
-// full 8x8 store would need both groups' tiles live at once: 24 accumulators, more than AVX2's
-// 16 registers.)
+// in registers into pixel halves.  Groups 2b and 2b+1 (the two halves of Y block b) run as a
+// pair over the same pixels: the first group's halves wait in a small L1 stash (both tiles
+// live at once would be 24 accumulators, more than AVX2's 16 registers) and each pixel's
+// 8-channel line is stored once, whole.  A group without its partner (a range that starts or
+// ends inside a block) stores 4-lane halves.
 //
 // Everything has internal linkage: each ISA file compiles its own copy with its own flags.
 #pragma once
 
 #include <cstddef>
+#include <type_traits>
 
 #include "kernels/kernels.h"
 
@@ -61,16 +66,13 @@ struct SpmmBlocked {
     }
   }
 
-  // One register tile: 4 rows x NV*8 pixels from panel column p (pan = panel + p); y / res
-  // point at the tile's first pixel's half block.  PART: the last vector has `valid` pixels.
-  template <int NV, bool PART>
-  static inline __attribute__((always_inline)) void tile(const float* pan, const int32_t* off,
-                                                         const float* val, int32_t j0,
-                                                         int32_t j1, const float* bias4,
-                                                         float* y, const float* res,
-                                                         bool after, T vlo, T vhi, H hlo, H hhi,
-                                                         int valid) {
-    T acc[4][NV];
+  // A group's 4 rows x NV*8 pixels from panel column p (pan = panel + p), bias included.
+  template <int NV>
+  static inline __attribute__((always_inline)) void accumulate(const float* pan,
+                                                               const int32_t* off,
+                                                               const float* val, int32_t j0,
+                                                               int32_t j1, const float* bias4,
+                                                               T (&acc)[4][NV]) {
     _Pragma("GCC unroll 4") for (int b = 0; b < 4; ++b) {
       const T init = bias4 ? V::set1(bias4[b]) : V::zero();
       _Pragma("GCC unroll 8") for (int v = 0; v < NV; ++v) acc[b][v] = init;
@@ -85,6 +87,20 @@ struct SpmmBlocked {
         _Pragma("GCC unroll 8") for (int v = 0; v < NV; ++v) acc[b][v] = V::fma(wb, xv[v], acc[b][v]);
       }
     }
+  }
+
+  // One register tile of one group: 4 rows x NV*8 pixels stored as 4-lane pixel halves; y /
+  // res point at the tile's first pixel's half block.  PART: the last vector has `valid`
+  // pixels.
+  template <int NV, bool PART>
+  static inline __attribute__((always_inline)) void tile(const float* pan, const int32_t* off,
+                                                         const float* val, int32_t j0,
+                                                         int32_t j1, const float* bias4,
+                                                         float* y, const float* res,
+                                                         bool after, T vlo, T vhi, H hlo, H hhi,
+                                                         int valid) {
+    T acc[4][NV];
+    accumulate<NV>(pan, off, val, j0, j1, bias4, acc);
     _Pragma("GCC unroll 8") for (int v = 0; v < NV; ++v) {
       const T r[4] = {acc[0][v], acc[1][v], acc[2][v], acc[3][v]};
       const int nv = (PART && v == NV - 1) ? valid : 8;
@@ -116,25 +132,6 @@ struct SpmmBlocked {
     }
   }
 
-  // The tiles narrower than kMaxNV vectors, widest first: after the full tiles fewer than
-  // kMaxNV vectors remain, so each width runs at most once.
-  template <int NV>
-  static inline __attribute__((always_inline)) void rest(size_t& p, size_t cw, const float* pan,
-                                                         const int32_t* off, const float* val,
-                                                         int32_t j0, int32_t j1,
-                                                         const float* bias4, float* y,
-                                                         const float* res, bool after, T vlo,
-                                                         T vhi, H hlo, H hhi) {
-    if constexpr (NV >= 1) {
-      if (p + 8 * NV <= cw) {
-        tile<NV, false>(pan + p, off, val, j0, j1, bias4, y + p * kL, res ? res + p * kL : res,
-                        after, vlo, vhi, hlo, hhi, 8);
-        p += 8 * NV;
-      }
-      rest<NV - 1>(p, cw, pan, off, val, j0, j1, bias4, y, res, after, vlo, vhi, hlo, hhi);
-    }
-  }
-
   // What one group's tiles need, at panel chunk pc.
   struct Group {
     int32_t j0, j1;
@@ -151,6 +148,59 @@ struct SpmmBlocked {
                  ep.residual ? ep.residual + (g / 2) * ep.residual_stride + at : nullptr};
   }
 
+  // Both groups of a Y block (a = 2b, b = 2b+1) over the same NV*8 pixels from pixel p,
+  // stored as full 8-channel lines: a's tile waits in pixel pairs in `stash` (L1) while b's
+  // is computed, then each pixel's line is joined from both halves and stored once.  Half the
+  // stores of two tile() calls and no 128-bit extracts, which is what the small-K layers
+  // (few FMAs per output) spend their time on.
+  template <int NV, bool PART>
+  static inline __attribute__((always_inline)) void tile_pair(const float* panel,
+                                                              const SpMat& w, const Group& a,
+                                                              const Group& b, size_t p,
+                                                              bool after, T vlo, T vhi,
+                                                              int valid) {
+    alignas(64) float stash[NV * 4 * kL];
+    T acc[4][NV];
+    accumulate<NV>(panel + p, w.x_offset, w.values, a.j0, a.j1, a.bias4, acc);
+    _Pragma("GCC unroll 8") for (int v = 0; v < NV; ++v) {
+      const T r[4] = {acc[0][v], acc[1][v], acc[2][v], acc[3][v]};
+      T u[4];
+      V::rows_to_pairs(r, u);
+      _Pragma("GCC unroll 4") for (int k = 0; k < 4; ++k) V::store(stash + (4 * v + k) * kL, u[k]);
+    }
+    accumulate<NV>(panel + p, w.x_offset, w.values, b.j0, b.j1, b.bias4, acc);
+    _Pragma("GCC unroll 8") for (int v = 0; v < NV; ++v) {
+      const T r[4] = {acc[0][v], acc[1][v], acc[2][v], acc[3][v]};
+      T u[4];
+      V::rows_to_pairs(r, u);
+      const int nv = (PART && v == NV - 1) ? valid : 8;
+      float* yv = a.y + (p + 8 * v) * kL;
+      const float* rv = a.res ? a.res + (p + 8 * v) * kL : nullptr;
+      _Pragma("GCC unroll 8") for (int i = 0; i < 8; ++i) {
+        if (PART && i >= nv) break;
+        const T ua = V::load(stash + (4 * v + i % 4) * kL);
+        T q = i < 4 ? V::line_lo(ua, u[i % 4]) : V::line_hi(ua, u[i % 4]);
+        if (rv && !after) q = V::add(q, V::load(rv + i * kL));
+        q = V::clamp(q, vlo, vhi);
+        if (rv && after) q = V::add(q, V::load(rv + i * kL));
+        V::store(yv + i * kL, q);
+      }
+    }
+  }
+
+  // The tiles narrower than kMaxNV vectors, widest first: after the full tiles fewer than
+  // kMaxNV vectors remain, so each width runs at most once.  f(integral_constant<NV>, p).
+  template <int NV, class F>
+  static inline __attribute__((always_inline)) void rest(size_t& p, size_t cw, F&& f) {
+    if constexpr (NV >= 1) {
+      if (p + 8 * NV <= cw) {
+        f(std::integral_constant<int, NV>{}, p);
+        p += 8 * NV;
+      }
+      rest<NV - 1>(p, cw, f);
+    }
+  }
+
   // Groups [g_begin, g_end) over panel columns [0, cw), which are pixels pc .. pc+cw of Y
   // (and of the residual); the panel's rows hold zeros (or any finite value) up to cw
   // rounded to 8.
@@ -159,33 +209,35 @@ struct SpmmBlocked {
     constexpr int NVM = V::kMaxNV;
     const T vlo = V::set1(ep.lo), vhi = V::set1(ep.hi);
     const H hlo = V::hset1(ep.lo), hhi = V::hset1(ep.hi);
-    // The two groups of a Y block tile by tile, so both halves of each stored line are
-    // written one after the other.  (Group after group, whose 960-pixel chunk of one block
-    // half is 30 KiB of lines, measured the same within noise in a standalone driver, avx2
-    // on Zen 3: MobileNetV1's 1x1 layers 0.64-0.92x of NCHW either way.)
+    const bool after = ep.residual_after_act;
     for (int g = g_begin; g < g_end;) {
-      const bool pair = g % 2 == 0 && g + 1 < g_end;
-      const Group a = group(w, g, ep, y, ybs, pc), b = pair ? group(w, g + 1, ep, y, ybs, pc) : a;
-      const bool after = ep.residual_after_act;
+      const Group a = group(w, g, ep, y, ybs, pc);
       size_t p = 0;
-      for (; p + 8 * NVM <= cw; p += 8 * NVM) {
+      if (g % 2 == 0 && g + 1 < g_end) {  // both halves of Y block g/2: full lines
+        const Group b = group(w, g + 1, ep, y, ybs, pc);
+        for (; p + 8 * NVM <= cw; p += 8 * NVM)
+          tile_pair<NVM, false>(panel, w, a, b, p, after, vlo, vhi, 8);
+        rest<NVM - 1>(p, cw, [&](auto nv, size_t at) {
+          tile_pair<decltype(nv)::value, false>(panel, w, a, b, at, after, vlo, vhi, 8);
+        });
+        if (p < cw)
+          tile_pair<1, true>(panel, w, a, b, p, after, vlo, vhi, static_cast<int>(cw - p));
+        g += 2;
+        continue;
+      }
+      // A lone group (the range starts or ends inside a block): 4-lane halves.
+      auto one = [&](auto nv, size_t at, int valid) {
+        constexpr int NV = decltype(nv)::value;
+        tile<NV, (NV == 1)>(panel + at, w.x_offset, w.values, a.j0, a.j1, a.bias4,
+                            a.y + at * kL, a.res ? a.res + at * kL : a.res, after, vlo, vhi,
+                            hlo, hhi, valid);
+      };
+      for (; p + 8 * NVM <= cw; p += 8 * NVM)
         tile<NVM, false>(panel + p, w.x_offset, w.values, a.j0, a.j1, a.bias4, a.y + p * kL,
                          a.res ? a.res + p * kL : a.res, after, vlo, vhi, hlo, hhi, 8);
-        if (pair)
-          tile<NVM, false>(panel + p, w.x_offset, w.values, b.j0, b.j1, b.bias4, b.y + p * kL,
-                           b.res ? b.res + p * kL : b.res, after, vlo, vhi, hlo, hhi, 8);
-      }
-      for (int h = 0; h < (pair ? 2 : 1); ++h) {
-        const Group& q = h ? b : a;
-        size_t pr = p;
-        rest<NVM - 1>(pr, cw, panel, w.x_offset, w.values, q.j0, q.j1, q.bias4, q.y, q.res,
-                      after, vlo, vhi, hlo, hhi);
-        if (pr < cw)
-          tile<1, true>(panel + pr, w.x_offset, w.values, q.j0, q.j1, q.bias4, q.y + pr * kL,
-                        q.res ? q.res + pr * kL : q.res, after, vlo, vhi, hlo, hhi,
-                        static_cast<int>(cw - pr));
-      }
-      g += pair ? 2 : 1;
+      rest<NVM - 1>(p, cw, [&](auto nv, size_t at) { one(nv, at, 8); });
+      if (p < cw) one(std::integral_constant<int, 1>{}, p, static_cast<int>(cw - p));
+      g += 1;
     }
   }
 

@@ -38,6 +38,7 @@ struct NeonSpmm {
   static T fma(T a, T b, T c) {
     return {vfmaq_f32(c.lo, a.lo, b.lo), vfmaq_f32(c.hi, a.hi, b.hi)};
   }
+  static T add(T a, T b) { return {vaddq_f32(a.lo, b.lo), vaddq_f32(a.hi, b.hi)}; }
   // vmaxq/vminq return NaN when either operand is NaN
   static T clamp(T v, T lo, T hi) {
     return {vminq_f32(hi.lo, vmaxq_f32(lo.lo, v.lo)), vminq_f32(hi.hi, vmaxq_f32(lo.hi, v.hi))};
@@ -55,6 +56,12 @@ struct NeonSpmm {
     transpose4(r[0].lo, r[1].lo, r[2].lo, r[3].lo, &px[0], &px[1], &px[2], &px[3]);
     transpose4(r[0].hi, r[1].hi, r[2].hi, r[3].hi, &px[4], &px[5], &px[6], &px[7]);
   }
+  static void rows_to_pairs(const T (&r)[4], T (&u)[4]) {
+    transpose4(r[0].lo, r[1].lo, r[2].lo, r[3].lo, &u[0].lo, &u[1].lo, &u[2].lo, &u[3].lo);
+    transpose4(r[0].hi, r[1].hi, r[2].hi, r[3].hi, &u[0].hi, &u[1].hi, &u[2].hi, &u[3].hi);
+  }
+  static T line_lo(T ua, T ub) { return {ua.lo, ub.lo}; }
+  static T line_hi(T ua, T ub) { return {ua.hi, ub.hi}; }
   static H hload(const float* p) { return vld1q_f32(p); }
   static void hstore(float* p, H v) { vst1q_f32(p, v); }
   static H hadd(H a, H b) { return vaddq_f32(a, b); }

@@ -26,18 +26,25 @@ inline __attribute__((always_inline)) void transpose8(__m256 (&r)[8]) {
   r[7] = _mm256_permute2f128_ps(s3, s7, 0x31);
 }
 
-// 4 rows x 8 pixels -> 8 pixels x 4 rows: px[i] = (r0[i], r1[i], r2[i], r3[i]).  A 4x4
-// transpose inside each 128-bit lane (pixels i and i+4 share a register), then the halves.
-inline __attribute__((always_inline)) void rows4_to_pixels(const __m256 (&r)[4],
-                                                           __m128 (&px)[8]) {
+// 4 rows x 8 pixels -> pixel pairs: u[i] = (r0[i], r1[i], r2[i], r3[i] | r0[i+4] .. r3[i+4]),
+// i < 4.  A 4x4 transpose inside each 128-bit lane.
+inline __attribute__((always_inline)) void rows4_to_pixel_pairs(const __m256 (&r)[4],
+                                                                __m256 (&u)[4]) {
   const __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
   const __m256 t2 = _mm256_unpacklo_ps(r[2], r[3]), t3 = _mm256_unpackhi_ps(r[2], r[3]);
-  const __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE);
-  const __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE);
-  px[0] = _mm256_castps256_ps128(u0), px[4] = _mm256_extractf128_ps(u0, 1);
-  px[1] = _mm256_castps256_ps128(u1), px[5] = _mm256_extractf128_ps(u1, 1);
-  px[2] = _mm256_castps256_ps128(u2), px[6] = _mm256_extractf128_ps(u2, 1);
-  px[3] = _mm256_castps256_ps128(u3), px[7] = _mm256_extractf128_ps(u3, 1);
+  u[0] = _mm256_shuffle_ps(t0, t2, 0x44), u[1] = _mm256_shuffle_ps(t0, t2, 0xEE);
+  u[2] = _mm256_shuffle_ps(t1, t3, 0x44), u[3] = _mm256_shuffle_ps(t1, t3, 0xEE);
+}
+
+// 4 rows x 8 pixels -> 8 pixels x 4 rows: px[i] = (r0[i], r1[i], r2[i], r3[i]).
+inline __attribute__((always_inline)) void rows4_to_pixels(const __m256 (&r)[4],
+                                                           __m128 (&px)[8]) {
+  __m256 u[4];
+  rows4_to_pixel_pairs(r, u);
+  for (int i = 0; i < 4; ++i) {
+    px[i] = _mm256_castps256_ps128(u[i]);
+    px[i + 4] = _mm256_extractf128_ps(u[i], 1);
+  }
 }
 
 }  // namespace

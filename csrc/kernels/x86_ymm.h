@@ -37,6 +37,11 @@ struct Ymm {
   static T clamp(T v, T lo, T hi) { return _mm256_min_ps(hi, _mm256_max_ps(lo, v)); }
   static void transpose8(T (&r)[8]) { sk::transpose8(r); }
   static void rows_to_pixels(const T (&r)[4], H (&px)[8]) { rows4_to_pixels(r, px); }
+  // u[i]: pixel i's 4 rows, then pixel i+4's (i < 4)
+  static void rows_to_pairs(const T (&r)[4], T (&u)[4]) { rows4_to_pixel_pairs(r, u); }
+  // pixel i's full 8-channel line from the pairs of groups a (low 4) and b (high 4)
+  static T line_lo(T ua, T ub) { return _mm256_permute2f128_ps(ua, ub, 0x20); }  // i < 4
+  static T line_hi(T ua, T ub) { return _mm256_permute2f128_ps(ua, ub, 0x31); }  // i + 4
   static H hload(const float* p) { return _mm_loadu_ps(p); }
   static void hstore(float* p, H v) { _mm_storeu_ps(p, v); }
   static H hadd(H a, H b) { return _mm_add_ps(a, b); }
