@@ -66,26 +66,56 @@ struct SpmmBlocked {
     }
   }
 
-  // A group's 4 rows x NV*8 pixels from panel column p (pan = panel + p), bias included.
+  // A group's 4 rows x NA vectors of policy P (P::T) from panel column p (pan = panel + p),
+  // bias included.
+  template <class P, int NA>
+  static inline __attribute__((always_inline)) void accumulate_in(
+      const float* pan, const int32_t* off, const float* val, int32_t j0, int32_t j1,
+      const float* bias4, typename P::T (&acc)[4][NA]) {
+    using A = typename P::T;
+    constexpr int kStep = P::kLanes;
+    _Pragma("GCC unroll 4") for (int b = 0; b < 4; ++b) {
+      const A init = bias4 ? P::set1(bias4[b]) : P::zero();
+      _Pragma("GCC unroll 8") for (int v = 0; v < NA; ++v) acc[b][v] = init;
+    }
+    for (int32_t j = j0; j < j1; ++j) {
+      const float* xr = pan + off[j];
+      A xv[NA];
+      _Pragma("GCC unroll 8") for (int v = 0; v < NA; ++v) xv[v] = P::load(xr + kStep * v);
+      const float* wj = val + 4 * static_cast<ptrdiff_t>(j);
+      _Pragma("GCC unroll 4") for (int b = 0; b < 4; ++b) {
+        const A wb = P::set1(wj[b]);
+        _Pragma("GCC unroll 8") for (int v = 0; v < NA; ++v) acc[b][v] = P::fma(wb, xv[v], acc[b][v]);
+      }
+    }
+  }
+
+  // A policy may accumulate in wider registers (V::Wide, two T per register: AVX-512's zmm
+  // while the channel blocks stay 8 floats) and split them for the epilogue.
+  template <class P, class = void>
+  struct HasWide : std::false_type {};
+  template <class P>
+  struct HasWide<P, std::void_t<typename P::Wide>> : std::true_type {};
+
+  // A group's 4 rows x NV*8 pixels, as T vectors.
   template <int NV>
   static inline __attribute__((always_inline)) void accumulate(const float* pan,
                                                                const int32_t* off,
                                                                const float* val, int32_t j0,
                                                                int32_t j1, const float* bias4,
                                                                T (&acc)[4][NV]) {
-    _Pragma("GCC unroll 4") for (int b = 0; b < 4; ++b) {
-      const T init = bias4 ? V::set1(bias4[b]) : V::zero();
-      _Pragma("GCC unroll 8") for (int v = 0; v < NV; ++v) acc[b][v] = init;
-    }
-    for (int32_t j = j0; j < j1; ++j) {
-      const float* xr = pan + off[j];
-      T xv[NV];
-      _Pragma("GCC unroll 8") for (int v = 0; v < NV; ++v) xv[v] = V::load(xr + 8 * v);
-      const float* wj = val + 4 * static_cast<ptrdiff_t>(j);
+    if constexpr (HasWide<V>::value && NV % 2 == 0) {
+      using W = typename V::Wide;
+      typename W::T wide[4][NV / 2];
+      accumulate_in<W, NV / 2>(pan, off, val, j0, j1, bias4, wide);
       _Pragma("GCC unroll 4") for (int b = 0; b < 4; ++b) {
-        const T wb = V::set1(wj[b]);
-        _Pragma("GCC unroll 8") for (int v = 0; v < NV; ++v) acc[b][v] = V::fma(wb, xv[v], acc[b][v]);
+        _Pragma("GCC unroll 8") for (int v = 0; v < NV / 2; ++v) {
+          acc[b][2 * v] = V::low(wide[b][v]);
+          acc[b][2 * v + 1] = V::high(wide[b][v]);
+        }
       }
+    } else {
+      accumulate_in<V, NV>(pan, off, val, j0, j1, bias4, acc);
     }
   }
 

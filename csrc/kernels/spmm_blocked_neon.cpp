@@ -27,6 +27,7 @@ struct NeonSpmm {
     float32x4_t lo, hi;  // pixels 0-3, 4-7
   };
   using H = float32x4_t;
+  static constexpr int kLanes = 8;
   static constexpr int kMaxNV = 2;
   static T load(const float* p) { return {vld1q_f32(p), vld1q_f32(p + 4)}; }
   static void store(float* p, T v) {
