@@ -3,11 +3,13 @@
 (`convert --layout NCHW`) and sparsekit with its chains in 8-channel blocks (`--layout NCHWc8`).
 
     python -P benchmarks/bench_layout.py [--zoo mobilenet_v1:0.9,mobilenet_v2:0.85,...]
-        [--threads 1,2] [--runs 60] [--seconds 60]
+        [--threads 1,2] [--runs 60] [--seconds 60] [--burst 3]
 
 Each zoo model is pruned with 1x4 blocks at its sparsity and converted both ways; the three
 sessions get the same threads and pinning (sessions.time_models' settings) and run
-interleaved round by round; medians.  Writes benchmarks/results/layout.md and layout.json.
+interleaved round by round, each --burst times back to back; medians of the warm runs (the
+first of each burst, after another session, left out: sparsekit.timing).
+Writes benchmarks/results/layout.md and layout.json.
 A benchmark, not a test: it asserts nothing about speed.
 """
 from __future__ import annotations
@@ -35,6 +37,8 @@ def main() -> None:
     ap.add_argument("--threads", default="1,2")
     ap.add_argument("--runs", type=int, default=60)
     ap.add_argument("--seconds", type=float, default=60.0, help="cap per model and thread count")
+    ap.add_argument("--burst", type=int, default=3,
+                    help="runs of each model back to back per round; medians of runs 2..N")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
     args = ap.parse_args()
     rows = []
@@ -52,7 +56,8 @@ def main() -> None:
                      "nchw": sessions.session(nchw, t, config),
                      "blocked": sessions.session(blocked, t, config)}
                 ms = interleaved({k: (lambda v=v, f=feeds: v.run(None, f)) for k, v in s.items()},
-                                 warmup=5, runs=args.runs, seconds=args.seconds)
+                                 warmup=5, runs=args.runs, seconds=args.seconds,
+                                 burst=args.burst)
                 del s
             med = {k: float(np.median(v)) for k, v in ms.items()}
             row = {"model": name, "sparsity": float(sparsity), "threads": t,
@@ -74,7 +79,8 @@ def main() -> None:
                                                  "rows": rows}, indent=1) + "\n")
     lines = [f"# Activation layout: dense onnxruntime vs sparsekit NCHW vs NCHWc8 ({stamp})", "",
              f"{env}", "", "`python -P benchmarks/bench_layout.py` (1x4 blocks; medians of "
-             "interleaved rounds, same threads)", "",
+             f"interleaved rounds, each session {args.burst} runs back to back per round, the "
+             "first left out; same threads)", "",
              "| model | sparsity | threads | chains | Reorders | dense ms | NCHW ms | NCHWc8 ms | "
              "NCHW speedup | NCHWc8 speedup | NCHWc8 vs NCHW |", "|---" * 11 + "|"]
     for r in rows:

@@ -107,10 +107,17 @@ class ThreadResult:
     round_ratio_q3: float
     dense_top_ops: List[dict] = field(default_factory=list)
     sparse_top_ops: List[dict] = field(default_factory=list)
+    # with bursts (bench(burst=...) > 1): the first run of each burst, after the other model
+    # ran (caches cold for this one); dense, sparse and speedup are then the warm runs
+    cold_dense: Optional[Stats] = None
+    cold_sparse: Optional[Stats] = None
+    cold_speedup: Optional[float] = None
 
     def to_dict(self) -> dict:
         d = dict(self.__dict__)
         d["dense"], d["sparse"] = self.dense.to_dict(), self.sparse.to_dict()
+        for k in ("cold_dense", "cold_sparse"):
+            d[k] = d[k].to_dict() if d[k] is not None else None
         return d
 
 
@@ -157,8 +164,11 @@ def bench(sparse_model, dense_model, *, threads: Sequence[int] = (1,), runs: int
           seconds: Optional[float] = None, warmup: int = 5, feeds=None, shapes=None,
           inputs_npz: Optional[str] = None, profile: bool = True, memory: bool = True,
           label: str = "", progress: Optional[Callable[[int, int, str], None]] = None,
-          pin: bool = True) -> BenchReport:
-    """Time `sparse_model` (sparsekit.session) against `dense_model` (stock onnxruntime)."""
+          pin: bool = True, burst: int = 1) -> BenchReport:
+    """Time `sparse_model` (sparsekit.session) against `dense_model` (stock onnxruntime).
+
+    ``burst``: runs of each model back to back per round (sparsekit.timing.interleaved); with
+    more than 1 the speedup is the warm runs' and the first runs are reported as cold_*."""
     sparse = as_model(sparse_model)
     dense = as_model(dense_model)
     if feeds is None:
@@ -167,11 +177,15 @@ def bench(sparse_model, dense_model, *, threads: Sequence[int] = (1,), runs: int
     results = []
     for t in threads:
         tick = (lambda done, total, t=t: progress(done, total, f"{t} thread(s)")) if progress else None
+        cold = {}
         times = time_models(dense, sparse, feeds, t, warmup=warmup, runs=runs, seconds=seconds,
-                            pin=pin, progress=tick)
+                            pin=pin, progress=tick, burst=burst, cold=cold)
         r = ratio(times["dense"], times["sparse"])
         tr = ThreadResult(t, Stats.of(times["dense"]), Stats.of(times["sparse"]), r["speedup"],
                           r["round_ratio_q1"], r["round_ratio_q3"])
+        if burst > 1:
+            tr.cold_dense, tr.cold_sparse = Stats.of(cold["dense"]), Stats.of(cold["sparse"])
+            tr.cold_speedup = tr.cold_dense.median / tr.cold_sparse.median
         if profile:
             tr.dense_top_ops = top_ops(session(dense, t, TIMING_CONFIG, custom_ops=False,
                                                profile=True), feeds)
@@ -247,7 +261,7 @@ class SweepPoint:
 def sweep(dense_model, sparsities: Sequence[float], patterns: Sequence[str], *,
           threads: Sequence[int] = (1,), runs: int = 20, seconds: Optional[float] = None,
           feeds=None, progress: Optional[Callable[[int, int, str], None]] = None,
-          pin: bool = True) -> List[SweepPoint]:
+          pin: bool = True, burst: int = 1) -> List[SweepPoint]:
     """Prune + convert + bench at each sparsity for each pattern: where does sparse start to win?"""
     dense = as_model(dense_model)
     if feeds is None:
@@ -261,7 +275,7 @@ def sweep(dense_model, sparsities: Sequence[float], patterns: Sequence[str], *,
                 progress(step, total, f"{pattern} {s:.2f}")
             pruned, sparse, _, crep = prepare(dense, pattern, s)
             rep = bench(sparse, pruned, threads=threads, runs=runs, seconds=seconds, warmup=3,
-                        feeds=feeds, profile=False, memory=False, pin=pin)
+                        feeds=feeds, profile=False, memory=False, pin=pin, burst=burst)
             for r in rep.results:
                 points.append(SweepPoint(pattern, s, r.threads, r.speedup, r.dense.median,
                                          r.sparse.median, crep.totals["converted"]))

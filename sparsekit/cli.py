@@ -567,6 +567,10 @@ def _parse_list(text: str, kind, what: str) -> list:
 @click.option("--threads", default="1", show_default=True, help="Thread counts, e.g. 1,2.")
 @click.option("--runs", type=click.IntRange(min=3), default=50, show_default=True,
               help="Timed rounds per thread count (each round runs both models).")
+@click.option("--burst", type=click.IntRange(min=1), default=3, show_default=True,
+              help="Runs of each model back to back per round: the speedup is from the warm "
+                   "runs (2..N, a model served in a loop); the first, after the other model "
+                   "ran, is reported as 'cold'.  1: single runs round-robin, no split.")
 @click.option("--seconds", type=float, default=None, help="Stop a thread count's rounds after this long.")
 @click.option("--warmup", type=click.IntRange(min=0), default=5, show_default=True)
 @click.option("--shape", multiple=True, metavar="NAME=N", help="Size of a symbolic input dim.")
@@ -591,7 +595,7 @@ def _parse_list(text: str, kind, what: str) -> list:
 @click.option("--json", "as_json", is_flag=True, help="Print everything as JSON.")
 @click.option("--plot", type=click.Path(dir_okay=False), default=None,
               help="Draw the comparison to this PNG (needs matplotlib).")
-def bench(model, against, device, threads, runs, seconds, warmup, shape, inputs_npz, zoo,
+def bench(model, against, device, threads, runs, burst, seconds, warmup, shape, inputs_npz, zoo,
           pattern, sparsity, sweep, layout, no_profile, no_memory, no_pin, as_json, plot):
     """Time a sparse model against dense onnxruntime, side by side, and report the speedup.
 
@@ -632,7 +636,7 @@ def bench(model, against, device, threads, runs, seconds, warmup, shape, inputs_
         with layer_progress("sweep", enabled=not as_json) as progress:
             points = B.sweep(dense, levels, patterns, threads=thread_list,
                              runs=min(runs, 20), seconds=seconds, feeds=feeds, progress=progress,
-                             pin=not no_pin)
+                             pin=not no_pin, burst=burst)
         if plot:
             from .plot import plot_sweep
             plot_sweep(points, plot, title=f"{label}: speedup vs sparsity")
@@ -667,7 +671,7 @@ def bench(model, against, device, threads, runs, seconds, warmup, shape, inputs_
     with layer_progress("timing", enabled=not as_json) as progress:
         report = B.bench(sparse_m, dense_m, threads=thread_list, runs=runs, seconds=seconds,
                          warmup=warmup, feeds=feeds, profile=not no_profile, pin=not no_pin,
-                         memory=not no_memory, label=label, progress=progress)
+                         memory=not no_memory, label=label, progress=progress, burst=burst)
     agreement = B.max_relative_difference(dense_m, sparse_m, feeds, thread_list[0])
     if plot:
         from .plot import plot_bench
@@ -691,6 +695,11 @@ def render_bench(report, agreement: float) -> None:
                       f"{r.sparse.min:.3f}", f"[bold]{r.speedup:.2f}x[/bold]",
                       f"{r.round_ratio_q1:.2f}-{r.round_ratio_q3:.2f}")
     out.print(table)
+    for r in report.results:
+        if r.cold_speedup is not None:
+            out.print(f"{r.threads} thread(s), cold (each burst's first run, after the other "
+                      f"model): dense {r.cold_dense.median:.3f} ms, sparse "
+                      f"{r.cold_sparse.median:.3f} ms, {r.cold_speedup:.2f}x")
     for r in report.results:
         if not r.dense_top_ops:
             continue

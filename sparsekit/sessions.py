@@ -164,13 +164,15 @@ LAYER_RUNS = 15
 def time_models(dense, sparse, feeds: Dict[str, np.ndarray], threads: Optional[int] = None, *,
                 warmup: int = 3, runs: int = 20, seconds: Optional[float] = None,
                 pin: bool = True, progress: Optional[Callable[[int, int], None]] = None,
-                base_custom_ops: bool = False) -> Dict[str, np.ndarray]:
+                base_custom_ops: bool = False, burst: int = 1,
+                cold: Optional[dict] = None) -> Dict[str, np.ndarray]:
     """Per-round milliseconds of ``dense`` (stock onnxruntime) and ``sparse`` (with sparsekit's
     ops) on the same ``feeds``, keys "dense" and "sparse".
 
     Both sessions get ``threads`` threads and :data:`TIMING_CONFIG`; with ``pin`` the calling
     thread and the pool workers are pinned (:func:`pinned`).  The runs are interleaved
-    (:func:`sparsekit.timing.interleaved`: ``warmup``, ``runs``, ``seconds``, ``progress``).
+    (:func:`sparsekit.timing.interleaved`: ``warmup``, ``runs``, ``seconds``, ``progress``,
+    ``burst``, ``cold``).
     ``base_custom_ops``: ``dense`` has sparsekit ops too (two layouts of one converted model).
     """
     with pinned(threads, pin) as cfg:
@@ -179,7 +181,8 @@ def time_models(dense, sparse, feeds: Dict[str, np.ndarray], threads: Optional[i
         ss = session(sparse, threads, config)
         times = interleaved({"dense": lambda s=ds: s.run(None, feeds),
                              "sparse": lambda s=ss: s.run(None, feeds)},
-                            warmup=warmup, runs=runs, seconds=seconds, progress=progress)
+                            warmup=warmup, runs=runs, seconds=seconds, progress=progress,
+                            burst=burst, cold=cold)
         # the sessions (and their pinned pools) go before this thread's affinity is restored
         del ds, ss
     return times

@@ -2,9 +2,16 @@
 medians compared.
 
 Absolute times on shared machines drift; running the contenders in alternating order, round
-after round, makes them see the same drift, so their ratio holds.  Pure Python and numpy: the
-onnxruntime side (sessions, threads, pinning) is :func:`sparsekit.sessions.time_models`, which
-`bench`, `convert --autotune` and `convert --predict-relu --autotune` time with.
+after round, makes them see the same drift, so their ratio holds.  Within a round each contender
+runs a burst of back-to-back runs: the first of a burst starts from the caches the other
+contenders left ("cold"), the rest from its own ("warm", a model served in a loop).  A small
+sparse model after a large dense one is the case where the two differ: on a Zen 5 EPYC,
+MobileNetV1 90% 1x4 ran 1.5-1.8 ms warm and 2.2-2.4 ms right after the dense model (5.5 ms
+either way), so single runs round-robin gave a two-mode mixture whose median sat between.
+
+Pure Python and numpy: the onnxruntime side (sessions, threads, pinning) is
+:func:`sparsekit.sessions.time_models`, which `bench`, `convert --autotune` and
+`convert --predict-relu --autotune` time with.
 """
 from __future__ import annotations
 
@@ -38,30 +45,49 @@ class Stats:
 
 def interleaved(contenders: Dict[str, Callable[[], object]], *, warmup: int = 3,
                 runs: int = 20, seconds: Optional[float] = None,
-                progress: Optional[Callable[[int, int], None]] = None) -> Dict[str, np.ndarray]:
-    """Time each callable `runs` times (or until `seconds` pass, at least 3 rounds), interleaved.
+                progress: Optional[Callable[[int, int], None]] = None, burst: int = 1,
+                cold: Optional[Dict[str, list]] = None) -> Dict[str, np.ndarray]:
+    """Time each callable for `runs` rounds (or until `seconds` pass, at least 3 rounds),
+    interleaved.
 
-    Every round runs all contenders once, in an order that alternates between rounds.
-    Returns the per-round times in milliseconds for each name.
+    Every round runs all contenders, in an order that alternates between rounds, each `burst`
+    times back to back.  Returns the per-run times in milliseconds for each name: with
+    burst > 1 the warm runs only (runs 2..burst of each burst; the first of each goes to
+    ``cold[name]`` when a dict is given), with burst 1 every run.
     """
+    if burst < 1:
+        raise ValueError(f"burst must be >= 1, got {burst}")
     names = list(contenders)
     for _ in range(warmup):
         for n in names:
             contenders[n]()
     times = {n: [] for n in names}
+    if cold is not None:
+        for n in names:
+            cold[n] = []
     start = time.perf_counter()
     total = runs
     for r in range(runs):
         order = names if r % 2 == 0 else names[::-1]
         for n in order:
-            t0 = time.perf_counter()
-            contenders[n]()
-            times[n].append((time.perf_counter() - t0) * 1e3)
+            for i in range(burst):
+                t0 = time.perf_counter()
+                contenders[n]()
+                ms = (time.perf_counter() - t0) * 1e3
+                if burst > 1 and i == 0:
+                    if cold is not None:
+                        cold[n].append(ms)
+                else:
+                    times[n].append(ms)
         if progress:
             progress(r + 1, total)
         if seconds is not None and r >= 2 and time.perf_counter() - start > seconds:
             break
-    return {n: np.asarray(v) for n, v in times.items()}
+    out = {n: np.asarray(v) for n, v in times.items()}
+    if cold is not None:
+        for n in names:
+            cold[n] = np.asarray(cold[n])
+    return out
 
 
 def ratio(base_ms: np.ndarray, new_ms: np.ndarray) -> dict:

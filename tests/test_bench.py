@@ -39,6 +39,33 @@ def test_interleaved_alternates_order_and_counts_runs():
     assert len(out["a"]) == len(out["b"]) == 4
 
 
+def test_interleaved_bursts_split_cold_from_warm(monkeypatch):
+    import sparsekit.timing as timing
+
+    # a fake clock: a run takes 5 ms when another contender ran last (cold), else 1 ms
+    clock = {"t": 0.0, "last": None}
+    calls = []
+
+    def contender(name):
+        def run():
+            clock["t"] += (1.0 if clock["last"] == name else 5.0) / 1e3
+            clock["last"] = name
+            calls.append(name)
+        return run
+
+    monkeypatch.setattr(timing.time, "perf_counter", lambda: clock["t"])
+    cold = {}
+    out = interleaved({"a": contender("a"), "b": contender("b")}, warmup=0, runs=3, burst=3,
+                      cold=cold)
+    assert calls == ["a"] * 3 + ["b"] * 3 + ["b"] * 3 + ["a"] * 3 + ["a"] * 3 + ["b"] * 3
+    assert len(out["a"]) == len(out["b"]) == 6 and len(cold["a"]) == len(cold["b"]) == 3
+    assert np.allclose(out["a"], 1.0) and np.allclose(out["b"], 1.0)
+    # round 2 starts with b right after b: that first run found its own caches
+    assert np.allclose(cold["a"], [5.0, 5.0, 1.0]) and np.allclose(cold["b"], [5.0, 1.0, 5.0])
+    with pytest.raises(ValueError, match="burst"):
+        interleaved({"a": contender("a")}, burst=0)
+
+
 def _matmul_model(sym=False):
     rng = np.random.default_rng(0)
     w = rng.standard_normal((64, 32)).astype(np.float32)
@@ -87,8 +114,9 @@ def test_smoke_run_json(tmp_path, capsys):
     assert code == 0, out.err
     rep = json.loads(out.out)
     assert [r["threads"] for r in rep["results"]] == [1, 2]
-    for r in rep["results"]:
-        assert r["dense"]["runs"] == r["sparse"]["runs"] == 3
+    for r in rep["results"]:  # 3 rounds of bursts of 3 (the default): 2 warm runs each
+        assert r["dense"]["runs"] == r["sparse"]["runs"] == 6
+        assert r["cold_dense"]["runs"] == r["cold_sparse"]["runs"] == 3
         assert r["speedup"] == pytest.approx(r["dense"]["median"] / r["sparse"]["median"])
         assert any(o["op"] == "SparseGemm" for o in r["sparse_top_ops"])
     assert rep["max_relative_difference"] < 1e-4
