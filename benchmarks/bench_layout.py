@@ -3,7 +3,7 @@
 (`convert --layout NCHW`) and sparsekit with its chains in 8-channel blocks (`--layout NCHWc8`).
 
     python -P benchmarks/bench_layout.py [--zoo mobilenet_v1:0.9,mobilenet_v2:0.85,...]
-        [--threads 1,2] [--runs 60] [--seconds 60] [--burst 3]
+        [--threads 1,2] [--runs 60] [--seconds 60] [--burst 5]
 
 Each zoo model is pruned with 1x4 blocks at its sparsity and converted both ways; the three
 sessions get the same threads and pinning (sessions.time_models' settings) and run
@@ -37,7 +37,7 @@ def main() -> None:
     ap.add_argument("--threads", default="1,2")
     ap.add_argument("--runs", type=int, default=60)
     ap.add_argument("--seconds", type=float, default=60.0, help="cap per model and thread count")
-    ap.add_argument("--burst", type=int, default=3,
+    ap.add_argument("--burst", type=int, default=5,
                     help="runs of each model back to back per round; medians of runs 2..N")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
     args = ap.parse_args()

@@ -30,7 +30,7 @@ def main() -> None:
     ap.add_argument("--threads", default="1,2")
     ap.add_argument("--runs", type=int, default=30)
     ap.add_argument("--seconds", type=float, default=60.0, help="time cap per model and thread count")
-    ap.add_argument("--burst", type=int, default=3,
+    ap.add_argument("--burst", type=int, default=5,
                     help="runs of each model back to back per round (sparsekit.timing): the "
                          "speedup from runs 2..N (warm), the first reported as cold")
     ap.add_argument("--only", default=None, help="comma-separated zoo names")

@@ -567,7 +567,7 @@ def _parse_list(text: str, kind, what: str) -> list:
 @click.option("--threads", default="1", show_default=True, help="Thread counts, e.g. 1,2.")
 @click.option("--runs", type=click.IntRange(min=3), default=50, show_default=True,
               help="Timed rounds per thread count (each round runs both models).")
-@click.option("--burst", type=click.IntRange(min=1), default=3, show_default=True,
+@click.option("--burst", type=click.IntRange(min=1), default=5, show_default=True,
               help="Runs of each model back to back per round: the speedup is from the warm "
                    "runs (2..N, a model served in a loop); the first, after the other model "
                    "ran, is reported as 'cold'.  1: single runs round-robin, no split.")

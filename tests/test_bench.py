@@ -114,8 +114,8 @@ def test_smoke_run_json(tmp_path, capsys):
     assert code == 0, out.err
     rep = json.loads(out.out)
     assert [r["threads"] for r in rep["results"]] == [1, 2]
-    for r in rep["results"]:  # 3 rounds of bursts of 3 (the default): 2 warm runs each
-        assert r["dense"]["runs"] == r["sparse"]["runs"] == 6
+    for r in rep["results"]:  # 3 rounds of bursts of 5 (the default): 4 warm runs each
+        assert r["dense"]["runs"] == r["sparse"]["runs"] == 12
         assert r["cold_dense"]["runs"] == r["cold_sparse"]["runs"] == 3
         assert r["speedup"] == pytest.approx(r["dense"]["median"] / r["sparse"]["median"])
         assert any(o["op"] == "SparseGemm" for o in r["sparse_top_ops"])
