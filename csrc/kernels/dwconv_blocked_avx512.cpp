@@ -5,7 +5,10 @@
 // as one 64-byte load, stride 2 as two 32-byte loads joined) was measured slower on the AMD
 // EPYC (Zen 4) development VM, which splits 512-bit operations in two: MobileNetV1's
 // 32x112x112 layer 0.093-0.130 ms against 0.077-0.079 for ymm tiles, 1152x7x7 5x5 0.070 against
-// 0.064 (benchmarks/bench_dw_blocked.py, same process).
+// 0.064 (benchmarks/bench_dw_blocked.py, same process).  Again on a Zen 5 EPYC VM (2026-12-06),
+// stride 1 only, pairs loaded from even pixels (no split lines) and shifted in registers: the
+// same as ymm tiles (32x112x112 0.073 vs 0.071 ms, 128x56x56 0.073 vs 0.073): the ymm tiles
+// already run at ~90% of 2 ymm FMAs per cycle, and zmm FMAs gave no more multiply-adds there.
 // GCC 12 warns about its own _mm512_undefined_ps inside the intrinsics (as in dwconv_avx512.cpp).
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #include "kernels/x86_intrinsics.h"
