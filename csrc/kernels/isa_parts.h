@@ -45,7 +45,7 @@ void spmm_c8_ref(size_t n, const SpMat& w, int g_begin, int g_end, const float* 
 void spmm_c8_24x4_avx2(size_t n, const SpMat& w, int g_begin, int g_end, const float* x,
                        ptrdiff_t x_bstride, int x_blocks, float* y, ptrdiff_t y_bstride,
                        const Epilogue& ep, float* panel, int panel_stride);
-void spmm_c8_32x4_avx512(size_t n, const SpMat& w, int g_begin, int g_end, const float* x,
+void spmm_c8_48x4_avx512(size_t n, const SpMat& w, int g_begin, int g_end, const float* x,
                          ptrdiff_t x_bstride, int x_blocks, float* y, ptrdiff_t y_bstride,
                          const Epilogue& ep, float* panel, int panel_stride);
 void spmm_c8_16x4_neon(size_t n, const SpMat& w, int g_begin, int g_end, const float* x,
@@ -57,7 +57,7 @@ void spmm_panel_c8_ref(size_t n, const SpMat& w, int g_begin, int g_end, const f
 void spmm_panel_c8_24x4_avx2(size_t n, const SpMat& w, int g_begin, int g_end,
                              const float* panel, float* y, ptrdiff_t y_bstride,
                              const Epilogue& ep);
-void spmm_panel_c8_32x4_avx512(size_t n, const SpMat& w, int g_begin, int g_end,
+void spmm_panel_c8_48x4_avx512(size_t n, const SpMat& w, int g_begin, int g_end,
                                const float* panel, float* y, ptrdiff_t y_bstride,
                                const Epilogue& ep);
 void spmm_panel_c8_16x4_neon(size_t n, const SpMat& w, int g_begin, int g_end,

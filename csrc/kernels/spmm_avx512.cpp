@@ -70,8 +70,8 @@ constexpr KernelTable make_table(bool vnni) {
   t.dwconv_blocked = dwconv_c8x12_avx512;
   t.to_blocked = to_blocked_avx2;
   t.from_blocked = from_blocked_avx2;
-  t.spmm_b4_blocked = spmm_c8_32x4_avx512;
-  t.spmm_b4_panel_blocked = spmm_panel_c8_32x4_avx512;
+  t.spmm_b4_blocked = spmm_c8_48x4_avx512;
+  t.spmm_b4_panel_blocked = spmm_panel_c8_48x4_avx512;
   return t;
 }
 

@@ -27,14 +27,14 @@ struct Avx512Spmm : Ymm {
 
 }  // namespace
 
-void spmm_c8_32x4_avx512(size_t n, const SpMat& w, int g_begin, int g_end, const float* x,
+void spmm_c8_48x4_avx512(size_t n, const SpMat& w, int g_begin, int g_end, const float* x,
                        ptrdiff_t x_bstride, int x_blocks, float* y, ptrdiff_t y_bstride,
                        const Epilogue& ep, float* panel, int panel_stride) {
   SpmmBlocked<Avx512Spmm>::run(n, w, g_begin, g_end, x, x_bstride, x_blocks, y, y_bstride, ep,
                              panel, panel_stride);
 }
 
-void spmm_panel_c8_32x4_avx512(size_t n, const SpMat& w, int g_begin, int g_end,
+void spmm_panel_c8_48x4_avx512(size_t n, const SpMat& w, int g_begin, int g_end,
                        const float* panel, float* y, ptrdiff_t y_bstride, const Epilogue& ep) {
   SpmmBlocked<Avx512Spmm>::sweep(n, w, g_begin, g_end, panel, y, y_bstride, ep, 0);
 }
