@@ -262,9 +262,7 @@ struct SpmmBlocked {
                             a.y + at * kL, a.res ? a.res + at * kL : a.res, after, vlo, vhi,
                             hlo, hhi, valid);
       };
-      for (; p + 8 * NVM <= cw; p += 8 * NVM)
-        tile<NVM, false>(panel + p, w.x_offset, w.values, a.j0, a.j1, a.bias4, a.y + p * kL,
-                         a.res ? a.res + p * kL : a.res, after, vlo, vhi, hlo, hhi, 8);
+      for (; p + 8 * NVM <= cw; p += 8 * NVM) one(std::integral_constant<int, NVM>{}, p, 8);
       rest<NVM - 1>(p, cw, [&](auto nv, size_t at) { one(nv, at, 8); });
       if (p < cw) one(std::integral_constant<int, 1>{}, p, static_cast<int>(cw - p));
       g += 1;
