@@ -164,11 +164,12 @@ def bench(sparse_model, dense_model, *, threads: Sequence[int] = (1,), runs: int
           seconds: Optional[float] = None, warmup: int = 5, feeds=None, shapes=None,
           inputs_npz: Optional[str] = None, profile: bool = True, memory: bool = True,
           label: str = "", progress: Optional[Callable[[int, int, str], None]] = None,
-          pin: bool = True, burst: int = 1) -> BenchReport:
+          pin: bool = True, burst: int = 5) -> BenchReport:
     """Time `sparse_model` (sparsekit.session) against `dense_model` (stock onnxruntime).
 
-    ``burst``: runs of each model back to back per round (sparsekit.timing.interleaved); with
-    more than 1 the speedup is the warm runs' and the first runs are reported as cold_*."""
+    ``burst``: runs of each model back to back per round (sparsekit.timing.interleaved; the
+    CLI's --burst); with more than 1 the speedup is the warm runs' and the first runs are
+    reported as cold_*; 1: single runs round-robin."""
     sparse = as_model(sparse_model)
     dense = as_model(dense_model)
     if feeds is None:
@@ -261,7 +262,7 @@ class SweepPoint:
 def sweep(dense_model, sparsities: Sequence[float], patterns: Sequence[str], *,
           threads: Sequence[int] = (1,), runs: int = 20, seconds: Optional[float] = None,
           feeds=None, progress: Optional[Callable[[int, int, str], None]] = None,
-          pin: bool = True, burst: int = 1) -> List[SweepPoint]:
+          pin: bool = True, burst: int = 5) -> List[SweepPoint]:
     """Prune + convert + bench at each sparsity for each pattern: where does sparse start to win?"""
     dense = as_model(dense_model)
     if feeds is None:
