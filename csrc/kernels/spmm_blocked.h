@@ -15,6 +15,9 @@
 //     static T line_lo(T ua, T ub); static T line_hi(T ua, T ub);  // (ua | ub) low / high halves
 //     static H hload(const float* p); static void hstore(float* p, H v);
 //     static H hadd(H a, H b); static H hclamp(H v, H lo, H hi); static H hset1(float f);
+//     // optional: a wider register type to accumulate in (two T each), and with 32 registers
+//     // the whole-line shuffles: kLines, rows_to_lines / lines_to_rows on 8 Wide registers
+//     using Wide; static T low(Wide::T); static T high(Wide::T);
 //   };
 //
 // Why this shape: the 1x4 tile vectorises over pixels (4 rows x 8*NV pixels, 4 broadcasts and
@@ -53,7 +56,17 @@ struct SpmmBlocked {
     for (int kb = 0; kb < xblocks; ++kb) {
       const float* xb = x + kb * xbs + static_cast<ptrdiff_t>(p0) * kL;
       float* pb = panel + static_cast<ptrdiff_t>(kb) * kL * ps;
-      for (size_t q = 0; q < w; q += 8) {
+      size_t q = 0;
+      if constexpr (HasLines<V>::value) {  // 16 pixels at a time in wide registers
+        using P = typename V::Wide;
+        for (; q + 16 <= w; q += 16) {
+          typename P::T r[8];
+          _Pragma("GCC unroll 8") for (int i = 0; i < 8; ++i) r[i] = P::load(xb + (q + 2 * i) * kL);
+          V::lines_to_rows(r);
+          _Pragma("GCC unroll 8") for (int l = 0; l < 8; ++l) P::store(pb + l * ps + q, r[l]);
+        }
+      }
+      for (; q < w; q += 8) {
         T r[8];
         if (q + 8 <= w) {
           _Pragma("GCC unroll 8") for (int i = 0; i < 8; ++i) r[i] = V::load(xb + (q + i) * kL);
@@ -96,6 +109,14 @@ struct SpmmBlocked {
   struct HasWide : std::false_type {};
   template <class P>
   struct HasWide<P, std::void_t<typename P::Wide>> : std::true_type {};
+
+  // A policy with 32 registers (AVX-512: V::Wide, V::kLines, V::rows_to_lines) keeps both groups'
+  // tiles live, 8 rows x NW*16 pixels, and turns each 8 x 16 piece into whole lines in
+  // registers: no stash, half the shuffles of the pixel-pair route.
+  template <class P, class = void>
+  struct HasLines : std::false_type {};
+  template <class P>
+  struct HasLines<P, std::void_t<decltype(P::kLines)>> : std::true_type {};
 
   // A group's 4 rows x NV*8 pixels, as T vectors.
   template <int NV>
@@ -178,6 +199,39 @@ struct SpmmBlocked {
                  ep.residual ? ep.residual + (g / 2) * ep.residual_stride + at : nullptr};
   }
 
+  template <int NW>
+  static inline __attribute__((always_inline)) void tile_lines(const float* panel,
+                                                               const SpMat& w, const Group& a,
+                                                               const Group& b, size_t p,
+                                                               const Epilogue& ep) {
+    using P = typename V::Wide;
+    using W = typename P::T;
+    W ta[4][NW], tb[4][NW];
+    accumulate_in<P, NW>(panel + p, w.x_offset, w.values, a.j0, a.j1, a.bias4, ta);
+    accumulate_in<P, NW>(panel + p, w.x_offset, w.values, b.j0, b.j1, b.bias4, tb);
+    const W lo = P::set1(ep.lo), hi = P::set1(ep.hi);
+    const bool after = ep.residual_after_act;
+    _Pragma("GCC unroll 4") for (int v = 0; v < NW; ++v) {
+      W r[8] = {ta[0][v], ta[1][v], ta[2][v], ta[3][v], tb[0][v], tb[1][v], tb[2][v], tb[3][v]};
+      float* yv = a.y + (p + 16 * v) * kL;
+      if (!a.res) {  // the clamp commutes with the transpose: on 8 rows, before it
+        _Pragma("GCC unroll 8") for (int k = 0; k < 8; ++k) r[k] = P::clamp(r[k], lo, hi);
+        V::rows_to_lines(r);
+        _Pragma("GCC unroll 8") for (int k = 0; k < 8; ++k) P::store(yv + 2 * k * kL, r[k]);
+      } else {
+        V::rows_to_lines(r);
+        const float* rv = a.res + (p + 16 * v) * kL;
+        _Pragma("GCC unroll 8") for (int k = 0; k < 8; ++k) {
+          W q = r[k];
+          if (!after) q = P::add(q, P::load(rv + 2 * k * kL));
+          q = P::clamp(q, lo, hi);
+          if (after) q = P::add(q, P::load(rv + 2 * k * kL));
+          P::store(yv + 2 * k * kL, q);
+        }
+      }
+    }
+  }
+
   // Both groups of a Y block (a = 2b, b = 2b+1) over the same NV*8 pixels from pixel p,
   // stored as full 8-channel lines: a's tile waits in pixel pairs in `stash` (L1) while b's
   // is computed, then each pixel's line is joined from both halves and stored once.  Half the
@@ -187,8 +241,13 @@ struct SpmmBlocked {
   static inline __attribute__((always_inline)) void tile_pair(const float* panel,
                                                               const SpMat& w, const Group& a,
                                                               const Group& b, size_t p,
-                                                              bool after, T vlo, T vhi,
-                                                              int valid) {
+                                                              const Epilogue& ep, int valid) {
+    if constexpr (HasLines<V>::value && NV % 2 == 0) {
+      tile_lines<NV / 2>(panel, w, a, b, p, ep);
+      return;
+    }
+    const bool after = ep.residual_after_act;
+    const T vlo = V::set1(ep.lo), vhi = V::set1(ep.hi);
     alignas(64) float stash[NV * 4 * kL];
     T acc[4][NV];
     accumulate<NV>(panel + p, w.x_offset, w.values, a.j0, a.j1, a.bias4, acc);
@@ -237,7 +296,7 @@ struct SpmmBlocked {
   static void sweep(size_t cw, const SpMat& w, int g_begin, int g_end, const float* panel,
                     float* y, ptrdiff_t ybs, const Epilogue& ep, size_t pc) {
     constexpr int NVM = V::kMaxNV;
-    const T vlo = V::set1(ep.lo), vhi = V::set1(ep.hi);
+    const T vlo = V::set1(ep.lo), vhi = V::set1(ep.hi);  // the lone groups' bounds
     const H hlo = V::hset1(ep.lo), hhi = V::hset1(ep.hi);
     const bool after = ep.residual_after_act;
     for (int g = g_begin; g < g_end;) {
@@ -245,13 +304,11 @@ struct SpmmBlocked {
       size_t p = 0;
       if (g % 2 == 0 && g + 1 < g_end) {  // both halves of Y block g/2: full lines
         const Group b = group(w, g + 1, ep, y, ybs, pc);
-        for (; p + 8 * NVM <= cw; p += 8 * NVM)
-          tile_pair<NVM, false>(panel, w, a, b, p, after, vlo, vhi, 8);
+        for (; p + 8 * NVM <= cw; p += 8 * NVM) tile_pair<NVM, false>(panel, w, a, b, p, ep, 8);
         rest<NVM - 1>(p, cw, [&](auto nv, size_t at) {
-          tile_pair<decltype(nv)::value, false>(panel, w, a, b, at, after, vlo, vhi, 8);
+          tile_pair<decltype(nv)::value, false>(panel, w, a, b, at, ep, 8);
         });
-        if (p < cw)
-          tile_pair<1, true>(panel, w, a, b, p, after, vlo, vhi, static_cast<int>(cw - p));
+        if (p < cw) tile_pair<1, true>(panel, w, a, b, p, ep, static_cast<int>(cw - p));
         g += 2;
         continue;
       }

@@ -23,6 +23,10 @@ struct Avx512Spmm : Ymm {
   static T high(__m512 v) {
     return _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1));
   }
+  // both groups of a Y block live (24 of the 32 zmm), whole lines shuffled in registers
+  static constexpr bool kLines = true;
+  static void rows_to_lines(__m512 (&r)[8]) { rows8_to_pixel_lines(r); }
+  static void lines_to_rows(__m512 (&r)[8]) { pixel_lines_to_rows8(r); }  // the X panel
 };
 
 }  // namespace
