@@ -96,6 +96,10 @@ def main() -> int:
     ap.add_argument("--features", type=float, default=0.0,
                     help="feature-loss weight (0: logits only; it makes a MobileNetV2 CPU step ~3x slower)")
     ap.add_argument("--calibration", type=int, default=256, help="crops for reconstruction")
+    ap.add_argument("--damp", type=float, default=None,
+                    help="reconstruction's dampening (prune's default when not given)")
+    ap.add_argument("--match", default=None, choices=["dense", "layer"],
+                    help="reconstruction's target (prune's default, dense, when not given)")
     ap.add_argument("--start", default="reconstruction",
                     choices=["magnitude", "reconstruction", "allocation"],
                     help="reconstruction: with channel correction where prune has it; allocation: the "
@@ -143,6 +147,7 @@ def main() -> int:
 
     base = dict(photos=len(train_files), eval_photos=len(eval_files), pattern=args.pattern,
                 sparsity=args.sparsity, exclude=args.exclude, include=args.include,
+                **{k: v for k, v in (("damp", args.damp), ("match", args.match)) if v is not None},
                 seen_crops=len(seen_x),
                 unseen_crops=len(unseen_x),
                 date=time.strftime("%Y-%m-%d %H:%M"), machine=platform.processor() or platform.machine(),
@@ -165,12 +170,18 @@ def main() -> int:
         """A one-shot pruned model, cached across runs (its row is recorded once, when made)."""
         dense_part = (f"_except-{args.exclude}" if args.exclude else "") \
             + (f"_only-{args.include}" if args.include else "")
-        path = CACHE / f"{len(train_files)}_{args.pattern}_{sparsity}_{method}{dense_part}.onnx"
+        recon = "" if method == "magnitude" else (
+            (f"_damp-{args.damp}" if args.damp is not None else "")
+            + (f"_match-{args.match}" if args.match else ""))
+        path = CACHE / f"{len(train_files)}_{args.pattern}_{sparsity}_{method}{dense_part}{recon}.onnx"
         if path.is_file():
             return onnx.load(path)
         t0 = time.perf_counter()
-        kw = {} if method == "magnitude" else dict(calibration=cal, **(_cc() if "channel" in method else {}))
+        kw = {} if method == "magnitude" else dict(
+            calibration=cal, **({"channel_correction": "channel" in method} if _cc() else {}))
         kw["exclude"], kw["include"] = args.exclude, args.include
+        if method != "magnitude":
+            kw.update({k: v for k, v in (("damp", args.damp), ("match", args.match)) if v is not None})
         if method.startswith("allocation"):     # analyze's per-layer budgets for this total sparsity
             kw["recipe"] = analyze(dense, cal, sparsity, pattern=args.pattern, samples=64,
                                    by=args.allocate_by, include=args.include,
@@ -358,8 +369,9 @@ def report() -> int:
                  if u.get("known_classes") is not None and u.get("other_classes") is not None else "-")
         top5 = f"{u['top5']:.1%}" if "top5" in u else "-"
         sp = f"{r['sparsity']:.0%}" + (f" ({r['zeros']:.0%} of all)" if "zeros" in r else "")
+        method = r["method"] + "".join(f", {k} {r[k]}" for k in ("damp", "match") if k in r)
         lines.append(f"| {r['photos']} | {r['pattern']} | {sp} | {_layers(r)} | "
-                     f"{r['method']} | {r['seen']['agreement']:.1%} / {r['seen']['kl']:.3f} | "
+                     f"{method} | {r['seen']['agreement']:.1%} / {r['seen']['kl']:.3f} | "
                      f"{u['agreement']:.1%} / {u['kl']:.3f} | {top5} | {split} | {t} | {sb} |")
     meta = rows[-1] if rows else {}
     lines += ["", f"Machine: {meta.get('machine', '?')} (2 cores), "
