@@ -38,7 +38,7 @@ from sparsekit.calibration import Calibration
 from sparsekit.finetune import finetune
 from sparsekit.models import photos, pretrained
 from sparsekit.prune import prune
-from sparsekit.training_data import photo_crops
+from sparsekit.training_data import _MEAN, _STD, photo_crops, procedural_images
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "accuracy_finetune"
@@ -96,6 +96,9 @@ def main() -> int:
     ap.add_argument("--features", type=float, default=0.0,
                     help="feature-loss weight (0: logits only; it makes a MobileNetV2 CPU step ~3x slower)")
     ap.add_argument("--calibration", type=int, default=256, help="crops for reconstruction")
+    ap.add_argument("--calibration-synthetic", type=float, default=0.0, metavar="F",
+                    help="add F x the calibration crops of procedural images (dead leaves, spectral "
+                         "noise) to the reconstruction's calibration set")
     ap.add_argument("--damp", type=float, default=None,
                     help="reconstruction's dampening (prune's default when not given)")
     ap.add_argument("--match", default=None, choices=["dense", "layer"],
@@ -143,11 +146,17 @@ def main() -> int:
     unseen_x = photo_crops(eval_files, (224, 224), 8, seed=0)
     seen_t, unseen_t = logits(dense, seen_x), logits(dense, unseen_x)
     cal_x = photo_crops(train_files, (224, 224), max(1, args.calibration // len(train_files)), seed=777)
+    if args.calibration_synthetic:
+        k = int(round(len(cal_x) * args.calibration_synthetic))
+        proc = (procedural_images(k, (224, 224), np.random.default_rng(3)) - _MEAN) / _STD
+        cal_x = np.concatenate([cal_x, proc.numpy().astype(np.float32)])
     cal = Calibration({"input": cal_x}, 32, f"{len(cal_x)} crops of {len(train_files)} photos")
 
     base = dict(photos=len(train_files), eval_photos=len(eval_files), pattern=args.pattern,
                 sparsity=args.sparsity, exclude=args.exclude, include=args.include,
-                **{k: v for k, v in (("damp", args.damp), ("match", args.match)) if v is not None},
+                **{k: v for k, v in (("damp", args.damp), ("match", args.match),
+                                     ("calibration_synthetic", args.calibration_synthetic or None))
+                   if v is not None},
                 seen_crops=len(seen_x),
                 unseen_crops=len(unseen_x),
                 date=time.strftime("%Y-%m-%d %H:%M"), machine=platform.processor() or platform.machine(),
@@ -171,7 +180,8 @@ def main() -> int:
         dense_part = (f"_except-{args.exclude}" if args.exclude else "") \
             + (f"_only-{args.include}" if args.include else "")
         recon = "" if method == "magnitude" else (
-            (f"_damp-{args.damp}" if args.damp is not None else "")
+            (f"_calsyn-{args.calibration_synthetic}" if args.calibration_synthetic else "")
+            + (f"_damp-{args.damp}" if args.damp is not None else "")
             + (f"_match-{args.match}" if args.match else ""))
         path = CACHE / f"{len(train_files)}_{args.pattern}_{sparsity}_{method}{dense_part}{recon}.onnx"
         if path.is_file():
@@ -369,7 +379,8 @@ def report() -> int:
                  if u.get("known_classes") is not None and u.get("other_classes") is not None else "-")
         top5 = f"{u['top5']:.1%}" if "top5" in u else "-"
         sp = f"{r['sparsity']:.0%}" + (f" ({r['zeros']:.0%} of all)" if "zeros" in r else "")
-        method = r["method"] + "".join(f", {k} {r[k]}" for k in ("damp", "match") if k in r)
+        method = r["method"] + "".join(f", {k.replace('_', ' ')} {r[k]}"
+                                       for k in ("damp", "match", "calibration_synthetic") if k in r)
         lines.append(f"| {r['photos']} | {r['pattern']} | {sp} | {_layers(r)} | "
                      f"{method} | {r['seen']['agreement']:.1%} / {r['seen']['kl']:.3f} | "
                      f"{u['agreement']:.1%} / {u['kl']:.3f} | {top5} | {split} | {t} | {sb} |")

@@ -29,8 +29,9 @@
 // in registers into pixel halves.  Groups 2b and 2b+1 (the two halves of Y block b) run as a
 // pair over the same pixels: the first group's halves wait in a small L1 stash (both tiles
 // live at once would be 24 accumulators, more than AVX2's 16 registers) and each pixel's
-// 8-channel line is stored once, whole.  A group without its partner (a range that starts or
-// ends inside a block) stores 4-lane halves.
+// 8-channel line is stored once, whole; AVX-512's 32 registers do hold both (tile_lines), and
+// 8 rows x 16 pixels become whole lines in one shuffle network.  A group without its partner
+// (a range that starts or ends inside a block) stores 4-lane halves.
 //
 // Everything has internal linkage: each ISA file compiles its own copy with its own flags.
 #pragma once
