@@ -67,6 +67,8 @@ inline simde__m512i cvtepu8_epi32(simde__m128i a) {
 #define _mm512_cvtepu8_epi32 sk_emu::cvtepu8_epi32
 #define _mm512_mask_i32gather_ps sk_emu::mask_i32gather_ps
 #define _mm512_i32gather_ps sk_emu::i32gather_ps
+// SIMDe 0.7 has this one but no native alias for it
+#define _mm512_shuffle_f32x4(a, b, imm8) simde_mm512_shuffle_f32x4(a, b, imm8)
 #else
 #include <immintrin.h>
 #endif
