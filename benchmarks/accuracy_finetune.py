@@ -43,6 +43,7 @@ from sparsekit.training_data import _MEAN, _STD, photo_crops, procedural_images
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "accuracy_finetune"
 CACHE = Path(tempfile.gettempdir()) / "sparsekit_finetune_study"   # one-shot models, reused by later runs
+RECONSTRUCTION_KEYS = ("damp", "match", "calibration_synthetic")   # row fields of non-default settings
 
 
 def logits(model, x, batch=64):
@@ -154,8 +155,8 @@ def main() -> int:
 
     base = dict(photos=len(train_files), eval_photos=len(eval_files), pattern=args.pattern,
                 sparsity=args.sparsity, exclude=args.exclude, include=args.include,
-                **{k: v for k, v in (("damp", args.damp), ("match", args.match),
-                                     ("calibration_synthetic", args.calibration_synthetic or None))
+                **{k: v for k, v in zip(RECONSTRUCTION_KEYS, (args.damp, args.match,
+                                                              args.calibration_synthetic or None))
                    if v is not None},
                 seen_crops=len(seen_x),
                 unseen_crops=len(unseen_x),
@@ -170,6 +171,9 @@ def main() -> int:
     def record(method, model, **extra):
         r = dict(base, method=method, zeros=round(zero_share(model), 4), seen=score(seen_t, model, seen_x),
                  unseen=score(unseen_t, model, unseen_x, known), **extra)
+        if method == "magnitude":          # the reconstruction's settings do not apply to it
+            for k in RECONSTRUCTION_KEYS:
+                r.pop(k, None)
         rows.append(r)
         print(json.dumps(r), flush=True)
         with open(str(RESULTS) + ".jsonl", "a") as f:
@@ -380,7 +384,7 @@ def report() -> int:
         top5 = f"{u['top5']:.1%}" if "top5" in u else "-"
         sp = f"{r['sparsity']:.0%}" + (f" ({r['zeros']:.0%} of all)" if "zeros" in r else "")
         method = r["method"] + "".join(f", {k.replace('_', ' ')} {r[k]}"
-                                       for k in ("damp", "match", "calibration_synthetic") if k in r)
+                                       for k in RECONSTRUCTION_KEYS if k in r)
         lines.append(f"| {r['photos']} | {r['pattern']} | {sp} | {_layers(r)} | "
                      f"{method} | {r['seen']['agreement']:.1%} / {r['seen']['kl']:.3f} | "
                      f"{u['agreement']:.1%} / {u['kl']:.3f} | {top5} | {split} | {t} | {sb} |")
