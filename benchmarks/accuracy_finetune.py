@@ -152,12 +152,14 @@ def main() -> int:
         proc = (procedural_images(k, (224, 224), np.random.default_rng(3)) - _MEAN) / _STD
         cal_x = np.concatenate([cal_x, proc.numpy().astype(np.float32)])
     cal = Calibration({"input": cal_x}, 32, f"{len(cal_x)} crops of {len(train_files)} photos")
+    # the reconstruction's non-default settings: recorded in each row, part of the cache key
+    recon = {k: v for k, v in zip(RECONSTRUCTION_KEYS,
+                                  (args.damp, args.match, args.calibration_synthetic or None))
+             if v is not None}
 
     base = dict(photos=len(train_files), eval_photos=len(eval_files), pattern=args.pattern,
                 sparsity=args.sparsity, exclude=args.exclude, include=args.include,
-                **{k: v for k, v in zip(RECONSTRUCTION_KEYS, (args.damp, args.match,
-                                                              args.calibration_synthetic or None))
-                   if v is not None},
+                **recon,
                 seen_crops=len(seen_x),
                 unseen_crops=len(unseen_x),
                 date=time.strftime("%Y-%m-%d %H:%M"), machine=platform.processor() or platform.machine(),
@@ -183,11 +185,8 @@ def main() -> int:
         """A one-shot pruned model, cached across runs (its row is recorded once, when made)."""
         dense_part = (f"_except-{args.exclude}" if args.exclude else "") \
             + (f"_only-{args.include}" if args.include else "")
-        recon = "" if method == "magnitude" else (
-            (f"_calsyn-{args.calibration_synthetic}" if args.calibration_synthetic else "")
-            + (f"_damp-{args.damp}" if args.damp is not None else "")
-            + (f"_match-{args.match}" if args.match else ""))
-        path = CACHE / f"{len(train_files)}_{args.pattern}_{sparsity}_{method}{dense_part}{recon}.onnx"
+        settings = "" if method == "magnitude" else "".join(f"_{k}-{v}" for k, v in recon.items())
+        path = CACHE / f"{len(train_files)}_{args.pattern}_{sparsity}_{method}{dense_part}{settings}.onnx"
         if path.is_file():
             return onnx.load(path)
         t0 = time.perf_counter()
@@ -195,7 +194,7 @@ def main() -> int:
             calibration=cal, **({"channel_correction": "channel" in method} if _cc() else {}))
         kw["exclude"], kw["include"] = args.exclude, args.include
         if method != "magnitude":
-            kw.update({k: v for k, v in (("damp", args.damp), ("match", args.match)) if v is not None})
+            kw.update({k: v for k, v in recon.items() if k in ("damp", "match")})
         if method.startswith("allocation"):     # analyze's per-layer budgets for this total sparsity
             kw["recipe"] = analyze(dense, cal, sparsity, pattern=args.pattern, samples=64,
                                    by=args.allocate_by, include=args.include,

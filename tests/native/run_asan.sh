@@ -9,13 +9,8 @@ BUILD=build-asan
 cmake -S . -B "$BUILD" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSPARSEKIT_ASAN=ON \
   -DSPARSEKIT_NATIVE_TESTS=ON -DSPARSEKIT_PYTHON=OFF \
   -DCMAKE_CXX_FLAGS="-fsanitize=undefined -fno-sanitize-recover=undefined" >/dev/null
-# a failed build stops here (a stale binary from an earlier build would otherwise run)
-if ! cmake --build "$BUILD" --target sk_kernel_tests -j"$(nproc)" >"$BUILD/build.log" 2>&1; then
-  grep -E "error" "$BUILD/build.log" | head -20 >&2
-  echo "$(basename "$0"): build failed ($BUILD/build.log)" >&2
-  exit 1
-fi
-grep -E "warning" "$BUILD/build.log" || true
+. tests/native/build_or_stop.sh
+build_or_stop "$BUILD" sk_kernel_tests
 export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=0:halt_on_error=1}
 export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
 "$BUILD/sk_kernel_tests" "$@"

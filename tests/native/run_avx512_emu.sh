@@ -19,13 +19,8 @@ BUILD=build-avx512-emu
 cmake -S . -B "$BUILD" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSPARSEKIT_ASAN=ON \
   -DSPARSEKIT_EMULATE_AVX512=ON -DSPARSEKIT_NATIVE_TESTS=ON -DSPARSEKIT_PYTHON=OFF \
   -DCMAKE_CXX_FLAGS="-fsanitize=undefined -fno-sanitize-recover=undefined" >/dev/null
-# a failed build stops here (a stale binary from an earlier build would otherwise run)
-if ! cmake --build "$BUILD" --target sk_kernel_tests sparsekit_ort -j"$(nproc)" >"$BUILD/build.log" 2>&1; then
-  grep -E "error" "$BUILD/build.log" | head -20 >&2
-  echo "$(basename "$0"): build failed ($BUILD/build.log)" >&2
-  exit 1
-fi
-grep -E "warning" "$BUILD/build.log" || true
+. tests/native/build_or_stop.sh
+build_or_stop "$BUILD" sk_kernel_tests sparsekit_ort
 export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=0:halt_on_error=1}
 export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
 # ref and avx2 run natively in `make test-native` / run_asan.sh: only the emulated table here
