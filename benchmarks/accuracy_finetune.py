@@ -43,7 +43,8 @@ from sparsekit.training_data import _MEAN, _STD, photo_crops, procedural_images
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "accuracy_finetune"
 CACHE = Path(tempfile.gettempdir()) / "sparsekit_finetune_study"   # one-shot models, reused by later runs
-RECONSTRUCTION_KEYS = ("damp", "match", "calibration_synthetic")   # row fields of non-default settings
+# the one-shot settings a row records when not the default
+RECONSTRUCTION_KEYS = ("damp", "match", "calibration_synthetic", "permute")
 
 
 def logits(model, x, batch=64):
@@ -102,6 +103,8 @@ def main() -> int:
                          "noise) to the reconstruction's calibration set")
     ap.add_argument("--damp", type=float, default=None,
                     help="reconstruction's dampening (prune's default when not given)")
+    ap.add_argument("--permute", action="store_true",
+                    help="prune --permute: output channels reordered so similar rows share 1x4 blocks")
     ap.add_argument("--match", default=None, choices=["dense", "layer"],
                     help="reconstruction's target (prune's default, dense, when not given)")
     ap.add_argument("--start", default="reconstruction",
@@ -154,7 +157,8 @@ def main() -> int:
     cal = Calibration({"input": cal_x}, 32, f"{len(cal_x)} crops of {len(train_files)} photos")
     # the reconstruction's non-default settings: recorded in each row, part of the cache key
     recon = {k: v for k, v in zip(RECONSTRUCTION_KEYS,
-                                  (args.damp, args.match, args.calibration_synthetic or None))
+                                  (args.damp, args.match, args.calibration_synthetic or None,
+                                   args.permute or None))
              if v is not None}
 
     base = dict(photos=len(train_files), eval_photos=len(eval_files), pattern=args.pattern,
@@ -194,7 +198,7 @@ def main() -> int:
             calibration=cal, **({"channel_correction": "channel" in method} if _cc() else {}))
         kw["exclude"], kw["include"] = args.exclude, args.include
         if method != "magnitude":
-            kw.update({k: v for k, v in recon.items() if k in ("damp", "match")})
+            kw.update({k: v for k, v in recon.items() if k in ("damp", "match", "permute")})
         if method.startswith("allocation"):     # analyze's per-layer budgets for this total sparsity
             kw["recipe"] = analyze(dense, cal, sparsity, pattern=args.pattern, samples=64,
                                    by=args.allocate_by, include=args.include,

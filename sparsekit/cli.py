@@ -162,6 +162,10 @@ def load_calibration_option(path, preprocess, samples, batch_size, model):
               help="--calibration: scale each reconstructed output channel's weights so its output "
                    "spread matches the dense model's (with --match layer: the layer's own); the zero "
                    "pattern is kept. Default: on with --match layer only (docs/accuracy.md).")
+@click.option("--permute", is_flag=True,
+              help="Before pruning in 1x4 (or AxB) blocks, reorder each layer's output channels so "
+                   "rows that need the same inputs share a block (where every tensor carrying them "
+                   "can follow; the model computes the same; docs/prune.md).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option("--external-data/--no-external-data", "external_data", default=None,
               help="Weights in a side file named after OUTPUT (OUTPUT.data), or in the .onnx only "
@@ -169,7 +173,7 @@ def load_calibration_option(path, preprocess, samples, batch_size, model):
 @click.option("--force", is_flag=True, help="Overwrite the output file if it exists.")
 def prune(model, output, pattern, sparsity, bank_size, banks, block, include, exclude, min_params,
           recipe, no_fold_bn, calibration, preprocess, calibration_samples, batch_size, damp, match,
-          channel_correction, as_json, force, external_data):
+          channel_correction, permute, as_json, force, external_data):
     """Prune MODEL's Conv/Gemm/MatMul weights with a sparsity pattern.
 
     The output is plain ONNX (it runs in stock onnxruntime) with the recipe recorded in its
@@ -190,7 +194,7 @@ def prune(model, output, pattern, sparsity, bank_size, banks, block, include, ex
             source, pattern=pattern, sparsity=sparsity, bank_size=bank_size, banks=banks,
             block=block, include=include, exclude=exclude, min_params=min_params, recipe=recipe,
             fold_bn=not no_fold_bn, calibration=calib, damp=damp, match=match,
-            channel_correction=channel_correction, progress=progress)
+            channel_correction=channel_correction, permute=permute, progress=progress)
     io.save_model(pruned, output, external_data, source=model)
     if as_json:
         print_json({"output": str(output), **report.to_dict()})
@@ -231,6 +235,11 @@ def render_prune_report(report) -> None:
         thin = thin_rows_note(row)
         if thin:
             out.print(f"warning: {row.name}: {thin}")
+    if report.permuted:   # magnitude's view: the squared weight mass the blocks keep
+        before = sum(p.kept_before for p in report.permuted) / len(report.permuted)
+        after = sum(p.kept_after for p in report.permuted) / len(report.permuted)
+        out.print(f"rows permuted in {len(report.permuted)} layer(s): blocks keep {before:.1%} -> "
+                  f"{after:.1%} of their squared weight (mean)")
     t = d["totals"]
     out.print(f"params: {_fmt_count(t['params'])} -> {_fmt_count(t['params_kept'])} "
               f"({t['params_removed_pct']:.1f}% removed); FLOPs: {_fmt_count(t['flops'])} -> "

@@ -26,6 +26,7 @@ from .graph import (Layer, consumer_map, initializer_map, node_names, set_initia
                     tensor_to_array)
 from .io import as_model
 from .patterns import recorded_mask
+from .permute import PermutedLayer, permute_rows
 from .recipe import write_metadata
 from .reconstruct import DEFAULT_DAMP, MATCH_MODES, LayerwiseReconstruction, supports
 from .selection import (DEFAULT_MIN_PARAMS, Selection, SkippedLayer, layer_flops, resolve_pattern,
@@ -89,6 +90,7 @@ class PruneReport:
     layers: List[LayerRow] = field(default_factory=list)
     skipped: List[SkippedLayer] = field(default_factory=list)
     folded_bn: List[Dict[str, str]] = field(default_factory=list)  # {"conv":..., "bn":...}
+    permuted: List[PermutedLayer] = field(default_factory=list)     # prune(permute=True)
     notes: List[str] = field(default_factory=list)
     settings: Dict[str, Any] = field(default_factory=dict)
     totals: PruneTotals = field(default_factory=PruneTotals)
@@ -100,6 +102,7 @@ class PruneReport:
             "layers": [asdict(r) for r in self.layers],
             "skipped": [asdict(s) for s in self.skipped],
             "folded_bn": [dict(f) for f in self.folded_bn],
+            "permuted": [asdict(p) for p in self.permuted],
             "notes": list(self.notes),
             "totals": asdict(self.totals),
         }
@@ -112,7 +115,7 @@ def prune(model_or_path, pattern: str = "block", sparsity: float = 0.9, *,
           include=None, exclude=None, min_params: int = DEFAULT_MIN_PARAMS, skip_first: bool = True,
           skip_depthwise: bool = True, recipe=None, fold_bn: bool = True,
           calibration=None, damp: float = DEFAULT_DAMP, match: str = "dense",
-          channel_correction: Optional[bool] = None,
+          channel_correction: Optional[bool] = None, permute: bool = False,
           progress: Optional[Callable[[int, int, str], None]] = None,
           ) -> Tuple[onnx.ModelProto, PruneReport]:
     """Prune a model's Conv / Gemm / MatMul weights; return ``(pruned copy, report)``.
@@ -131,6 +134,9 @@ def prune(model_or_path, pattern: str = "block", sparsity: float = 0.9, *,
     updated layer by layer, in graph order, with ``damp`` and ``match`` as documented there.
     ``channel_correction`` (with ``calibration``) scales each reconstructed output channel's
     weight row so its output spread matches the reference's; None: only with ``match="layer"``.
+    ``permute``: before pruning, reorder the output channels of layers pruned in blocks of
+    several rows (1x4) so rows that need the same inputs share a block (:mod:`sparsekit.permute`;
+    the function is unchanged, only initializer values move).
     """
     # ---- validate everything cheap before touching the model
     rules = selection_rules(pattern, sparsity, bank_size=bank_size, banks=banks, block=block,
@@ -170,6 +176,10 @@ def prune(model_or_path, pattern: str = "block", sparsity: float = 0.9, *,
         report.notes.extend(fold_notes)
         names = node_names(model.graph)  # same names for the nodes that remain (per-op-type numbering)
     selection = select_layers(model, rules, names)
+    if permute:
+        report.permuted, permute_notes = permute_rows(model, _row_groups(selection))
+        report.notes.extend(permute_notes)
+    report.settings["permute"] = bool(permute)
     recon = (LayerwiseReconstruction(model, calib, damp, match, [c for c, _ in selection.chosen],
                                      consumer_map(model.graph), bool(channel_correction))
              if calib else None)
@@ -180,6 +190,16 @@ def prune(model_or_path, pattern: str = "block", sparsity: float = 0.9, *,
     write_metadata(model, _metadata_entries(report.layers), [c.name for c in selection.candidates],
                    report.notes)
     return model, report
+
+
+def _row_groups(selection: Selection) -> List[Tuple[Layer, Tuple[int, int], float]]:
+    """(layer, block [A columns, B rows], sparsity) for each chosen layer pruned in blocks."""
+    out = []
+    for c, spec in selection.chosen:
+        used = resolve_pattern(c, spec)
+        if used["pattern"] == "block":
+            out.append((c, (int(used["block"][0]), int(used["block"][1])), float(spec["sparsity"])))
+    return out
 
 
 def layer_mask(layer: Layer, W: np.ndarray, spec: Dict[str, Any]) -> Tuple[np.ndarray, Dict[str, Any]]:

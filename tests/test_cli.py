@@ -209,3 +209,19 @@ def test_convert_that_converts_nothing(cnn, tmp_path, capsys):
     code, stdout, stderr = _run(["convert", cnn, "-o", out, "--allow-empty"], capsys)
     assert code == 0 and out.exists()
     assert stderr.strip().startswith("warning: nothing converted")
+
+
+def test_prune_permute_reports_the_layers_it_reordered(cnn, tmp_path, capsys):
+    out = tmp_path / "perm.onnx"
+    code, stdout, stderr = _run(["prune", cnn, "-o", out, "--sparsity", "0.5", "--min-params", "0",
+                                 "--permute", "--json"], capsys)
+    assert code == 0, stderr
+    report = json.loads(stdout)
+    assert report["settings"]["permute"] is True
+    (row,) = report["permuted"]            # conv1 -> Relu -> pool -> Flatten -> fc: closed
+    assert row["name"] == "conv1" and row["readers"] == ["fc"]
+    assert row["kept_after"] > row["kept_before"]
+    code, stdout, stderr = _run(["prune", cnn, "-o", tmp_path / "p2.onnx", "--sparsity", "0.5",
+                                 "--min-params", "0", "--permute"], capsys)
+    assert code == 0, stderr
+    assert "rows permuted in 1 layer(s)" in stdout

@@ -421,7 +421,8 @@ def test_report_numbers():
     assert t.params_removed_pct == pytest.approx(75.0)
     assert t.flops == 2 * mm1.flops and t.flops_removed_pct == pytest.approx(75.0)
     d = json.loads(json.dumps(rep.to_dict()))
-    assert set(d) == {"settings", "layers", "skipped", "folded_bn", "notes", "totals"}
+    assert set(d) == {"settings", "layers", "skipped", "folded_bn", "permuted", "notes",
+                      "totals"}
     assert d["layers"][0]["name"] == "mm1" and d["totals"]["flops_kept"] == t.flops_kept
 
 
