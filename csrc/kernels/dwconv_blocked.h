@@ -4,7 +4,8 @@
 //   struct V {
 //     using T;                        // register type: 8 lanes, one pixel's block
 //     static constexpr int kStrip;    // registers of accumulators per interior tile (<= 16)
-//     static constexpr int kPairMaxWidth;  // rows up to this wide: two blocks per tile
+//     static constexpr int kPairMaxWidth;  // rows up to this wide: two blocks per tile (not
+//                                          // with Duo below)
 //     static T wload(const float* p); // 8 weights (or a bias)
 //     static T load(const float* p);  // one pixel's block
 //     static void store(float* p, T v);
@@ -12,6 +13,9 @@
 //     static T add(T a, T b);
 //     static T clamp(T v, T lo, T hi);  // min(hi, max(lo, v)), a NaN stays NaN
 //     static T set1(float f);
+//     // optional, 512-bit registers: struct Duo (both blocks of a two-block tile in one
+//     // register: T, join, join_load, zero, fma, add, clamp, store2) and kDuoStrip (pixels per
+//     // tile); two-block tiles then run for rows of any width
 //   };
 //
 // Why blocked: with 8 channels in a vector every tap is one full-vector load at a constant
@@ -31,6 +35,7 @@
 #pragma once
 
 #include <cstddef>
+#include <type_traits>
 
 #include "kernels/kernels.h"
 
@@ -42,10 +47,16 @@ alignas(64) const float kDwZeros[kChannelBlock] = {};
 // Output rows up to this wide run four blocks per tile (V::kPairMaxWidth: two).
 constexpr int kQuadMaxWidth = 8;
 
+template <class V, class = void>
+struct HasDuo : std::false_type {};
+template <class V>
+struct HasDuo<V, std::void_t<typename V::Duo>> : std::true_type {};
+
 template <class V>
 struct DwBlocked {
   using T = typename V::T;
   static constexpr int kB = kChannelBlock;
+  static constexpr bool kDuo = HasDuo<V>::value;
 
   // What a tile needs of each of its NB blocks (NB = 1, or 2 / 4 for narrow planes).
   template <int NB>
@@ -115,32 +126,105 @@ struct DwBlocked {
     }
   }
 
-  // Output pixels [ox, ox_end) of one row: tiles of kStrip / NB pixels, then 8, 4, 2, 1.
+  // tile<..., NB = 2> on a policy with 512-bit registers (V::Duo): a pixel's two blocks in one
+  // register (block 0 low, block 1 high), so the same taps and sums take half the multiply-add
+  // instructions.  Each input is two 32-byte loads joined (no load splits a cache line; a zmm
+  // holding two pixels of one block needed line-splitting loads or in-register shifts and ran
+  // no faster than ymm tiles).
+  template <int K, int S, int P, bool EDGE>
+  static inline __attribute__((always_inline)) void tile_duo(const Blocks<2>& bl, ptrdiff_t row,
+                                                             int nky, int k, int s, int ix0,
+                                                             int W, T vlo, T vhi, int ox) {
+    using D = typename V::Duo;
+    using R = typename D::T;
+    const int kk = K ? K : k;
+    const int ss = S ? S : s;
+    constexpr int NA = (P >= 4 || K == 0) ? 1 : (P == 1 ? 4 : 2);
+    R acc[P][NA];
+    const float* r0 = EDGE ? bl.r[0] : bl.r[0] + static_cast<ptrdiff_t>(ix0) * kB;
+    const float* r1 = EDGE ? bl.r[1] : bl.r[1] + static_cast<ptrdiff_t>(ix0) * kB;
+    const float* w0 = bl.w[0];
+    const float* w1 = bl.w[1];
+    const R bias = D::join(bl.bias[0], bl.bias[1]);
+    _Pragma("GCC unroll 16") for (int p = 0; p < P; ++p) {
+      acc[p][0] = bias;
+      _Pragma("GCC unroll 4") for (int a = 1; a < NA; ++a) acc[p][a] = D::zero();
+    }
+    for (int j = 0; j < nky; ++j) {
+      _Pragma("GCC unroll 8") for (int kx = 0; kx < kk; ++kx) {
+        const R wv = D::join_load(w0 + kx * kB, w1 + kx * kB);
+        _Pragma("GCC unroll 16") for (int p = 0; p < P; ++p) {
+          const float* q0;
+          const float* q1;
+          if (EDGE) {
+            const int col = ix0 + p * ss + kx;
+            const bool in = static_cast<unsigned>(col) < static_cast<unsigned>(W);
+            q0 = in ? r0 + static_cast<ptrdiff_t>(col) * kB : kDwZeros;
+            q1 = in ? r1 + static_cast<ptrdiff_t>(col) * kB : kDwZeros;
+          } else {
+            q0 = r0 + (p * ss + kx) * kB;
+            q1 = r1 + (p * ss + kx) * kB;
+          }
+          acc[p][kx % NA] = D::fma(wv, D::join_load(q0, q1), acc[p][kx % NA]);
+        }
+      }
+      r0 += row;
+      r1 += row;
+      w0 += kk * kB;
+      w1 += kk * kB;
+    }
+    const R lo = D::join(vlo, vlo), hi = D::join(vhi, vhi);
+    _Pragma("GCC unroll 16") for (int p = 0; p < P; ++p) {
+      _Pragma("GCC unroll 4") for (int a = 1; a < NA; ++a) acc[p][0] = D::add(acc[p][0], acc[p][a]);
+      D::store2(bl.y[0] + (ox + p) * kB, bl.y[1] + (ox + p) * kB, D::clamp(acc[p][0], lo, hi));
+    }
+  }
+
+  // One tile of P pixels in NB blocks, on the policy's widest registers.
+  template <int K, int S, int P, bool EDGE, int NB>
+  static inline __attribute__((always_inline)) void tile_any(const Blocks<NB>& bl, ptrdiff_t row,
+                                                             int nky, int k, int s, int ix0,
+                                                             int W, T vlo, T vhi, int ox) {
+    if constexpr (NB == 2 && kDuo)
+      tile_duo<K, S, P, EDGE>(bl, row, nky, k, s, ix0, W, vlo, vhi, ox);
+    else
+      tile<K, S, P, EDGE, NB>(bl, row, nky, k, s, ix0, W, vlo, vhi, ox);
+  }
+
+  template <int NB>
+  static constexpr int strip() {
+    if constexpr (NB == 2 && kDuo)
+      return V::kDuoStrip;
+    else
+      return V::kStrip / NB;
+  }
+
+  // Output pixels [ox, ox_end) of one row: tiles of strip<NB>() pixels, then 8, 4, 2, 1.
   template <int K, int S, bool EDGE, int NB>
   static inline void span(const Blocks<NB>& bl, ptrdiff_t row, int nky, int k, int s,
                           int pad_l, int W, T vlo, T vhi, int ox, int ox_end) {
     const int ss = S ? S : s;
-    constexpr int P = V::kStrip / NB;
+    constexpr int P = strip<NB>();
     static_assert(P >= 1 && P <= 16, "kStrip / NB must be 1..16");
     for (; ox + P <= ox_end; ox += P)
-      tile<K, S, P, EDGE, NB>(bl, row, nky, k, s, ox * ss - pad_l, W, vlo, vhi, ox);
+      tile_any<K, S, P, EDGE, NB>(bl, row, nky, k, s, ox * ss - pad_l, W, vlo, vhi, ox);
     if (P > 8 && ox + 8 <= ox_end) {
-      tile<K, S, (P > 8 ? 8 : 1), EDGE, NB>(bl, row, nky, k, s, ox * ss - pad_l, W, vlo, vhi,
+      tile_any<K, S, (P > 8 ? 8 : 1), EDGE, NB>(bl, row, nky, k, s, ox * ss - pad_l, W, vlo, vhi,
                                             ox);
       ox += 8;
     }
     if (P > 4 && ox + 4 <= ox_end) {
-      tile<K, S, (P > 4 ? 4 : 1), EDGE, NB>(bl, row, nky, k, s, ox * ss - pad_l, W, vlo, vhi,
+      tile_any<K, S, (P > 4 ? 4 : 1), EDGE, NB>(bl, row, nky, k, s, ox * ss - pad_l, W, vlo, vhi,
                                             ox);
       ox += 4;
     }
     if (P > 2 && ox + 2 <= ox_end) {
-      tile<K, S, (P > 2 ? 2 : 1), EDGE, NB>(bl, row, nky, k, s, ox * ss - pad_l, W, vlo, vhi,
+      tile_any<K, S, (P > 2 ? 2 : 1), EDGE, NB>(bl, row, nky, k, s, ox * ss - pad_l, W, vlo, vhi,
                                             ox);
       ox += 2;
     }
     if (ox < ox_end)
-      tile<K, S, 1, EDGE, NB>(bl, row, nky, k, s, ox * ss - pad_l, W, vlo, vhi, ox);
+      tile_any<K, S, 1, EDGE, NB>(bl, row, nky, k, s, ox * ss - pad_l, W, vlo, vhi, ox);
   }
 
   // Output row oy of NB blocks (block b's input xb[b], weights wb[b], output yb[b]).
@@ -189,8 +273,12 @@ struct DwBlocked {
     // with two; AVX-512's ymm tiles 0.056 -> 0.045).
     if (V::kStrip >= 12 && sh.OW <= kQuadMaxWidth)
       b = run_blocks<K, S, 4>(sh, nblk, b, x, w, bias, vlo, vhi, y, oy_begin, oy_end);
-    if (sh.OW <= V::kPairMaxWidth)
-      b = run_blocks<K, S, 2>(sh, nblk, b, x, w, bias, vlo, vhi, y, oy_begin, oy_end);
+    bool two;  // two-block tiles: with Duo at every width (one zmm per pixel), else narrow rows
+    if constexpr (kDuo)
+      two = true;
+    else
+      two = sh.OW <= V::kPairMaxWidth;
+    if (two) b = run_blocks<K, S, 2>(sh, nblk, b, x, w, bias, vlo, vhi, y, oy_begin, oy_end);
     run_blocks<K, S, 1>(sh, nblk, b, x, w, bias, vlo, vhi, y, oy_begin, oy_end);
   }
 

@@ -1,14 +1,9 @@
-// AVX-512 (VL) depthwise convolution on 8-channel blocks (dwconv_blocked.h): ymm registers,
-// one pixel each, and AVX-512's 32 of them for tiles of 12 output pixels.
-//
-// Why not zmm: a zmm holding two pixels' blocks (weights repeated in both halves, stride 1
-// as one 64-byte load, stride 2 as two 32-byte loads joined) was measured slower on the AMD
-// EPYC (Zen 4) development VM, which splits 512-bit operations in two: MobileNetV1's
-// 32x112x112 layer 0.093-0.130 ms against 0.077-0.079 for ymm tiles, 1152x7x7 5x5 0.070 against
-// 0.064 (benchmarks/bench_dw_blocked.py, same process).  Again on a Zen 5 EPYC VM (2026-12-06),
-// stride 1 only, pairs loaded from even pixels (no split lines) and shifted in registers: the
-// same as ymm tiles (32x112x112 0.073 vs 0.071 ms, 128x56x56 0.073 vs 0.073): the ymm tiles
-// already run at ~90% of 2 ymm FMAs per cycle, and zmm FMAs gave no more multiply-adds there.
+// AVX-512 (VL) depthwise convolution on 8-channel blocks (dwconv_blocked.h): rows wider than 8
+// run two blocks per zmm (Duo: both blocks of a pixel in one register, half the FMAs of ymm
+// tiles on a CPU with full-width 512-bit units; no load splits a cache line), 7x7 rows four
+// blocks per tile on ymm (AVX-512's 32 registers); what was tried and measured is in
+// docs/kernels.md (one block's two pixels per zmm: line-splitting loads or in-register shifts,
+// no faster).
 // GCC 12 warns about its own _mm512_undefined_ps inside the intrinsics (as in dwconv_avx512.cpp).
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #include "kernels/x86_intrinsics.h"
@@ -21,9 +16,27 @@ namespace sk {
 namespace {
 
 struct Avx512C8 : Ymm {
-  static constexpr int kStrip = 12;
-  // 32 registers: 14-wide rows gain from pairs too (672x14x14 5x5: 0.082 vs 0.090 ms)
-  static constexpr int kPairMaxWidth = 16;
+  static constexpr int kStrip = 12;  // ymm one-block tiles (a last odd block), and 4 x 3 on 7x7
+  // Two-block tiles on zmm at every width (dwconv_blocked.h tile_duo), 12 pixels per tile.
+  static constexpr int kDuoStrip = 12;
+  struct Duo {
+    using T = __m512;
+    static T join(__m256 lo, __m256 hi) {
+      return _mm512_insertf32x8(_mm512_castps256_ps512(lo), hi, 1);
+    }
+    static T join_load(const float* lo, const float* hi) {
+      return join(_mm256_loadu_ps(lo), _mm256_loadu_ps(hi));
+    }
+    static void store2(float* lo, float* hi, T v) {
+      _mm256_storeu_ps(lo, _mm512_castps512_ps256(v));
+      // vextractf64x4: AVX-512F, and in SIMDe (the emulated test build)
+      _mm256_storeu_ps(hi, _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
+    }
+    static T zero() { return _mm512_setzero_ps(); }
+    static T fma(T a, T b, T c) { return _mm512_fmadd_ps(a, b, c); }
+    static T add(T a, T b) { return _mm512_add_ps(a, b); }
+    static T clamp(T v, T lo, T hi) { return _mm512_min_ps(hi, _mm512_max_ps(lo, v)); }
+  };
 };
 
 }  // namespace
