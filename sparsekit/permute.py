@@ -79,6 +79,8 @@ def channel_region(model: onnx.ModelProto, layer: Layer, consumers=None, uses=No
 
     # the layer's own rows and bias
     n = layer.node
+    if layer.op == "Conv" and layer.group != 1:
+        return None, "a grouped conv (its rows cannot leave their group)"
     row_axis = (len(layer.weight_shape) - 1) if layer.transposed else 0
     region.edits.append((layer.weight, row_axis))
     if layer.op == "Conv":

@@ -221,3 +221,17 @@ def test_zoo_models_compute_the_same_after_permutation(name, permuted):
                          else rng.standard_normal(shape).astype(np.float32))
     for a, b in zip(sessions[0].run(None, feeds), sessions[1].run(None, feeds)):
         np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-4 * float(np.abs(a).max()))
+
+
+def test_a_grouped_conv_keeps_its_rows_in_their_groups():
+    rng = np.random.default_rng(3)
+    inits = [numpy_helper.from_array(_arr(rng, (16, 4, 1, 1)), "wg"),
+             numpy_helper.from_array(_arr(rng, (8, 16, 1, 1)), "w2")]
+    nodes = [helper.make_node("Conv", ["x", "wg"], ["g1"], name="grouped", group=2),
+             helper.make_node("Relu", ["g1"], ["r"], name="relu"),
+             helper.make_node("Conv", ["r", "w2"], ["y"], name="pw")]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 4, 4])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 4, 4])], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    region, why = channel_region(m, _layers(m)["grouped"])
+    assert region is None and "grouped conv" in why
