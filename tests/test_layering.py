@@ -19,7 +19,7 @@ LAYERS = [
     ("tensors on disk", ["external"]),
     ("base", ["io", "timing", "version", "_native", "models"]),
     ("model facts", ["graph", "patterns", "format", "calibration"]),
-    ("reading weights", ["weights", "detect", "fuse", "recipe", "fold_bn"]),
+    ("reading weights", ["weights", "detect", "fuse", "recipe", "fold_bn", "permute"]),
     ("ops", ["pack", "sequence"]),
     ("selection", ["selection"]),
     ("onnxruntime", ["sessions"]),
