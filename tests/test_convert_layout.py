@@ -201,3 +201,49 @@ def test_cli_layout_and_json_chains(tmp_path, capsys):
     assert "chains (activation layout)" in capsys.readouterr().out
     assert main(["convert", str(src), "-o", str(tmp_path / "t.onnx"), "--layout", "NHWC"]) != 0
     assert "NHWC" in capsys.readouterr().err and not (tmp_path / "t.onnx").exists()
+
+
+def _first_block_model(rng):
+    """MobileNetV2's first block in small: a dense stem, a depthwise conv, a dense 1x1 conv too
+    small for prune (no zeros), then a pruned 1x1 conv."""
+    stem = rng.standard_normal((8, 3, 3, 3)).astype(np.float32) * 0.3
+    dw = rng.standard_normal((8, 1, 3, 3)).astype(np.float32) * 0.3
+    pw = rng.standard_normal((16, 8, 1, 1)).astype(np.float32) * 0.3
+    sp = masked(rng, (32, 16), block_mask(rng, 32, 16, 0.3)).reshape(32, 16, 1, 1) * 0.3
+    nodes = [helper.make_node("Conv", ["x", "stem"], ["s"], name="stem", strides=[2, 2],
+                              pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["s"], ["sr"]),
+             helper.make_node("Conv", ["sr", "dw"], ["d"], name="dw", group=8, pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["d"], ["dr"]),
+             helper.make_node("Conv", ["dr", "pw"], ["p"], name="pw"),
+             helper.make_node("Conv", ["p", "sp"], ["y"], name="sp")]
+    return model_of(nodes, [vi("x", [1, 3, 18, 18])], [vi("y", [1, 32, 9, 9])],
+                    [init("stem", stem), init("dw", dw), init("pw", pw), init("sp", sp)])
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NCHWc8"])
+def test_a_dense_1x1_joins_a_depthwise_conv_to_the_sparse_backbone(layout):
+    m = _first_block_model(np.random.default_rng(7))
+    out, rep = convert(m, layout=layout)
+    assert_valid_output(m, out)
+    rows = {r.name: r for r in rep.layers}
+    assert rows["pw"].decision == "sparse" and "between a depthwise conv" in rows["pw"].reason
+    assert rows["dw"].decision == "depthwise"
+    assert rows["stem"].decision == "dense"
+    if layout == "NCHWc8":   # one chain from the depthwise conv on, the stem writing its blocks
+        (chain,) = rep.chains
+        assert chain.nodes[:3] == ["dw", "pw", "sp"] and chain.heads == {"sr": "stem"}
+    feeds = feeds_for(m)
+    assert_close(run_stock(m, feeds), run_sparse(out, feeds))
+
+
+def test_a_dense_1x1_without_a_depthwise_conv_before_it_stays_dense():
+    rng = np.random.default_rng(8)
+    pw = rng.standard_normal((16, 8, 1, 1)).astype(np.float32)
+    sp = masked(rng, (32, 16), block_mask(rng, 32, 16, 0.3)).reshape(32, 16, 1, 1)
+    m = model_of([helper.make_node("Conv", ["x", "pw"], ["p"], name="pw"),
+                  helper.make_node("Relu", ["p"], ["pr"]),
+                  helper.make_node("Conv", ["pr", "sp"], ["y"], name="sp")],
+                 [vi("x", [1, 8, 6, 6])], [vi("y", [1, 32, 6, 6])], [init("pw", pw), init("sp", sp)])
+    _, rep = convert(m)
+    assert {r.name: r for r in rep.layers}["pw"].reason == "no zeros"

@@ -35,7 +35,7 @@ from ..weights import read_weights, refused_layers
 from .autotune import AutoTuner, check_autotune_dims, decide
 from .choice import DEFAULT_MAX_DENSITY, choose_format, thresholds
 from .layout import LAYOUT_CHOICES, apply_layouts, check_layout
-from .plan import Context, Plan, dense_row, plan_depthwise, plan_sparse
+from .plan import Context, Plan, bridges_depthwise, dense_row, plan_depthwise, plan_sparse
 from .recurrent import LSTM_MAX_DENSITY, plan_recurrent
 from .report import ConvertReport, LayerDecision
 
@@ -158,6 +158,18 @@ def _plan_layers(ctx: Context, layers, tuner: Optional[AutoTuner], depthwise: bo
                 _keep_on_disk(ctx, layer, plan)
         tick(layer.name)
 
+    sparse_in = {p.layer.node.input[0] for p in plans.values()}
+    for layer in layers:   # dense 1x1 convs that join a depthwise conv to the sparse backbone
+        row = rows.get(layer.index)
+        if depthwise and row is not None and row.reason == "no zeros" \
+                and bridges_depthwise(ctx, layer, sparse_in):
+            row, plan = plan_sparse(ctx, layer, bridge=True)
+            if plan is not None and tuner is not None:
+                row, plan = decide(tuner, ctx, row, plan)
+            rows[layer.index] = row
+            if plan is not None:
+                plans[layer.index] = plan
+                ctx.claimed.update(n.output[0] for n in plan.fusion.nodes)
     sparse_out = {p.fusion.output for p in plans.values()}
     sparse_in = {p.layer.node.input[0] for p in plans.values()}
     for layer in layers:

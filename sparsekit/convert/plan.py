@@ -132,7 +132,16 @@ def _own_bias(ctx: Context, layer: Layer) -> Tuple[Optional[np.ndarray], float, 
     return bias, alpha, ""
 
 
-def plan_sparse(ctx: Context, layer: Layer):
+# A dense 1x1 conv that joins a depthwise conv to a sparse op (MobileNetV2's and EfficientNet's
+# first block: 32 -> 16 channels, too small for prune's default --min-params) is packed whole as
+# 1x4 blocks, so the stem, that depthwise conv and the rest of the backbone form one sparsekit
+# chain (and one blocked layout) instead of onnxruntime's convs and a reorder in between.
+BRIDGE = FormatChoice("bsr", 4, None, None, 1.0, "block4", "dense (1x1 between sparsekit ops)")
+BRIDGE_REASON = "dense 1x1 conv between a depthwise conv and a sparse op: packed whole (1x4)"
+
+
+def plan_sparse(ctx: Context, layer: Layer, bridge: bool = False):
+    """A sparse op for ``layer``; with ``bridge``, a layer without zeros is packed whole."""
     model = ctx.model
     W_raw = layer.matrix(model)
     why = _unsupported(ctx, layer)
@@ -147,11 +156,13 @@ def plan_sparse(ctx: Context, layer: Layer):
     if alpha != 1.0:
         W = W * np.float32(alpha)
     choice, p = choose_format(W, ctx.recipe.get(layer.name))
+    if choice is None and bridge:
+        choice = BRIDGE
     if choice is None:
         return dense_row(model, layer, p.describe(), "no zeros", W_raw), None
     limit = ctx.thresholds[choice.key]
     row = dense_row(model, layer, choice.pattern, "", W_raw)
-    if not ctx.autotune and choice.density > limit:
+    if not ctx.autotune and choice.density > limit and choice is not BRIDGE:
         row.reason = (f"density {choice.density:.2f} > {limit:.2f}, the most at which "
                       f"{FORMAT_LABEL[choice.key]} are expected to beat dense")
         return row, None
@@ -195,7 +206,8 @@ def plan_sparse(ctx: Context, layer: Layer):
         new, inits = pack.make_sparse_gemm_node(layer.name, node.input[0], fusion.output, Wf,
                                                 bias, **kw)
     row.decision, row.format = "sparse", choice.label
-    row.reason = f"density {choice.density:.2f} <= {limit:.2f} ({FORMAT_LABEL[choice.key]})"
+    row.reason = BRIDGE_REASON if choice is BRIDGE else \
+        f"density {choice.density:.2f} <= {limit:.2f} ({FORMAT_LABEL[choice.key]})"
     row.fused = fusion.describe()
     row.sparse_bytes = _packed_bytes(new, inits)
     return row, Plan(new, inits, [node] + fusion.nodes, fusion, layer, choice)
@@ -205,6 +217,24 @@ def _packed_bytes(node: onnx.NodeProto, inits: List[onnx.TensorProto]) -> int:
     """Bytes of the packed weight tensors (values, indices, group_ptr: inputs 1-3)."""
     by_name = {t.name: t for t in inits}
     return sum(numpy_helper.to_array(by_name[x]).nbytes for x in node.input[1:4] if x in by_name)
+
+
+def bridges_depthwise(ctx: Context, layer: Layer, sparse_in: set) -> bool:
+    """``layer`` is a plain 1x1 conv whose input comes from a depthwise conv (through at most one
+    activation) and whose output (through what a plan would fuse) a sparse op reads."""
+    node = layer.node
+    if layer.op != "Conv" or layer.group != 1 or list(layer.kernel_shape) != [1, 1] \
+            or any(s != 1 for s in get_attr(node, "strides", [1, 1])) \
+            or any(p != 0 for p in get_attr(node, "pads", [0, 0, 0, 0])):
+        return False
+    src = ctx.producers.get(node.input[0])
+    if src is not None and src[1].op_type in ("Relu", "Clip", "HardSwish", "Sigmoid", "LeakyRelu"):
+        src = ctx.producers.get(src[1].input[0])
+    if src is None or src[1].op_type != "Conv" or get_attr(src[1], "group", 1) == 1:
+        return False
+    fusion = plan_fusion(ctx.index, node, layer.M, True, ctx.shapes.get(node.output[0]),
+                         ctx.shapes, frozenset(ctx.claimed), out_rank=4)
+    return fusion.output in sparse_in
 
 
 def plan_depthwise(ctx: Context, layer: Layer, sparse_out: set, sparse_in: set):
