@@ -141,6 +141,16 @@ def _plan_layers(ctx: Context, layers, tuner: Optional[AutoTuner], depthwise: bo
         if progress:
             progress(done, len(layers), name)
 
+    def plan_one(layer, bridge=False):
+        row, plan = plan_sparse(ctx, layer, bridge)
+        if plan is not None and tuner is not None:
+            row, plan = decide(tuner, ctx, row, plan)
+        rows[layer.index] = row
+        if plan is not None:
+            plans[layer.index] = plan
+            ctx.claimed.update(n.output[0] for n in plan.fusion.nodes)
+            _keep_on_disk(ctx, layer, plan)
+
     for layer in layers:
         if layer.depthwise:
             continue  # decided after the sparse layers are known
@@ -148,14 +158,7 @@ def _plan_layers(ctx: Context, layers, tuner: Optional[AutoTuner], depthwise: bo
         if excluded:
             rows[layer.index] = dense_row(ctx.model, layer, "-", excluded)
         else:
-            row, plan = plan_sparse(ctx, layer)
-            if plan is not None and tuner is not None:
-                row, plan = decide(tuner, ctx, row, plan)
-            rows[layer.index] = row
-            if plan is not None:
-                plans[layer.index] = plan
-                ctx.claimed.update(n.output[0] for n in plan.fusion.nodes)
-                _keep_on_disk(ctx, layer, plan)
+            plan_one(layer)
         tick(layer.name)
 
     sparse_in = {p.layer.node.input[0] for p in plans.values()}
@@ -163,13 +166,7 @@ def _plan_layers(ctx: Context, layers, tuner: Optional[AutoTuner], depthwise: bo
         row = rows.get(layer.index)
         if depthwise and row is not None and row.reason == "no zeros" \
                 and bridges_depthwise(ctx, layer, sparse_in):
-            row, plan = plan_sparse(ctx, layer, bridge=True)
-            if plan is not None and tuner is not None:
-                row, plan = decide(tuner, ctx, row, plan)
-            rows[layer.index] = row
-            if plan is not None:
-                plans[layer.index] = plan
-                ctx.claimed.update(n.output[0] for n in plan.fusion.nodes)
+            plan_one(layer, bridge=True)
     sparse_out = {p.fusion.output for p in plans.values()}
     sparse_in = {p.layer.node.input[0] for p in plans.values()}
     for layer in layers:
