@@ -203,9 +203,9 @@ def test_cli_layout_and_json_chains(tmp_path, capsys):
     assert "NHWC" in capsys.readouterr().err and not (tmp_path / "t.onnx").exists()
 
 
-def _first_block_model(rng):
+def _first_block_model(rng, act="Relu"):
     """MobileNetV2's first block in small: a dense stem, a depthwise conv, a dense 1x1 conv too
-    small for prune (no zeros), then a pruned 1x1 conv."""
+    small for prune (no zeros), then a pruned 1x1 conv; ``act`` after the depthwise conv."""
     stem = rng.standard_normal((8, 3, 3, 3)).astype(np.float32) * 0.3
     dw = rng.standard_normal((8, 1, 3, 3)).astype(np.float32) * 0.3
     pw = rng.standard_normal((16, 8, 1, 1)).astype(np.float32) * 0.3
@@ -214,7 +214,7 @@ def _first_block_model(rng):
                               pads=[1, 1, 1, 1]),
              helper.make_node("Relu", ["s"], ["sr"]),
              helper.make_node("Conv", ["sr", "dw"], ["d"], name="dw", group=8, pads=[1, 1, 1, 1]),
-             helper.make_node("Relu", ["d"], ["dr"]),
+             helper.make_node(act, ["d"], ["dr"]),
              helper.make_node("Conv", ["dr", "pw"], ["p"], name="pw"),
              helper.make_node("Conv", ["p", "sp"], ["y"], name="sp")]
     return model_of(nodes, [vi("x", [1, 3, 18, 18])], [vi("y", [1, 32, 9, 9])],
@@ -235,6 +235,17 @@ def test_a_dense_1x1_joins_a_depthwise_conv_to_the_sparse_backbone(layout):
         assert chain.nodes[:3] == ["dw", "pw", "sp"] and chain.heads == {"sr": "stem"}
     feeds = feeds_for(m)
     assert_close(run_stock(m, feeds), run_sparse(out, feeds))
+
+
+def test_a_dense_1x1_after_what_a_depthwiseconv_cannot_fuse_stays_dense():
+    # DepthwiseConv fuses Relu/Clip, not HardSwish: the depthwise conv would stay onnxruntime's
+    # anyway, so packing the 1x1 conv whole would buy nothing
+    m = _first_block_model(np.random.default_rng(7), act="HardSwish")
+    _, rep = convert(m, layout="NCHWc8")
+    rows = {r.name: r for r in rep.layers}
+    assert rows["pw"].reason == "no zeros" and rows["dw"].decision == "dense"
+    _, rep = convert(_first_block_model(np.random.default_rng(7)), exclude="dw")
+    assert {r.name: r for r in rep.layers}["pw"].reason == "no zeros"
 
 
 def test_a_dense_1x1_without_a_depthwise_conv_before_it_stays_dense():

@@ -35,7 +35,8 @@ from ..weights import read_weights, refused_layers
 from .autotune import AutoTuner, check_autotune_dims, decide
 from .choice import DEFAULT_MAX_DENSITY, choose_format, thresholds
 from .layout import LAYOUT_CHOICES, apply_layouts, check_layout
-from .plan import Context, Plan, bridges_depthwise, dense_row, plan_depthwise, plan_sparse
+from .plan import (Context, Plan, bridges_depthwise, dense_row, depthwise_output,
+                   plan_depthwise, plan_sparse)
 from .recurrent import LSTM_MAX_DENSITY, plan_recurrent
 from .report import ConvertReport, LayerDecision
 
@@ -162,10 +163,12 @@ def _plan_layers(ctx: Context, layers, tuner: Optional[AutoTuner], depthwise: bo
         tick(layer.name)
 
     sparse_in = {p.layer.node.input[0] for p in plans.values()}
+    dw_outputs = {depthwise_output(ctx, x) for x in layers
+                  if depthwise and x.depthwise and not ctx.filter.why_not(x.name)}
     for layer in layers:   # dense 1x1 convs that join a depthwise conv to the sparse backbone
         row = rows.get(layer.index)
-        if depthwise and row is not None and row.reason == "no zeros" \
-                and bridges_depthwise(ctx, layer, sparse_in):
+        if row is not None and row.reason == "no zeros" \
+                and bridges_depthwise(ctx, layer, dw_outputs, sparse_in):
             plan_one(layer, bridge=True)
     sparse_out = {p.fusion.output for p in plans.values()}
     sparse_in = {p.layer.node.input[0] for p in plans.values()}

@@ -219,18 +219,25 @@ def _packed_bytes(node: onnx.NodeProto, inits: List[onnx.TensorProto]) -> int:
     return sum(numpy_helper.to_array(by_name[x]).nbytes for x in node.input[1:4] if x in by_name)
 
 
-def bridges_depthwise(ctx: Context, layer: Layer, sparse_in: set) -> bool:
-    """``layer`` is a plain 1x1 conv whose input comes from a depthwise conv (through at most one
-    activation) and whose output (through what a plan would fuse) a sparse op reads."""
+def depthwise_output(ctx: Context, layer: Layer) -> str:
+    """The tensor a DepthwiseConv made from ``layer`` would write (after what it fuses)."""
+    return _depthwise_fusion(ctx, layer).output
+
+
+def _depthwise_fusion(ctx: Context, layer: Layer) -> Fusion:
+    return plan_fusion(ctx.index, layer.node, layer.M, True, None, {}, frozenset(ctx.claimed),
+                       allow_residual=False)
+
+
+def bridges_depthwise(ctx: Context, layer: Layer, dw_outputs: set, sparse_in: set) -> bool:
+    """``layer`` is a plain 1x1 conv that reads what a depthwise conv writes (``dw_outputs``:
+    :func:`depthwise_output` of each) and whose output (through what a plan would fuse) a sparse
+    op reads."""
     node = layer.node
     if layer.op != "Conv" or layer.group != 1 or list(layer.kernel_shape) != [1, 1] \
             or any(s != 1 for s in get_attr(node, "strides", [1, 1])) \
-            or any(p != 0 for p in get_attr(node, "pads", [0, 0, 0, 0])):
-        return False
-    src = ctx.producers.get(node.input[0])
-    if src is not None and src[1].op_type in ("Relu", "Clip", "HardSwish", "Sigmoid", "LeakyRelu"):
-        src = ctx.producers.get(src[1].input[0])
-    if src is None or src[1].op_type != "Conv" or get_attr(src[1], "group", 1) == 1:
+            or any(p != 0 for p in get_attr(node, "pads", [0, 0, 0, 0])) \
+            or node.input[0] not in dw_outputs:
         return False
     fusion = plan_fusion(ctx.index, node, layer.M, True, ctx.shapes.get(node.output[0]),
                          ctx.shapes, frozenset(ctx.claimed), out_rank=4)
@@ -265,8 +272,7 @@ def plan_depthwise(ctx: Context, layer: Layer, sparse_out: set, sparse_in: set):
             row.reason = "the bias is not a constant [C] vector"
             return row, None
         bias = np.asarray(b, np.float64).reshape(-1)
-    fusion = plan_fusion(ctx.index, node, layer.M, True, None, {}, frozenset(ctx.claimed),
-                         allow_residual=False)
+    fusion = _depthwise_fusion(ctx, layer)
     if not all_finite(w, bias, fusion.scale, fusion.bias):
         row.reason = NONFINITE_REASON
         return row, None
