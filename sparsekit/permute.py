@@ -41,7 +41,6 @@ _GLOBAL_POOLS = {"GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool"}
 class Region:
     """Where one layer's output channels go: the initializer axes to permute with its rows."""
 
-    layer: str
     edits: List[Tuple[str, int]] = field(default_factory=list)   # (initializer, axis)
     readers: List[str] = field(default_factory=list)             # layers whose columns follow
 
@@ -66,7 +65,7 @@ def channel_region(model: onnx.ModelProto, layer: Layer, consumers=None, uses=No
     graph_outputs = {o.name for o in g.output}
     graph_inputs = {i.name for i in g.input}
     C = layer.M
-    region = Region(layer.name)
+    region = Region()
 
     def editable(name: str) -> Optional[str]:
         if name not in inits:
