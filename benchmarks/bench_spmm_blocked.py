@@ -35,6 +35,11 @@ from sparsekit.pack import make_reorder_node, make_sparse_conv_node
 MOBILENET_V1 = [(12544, 32, 64), (3136, 64, 128), (3136, 128, 128), (784, 128, 256),
                 (784, 256, 256), (196, 256, 512), (196, 512, 512), (49, 512, 1024),
                 (49, 1024, 1024)]
+# MobileNetV2's distinct 1x1 convs (expand, project) up to 14x14
+MOBILENET_V2 = [(12544, 32, 16), (12544, 16, 96), (3136, 96, 24), (3136, 24, 144),
+                (3136, 144, 24), (784, 144, 32), (784, 32, 192), (784, 192, 32),
+                (196, 192, 64), (196, 64, 384), (196, 384, 64), (196, 384, 96)]
+NETS = {"mobilenet_v1": MOBILENET_V1, "mobilenet_v2": MOBILENET_V2}
 
 
 def pruned_1x4(rng, M, K, sparsity):
@@ -123,6 +128,7 @@ def main() -> None:
     ap.add_argument("--isa", default=None, help="kernel table of the sparsekit ops")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--chain", type=int, default=1)
+    ap.add_argument("--net", default="mobilenet_v1", choices=sorted(NETS))
     ap.add_argument("--only", default=None, help="comma-separated indices into the layer list")
     ap.add_argument("--json", default=None)
     a = ap.parse_args()
@@ -135,7 +141,7 @@ def main() -> None:
 def _run(a, isa, config) -> None:
     import onnxruntime as ort
 
-    layers = MOBILENET_V1
+    layers = NETS[a.net]
     if a.only:
         layers = [layers[int(i)] for i in a.only.split(",")]
     print(f"isa {isa}, {a.threads} thread(s), 1x4 at {a.sparsity}, chain {a.chain}, "
@@ -153,7 +159,7 @@ def _run(a, isa, config) -> None:
                               (blocked_model(K, H, W, convs), True)):
             so = sessions.session_options(a.threads, config, custom_ops=custom)
             so.enable_profiling = True
-            so.profile_file_prefix = os.path.join(tempfile.gettempdir(), "sk_pw_prof")
+            so.profile_file_prefix = os.path.join(tempfile.gettempdir(), f"sk_pw_prof{len(sess)}")
             sess.append(ort.InferenceSession(model.SerializeToString(), so,
                                              providers=["CPUExecutionProvider"]))
         feeds = {"x": rng.standard_normal((1, K, H, W)).astype(np.float32)}

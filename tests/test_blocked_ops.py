@@ -5,6 +5,7 @@ declared shapes, refused at session creation (or, with shapes unknown there, at 
 from __future__ import annotations
 
 import numpy as np
+import onnxruntime as ort
 import pytest
 from onnx import helper, numpy_helper
 
@@ -209,6 +210,7 @@ PW_CHAINS = {
     "8-16-8-7x7": (1, 8, 7, 7, 16, 8, 1, 0.5),
     "13-20-13-9x11-s2": (2, 13, 9, 11, 20, 13, 2, 0.7),
     "3-5-6-5x5-dense": (1, 3, 5, 5, 5, 6, 1, 0.0),
+    "32-16-16-20x20-80pct-kept": (1, 32, 20, 20, 16, 16, 1, 0.2),
     "33-67-33-14x14": (1, 33, 14, 14, 67, 33, 1, 0.9),
     "17-12-9-1x1": (1, 17, 1, 1, 12, 9, 1, 0.6),
     "32-64-64-28x28-s2": (1, 32, 28, 28, 64, 64, 2, 0.9),
@@ -281,14 +283,16 @@ def test_blocked_pointwise_chain_matches_stock(isa, case, act, threads):
     assert_close(y, run_stock(dense, feeds), 9 * (C + M1))
 
 
+# 1x4 sparsity 0.5: the 1x4 kernel; 0.0 and 0.2 (at least 75% of the blocks kept): the dense one
+@pytest.mark.parametrize("sp", [0.5, 0.2, 0.0])
 @pytest.mark.parametrize("after", [False, True])
-def test_blocked_sparse_conv_lanes_and_residual(isa, after):
+def test_blocked_sparse_conv_lanes_and_residual(isa, after, sp):
     """The blocked output itself: numpy's NCHWc8 of the NCHW op's result on the same weights,
     lanes past M equal to act(0) (+ the residual's lanes past M), residual before or after the
     activation."""
     rng = np.random.default_rng(3 + after)
     N, C, M, H, W = 2, 11, 13, 5, 7
-    w = sparse_1x4(rng, M, C, 0.5)
+    w = sparse_1x4(rng, M, C, sp)
     b = rng.standard_normal(M).astype(np.float32)
     x = rng.standard_normal((N, C, H, W)).astype(np.float32)
     r = rng.standard_normal((N, 2, H, W, 8)).astype(np.float32)
@@ -385,7 +389,8 @@ def test_blocked_sparse_conv_run_shapes(isa, shape):
 # ---- SparseConv from NCHW into blocks (input_layout = "NCHW", layout = "NCHWc8") -------------
 # (N, C, H, W, M, k, stride, pads, dilation, 1x4 sparsity): a network's stem (3 -> 32 3x3 s2),
 # odd channel counts and planes, 1x1 with stride, dilation, 7x7, large planes (several pixel
-# tiles), dense and very sparse weights.
+# tiles), dense and very sparse weights (at least 75% of the 1x4 blocks kept: the op's dense
+# kernel; fewer: the 1x4 one).
 HEAD_CASES = {
     "stem-3-32-s2": (1, 3, 32, 32, 32, 3, 2, (1, 1, 1, 1), 1, 0.0),
     "stem-tf-pads": (2, 3, 17, 18, 16, 3, 2, (0, 0, 1, 1), 1, 0.0),
@@ -400,6 +405,8 @@ HEAD_CASES = {
     "stem-s2-phases-odd": (2, 3, 270, 61, 20, 3, 2, (1, 1, 1, 1), 1, 0.0),
     "3x3-s1-phases-odd": (1, 5, 41, 29, 12, 3, 1, (1, 1, 1, 1), 1, 0.5),
     "3x3-all-zero": (1, 4, 6, 6, 8, 3, 1, (1, 1, 1, 1), 1, 1.0),
+    "stem-s2-phases-80pct-kept": (1, 3, 64, 50, 40, 3, 2, (1, 1, 1, 1), 1, 0.2),
+    "3x3-im2col-80pct-kept": (2, 7, 11, 9, 24, 3, 1, (1, 1, 1, 1), 1, 0.2),
 }
 
 
@@ -439,14 +446,53 @@ def test_nchw_to_blocked_sparse_conv_matches_stock(isa, case, act, threads):
     assert not lanes[:, M:].any()  # act(0): rows past M have no weights and bias 0
 
 
+@pytest.mark.parametrize("pruned,dense", [(0, True), (27, True), (28, False), (54, False)])
+@pytest.mark.parametrize("input_layout", ["NCHW", "NCHWc8"])
+def test_blocked_sparse_conv_dense_kernel_from_three_quarters_kept(isa, pruned, dense, input_layout,
+                                                                   capfd):
+    """The op runs its dense kernel when at least 75% of the 1x4 blocks (over the reduction
+    rows its weights read) are kept, the 1x4 kernel below; both equal to stock onnxruntime."""
+    M, K = 16, 27  # 4 groups x 27 reduction rows = 108 blocks; 27 pruned leave exactly 75%
+    k1 = 1 if input_layout == "NCHW" else 0
+    C = K if input_layout == "NCHWc8" else 3
+    w = np.random.default_rng(5).standard_normal((M, K)).astype(np.float32) + 3.0
+    for j in range(pruned):  # group j % 4, reduction row j % 27: every row stays read
+        w[4 * (j % 4):4 * (j % 4) + 4, j % K] = 0.0
+    w = w.reshape(M, C, 1 + 2 * k1, 1 + 2 * k1)
+    geo = dict(strides=(2, 2), pads=(1, 1, 1, 1), input_layout="NCHW") if k1 else {}
+    node, inits = make_sparse_conv_node("c", "X", "Yb", w, layout="NCHWc8", **geo)
+    back, _ = make_reorder_node("to_nchw", "Yb", "Y", "NCHW", channels=M)
+    H = 30
+    xshape = [1, C, H, H] if k1 else [1, -(-C // 8), H, H, 8]
+    model = make_model([node, back], [vinfo("X", xshape)], [vinfo("Y", None)], inits)
+    so = ort.SessionOptions()
+    so.register_custom_ops_library(sparsekit.get_library_path())
+    so.log_severity_level = 0
+    capfd.readouterr()
+    sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    log = capfd.readouterr().err
+    assert ("dense (27 taps) path" in log) == dense, log[-500:]
+    x = np.random.default_rng(6).standard_normal((1, C, H, H)).astype(np.float32)
+    feed = x if k1 else np.pad(x, ((0, 0), (0, 5), (0, 0), (0, 0))).reshape(
+        1, 4, 8, H, H).transpose(0, 1, 3, 4, 2)
+    conv = helper.make_node("Conv", ["X", "W"], ["Y"], kernel_shape=list(w.shape[2:]),
+                            **({"strides": [2, 2], "pads": [1, 1, 1, 1]} if k1 else {}))
+    ref = make_model([conv], [vinfo("X", [1, C, H, H])], [vinfo("Y", None)],
+                     [numpy_helper.from_array(w, "W")], sparse=False)
+    assert_close(sess.run(None, {"X": np.ascontiguousarray(feed)})[0],
+                 run_stock(ref, {"X": x}), K)
+
+
+@pytest.mark.parametrize("sp", [0.0, 0.5])  # the dense kernel, the 1x4 one
 @pytest.mark.parametrize("H,W,s", [(9, 9, 1), (41, 29, 1), (70, 61, 2)])
-def test_nchw_to_blocked_sparse_conv_residual(isa, H, W, s):
+def test_nchw_to_blocked_sparse_conv_residual(isa, H, W, s, sp):
     """The residual is blocked like Y, added before or after the activation (im2col path, and
     the phase-plane path from 24-wide output rows)."""
     rng = np.random.default_rng(11)
     N, C, M = 1, 6, 12
     OH, OW = (H - 1) // s + 1, (W - 1) // s + 1
     w = rng.standard_normal((M, C, 3, 3)).astype(np.float32)
+    w *= np.repeat(rng.random((M // 4, C * 9)) >= sp, 4, axis=0).reshape(M, C, 3, 3)
     r = rng.standard_normal((N, 2, OH, OW, 8)).astype(np.float32)
     x = rng.standard_normal((N, C, H, W)).astype(np.float32)
     rn = np.ascontiguousarray(r.transpose(0, 1, 4, 2, 3).reshape(N, 16, OH, OW)[:, :M])

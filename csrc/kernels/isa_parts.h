@@ -64,6 +64,17 @@ void spmm_panel_c8_16x4_neon(size_t n, const SpMat& w, int g_begin, int g_end,
                              const float* panel, float* y, ptrdiff_t y_bstride,
                              const Epilogue& ep);
 
+// A dense conv into channel blocks (kernels.h DenseBlockedFn), named by register tile (pixels
+// x output channels) and ISA; the reference is plain loops.
+void dense_c8_ref(size_t n, const DenseMat& w, const float* x, int x_pstride, float* y,
+                  ptrdiff_t y_bstride, const Epilogue& ep);
+void dense_c8_6x16_avx2(size_t n, const DenseMat& w, const float* x, int x_pstride, float* y,
+                        ptrdiff_t y_bstride, const Epilogue& ep);
+void dense_c8_12x32_avx512(size_t n, const DenseMat& w, const float* x, int x_pstride, float* y,
+                           ptrdiff_t y_bstride, const Epilogue& ep);
+void dense_c8_4x16_neon(size_t n, const DenseMat& w, const float* x, int x_pstride, float* y,
+                        ptrdiff_t y_bstride, const Epilogue& ep);
+
 void spmv_bank_ref(const BankMat& w, int g_begin, int g_end, const float* x, const float* init,
                    float* y);
 void spmv_bank_avx2(const BankMat& w, int g_begin, int g_end, const float* x, const float* init,

@@ -125,6 +125,24 @@ using SpmmPanelBlockedFn = void (*)(size_t n, const SpMat& w, int g_begin, int g
                                     const float* panel, float* y, ptrdiff_t y_bstride,
                                     const Epilogue& ep);
 
+// A dense conv into channel blocks (SparseConv with an NCHWc8 output whose 1x4 blocks are all
+// or nearly all kept: the stems, the dense 1x1 "bridges"), vectorised over output channels
+// instead of pixels, so neither X nor Y is transposed.  values is [taps][m16] (a tap's output
+// channels contiguous, zero past rows; m16 = rows rounded up to 16), tap t of pixel p reads
+// x[x_offset[t] + p * x_pstride] (x_pstride 1: panel rows or phase planes; 8: an NCHWc8 X).
+// For pixels p in [0, n) and every block b < ceil(rows/8), lane l < 8:
+//   y[b*y_bstride + p*8 + l] = epilogue( sum_t values[t*m16 + 8b + l] * x[x_offset[t] + p*x_pstride] )
+// ep.bias: null or m16 floats (zero past rows); ep.residual blocked like Y.  The SIMD kernels
+// take x_pstride 1 or 8 only; the reference any.
+struct DenseMat {
+  int rows = 0;
+  int taps = 0;
+  const int32_t* x_offset = nullptr;  // [taps]
+  const float* values = nullptr;      // [taps][m16]
+};
+constexpr int dense_m16(int rows) { return (rows + 15) / 16 * 16; }
+using DenseBlockedFn = void (*)(size_t n, const DenseMat& w, const float* x, int x_pstride,
+                                float* y, ptrdiff_t y_bstride, const Epilogue& ep);
 // Bank-balanced matrix-vector product, the 1-row case (LSTM recurrence, decoding).
 // Rows are interleaved in groups of L = KernelTable::spmv_lanes: lane l of group g is row
 // g*L + l.  Every row keeps `keep` entries in each of the `nbanks` banks of `bank_size`
@@ -238,6 +256,7 @@ struct KernelTable {
   FromBlockedFn from_blocked;    // one channel block -> NCHW planes
   SpmmBlockedFn spmm_b4_blocked; // 1x4 SpMM on channel blocks (SparseConv layout NCHWc8)
   SpmmPanelBlockedFn spmm_b4_panel_blocked;  // from a filled panel to channel blocks
+  DenseBlockedFn dense_blocked;  // a dense conv into channel blocks, no transposes
 };
 
 // Every name, size and function of `t` set.
@@ -248,7 +267,8 @@ constexpr bool table_complete(const KernelTable& t) {
          t.b1_tile_pixels > 0 && t.predict_quantize != nullptr && t.predict != nullptr &&
          t.predict_units != nullptr && t.predict_exact != nullptr &&
          t.dwconv_blocked != nullptr && t.to_blocked != nullptr && t.from_blocked != nullptr &&
-         t.spmm_b4_blocked != nullptr && t.spmm_b4_panel_blocked != nullptr;
+         t.spmm_b4_blocked != nullptr && t.spmm_b4_panel_blocked != nullptr &&
+         t.dense_blocked != nullptr;
 }
 
 // Per-ISA tables; null when that ISA was not compiled in or the CPU lacks it.

@@ -68,6 +68,7 @@ constexpr KernelTable make_table() {
   t.from_blocked = from_blocked_avx2;
   t.spmm_b4_blocked = spmm_c8_24x4_avx2;
   t.spmm_b4_panel_blocked = spmm_panel_c8_24x4_avx2;
+  t.dense_blocked = dense_c8_6x16_avx2;
   return t;
 }
 

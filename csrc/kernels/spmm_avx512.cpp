@@ -72,6 +72,7 @@ constexpr KernelTable make_table(bool vnni) {
   t.from_blocked = from_blocked_avx2;
   t.spmm_b4_blocked = spmm_c8_48x4_avx512;
   t.spmm_b4_panel_blocked = spmm_panel_c8_48x4_avx512;
+  t.dense_blocked = dense_c8_12x32_avx512;
   return t;
 }
 

@@ -83,6 +83,7 @@ constexpr KernelTable make_table() {
   t.from_blocked = from_blocked_ref;
   t.spmm_b4_blocked = spmm_c8_ref;
   t.spmm_b4_panel_blocked = spmm_panel_c8_ref;
+  t.dense_blocked = dense_c8_ref;
   return t;
 }
 

@@ -69,6 +69,17 @@ class SparseConvKernel {
   int64_t out_T_ = 0;           // panel row stride: panel_.T rounded up to 8
   void init_blocked_out(const Api& api, const OrtKernelInfo* info);
   void compute_blocked_out(OrtKernelContext* ctx) const;
+  // Either blocked path with (nearly) every 1x4 block kept (the stems, the dense 1x1 bridges):
+  // the weights unpacked over the panel's rows and run through KernelTable::dense_blocked,
+  // which vectorises over output channels and transposes nothing.
+  bool dense_ = false;
+  AVec<float> dense_w_;         // [panel_.rows.size()][m16], zero where a block was pruned
+  AVec<float> dense_bias_;      // [m16], zero past M (empty when no bias)
+  AVec<int32_t> dense_xoff_;    // blocked_out_'s im2col path: panel row u at u * out_T_
+  void init_dense();
+  sk::DenseMat dense_mat(const int32_t* x_offset) const;  // x_offset: one per panel row
+  void run_dense_blocked(OrtKernelContext* ctx, const float* x, float* y, const float* res,
+                         int64_t N, int64_t P) const;
 };
 
 class SparseGemmKernel {

@@ -701,6 +701,115 @@ void spmm_blocked_suite(const KernelTable& t) {
   check_spmm_blocked(t, make_sparse(4, 64, 32, 0.9, 0), 500, kEpis[4], 240, true, "K32");
 }
 
+// ---------------------------------------------------- dense conv into channel blocks --
+// dense_blocked on random dense weights [taps][m16] (zero past rows): X is a buffer read at
+// x_offset[t] + p * xps (xps 1: panel rows, random gaps between them; 8: an NCHWc8 tensor,
+// taps = its channels), Y blocks with guard gaps; every lane of every block for p < n is
+// written (lanes past rows: epilogue of 0) and nothing else.  Optionally two pixel ranges
+// (the op's splits).
+void check_dense_blocked(const KernelTable& t, int rows, int taps, int n, int xps,
+                         const EpiCase& e, bool split) {
+  constexpr int L = sk::kChannelBlock;
+  const int mb = (rows + L - 1) / L, m16 = sk::dense_m16(rows);
+  std::vector<int32_t> xoff(static_cast<size_t>(taps));
+  size_t xlen = 0;
+  const ptrdiff_t xbs = static_cast<ptrdiff_t>(n) * L + 3;  // blocked X: gaps between blocks
+  for (int k = 0; k < taps; ++k) {
+    if (xps == L) {
+      xoff[k] = static_cast<int32_t>((k / L) * xbs + k % L);
+    } else {  // panel rows of n floats, in shuffled order with gaps
+      xoff[k] = static_cast<int32_t>(((k * 7) % taps) * (n + 5) + randint(0, 4));
+    }
+    xlen = std::max(xlen, static_cast<size_t>(xoff[k]) + static_cast<size_t>(n) * xps);
+  }
+  Buf x(xlen), wv(static_cast<size_t>(taps) * m16), bias(static_cast<size_t>(m16));
+  const ptrdiff_t ybs = static_cast<ptrdiff_t>(n) * L + 5, rbs = static_cast<ptrdiff_t>(n) * L + 2;
+  Buf y(static_cast<size_t>(mb) * ybs + 9), res(static_cast<size_t>(mb) * rbs);
+  for (size_t i = 0; i < x.n; ++i) x[i] = randf();
+  for (int k = 0; k < taps; ++k)
+    for (int r = 0; r < m16; ++r) wv[static_cast<size_t>(k) * m16 + r] = r < rows ? randf() : 0.0f;
+  for (int r = 0; r < m16; ++r) bias[r] = r < rows ? randf() : 0.0f;
+  for (size_t i = 0; i < res.n; ++i) res[i] = randf();
+  for (size_t i = 0; i < y.n; ++i) y[i] = kGuard;
+  sk::DenseMat w;
+  w.rows = rows;
+  w.taps = taps;
+  w.x_offset = xoff.data();
+  w.values = wv.data();
+  Epilogue ep;
+  ep.bias = e.bias ? bias.data() : nullptr;
+  ep.residual = e.residual ? res.data() : nullptr;
+  ep.residual_stride = rbs;
+  ep.residual_after_act = e.after;
+  ep.lo = e.lo;
+  ep.hi = e.hi;
+  const int pm = split && n > 1 ? randint(1, n - 1) : n;
+  const int pr[3] = {0, pm, n};
+  for (int pi = 0; pi < 2; ++pi) {
+    if (pr[pi + 1] <= pr[pi]) continue;
+    Epilogue e2 = ep;
+    if (e2.residual) e2.residual += static_cast<ptrdiff_t>(pr[pi]) * L;
+    t.dense_blocked(static_cast<size_t>(pr[pi + 1] - pr[pi]), w,
+                    x.data() + static_cast<ptrdiff_t>(pr[pi]) * xps, xps,
+                    y.data() + static_cast<ptrdiff_t>(pr[pi]) * L, ybs, e2);
+  }
+  int bad = 0;
+  char where[200] = "";
+  for (size_t i = 0; i < y.n; ++i) {
+    const ptrdiff_t blk = static_cast<ptrdiff_t>(i) / ybs, off = static_cast<ptrdiff_t>(i) % ybs;
+    const float got = y[i];
+    if (blk >= mb || off >= static_cast<ptrdiff_t>(n) * L) {
+      if (std::memcmp(&got, &kGuard, sizeof got) != 0 && !bad++)
+        std::snprintf(where, sizeof where, "guard overwritten at %zu", i);
+      continue;
+    }
+    const int r = static_cast<int>(blk) * L + static_cast<int>(off % L);
+    const int p = static_cast<int>(off / L);
+    double acc = 0.0, scale = 0.0;
+    for (int k = 0; k < taps; ++k) {
+      const double term = static_cast<double>(wv[static_cast<size_t>(k) * m16 + r]) *
+                          x[xoff[k] + static_cast<ptrdiff_t>(p) * xps];
+      acc += term;
+      scale += std::fabs(term);
+    }
+    if (e.bias) {
+      acc += bias[r];
+      scale += std::fabs(bias[r]);
+    }
+    const double rv = e.residual ? res[blk * rbs + off] : 0.0;
+    if (e.residual && !e.after) acc += rv;
+    double want = clampf(acc, e.lo, e.hi);
+    if (e.residual && e.after) want += rv;
+    scale += std::fabs(rv) + std::fabs(want);
+    if (!(std::fabs(got - want) <= 1e-5 * scale + 1e-30) && !bad++)
+      std::snprintf(where, sizeof where, "row %d px %d: got %.9g want %.9g", r, p, got, want);
+  }
+  char msg[300];
+  std::snprintf(msg, sizeof msg, "%s dense_blocked n=%d rows=%d taps=%d xps=%d epi=%s%s: %s",
+                t.name, n, rows, taps, xps, e.name, split ? " split" : "", bad ? where : "ok");
+  record(bad == 0, msg);
+}
+
+void dense_blocked_suite(const KernelTable& t) {
+  int ei = 0;
+  // every pixel count 1..40 (all pixel tails of every tile), rows across 1..3 register tiles
+  for (int n = 1; n <= 40; ++n)
+    for (int xps : {1, 8}) {
+      const int rows = randint(1, 72);
+      const int taps = xps == 8 ? randint(1, 40) : randint(1, 60);
+      check_dense_blocked(t, rows, taps, n, xps, kEpis[ei++ % kNumEpis], n % 3 == 0);
+    }
+  // every epilogue x every row count whose last block or vector is partial
+  for (int e = 0; e < kNumEpis; ++e)
+    for (int rows : {1, 4, 8, 9, 16, 17, 24, 31, 32, 33, 48, 64})
+      check_dense_blocked(t, rows, randint(1, 30), 13 + 2 * e, e % 2 ? 8 : 1, kEpis[e],
+                          rows % 3 == 0);
+  // the stem's and the bridge's shapes
+  check_dense_blocked(t, 32, 27, 112, 1, kEpis[4], false);
+  check_dense_blocked(t, 16, 32, 196, 8, kEpis[2], true);
+}
+
+
 // ------------------------------------------------------------------- bank-balanced SpMV --
 // A random bank-balanced [rows, K] matrix in the interleaved BankMat layout of table t (its
 // spmv_lanes), with ragged last banks and padding lanes, against a double reference.
@@ -1335,6 +1444,7 @@ int main(int argc, char** argv) {
     dw_blocked_suite(*t);
     reorder_suite(*t);
     spmm_blocked_suite(*t);
+    dense_blocked_suite(*t);
     spmv_suite(*t);
     quantize_suite(*t);
     predict_suite(*t);
