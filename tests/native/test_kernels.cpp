@@ -249,6 +249,10 @@ void spmm_suite(const KernelTable& t) {
     }
     check_spmm(t, make_sparse(B, 12, 1024, 0.9, 0), 49, kEpis[2], false, "K1024");
     check_spmm(t, make_sparse(B, 4, 300, 0.7, 0), 300, kEpis[1], true, "K300");
+    // one pixel (B = 4: its own path), a classifier's shape, empty and dense groups
+    check_spmm(t, make_sparse(B, 1000, 1280, 0.85, 0), 1, kEpis[1], true, "one-pixel");
+    check_spmm(t, make_sparse(B, 17, 30, 0.5, 3), 1, kEpis[9], false, "one-pixel");
+    check_spmm(t, make_sparse(B, 6, 64, 0.0, 0), 1, kEpis[7], true, "one-pixel");
   }
 }
 
