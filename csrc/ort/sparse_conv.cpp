@@ -536,8 +536,9 @@ void SparseConvKernel::compute_blocked(OrtKernelContext* ctx) const {
   ep0.bias = blk_bias_.empty() ? nullptr : blk_bias_.data();
   const int64_t xbs = P * kBL, ybs = P * kBL;  // block strides
   const size_t panel = size_t(kb * kBL * blk_ps_);
-  const int G2 = int(2 * mb);
-  if (dense_) return run_dense_blocked(ctx, x, y, res, N, P);  // half-block groups, the last one possibly empty
+  const int G2 = int(2 * mb);  // half-block groups, the last one possibly empty
+  // the dense kernel's tap offsets are int32 (k/8 blocks of P*8 floats): beyond that, 1x4
+  if (dense_ && kb * xbs <= INT32_MAX) return run_dense_blocked(ctx, x, y, res, N, P);
   // The NCHW op's split: pixels for large images (each item transposes only its own pixels),
   // Y blocks for small ones (each item transposes all of X's few pixels into its own panel).
   if (P > kSmallPixels || P >= 4 * kt_->tile_pixels) {
