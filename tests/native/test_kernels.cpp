@@ -114,6 +114,18 @@ const EpiCase kEpis[] = {
 };
 constexpr int kNumEpis = sizeof(kEpis) / sizeof(kEpis[0]);
 
+// The kernels' Epilogue for EpiCase e: bias and residual (row/block stride rs) from the buffers.
+Epilogue epilogue_of(const EpiCase& e, Buf& bias, Buf& res, ptrdiff_t rs) {
+  Epilogue ep;
+  ep.bias = e.bias ? bias.data() : nullptr;
+  ep.residual = e.residual ? res.data() : nullptr;
+  ep.residual_stride = rs;
+  ep.residual_after_act = e.after;
+  ep.lo = e.lo;
+  ep.hi = e.hi;
+  return ep;
+}
+
 float clampf(double v, float lo, float hi) {
   float f = static_cast<float>(v);
   f = f < lo ? lo : f;
@@ -145,13 +157,7 @@ void check_spmm(const KernelTable& t, const SparseCase& c, int n, const EpiCase&
   w.group_ptr = c.group_ptr.data();
   w.x_offset = xoff.data();
   w.values = c.values.data();
-  Epilogue ep;
-  ep.bias = e.bias ? bias.data() : nullptr;
-  ep.residual = e.residual ? res.data() : nullptr;
-  ep.residual_stride = rs;
-  ep.residual_after_act = e.after;
-  ep.lo = e.lo;
-  ep.hi = e.hi;
+  const Epilogue ep = epilogue_of(e, bias, res, rs);
   sk::SpmmFn fn = c.B == 4 ? t.spmm_b4 : t.spmm_b1;
 
   if (!split) {
@@ -558,6 +564,44 @@ void reorder_suite(const KernelTable& t) {
 }
 
 // ------------------------------------------------------------- channel-blocked 1x4 SpMM --
+// Y as mb channel blocks [n][8] (block stride ybs) against the double reference: dot(r, p)
+// returns output row r's product at pixel p and the sum of its terms' magnitudes; the
+// epilogue as EpiCase e (bias[r], the residual blocked like Y with block stride rbs); every
+// float outside the blocks' n pixels must still hold kGuard.  Returns the number of bad
+// floats, the first described in `where`.
+template <class Dot>
+int check_blocked_out(Buf& y, ptrdiff_t ybs, int mb, int n, const EpiCase& e,
+                      Buf& bias, Buf& res, ptrdiff_t rbs, Dot dot,
+                      char (&where)[200]) {
+  constexpr int L = sk::kChannelBlock;
+  int bad = 0;
+  for (size_t i = 0; i < y.n; ++i) {
+    const ptrdiff_t blk = static_cast<ptrdiff_t>(i) / ybs, off = static_cast<ptrdiff_t>(i) % ybs;
+    const float got = y[i];
+    if (blk >= mb || off >= static_cast<ptrdiff_t>(n) * L) {
+      if (std::memcmp(&got, &kGuard, sizeof got) != 0 && !bad++)
+        std::snprintf(where, sizeof where, "guard overwritten at %zu", i);
+      continue;
+    }
+    const int r = static_cast<int>(blk) * L + static_cast<int>(off % L);
+    const int p = static_cast<int>(off / L);
+    double acc = 0.0, scale = 0.0;
+    dot(r, p, &acc, &scale);
+    if (e.bias) {
+      acc += bias[r];
+      scale += std::fabs(bias[r]);
+    }
+    const double rv = e.residual ? res[blk * rbs + off] : 0.0;
+    if (e.residual && !e.after) acc += rv;
+    double want = clampf(acc, e.lo, e.hi);
+    if (e.residual && e.after) want += rv;
+    scale += std::fabs(rv) + std::fabs(want);
+    if (!(std::fabs(got - want) <= 1e-5 * scale + 1e-30) && !bad++)
+      std::snprintf(where, sizeof where, "row %d px %d: got %.9g want %.9g", r, p, got, want);
+  }
+  return bad;
+}
+
 // spmm_b4_blocked on a random 1x4 matrix: X as ceil(K/8) blocks [n][8] (padding lanes: any
 // finite value, never read), Y as ceil(rows/8) blocks with a guard gap between blocks, the
 // padding rows of the last block (zero weights, zero bias) must come out as epilogue(0) and
@@ -595,13 +639,7 @@ void check_spmm_blocked(const KernelTable& t, const SparseCase& c, int n, const 
   w.group_ptr = c.group_ptr.data();
   w.x_offset = xoff.data();
   w.values = c.values.data();
-  Epilogue ep;
-  ep.bias = e.bias ? bias.data() : nullptr;
-  ep.residual = e.residual ? res.data() : nullptr;
-  ep.residual_stride = rbs;
-  ep.residual_after_act = e.after;
-  ep.lo = e.lo;
-  ep.hi = e.hi;
+  const Epilogue ep = epilogue_of(e, bias, res, rbs);
   const int G2 = 2 * mb;
   if (!split && from_panel) {
     t.spmm_b4_panel_blocked(static_cast<size_t>(n), w, 0, G2, filled.data(), y.data(), ybs, ep);
@@ -630,37 +668,18 @@ void check_spmm_blocked(const KernelTable& t, const SparseCase& c, int n, const 
                           ps);
       }
   }
-  int bad = 0;
   char where[200] = "";
-  for (size_t i = 0; i < y.n; ++i) {
-    const ptrdiff_t blk = static_cast<ptrdiff_t>(i) / ybs, off = static_cast<ptrdiff_t>(i) % ybs;
-    const float got = y[i];
-    if (blk >= mb || off >= static_cast<ptrdiff_t>(n) * L) {
-      if (std::memcmp(&got, &kGuard, sizeof got) != 0 && !bad++)
-        std::snprintf(where, sizeof where, "guard overwritten at %zu", i);
-      continue;
-    }
-    const int r = static_cast<int>(blk) * L + static_cast<int>(off % L);
-    const int p = static_cast<int>(off / L);
-    double acc = 0.0, scale = 0.0;
-    for (int k = 0; k < K && r < rows; ++k) {
-      const double term = static_cast<double>(c.dense[static_cast<size_t>(r) * K + k]) *
-                          x[(k / L) * xbs + static_cast<ptrdiff_t>(p) * L + k % L];
-      acc += term;
-      scale += std::fabs(term);
-    }
-    if (e.bias) {
-      acc += bias[r];
-      scale += std::fabs(bias[r]);
-    }
-    const double rv = e.residual ? res[blk * rbs + off] : 0.0;
-    if (e.residual && !e.after) acc += rv;
-    double want = clampf(acc, e.lo, e.hi);
-    if (e.residual && e.after) want += rv;
-    scale += std::fabs(rv) + std::fabs(want);
-    if (!(std::fabs(got - want) <= 1e-5 * scale + 1e-30) && !bad++)
-      std::snprintf(where, sizeof where, "row %d px %d: got %.9g want %.9g", r, p, got, want);
-  }
+  const int bad = check_blocked_out(
+      y, ybs, mb, n, e, bias, res, rbs,
+      [&](int r, int p, double* acc, double* scale) {
+        for (int k = 0; k < K && r < rows; ++k) {
+          const double term = static_cast<double>(c.dense[static_cast<size_t>(r) * K + k]) *
+                              x[(k / L) * xbs + static_cast<ptrdiff_t>(p) * L + k % L];
+          *acc += term;
+          *scale += std::fabs(term);
+        }
+      },
+      where);
   char msg[512];
   std::snprintf(msg, sizeof msg,
                 "%s %s %s n=%d rows=%d K=%d nnzb=%zu ps=%d epi=%s%s: %s", t.name,
@@ -740,13 +759,7 @@ void check_dense_blocked(const KernelTable& t, int rows, int taps, int n, int xp
   w.taps = taps;
   w.x_offset = xoff.data();
   w.values = wv.data();
-  Epilogue ep;
-  ep.bias = e.bias ? bias.data() : nullptr;
-  ep.residual = e.residual ? res.data() : nullptr;
-  ep.residual_stride = rbs;
-  ep.residual_after_act = e.after;
-  ep.lo = e.lo;
-  ep.hi = e.hi;
+  const Epilogue ep = epilogue_of(e, bias, res, rbs);
   const int pm = split && n > 1 ? randint(1, n - 1) : n;
   const int pr[3] = {0, pm, n};
   for (int pi = 0; pi < 2; ++pi) {
@@ -757,37 +770,18 @@ void check_dense_blocked(const KernelTable& t, int rows, int taps, int n, int xp
                     x.data() + static_cast<ptrdiff_t>(pr[pi]) * xps, xps,
                     y.data() + static_cast<ptrdiff_t>(pr[pi]) * L, ybs, e2);
   }
-  int bad = 0;
   char where[200] = "";
-  for (size_t i = 0; i < y.n; ++i) {
-    const ptrdiff_t blk = static_cast<ptrdiff_t>(i) / ybs, off = static_cast<ptrdiff_t>(i) % ybs;
-    const float got = y[i];
-    if (blk >= mb || off >= static_cast<ptrdiff_t>(n) * L) {
-      if (std::memcmp(&got, &kGuard, sizeof got) != 0 && !bad++)
-        std::snprintf(where, sizeof where, "guard overwritten at %zu", i);
-      continue;
-    }
-    const int r = static_cast<int>(blk) * L + static_cast<int>(off % L);
-    const int p = static_cast<int>(off / L);
-    double acc = 0.0, scale = 0.0;
-    for (int k = 0; k < taps; ++k) {
-      const double term = static_cast<double>(wv[static_cast<size_t>(k) * m16 + r]) *
-                          x[xoff[k] + static_cast<ptrdiff_t>(p) * xps];
-      acc += term;
-      scale += std::fabs(term);
-    }
-    if (e.bias) {
-      acc += bias[r];
-      scale += std::fabs(bias[r]);
-    }
-    const double rv = e.residual ? res[blk * rbs + off] : 0.0;
-    if (e.residual && !e.after) acc += rv;
-    double want = clampf(acc, e.lo, e.hi);
-    if (e.residual && e.after) want += rv;
-    scale += std::fabs(rv) + std::fabs(want);
-    if (!(std::fabs(got - want) <= 1e-5 * scale + 1e-30) && !bad++)
-      std::snprintf(where, sizeof where, "row %d px %d: got %.9g want %.9g", r, p, got, want);
-  }
+  const int bad = check_blocked_out(
+      y, ybs, mb, n, e, bias, res, rbs,
+      [&](int r, int p, double* acc, double* scale) {
+        for (int k = 0; k < taps; ++k) {
+          const double term = static_cast<double>(wv[static_cast<size_t>(k) * m16 + r]) *
+                              x[xoff[k] + static_cast<ptrdiff_t>(p) * xps];
+          *acc += term;
+          *scale += std::fabs(term);
+        }
+      },
+      where);
   char msg[300];
   std::snprintf(msg, sizeof msg, "%s dense_blocked n=%d rows=%d taps=%d xps=%d epi=%s%s: %s",
                 t.name, n, rows, taps, xps, e.name, split ? " split" : "", bad ? where : "ok");
