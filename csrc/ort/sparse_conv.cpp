@@ -637,7 +637,6 @@ void SparseConvKernel::compute_blocked_out(OrtKernelContext* ctx) const {
   });
 }
 
-
 // ---- dense weights into channel blocks ------------------------------------------------------
 // At this share of kept 1x4 blocks (over the reduction rows the weights read) the dense kernel,
 // which does every multiply but transposes nothing, beats the 1x4 one: MobileNetV2's
@@ -663,8 +662,10 @@ void SparseConvKernel::init_dense() {
     dense_bias_.assign(size_t(m16), 0.0f);
     std::copy(bias_.begin(), bias_.end(), dense_bias_.begin());
   }
-  dense_xoff_.resize(size_t(R));
-  for (int64_t u = 0; u < R; ++u) dense_xoff_[size_t(u)] = int32_t(u * out_T_);
+  if (blocked_out_) {  // the im2col path's panel rows (init_blocked_out checked R * out_T_)
+    dense_xoff_.resize(size_t(R));
+    for (int64_t u = 0; u < R; ++u) dense_xoff_[size_t(u)] = int32_t(u * out_T_);
+  }
 }
 
 sk::DenseMat SparseConvKernel::dense_mat(const int32_t* x_offset) const {
