@@ -48,6 +48,10 @@ struct Spmm {
   // small chunks lose to branch mispredictions (a group's block count changes every tile) and
   // to many short store streams.
   static constexpr size_t kChunk = 960;
+  // Up to this many pixels after the last vector run through one_pixel_b4 (one multiply-add per
+  // block and pixel) instead of a masked vector tile (four, mostly on empty lanes): a 7x7 plane
+  // is three 16-pixel vectors and one pixel, and that pixel cost as much as 16.
+  static constexpr size_t kOnePixelTail = 3;
   static_assert(kChunk % (V::kNV4 * kL) == 0 && kChunk % (V::kNV1 * kL) == 0,
                 "chunks hold whole tiles");
 
@@ -231,10 +235,19 @@ struct Spmm {
         }
         rest<B4, NVM - 1>(a, p, pe, j0, j1, r0, nr);
         if (p < pe) {
-          if constexpr (B4)
-            tile_b4<1, true>(a, p, j0, j1, r0, nr, V::tail(pe - p));
-          else
+          if constexpr (B4) {
+            if (pe - p <= kOnePixelTail) {  // 49 = 48 + 1: one pixel costs a whole tile
+              for (; p < pe; ++p) {
+                Epilogue e1 = ep;
+                if (e1.residual) e1.residual += p;
+                one_pixel_b4(w, g, g + 1, x + p, y + p, y_stride, e1);
+              }
+            } else {
+              tile_b4<1, true>(a, p, j0, j1, r0, nr, V::tail(pe - p));
+            }
+          } else {
             tile_b1<1, true>(a, p, j0, j1, r0, nr, V::tail(pe - p));
+          }
         }
       }
     }

@@ -278,6 +278,53 @@ struct SpmmBlocked {
     }
   }
 
+  // One pixel q of groups a and b (b null: a alone, 4 lanes) from the panel: a group's 4 rows
+  // as one 4-float vector (GCC's vector extension), one multiply-add per block, four sums in
+  // turn; for the last pixels of a chunk, where a vector tile would be mostly empty lanes.
+  static void one_pixel(const float* panel, const SpMat& w, const Group& a, const Group* b,
+                        size_t q, const Epilogue& ep) {
+    typedef float F4 __attribute__((vector_size(16)));
+    const auto load4 = [](const float* p) {
+      F4 v;
+      __builtin_memcpy(&v, p, sizeof v);
+      return v;
+    };
+    const auto sum = [&](const Group& g) {
+      F4 s[4] = {};
+      int32_t j = g.j0;
+      for (; j + 4 <= g.j1; j += 4) {
+        _Pragma("GCC unroll 4") for (int u = 0; u < 4; ++u)
+          s[u] += load4(w.values + 4 * static_cast<size_t>(j + u)) * panel[w.x_offset[j + u] + q];
+      }
+      for (; j < g.j1; ++j) s[0] += load4(w.values + 4 * static_cast<size_t>(j)) * panel[w.x_offset[j] + q];
+      F4 acc = (s[0] + s[1]) + (s[2] + s[3]);
+      if (g.bias4) acc += load4(g.bias4);
+      return acc;
+    };
+    float line[8];
+    const int lanes = b ? 8 : 4;
+    const F4 sa = sum(a);
+    __builtin_memcpy(line, &sa, sizeof sa);
+    if (b) {
+      const F4 sb = sum(*b);
+      __builtin_memcpy(line + 4, &sb, sizeof sb);
+    }
+    const float* res = a.res ? a.res + q * kL : nullptr;
+    for (int l = 0; l < lanes; ++l) {
+      float v = line[l];
+      const float r = res ? res[l] : 0.0f;
+      if (!ep.residual_after_act) v += r;
+      v = v < ep.lo ? ep.lo : v;  // a NaN stays NaN
+      v = v > ep.hi ? ep.hi : v;
+      if (ep.residual_after_act) v += r;
+      a.y[q * kL + l] = v;
+    }
+  }
+
+  // Up to this many pixels after the last 8-pixel vector go through one_pixel: a 7x7 plane is
+  // 48 + 1 pixels, and that one pixel cost as much as 16 (a whole 8-pixel tile per group pair).
+  static constexpr size_t kOnePixelTail = 3;
+
   // The tiles narrower than kMaxNV vectors, widest first: after the full tiles fewer than
   // kMaxNV vectors remain, so each width runs at most once.  f(integral_constant<NV>, p).
   template <int NV, class F>
@@ -309,7 +356,10 @@ struct SpmmBlocked {
         rest<NVM - 1>(p, cw, [&](auto nv, size_t at) {
           tile_pair<decltype(nv)::value, false>(panel, w, a, b, at, ep, 8);
         });
-        if (p < cw) tile_pair<1, true>(panel, w, a, b, p, ep, static_cast<int>(cw - p));
+        if (cw - p > kOnePixelTail)
+          tile_pair<1, true>(panel, w, a, b, p, ep, static_cast<int>(cw - p));
+        else
+          for (; p < cw; ++p) one_pixel(panel, w, a, &b, p, ep);
         g += 2;
         continue;
       }
@@ -322,7 +372,10 @@ struct SpmmBlocked {
       };
       for (; p + 8 * NVM <= cw; p += 8 * NVM) one(std::integral_constant<int, NVM>{}, p, 8);
       rest<NVM - 1>(p, cw, [&](auto nv, size_t at) { one(nv, at, 8); });
-      if (p < cw) one(std::integral_constant<int, 1>{}, p, static_cast<int>(cw - p));
+      if (cw - p > kOnePixelTail)
+        one(std::integral_constant<int, 1>{}, p, static_cast<int>(cw - p));
+      else
+        for (; p < cw; ++p) one_pixel(panel, w, a, nullptr, p, ep);
       g += 1;
     }
   }

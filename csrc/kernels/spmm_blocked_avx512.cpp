@@ -5,6 +5,7 @@
 // K < 256 and at parity above.
 // GCC 12 warns about its own _mm512_undefined_ps inside the intrinsics (as in spmm_avx512.cpp).
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
 #include "kernels/x86_intrinsics.h"
 
 #include "kernels/isa_parts.h"
