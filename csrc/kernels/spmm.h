@@ -33,6 +33,7 @@
 
 #include <cstddef>
 
+#include "kernels/group_sum4.h"
 #include "kernels/kernels.h"
 
 namespace sk {
@@ -176,28 +177,13 @@ struct Spmm {
     }
   }
 
-  // B = 4 at one pixel (a classifier after pooling at batch 1, a 1x1 plane): a pixel tile
-  // would use one lane of each vector, 4 masked FMAs per block.  Here a group's 4 rows are one
-  // 4-float vector (GCC's vector extension: an xmm or q register on every ISA) and a block is
-  // one multiply-add of its 4 weights by X(k); four sums in turn hide the FMA latency.
+  // B = 4 at one pixel (a classifier after pooling at batch 1, a 1x1 plane, a plane's last
+  // pixels): a pixel tile would use one lane of each vector, 4 masked FMAs per block; here one
+  // multiply-add per block (group_sum4.h).
   static void one_pixel_b4(const SpMat& w, int g_begin, int g_end, const float* x, float* y,
                            ptrdiff_t y_stride, const Epilogue& ep) {
-    typedef float F4 __attribute__((vector_size(16)));
-    const auto load4 = [](const float* p) {
-      F4 v;
-      __builtin_memcpy(&v, p, sizeof v);
-      return v;
-    };
     for (int g = g_begin; g < g_end; ++g) {
-      const int32_t j1 = w.group_ptr[g + 1];
-      int32_t j = w.group_ptr[g];
-      F4 s[4] = {};
-      for (; j + 4 <= j1; j += 4) {
-        _Pragma("GCC unroll 4") for (int u = 0; u < 4; ++u)
-          s[u] += load4(w.values + 4 * static_cast<size_t>(j + u)) * x[w.x_offset[j + u]];
-      }
-      for (; j < j1; ++j) s[0] += load4(w.values + 4 * static_cast<size_t>(j)) * x[w.x_offset[j]];
-      const F4 acc = (s[0] + s[1]) + (s[2] + s[3]);
+      const F4 acc = group_sum4(w.values, w.x_offset, w.group_ptr[g], w.group_ptr[g + 1], x);
       const int r0 = g * 4, nr = w.rows - r0 < 4 ? w.rows - r0 : 4;
       for (int b = 0; b < nr; ++b) {
         const int r = r0 + b;

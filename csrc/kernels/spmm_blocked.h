@@ -39,6 +39,7 @@
 #include <cstddef>
 #include <type_traits>
 
+#include "kernels/group_sum4.h"
 #include "kernels/kernels.h"
 
 namespace sk {
@@ -278,27 +279,14 @@ struct SpmmBlocked {
     }
   }
 
-  // One pixel q of groups a and b (b null: a alone, 4 lanes) from the panel: a group's 4 rows
-  // as one 4-float vector (GCC's vector extension), one multiply-add per block, four sums in
-  // turn; for the last pixels of a chunk, where a vector tile would be mostly empty lanes.
+  // One pixel q of groups a and b (b null: a alone, 4 lanes) from the panel, one multiply-add
+  // per block (group_sum4.h); for the last pixels of a chunk, where a vector tile would be
+  // mostly empty lanes.
   static void one_pixel(const float* panel, const SpMat& w, const Group& a, const Group* b,
                         size_t q, const Epilogue& ep) {
-    typedef float F4 __attribute__((vector_size(16)));
-    const auto load4 = [](const float* p) {
-      F4 v;
-      __builtin_memcpy(&v, p, sizeof v);
-      return v;
-    };
     const auto sum = [&](const Group& g) {
-      F4 s[4] = {};
-      int32_t j = g.j0;
-      for (; j + 4 <= g.j1; j += 4) {
-        _Pragma("GCC unroll 4") for (int u = 0; u < 4; ++u)
-          s[u] += load4(w.values + 4 * static_cast<size_t>(j + u)) * panel[w.x_offset[j + u] + q];
-      }
-      for (; j < g.j1; ++j) s[0] += load4(w.values + 4 * static_cast<size_t>(j)) * panel[w.x_offset[j] + q];
-      F4 acc = (s[0] + s[1]) + (s[2] + s[3]);
-      if (g.bias4) acc += load4(g.bias4);
+      F4 acc = group_sum4(w.values, w.x_offset, g.j0, g.j1, panel + q);
+      if (g.bias4) acc += load_f4(g.bias4);
       return acc;
     };
     float line[8];
