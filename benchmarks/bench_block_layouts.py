@@ -16,7 +16,6 @@ A benchmark, not a test: compare columns of one run.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import tempfile
@@ -102,15 +101,7 @@ def main() -> None:
                 x.run(None, feeds)
     print(f"block {C} -> {E} -> {C} at {H}x{H}, stride {s}, 1x4 at {a.sparsity}; ms per node")
     for lay, x in zip(LAYOUTS, sess):
-        path = x.end_profiling()
-        with open(path) as f:
-            events = json.load(f)
-        os.unlink(path)
-        per = {}
-        for e in events:
-            if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time"):
-                per.setdefault(e["name"][: -len("_kernel_time")], []).append(e["dur"] / 1e3)
-        med = {k: statistics.median(v[5:] or v) for k, v in per.items()}
+        med = {k: statistics.median(v[5:] or v) for k, (_, v) in sessions.node_times(x).items()}
         print(f"{lay:8s} total {sum(med.values()):.4f}  "
               + "  ".join(f"{k} {v:.4f}" for k, v in med.items()))
 

@@ -113,19 +113,8 @@ def blocked_op_model(C, H, W, k, s, pads, w, b, chain=1):
 def node_medians(sess):
     """Median profiler time (ms) of the conv under test: the nodes named c0 / c0_nchwc and its
     Clip (h0, when onnxruntime did not fuse it); reorders and chain followers left out."""
-    path = sess.end_profiling()
-    with open(path) as f:
-        events = json.load(f)
-    os.unlink(path)
-    per_run = {}
-    for e in events:
-        if e.get("cat") != "Node" or not e.get("name", "").endswith("_kernel_time"):
-            continue
-        name = e["name"][: -len("_kernel_time")]
-        if name.split("_")[0] not in ("c0", "h0"):
-            continue
-        per_run.setdefault(name, []).append(e.get("dur", 0) / 1e3)
-    return sum(statistics.median(v[5:] or v) for v in per_run.values())
+    return sum(statistics.median(v[5:] or v) for name, (_, v) in sessions.node_times(sess).items()
+               if name.split("_")[0] in ("c0", "h0"))
 
 
 def main() -> None:

@@ -106,19 +106,8 @@ def blocked_model(K, H, W, convs):
 def node_median(sess, first_out):
     """Median profiler time (ms) of conv c0 (onnxruntime's names: c0, the Relu r0 if not fused,
     or, fused into an NCHWc conv, its output's name + _nchwc); reorders and followers left out."""
-    path = sess.end_profiling()
-    with open(path) as f:
-        events = json.load(f)
-    os.unlink(path)
-    per_node = {}
-    for e in events:
-        if e.get("cat") != "Node" or not e.get("name", "").endswith("_kernel_time"):
-            continue
-        name = e["name"][: -len("_kernel_time")]
-        if name.split("_")[0] not in ("c0", "r0", first_out):
-            continue
-        per_node.setdefault(name, []).append(e.get("dur", 0) / 1e3)
-    return sum(statistics.median(v[5:] or v) for v in per_node.values())
+    return sum(statistics.median(v[5:] or v) for name, (_, v) in sessions.node_times(sess).items()
+               if name.split("_")[0] in ("c0", "r0", first_out))
 
 
 def main() -> None:

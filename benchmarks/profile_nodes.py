@@ -8,8 +8,6 @@ A diagnostic, not a benchmark: profiler times are per node, medians over runs.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import statistics
 
 from sparsekit import bench as B
@@ -26,21 +24,8 @@ def profile(model, feeds, threads, runs, dense):
 def _profile_run(sess, feeds, runs):
     for _ in range(runs):
         sess.run(None, feeds)
-    path = sess.end_profiling()
-    with open(path) as f:
-        events = json.load(f)
-    os.unlink(path)
-    per = {}
-    order = []
-    for e in events:
-        if e.get("cat") != "Node" or not e.get("name", "").endswith("_kernel_time"):
-            continue
-        name = e["name"][: -len("_kernel_time")]
-        if name not in per:
-            per[name] = (e.get("args", {}).get("op_name", "?"), [])
-            order.append(name)
-        per[name][1].append(e.get("dur", 0) / 1e3)
-    return [(n, per[n][0], statistics.median(per[n][1][1:] or per[n][1])) for n in order]
+    return [(n, op, statistics.median(ts[1:] or ts))
+            for n, (op, ts) in sessions.node_times(sess).items()]
 
 
 def main():

@@ -8,7 +8,6 @@ chose, onnxruntime's version, file sizes and peak memory.
 """
 from __future__ import annotations
 
-import json
 import multiprocessing as mp
 import os
 import platform
@@ -24,7 +23,7 @@ from .convert import convert
 from .errors import SparsekitError
 from .io import as_model
 from .prune import prune
-from .sessions import TIMING_CONFIG, graph_inputs, make_inputs, session, time_models
+from .sessions import TIMING_CONFIG, graph_inputs, make_inputs, node_times, session, time_models
 from .timing import Stats, ratio
 from .version import __version__
 
@@ -41,21 +40,12 @@ def top_ops(sess, feeds, runs: int = 5, top: int = 8) -> List[dict]:
     """Run a profiling session and sum node times by op type (ms per run), largest first."""
     for _ in range(runs):
         sess.run(None, feeds)
-    path = sess.end_profiling()
-    try:
-        with open(path) as f:
-            events = json.load(f)
-    finally:
-        os.unlink(path)
     by_op: Dict[str, float] = {}
     count: Dict[str, int] = {}
-    for e in events:
-        if e.get("cat") != "Node" or not e.get("name", "").endswith("_kernel_time"):
-            continue
-        op = e.get("args", {}).get("op_name", "?")
-        by_op[op] = by_op.get(op, 0.0) + e.get("dur", 0) / 1e3 / runs
+    for op, times in node_times(sess).values():
+        by_op[op] = by_op.get(op, 0.0) + sum(times) / runs
         count[op] = count.get(op, 0) + 1
-    rows = [{"op": k, "ms": v, "nodes": count[k] // runs} for k, v in by_op.items()]
+    rows = [{"op": k, "ms": v, "nodes": count[k]} for k, v in by_op.items()]
     rows.sort(key=lambda r: -r["ms"])
     return rows[:top]
 

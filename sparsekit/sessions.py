@@ -14,6 +14,7 @@ does not load it.
 """
 from __future__ import annotations
 
+import json
 import os
 import sys
 import tempfile
@@ -28,7 +29,7 @@ from . import external
 from .errors import SparsekitError
 from .timing import interleaved
 
-__all__ = ["LIBRARY_NAME", "LIBRARY_ENV", "get_library_path", "session_options", "session",
+__all__ = ["LIBRARY_NAME", "LIBRARY_ENV", "get_library_path", "session_options", "session", "node_times",
            "TIMING_CONFIG", "pinned", "graph_inputs", "make_inputs", "parse_shapes",
            "time_models", "time_pair", "LAYER_WARMUP", "LAYER_RUNS"]
 
@@ -117,6 +118,26 @@ def session(model_or_path, threads: Optional[int] = None, config: Optional[dict]
             raise SparsekitError(f"{p}: no such file")
         src = str(p)
     return ort.InferenceSession(src, so, providers=["CPUExecutionProvider"])
+
+
+def node_times(sess) -> Dict[str, Tuple[str, List[float]]]:
+    """End the profiling of ``sess`` (a :func:`session` with ``profile=True``) and read it: per
+    node, in the order they first ran, its op type and each run's time in ms.  The profile file
+    is removed."""
+    path = sess.end_profiling()
+    try:
+        with open(path) as f:
+            events = json.load(f)
+    finally:
+        os.unlink(path)
+    out: Dict[str, Tuple[str, List[float]]] = {}
+    for e in events:
+        if e.get("cat") != "Node" or not e.get("name", "").endswith("_kernel_time"):
+            continue
+        name = e["name"][: -len("_kernel_time")]
+        op = e.get("args", {}).get("op_name", "?")
+        out.setdefault(name, (op, []))[1].append(e.get("dur", 0) / 1e3)
+    return out
 
 
 # ---------------------------------------------------------------------------------------------

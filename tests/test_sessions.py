@@ -48,6 +48,22 @@ def test_factory_registers_the_library_and_matches_numpy():
     assert sparsekit.get_library_path is sessions.get_library_path
 
 
+def test_node_times_reads_and_removes_the_profile():
+    rng = np.random.default_rng(2)
+    _, sparse, _ = _models(rng)
+    sess = sessions.session(sparse, profile=True)
+    for _ in range(3):
+        sess.run(None, {"X": rng.standard_normal((2, 16)).astype(np.float32)})
+    ended = []
+    end = sess.end_profiling
+    sess.end_profiling = lambda: ended.append(end()) or ended[-1]
+    times = sessions.node_times(sess)
+    assert len(ended) == 1 and not os.path.exists(ended[0])
+    assert list(times) == ["fc"]
+    op, runs = times["fc"]
+    assert op == "SparseGemm" and len(runs) == 3 and all(t >= 0 for t in runs)
+
+
 def test_dense_sessions_do_not_load_the_library(tmp_path):
     rng = np.random.default_rng(1)
     dense, sparse, W = _models(rng)

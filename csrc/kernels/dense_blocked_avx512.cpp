@@ -14,14 +14,11 @@ namespace {
 struct Avx512Dense : Zmm {
   static constexpr int kNC = 2, kNP = 12;
   static void store_y(float* y, ptrdiff_t ybs, T v, int nb) {
-    _mm256_storeu_ps(y, _mm512_castps512_ps256(v));
-    if (nb > 1)
-      _mm256_storeu_ps(y + ybs, _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
+    _mm256_storeu_ps(y, low(v));
+    if (nb > 1) _mm256_storeu_ps(y + ybs, high(v));
   }
   static T load_y(const float* y, ptrdiff_t ybs, int nb) {
-    const __m512 lo = _mm512_castps256_ps512(_mm256_loadu_ps(y));
-    const __m256 hi = nb > 1 ? _mm256_loadu_ps(y + ybs) : _mm256_setzero_ps();
-    return _mm512_castpd_ps(_mm512_insertf64x4(_mm512_castps_pd(lo), _mm256_castps_pd(hi), 1));
+    return join(_mm256_loadu_ps(y), nb > 1 ? _mm256_loadu_ps(y + ybs) : _mm256_setzero_ps());
   }
 };
 

@@ -11,6 +11,7 @@
 #include "kernels/dwconv_blocked.h"
 #include "kernels/isa_parts.h"
 #include "kernels/x86_ymm.h"
+#include "kernels/x86_zmm.h"
 
 namespace sk {
 namespace {
@@ -19,23 +20,14 @@ struct Avx512C8 : Ymm {
   static constexpr int kStrip = 12;  // ymm one-block tiles (a last odd block), and 4 x 3 on 7x7
   // Two-block tiles on zmm at every width (dwconv_blocked.h tile_duo), 12 pixels per tile.
   static constexpr int kDuoStrip = 12;
-  struct Duo {
-    using T = __m512;
-    static T join(__m256 lo, __m256 hi) {
-      return _mm512_insertf32x8(_mm512_castps256_ps512(lo), hi, 1);
-    }
+  struct Duo : Zmm {  // block 0 in the low half, block 1 in the high half
     static T join_load(const float* lo, const float* hi) {
       return join(_mm256_loadu_ps(lo), _mm256_loadu_ps(hi));
     }
     static void store2(float* lo, float* hi, T v) {
-      _mm256_storeu_ps(lo, _mm512_castps512_ps256(v));
-      // vextractf64x4: AVX-512F, and in SIMDe (the emulated test build)
-      _mm256_storeu_ps(hi, _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
+      _mm256_storeu_ps(lo, low(v));
+      _mm256_storeu_ps(hi, high(v));
     }
-    static T zero() { return _mm512_setzero_ps(); }
-    static T fma(T a, T b, T c) { return _mm512_fmadd_ps(a, b, c); }
-    static T add(T a, T b) { return _mm512_add_ps(a, b); }
-    static T clamp(T v, T lo, T hi) { return _mm512_min_ps(hi, _mm512_max_ps(lo, v)); }
   };
 };
 

@@ -20,10 +20,8 @@ struct Avx512Spmm : Ymm {
   // 4 rows x 48 pixels: 12 zmm accumulators (split into ymm halves for the epilogue)
   static constexpr int kMaxNV = 6;
   using Wide = Zmm;
-  static T low(__m512 v) { return _mm512_castps512_ps256(v); }
-  static T high(__m512 v) {
-    return _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1));
-  }
+  static T low(__m512 v) { return Zmm::low(v); }
+  static T high(__m512 v) { return Zmm::high(v); }
   // both groups of a Y block live (24 of the 32 zmm), whole lines shuffled in registers
   static constexpr bool kLines = true;
   static void rows_to_lines(__m512 (&r)[8]) { rows8_to_pixel_lines(r); }

@@ -21,6 +21,16 @@ struct Zmm {
   static T fma(T a, T b, T c) { return _mm512_fmadd_ps(a, b, c); }  // a * b + c
   // max(lo, v) / min(hi, v) return v when it is NaN, like the reference.
   static T clamp(T v, T lo, T hi) { return _mm512_min_ps(hi, _mm512_max_ps(lo, v)); }
+  // The two 8-float halves (two channel blocks side by side in the blocked kernels).
+  // vextractf64x4 / vinsertf64x4: AVX-512F, and in SIMDe (the emulated test build).
+  static __m256 low(T v) { return _mm512_castps512_ps256(v); }
+  static __m256 high(T v) {
+    return _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1));
+  }
+  static T join(__m256 lo, __m256 hi) {
+    return _mm512_castpd_ps(
+        _mm512_insertf64x4(_mm512_castps_pd(_mm512_castps256_ps512(lo)), _mm256_castps_pd(hi), 1));
+  }
 };
 
 // 64-bit interleaves of a and b inside each 128-bit lane (pairs of floats)

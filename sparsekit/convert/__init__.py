@@ -38,7 +38,7 @@ from .layout import LAYOUT_CHOICES, apply_layouts, check_layout
 from .plan import (Context, Plan, bridges_depthwise, dense_row, depthwise_output,
                    plan_depthwise, plan_sparse)
 from .recurrent import LSTM_MAX_DENSITY, plan_recurrent
-from .report import ConvertReport, LayerDecision
+from .report import NO_ZEROS, ConvertReport, LayerDecision
 
 __all__ = ["convert", "ConvertReport", "LayerDecision", "choose_format", "CONVERTED_KEY",
            "DEFAULT_MAX_DENSITY", "LSTM_MAX_DENSITY", "LAYOUT_CHOICES"]
@@ -162,16 +162,19 @@ def _plan_layers(ctx: Context, layers, tuner: Optional[AutoTuner], depthwise: bo
             plan_one(layer)
         tick(layer.name)
 
-    sparse_in = {p.layer.node.input[0] for p in plans.values()}
+    def sparse_inputs():   # what the planned sparse ops read
+        return {p.layer.node.input[0] for p in plans.values()}
+
+    sparse_in = sparse_inputs()
     dw_outputs = {depthwise_output(ctx, x) for x in layers
                   if depthwise and x.depthwise and not ctx.filter.why_not(x.name)}
     for layer in layers:   # dense 1x1 convs that join a depthwise conv to the sparse backbone
         row = rows.get(layer.index)
-        if row is not None and row.reason == "no zeros" \
+        if row is not None and row.reason == NO_ZEROS \
                 and bridges_depthwise(ctx, layer, dw_outputs, sparse_in):
             plan_one(layer, bridge=True)
     sparse_out = {p.fusion.output for p in plans.values()}
-    sparse_in = {p.layer.node.input[0] for p in plans.values()}
+    sparse_in = sparse_inputs()   # the bridges now included
     for layer in layers:
         if not layer.depthwise:
             continue

@@ -18,7 +18,7 @@ from ..graph import (Layer, NameFilter, get_attr, infer_shapes, node_names, prod
 from ..predict import NONFINITE_REASON, all_finite
 from ..recipe import recorded_layers
 from .choice import FORMAT_LABEL, FormatChoice, choose_format
-from .report import LayerDecision
+from .report import NO_ZEROS, LayerDecision
 
 __all__ = ["Plan", "Context", "dense_row", "conv_pads", "plan_sparse", "plan_depthwise"]
 
@@ -159,7 +159,7 @@ def plan_sparse(ctx: Context, layer: Layer, bridge: bool = False):
     if choice is None and bridge:
         choice = BRIDGE
     if choice is None:
-        return dense_row(model, layer, p.describe(), "no zeros", W_raw), None
+        return dense_row(model, layer, p.describe(), NO_ZEROS, W_raw), None
     limit = ctx.thresholds[choice.key]
     row = dense_row(model, layer, choice.pattern, "", W_raw)
     if not ctx.autotune and choice.density > limit and choice is not BRIDGE:

@@ -13,7 +13,7 @@ from ..sequence import (RECURRENT_OPS, lstm_layers, lstm_unsupported, make_spars
                         make_sparse_lstm_node)
 from .choice import FormatChoice, choose_format
 from .plan import Context, Plan
-from .report import LayerDecision
+from .report import NO_ZEROS, LayerDecision
 
 __all__ = ["LSTM_MAX_DENSITY", "plan_recurrent"]
 
@@ -129,7 +129,7 @@ def _bank_choices(ctx: Context, node, name: str, parts: Dict[str, LayerDecision]
             picks[part] = choice
     bad = [part for part in ("W", "R") if part not in picks]
     if all(r.pattern == "dense" for r in parts.values()):
-        return None, "no zeros"
+        return None, NO_ZEROS
     if bad:
         return None, (f"{' and '.join(bad)} not bank-balanced ({sparse_op} takes bank-balanced "
                       "W and R)")

@@ -6,6 +6,8 @@ from typing import Dict, List, Optional
 
 from ..predict import PredictedLayer
 
+NO_ZEROS = "no zeros"   # a dense row's reason when the weights have no zeros to pack
+
 __all__ = ["LayerDecision", "ConvertReport"]
 
 
@@ -91,7 +93,7 @@ class ConvertReport:
 
 def _reason_kind(reason: str) -> str:
     """A short group name for a dense row's reason (nothing_converted's summary)."""
-    if reason == "no zeros":
+    if reason == NO_ZEROS:
         return "have no zeros"
     if reason.startswith("density "):
         return "too dense"
