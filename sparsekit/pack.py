@@ -341,9 +341,12 @@ def make_depthwise_node(name: str, x: str, y: str, weight, bias=None, *,
     return node, inits
 
 
-def make_reorder_node(name: str, x: str, y: str, to: str, channels: Optional[int] = None):
+def make_reorder_node(name: str, x: str, y: str, to: str, channels: Optional[int] = None,
+                      pool: Optional[str] = None):
     """A Reorder node: ``to="NCHWc8"`` [N, C, H, W] -> [N, ceil(C/8), H, W, 8] (lanes past C
-    zero), ``to="NCHW"`` back, keeping ``channels`` channels (required there)."""
+    zero), ``to="NCHW"`` back, keeping ``channels`` channels (required there); with
+    ``pool="global_average"`` (to NCHW only) Y is their means over the plane, [N, C, 1, 1]:
+    the Reorder and a GlobalAveragePool after it in one op."""
     if to not in LAYOUTS:
         raise SparsekitError(f"to must be one of {', '.join(LAYOUTS)}, got {to!r}")
     attrs = {"to": to}
@@ -351,4 +354,9 @@ def make_reorder_node(name: str, x: str, y: str, to: str, channels: Optional[int
         attrs["channels"] = int(channels)
     elif to == "NCHW":
         raise SparsekitError("a Reorder to NCHW needs the channel count")
+    if pool is not None:
+        if pool not in ("none", "global_average") or (pool != "none" and to != "NCHW"):
+            raise SparsekitError(f"pool must be 'none', or 'global_average' with to='NCHW', "
+                                 f"got {pool!r} with to={to!r}")
+        attrs["pool"] = pool
     return helper.make_node("Reorder", [x], [y], name=name, domain=DOMAIN, **attrs), []

@@ -104,6 +104,40 @@ def test_reorder_layout_and_roundtrip(isa, C):
     np.testing.assert_array_equal(y, x)
 
 
+@pytest.mark.parametrize("N, C, H, W", [(1, 20, 7, 7), (2, 8, 1, 1), (1, 1280, 7, 7),
+                                         (1, 3, 5, 3), (1, 16, 112, 112), (1, 5, 0, 4)])
+def test_reorder_global_average_pool_equals_stock(N, C, H, W):
+    """pool = "global_average": the Reorder to NCHW and the GlobalAveragePool after it in one op,
+    equal to stock onnxruntime's GlobalAveragePool on the NCHW tensor and to numpy's float64 mean
+    (a 112x112 plane: the float sums stay precise; an empty plane: NaN, as 0/0)."""
+    rng = np.random.default_rng(C * H + W)
+    x = (rng.standard_normal((N, C, H, W)) + 3.0).astype(np.float32)
+    r, _ = make_reorder_node("pool", "Xb", "Y", "NCHW", channels=C, pool="global_average")
+    m = make_model([r], [vinfo("Xb", [N, -(-C // 8), H, W, 8])], [vinfo("Y", None)])
+    y = sparsekit.session(m, threads=2).run(None, {"Xb": blocked(x)})[0]
+    assert y.shape == (N, C, 1, 1)
+    if H * W == 0:
+        assert np.isnan(y).all()
+        return
+    gap = helper.make_node("GlobalAveragePool", ["X"], ["Y"])
+    want = run_stock(make_model([gap], [vinfo("X", [N, C, H, W])], [vinfo("Y", None)]), {"X": x})
+    # stock sums a 112x112 plane in float to ~3e-6; ours stays within 1e-7 of float64's mean
+    np.testing.assert_allclose(y, want, rtol=1e-5)
+    np.testing.assert_allclose(y, x.astype(np.float64).mean((2, 3), keepdims=True), rtol=3e-7)
+
+
+def test_reorder_pool_attribute_checked():
+    with pytest.raises(sparsekit.SparsekitError, match="pool must be"):
+        make_reorder_node("r", "X", "Y", "NCHWc8", pool="global_average")
+    for to, pool, what in (("NCHWc8", "global_average", "needs to = \"NCHW\""),
+                           ("NCHW", "max", "attribute 'pool' must be")):
+        bad = helper.make_node("Reorder", ["X"], ["Y"], domain="ai.sparsekit", to=to, channels=8,
+                               pool=pool)
+        m = make_model([bad], [vinfo("X", None)], [vinfo("Y", None)])
+        with pytest.raises(Exception, match=what):
+            sparsekit.session(m)
+
+
 def _dw_blocked_model(declared, C=20, layout="NCHWc8"):
     w = np.ones((C, 1, 3, 3), np.float32)
     node, inits = make_depthwise_node("dw", "Xb", "Y", w, pads=(1, 1, 1, 1), layout=layout)

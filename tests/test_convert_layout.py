@@ -44,6 +44,11 @@ def _check_blocked_graph(model, report):
         if c.layout == "NCHW":
             for name in c.nodes:
                 assert all(a.name != "layout" for a in by_name[name].attribute)
+        else:  # a GlobalAveragePool alone reading an output: now its Reorder, pooling
+            for y, name in c.pools.items():
+                attrs = {a.name: helper.get_attribute_value(a) for a in by_name[name].attribute}
+                assert by_name[name].op_type == "Reorder" and attrs["pool"] == b"global_average"
+                assert not any(y in n.input for n in model.graph.node)
 
 
 @pytest.mark.parametrize("name", ["mobilenet_v1", "mobilenet_v2", "efficientnet_lite0",
@@ -67,6 +72,9 @@ def test_zoo_blocked_chains_match_stock_onnxruntime(name):
         stem = next(n for n in pruned.graph.node if n.op_type == "Conv")
         assert rep.chains[0].heads == {rep.chains[0].inputs[0]: stem.name}
         assert sum(n.op_type == "Reorder" for n in blocked.graph.node) == 1
+        # ... and that one Reorder is the classifier's pooling
+        assert list(rep.chains[0].pools) == rep.chains[0].outputs
+        assert not any(n.op_type == "GlobalAveragePool" for n in blocked.graph.node)
         assert not any(n.op_type == "Conv" for n in blocked.graph.node)
         row = next(r for r in rep.layers if r.name == stem.name)
         assert "NCHWc8" in row.note
@@ -118,6 +126,8 @@ def test_chain_edges_inside_reads_and_graph_outputs(stride, C):
     chain = rep.chains[0]
     assert chain.inputs == ["A"]                         # X and the residual: one Reorder
     assert sorted(chain.outputs) == ["B", "D"]           # read outside / a graph output
+    assert not chain.pools       # D is a graph output: its GlobalAveragePool stays
+    assert sum(n.op_type == "GlobalAveragePool" for n in blocked.graph.node) == 1
     _check_blocked_graph(blocked, rep)
     assert_valid_output(model, blocked)
     feeds = feeds_for(model)

@@ -122,7 +122,8 @@ class DepthwiseConvKernel {
 
 // Reorder (docs/format.md): NCHW <-> NCHWc8 (channel blocks of 8, sk::kChannelBlock), the op at
 // each edge of a chain of blocked sparsekit ops.  to = "NCHWc8": [N, C, H, W] -> [N, ceil(C/8),
-// H, W, 8], lanes past C zero; to = "NCHW": back, keeping `channels` channels.
+// H, W, 8], lanes past C zero; to = "NCHW": back, keeping `channels` channels, or with
+// pool = "global_average" their means over the plane ([N, C, 1, 1], a fused GlobalAveragePool).
 class ReorderKernel {
  public:
   static constexpr const char* kName = "Reorder";
@@ -131,9 +132,12 @@ class ReorderKernel {
   void compute(OrtKernelContext* ctx) const;
 
  private:
+  void global_average(OrtKernelContext* ctx, const float* x, int64_t N, int64_t C,
+                      int64_t P) const;
   Api api_;
   const sk::KernelTable* kt_;
   bool to_blocked_ = true;
+  bool pool_ = false;  // pool = "global_average": Y is [N, C, 1, 1], the plane's mean
   int64_t channels_ = -1;  // -1: taken from X (to NCHWc8 without the attribute)
 };
 

@@ -9,7 +9,9 @@ outside the chain changes.  A tensor entering the chain gets a Reorder to NCHWc8
 conv that makes it can write blocks itself (its head): a SparseConv of any geometry (1x4, no
 residual), or a plain Conv (+ Relu / Clip) such as the network's stem, which becomes a
 SparseConv with its dense weights in 1x4 blocks, reading NCHW and writing NCHWc8
-(input_layout = "NCHW").  Either way the tensor is read by chain ops only.  Which chains
+(input_layout = "NCHW").  Either way the tensor is read by chain ops only.  An output read
+only by a GlobalAveragePool (a classifier's pooling) leaves through a Reorder that pools
+(pool = "global_average") and replaces that node: the NCHW tensor is never written.  Which chains
 go blocked: all ("NCHWc8"), none ("NCHW"), or those measured faster blocked than NCHW, each
 chain alone in onnxruntime with its Reorders ("auto", as autotune does per layer).
 """
@@ -53,11 +55,15 @@ class Chain:
     index: List[int] = field(default_factory=list, repr=False)   # positions in graph.node
     # input -> (positions of the nodes its head replaces, the head node, its initializers)
     head_plans: Dict[str, tuple] = field(default_factory=dict, repr=False)
+    # output -> the GlobalAveragePool that alone reads it, fused into its Reorder
+    pools: Dict[str, str] = field(default_factory=dict)
+    pool_index: Dict[str, int] = field(default_factory=dict, repr=False)
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d.pop("index")
         d.pop("head_plans")
+        d.pop("pool_index")
         return d
 
 
@@ -128,6 +134,11 @@ def find_chains(model: onnx.ModelProto) -> List[Chain]:
             if y in graph_outputs or any(j not in inside for j in readers.get(y, [])):
                 outputs.append(y)
         chain = Chain([nodes[i].name for i in idx], inputs, outputs, index=idx)
+        for y in outputs:
+            outside = [j for j in readers.get(y, []) if j not in inside]
+            if y not in graph_outputs and len(outside) == 1 and _global_average(nodes[outside[0]]):
+                chain.pools[y] = nodes[outside[0]].name
+                chain.pool_index[y] = outside[0]
         for x in inputs:
             if x in graph_outputs or any(j not in inside for j in readers.get(x, [])):
                 continue  # read outside the chain too: it stays NCHW, with a Reorder
@@ -137,6 +148,10 @@ def find_chains(model: onnx.ModelProto) -> List[Chain]:
                 chain.heads[x] = model.graph.node[plan[0][0]].name
         chains.append(chain)
     return chains
+
+
+def _global_average(node: onnx.NodeProto) -> bool:
+    return node.op_type == "GlobalAveragePool" and node.domain in ("", "ai.onnx")
 
 
 def _head(model: onnx.ModelProto, x: str, readers: Dict[str, List[int]], taken: set):
@@ -246,9 +261,11 @@ def _unique(name: str, taken: set) -> str:
     return out
 
 
-def _block_nodes(model: onnx.ModelProto, chain: Chain, taken: set) -> List[onnx.NodeProto]:
+def _block_nodes(model: onnx.ModelProto, chain: Chain, taken: set,
+                 pools: bool = True) -> List[onnx.NodeProto]:
     """The chain's nodes in NCHWc8 with their Reorders, in an order that runs: a Reorder in
-    before the first node reading its tensor, a Reorder out right after its producer."""
+    before the first node reading its tensor, a Reorder out right after its producer (with
+    ``pools``, writing the output of the GlobalAveragePool it absorbs, chain.pools)."""
     nodes = model.graph.node
     blocked = {}                 # NCHW name -> blocked name
     for x in chain.inputs:
@@ -278,7 +295,13 @@ def _block_nodes(model: onnx.ModelProto, chain: Chain, taken: set) -> List[onnx.
         del node.attribute[:]
         node.attribute.extend(kept + [helper.make_attribute("layout", BLOCKED)])
         out.append(node)
-        if y in chain.outputs:
+        if y in chain.outputs and pools and y in chain.pools:
+            gap = nodes[chain.pool_index[y]]
+            out.append(pack.make_reorder_node(gap.name or _unique(f"{y}.pool", taken), blocked[y],
+                                              gap.output[0], "NCHW",
+                                              channels=_channels(model, nodes[i]),
+                                              pool="global_average")[0])
+        elif y in chain.outputs:
             out.append(pack.make_reorder_node(_unique(f"{y}.to_nchw", taken), blocked[y], y,
                                               "NCHW", channels=_channels(model, nodes[i]))[0])
     return out
@@ -295,6 +318,7 @@ def _rewrite(model: onnx.ModelProto, chains: List[Chain]) -> None:
         if c.layout == BLOCKED:
             new_at[c.index[0]] = _block_nodes(model, c, taken)
             drop.update(c.index)
+            drop.update(c.pool_index.values())
             for replaced, _, head_inits in c.head_plans.values():
                 drop.update(replaced)
                 model.graph.initializer.extend(head_inits)
@@ -370,7 +394,7 @@ def _chain_models(model: onnx.ModelProto, chain: Chain, shapes, dims: Dict[str, 
             raise SparsekitError(f"the shape of {x!r} is unknown")
         feeds[x] = rng.standard_normal([v if isinstance(v, int) else dims.get(v, 1)
                                         for v in d]).astype(np.float32)
-    blocked = _block_nodes(model, chain, _names(model))
+    blocked = _block_nodes(model, chain, _names(model), pools=False)
     used = list({x: inits[x] for n in plain for x in n.input if x in inits}.values())
     head_inits = [t for _, _, hi in chain.head_plans.values() for t in hi]
     opsets = [o for o in model.opset_import if o.domain != format.DOMAIN] + [format.opset_import()]
