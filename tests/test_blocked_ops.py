@@ -438,6 +438,12 @@ HEAD_CASES = {
     # band of output rows: stride 2 (135 rows in bands of 8) and stride 1 (41 in bands of 2)
     "stem-s2-phases-odd": (2, 3, 270, 61, 20, 3, 2, (1, 1, 1, 1), 1, 0.0),
     "3x3-s1-phases-odd": (1, 5, 41, 29, 12, 3, 1, (1, 1, 1, 1), 1, 0.5),
+    # phase rows split straight from the input rows: left pads 0 (TF's SAME), 2 and 3, odd and
+    # even widths (odd: the last element has no pair)
+    "stem-s2-phases-tf-pads": (1, 3, 60, 57, 16, 3, 2, (0, 0, 1, 1), 1, 0.0),
+    "5x5-s2-phases-pad2": (1, 3, 33, 64, 8, 5, 2, (2, 2, 2, 2), 1, 0.0),
+    "7x7-s2-phases-pad3": (1, 2, 31, 49, 8, 7, 2, (3, 3, 3, 3), 1, 0.0),
+    "3x3-s1-phases-pad0": (1, 2, 20, 30, 8, 3, 1, (0, 0, 0, 0), 1, 0.0),
     "3x3-all-zero": (1, 4, 6, 6, 8, 3, 1, (1, 1, 1, 1), 1, 1.0),
     "stem-s2-phases-80pct-kept": (1, 3, 64, 50, 40, 3, 2, (1, 1, 1, 1), 1, 0.2),
     "3x3-im2col-80pct-kept": (2, 7, 11, 9, 24, 3, 1, (1, 1, 1, 1), 1, 0.2),

@@ -381,6 +381,41 @@ void deinterleave2(const float* src, float* even, float* odd, int64_t n) {
 #endif
   for (; j < n; ++j) even[j] = src[2 * j], odd[j] = src[2 * j + 1];
 }
+
+// d[j] = src[j - pl] for j < n (0 where j - pl is outside [0, W)).
+void shifted_row(const float* src, int64_t W, int64_t pl, float* d, int64_t n) {
+  const int64_t lo = std::min(n, std::max<int64_t>(0, pl));
+  const int64_t hi = std::max(lo, std::min(n, W + pl));
+  std::memset(d, 0, size_t(lo) * sizeof(float));
+  std::memcpy(d + lo, src + (lo - pl), size_t(hi - lo) * sizeof(float));
+  std::memset(d + hi, 0, size_t(n - hi) * sizeof(float));
+}
+
+// The stride-2 phase rows of one input row, straight from it (no padded copy first):
+// d[px][j] = src[2j + px - pl] for j < n (0 outside [0, W)).  Source element i lands in phase
+// (i + pl) % 2 at column (i + pl) / 2: the even elements in phase pl % 2 from column pl / 2,
+// the odd ones in the other from (pl + 1) / 2.
+void phase_rows2(const float* src, int64_t W, int64_t pl, float* d0, float* d1, int64_t n) {
+  float* d[2] = {d0, d1};
+  float* de = d[pl % 2];
+  float* dodd = d[(pl + 1) % 2];
+  const int64_t oe = pl / 2, oo = (pl + 1) / 2;  // first column of each
+  // source pairs (2m, 2m + 1) whose both columns are in [0, n) and whose elements exist
+  const int64_t first = std::max<int64_t>(0, std::max(-oe, -oo));
+  const int64_t last = std::max(first, std::min(W / 2, std::min(n - oe, n - oo)));
+  std::memset(de, 0, size_t(n) * sizeof(float));
+  std::memset(dodd, 0, size_t(n) * sizeof(float));
+  deinterleave2(src + 2 * first, de + oe + first, dodd + oo + first, last - first);
+  // the elements the pairs left out: before `first`, from `last` on (and an odd W's last)
+  for (int64_t i = 0; i < W; ++i) {
+    if (i >= 2 * first && i < 2 * last) {
+      i = 2 * last - 1;
+      continue;
+    }
+    const int64_t col = (i + pl) / 2;
+    if (col >= 0 && col < n) d[(i + pl) % 2][col] = src[i];
+  }
+}
 }  // namespace
 
 bool SparseConvKernel::phase_path_fits(int64_t OW) const {
@@ -421,15 +456,11 @@ void SparseConvKernel::run_phases(OrtKernelContext* ctx, const float* x, float* 
   const bool overread = blocked && OW % kBL != 0;
   if (blocked) ep0.bias = blk_bias_.empty() ? nullptr : blk_bias_.data();
   if (blocked && dense_) ep0.bias = dense_bias_.empty() ? nullptr : dense_bias_.data();
-  // Padded input row: pad_l zeros, W inputs, zeros up to the s*Wh (+1) columns phases read.
-  const int64_t rowbuf = std::max(pl_ + W, s * Wh) + 8;
   parallel_for(api_, ctx, size_t(N * nbands), [&](size_t item) {
     const int64_t n = int64_t(item) / nbands, oy0 = int64_t(item) % nbands * band;
     const int64_t rows = std::min(band, OH - oy0);
     const int64_t used = rows + (kh_ - 1) / s;  // plane rows the band's taps read
     Scratch<float> ph{size_t(total + kBL)};
-    Scratch<float> buf{size_t(rowbuf)};
-    std::memset(buf.get(), 0, size_t(rowbuf) * sizeof(float));
     if (overread) {
       for (int64_t q = 0; q < s * s * C; ++q)
         std::memset(ph.get() + q * plane + used * Wh, 0, size_t((Hh - used) * Wh) * sizeof(float));
@@ -447,11 +478,11 @@ void SparseConvKernel::run_phases(OrtKernelContext* ctx, const float* x, float* 
             if (s == 2) std::memset(d1, 0, size_t(Wh) * sizeof(float));
             continue;
           }
-          std::memcpy(buf.get() + pl_, xn + (c * H + iy) * W, size_t(W) * sizeof(float));
+          const float* src = xn + (c * H + iy) * W;
           if (s == 1)
-            std::memcpy(d0, buf.get(), size_t(Wh) * sizeof(float));
+            shifted_row(src, W, pl_, d0, Wh);
           else
-            deinterleave2(buf.get(), d0, d1, Wh);
+            phase_rows2(src, W, pl_, d0, d1, Wh);
         }
     for (int64_t r = 0; r < rows; ++r) {
       sk::Epilogue ep = ep0;
