@@ -400,20 +400,16 @@ void phase_rows2(const float* src, int64_t W, int64_t pl, float* d0, float* d1, 
   float* de = d[pl % 2];
   float* dodd = d[(pl + 1) % 2];
   const int64_t oe = pl / 2, oo = (pl + 1) / 2;  // first column of each
-  // source pairs (2m, 2m + 1) whose both columns are in [0, n) and whose elements exist
-  const int64_t first = std::max<int64_t>(0, std::max(-oe, -oo));
-  const int64_t last = std::max(first, std::min(W / 2, std::min(n - oe, n - oo)));
-  std::memset(de, 0, size_t(n) * sizeof(float));
-  std::memset(dodd, 0, size_t(n) * sizeof(float));
-  deinterleave2(src + 2 * first, de + oe + first, dodd + oo + first, last - first);
-  // the elements the pairs left out: before `first`, from `last` on (and an odd W's last)
-  for (int64_t i = 0; i < W; ++i) {
-    if (i >= 2 * first && i < 2 * last) {
-      i = 2 * last - 1;
-      continue;
-    }
+  // source pairs (2m, 2m + 1) whose both columns fall inside the rows
+  const int64_t pairs = std::max<int64_t>(0, std::min(W / 2, std::min(n - oe, n - oo)));
+  std::memset(de, 0, size_t(std::min(oe, n)) * sizeof(float));
+  std::memset(dodd, 0, size_t(std::min(oo, n)) * sizeof(float));
+  if (oe + pairs < n) std::memset(de + oe + pairs, 0, size_t(n - oe - pairs) * sizeof(float));
+  if (oo + pairs < n) std::memset(dodd + oo + pairs, 0, size_t(n - oo - pairs) * sizeof(float));
+  deinterleave2(src, de + oe, dodd + oo, pairs);
+  for (int64_t i = 2 * pairs; i < W; ++i) {  // an odd W's last element; what the rows still reach
     const int64_t col = (i + pl) / 2;
-    if (col >= 0 && col < n) d[(i + pl) % 2][col] = src[i];
+    if (col < n) d[(i + pl) % 2][col] = src[i];
   }
 }
 }  // namespace
