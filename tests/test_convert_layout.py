@@ -60,6 +60,7 @@ def test_zoo_blocked_chains_match_stock_onnxruntime(name):
     blocked, rep = convert(pruned, layout="NCHWc8")
     assert pruned.SerializeToString() == before
     assert rep_nchw.settings["layout"] == "NCHW" and not _blocked_chains(rep_nchw)
+    assert not any(c.pools for c in rep_nchw.chains)      # NCHW: the pooling node stays
     assert not any(n.op_type == "Reorder" for n in nchw.graph.node)
     assert [c.nodes for c in rep.chains] == [c.nodes for c in rep_nchw.chains]
     assert rep.chains and all(c.layout == "NCHWc8" for c in rep.chains)

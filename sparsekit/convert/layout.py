@@ -426,6 +426,11 @@ def apply_layouts(model: onnx.ModelProto, layout: str, shapes, *, threads: Optio
             c.layout, c.reason = BLOCKED, "layout NCHWc8"
         else:
             _measure(model, c, shapes, threads, dims or {})
+        if c.layout != BLOCKED:     # an NCHW chain's outputs keep their pooling node
+            c.pools.clear()
+            c.pool_index.clear()
+        elif c.pools:
+            c.reason += f"; {', '.join(c.pools.values())} pooled by the output Reorder"
     _rewrite(model, chains)
     return chains
 
@@ -433,6 +438,7 @@ def apply_layouts(model: onnx.ModelProto, layout: str, shapes, *, threads: Optio
 def _measure(model, chain: Chain, shapes, threads, dims) -> None:
     try:
         plain, blocked, feeds = _chain_models(model, chain, shapes, dims)
+        # timed without the pooling fusion: it only makes the blocked form faster
         chain.nchw_ms, chain.blocked_ms = time_pair(plain, blocked, feeds, threads,
                                                     base_custom_ops=True)
     except Exception as e:  # a chain we cannot time stays NCHW, the layout known to work
