@@ -22,7 +22,7 @@ from .analyze import analyze as run_analyze
 from .calibration import load_calibration
 from .convert import convert as run_convert
 from .errors import SparsekitError
-from .finetune import DEVICES, LOSSES, SCHEDULES   # no torch at import: it is imported when training
+from .finetune import DEVICES, LOSSES, SCHEDULES, TRAIN_CHOICES  # no torch at import (imported to train)
 from .finetune import finetune as run_finetune
 from .format import DOMAIN
 from .inspection import inspect as run_inspect
@@ -797,6 +797,10 @@ def zoo(name, output, force, as_json):
                    "biases), not an absolute one: suits models with folded BatchNorms.")
 @click.option("--schedule", type=click.Choice(SCHEDULES), default="cosine", show_default=True,
               help="Learning-rate schedule.")
+@click.option("--train", "train_layers", type=click.Choice(TRAIN_CHOICES), default="all",
+              show_default=True,
+              help="all: every layer's weights and biases train; pruned: only the pruned layers' "
+                   "(layers left dense keep the teacher's values).")
 @click.option("--loss", type=click.Choice(LOSSES), default="auto", show_default=True,
               help="auto: KL on softened class scores, MSE on other outputs.")
 @click.option("--temperature", type=click.FloatRange(min=0, min_open=True), default=2.0, show_default=True,
@@ -845,7 +849,7 @@ def zoo(name, output, force, as_json):
                    "(an error above 2 GB). Default: as the input has them; always above 2 GB.")
 @click.option("--force", is_flag=True, help="Overwrite the output file if it exists.")
 def finetune(model, output, teacher, data, preprocess, steps, seconds, batch_size, lr, relative_lr,
-             schedule, loss,
+             schedule, train_layers, loss,
              temperature, feature_weight, no_augment, mix, synthetic, train_size, invert, invert_steps,
              invert_size, holdout, eval_data,
              eval_crops, sparsity, threads, device, seed, checkpoint, checkpoint_every, resume, as_json,
@@ -868,6 +872,7 @@ def finetune(model, output, teacher, data, preprocess, steps, seconds, batch_siz
         tuned, report = run_finetune(
             student, dense, data, preprocess=preprocess, steps=steps, seconds=seconds,
             batch_size=batch_size, lr=lr, relative_lr=relative_lr, schedule=schedule,
+            train=train_layers,
             temperature=temperature, loss=loss,
             feature_weight=feature_weight, augment=not no_augment, mix=mix, synthetic=synthetic,
             train_size=train_size, invert=invert, invert_steps=invert_steps, invert_size=invert_size,

@@ -47,6 +47,7 @@ TRAIN_EXTRA = "pip install 'sparsekit[train]'"
 LOSSES = ("auto", "kl", "mse")
 DEVICES = ("cpu", "cuda")
 SCHEDULES = ("cosine", "constant")
+TRAIN_CHOICES = ("all", "pruned")   # which layers' tensors train
 WARMUP = 0.03          # fraction of the schedule with a linear learning-rate warm-up
 MIN_TRAIN_SIZE = 16    # --train-size: below this, stride-32 backbones have nothing left to pool
 RAMP_END = 0.6         # gradual pruning reaches its target sparsity at this point of the schedule
@@ -333,7 +334,7 @@ def finetune(pruned, teacher, data, *, preprocess: Optional[str] = None,
              steps: Optional[int] = None, seconds: Optional[float] = None, batch_size: int = 32,
              lr: float = 1e-4, schedule: str = "cosine", temperature: float = 2.0, loss: str = "auto",
              feature_weight: float = 0.0, augment: bool = True, mix: float = 0.5, synthetic: float = 0.0,
-             train_size: Optional[int] = None, relative_lr: bool = False,
+             train_size: Optional[int] = None, relative_lr: bool = False, train: str = "all",
              invert: int = 0, invert_steps: int = 100, invert_size: Optional[int] = None,
              holdout: float = 0.1, eval_data=None, eval_crops: int = 8,
              sparsity: Optional[float] = None, threads: Optional[int] = None, device: str = "cpu",
@@ -356,6 +357,9 @@ def finetune(pruned, teacher, data, *, preprocess: Optional[str] = None,
     Conv/Gemm/MatMul weights, per tensor otherwise), not an absolute one: folded BatchNorms leave
     channels whose weights differ in scale by orders of magnitude, which one absolute Adam step
     cannot suit.
+    ``train``: "all" trains every layer's weights and biases; "pruned" only those of the pruned
+    layers (the ones with zeros in their weights, or with ``sparsity`` the ones prune recorded):
+    the layers left dense (a classifier, the depthwise convs, the stem) keep the teacher's values.
     ``invert``: before training, synthesise this many images from the teacher alone (model
     inversion: ``invert_steps`` optimisation steps each, at ``invert_size`` pixels, default the
     training size; inversion.py) and add them to the training photos (a folder of images only).
@@ -389,6 +393,12 @@ def finetune(pruned, teacher, data, *, preprocess: Optional[str] = None,
     originals = {n: tensor_to_array(inits[n]) for n in trainable}
     masks = {n: originals[n] != 0 for n, is_w in trainable.items() if is_w and not originals[n].all()}
     recorded = recorded_layers(model)
+    if train not in TRAIN_CHOICES:
+        raise SparsekitError(f"train must be one of {', '.join(TRAIN_CHOICES)}, got {train!r}")
+    if train == "pruned":
+        trainable = _pruned_layers_params(model, trainable, set(masks) if sparsity is None
+                                          else _recorded_weights(model, recorded))
+        originals = {n: a for n, a in originals.items() if n in trainable}
     if not masks and sparsity is None:
         raise SparsekitError("the model has no pruned weights (no zeros in any Conv/Gemm/MatMul "
                              "weight): prune it first, or give --sparsity to prune while training")
@@ -404,7 +414,8 @@ def finetune(pruned, teacher, data, *, preprocess: Optional[str] = None,
     report = FinetuneReport(settings=dict(
         steps=steps, seconds=seconds, batch_size=batch_size, lr=lr, schedule=schedule,
         temperature=temperature, loss=loss, feature_weight=feature_weight, augment=augment, mix=mix,
-        synthetic=synthetic, train_size=train_size, relative_lr=relative_lr, holdout=holdout,
+        synthetic=synthetic, train_size=train_size, relative_lr=relative_lr, train=train,
+        holdout=holdout,
         invert=invert, invert_steps=invert_steps, invert_size=invert_size,
         sparsity=sparsity,
         threads=threads, device=device,
@@ -595,6 +606,28 @@ def finetune(pruned, teacher, data, *, preprocess: Optional[str] = None,
         report.after = _compare(eval_teacher, _run(_ort_session(model, threads), data_set.eval_inputs,
                                                    data_set.step, out_names), kinds)
     return model, report
+
+
+def _recorded_weights(model: onnx.ModelProto, recorded: Dict[str, Any]) -> set:
+    """The weight initializers of the layers prune recorded (gradual pruning's layers)."""
+    names = node_names(model)
+    return {c.weight for c in list(prunable_layers(model, names)) + list(lstm_layers(model, names))
+            if c.name in recorded}
+
+
+def _pruned_layers_params(model: onnx.ModelProto, trainable: Dict[str, bool],
+                          weights: set) -> Dict[str, bool]:
+    """``trainable`` cut to the tensors of the nodes whose weight slot holds one of ``weights``
+    (their weights and biases)."""
+    from .torch_graph import PARAM_SLOTS, WEIGHT_SLOTS   # needs torch, as finetune does
+    keep = set()
+    for n in model.graph.node:
+        if n.domain not in ONNX_DOMAINS:
+            continue
+        slots = [n.input[p] for p in PARAM_SLOTS.get(n.op_type, ()) if p < len(n.input)]
+        if any(n.input[p] in weights for p in WEIGHT_SLOTS.get(n.op_type, ()) if p < len(n.input)):
+            keep.update(x for x in slots if x in trainable)
+    return {k: v for k, v in trainable.items() if k in keep}
 
 
 def _step_scales(model: onnx.ModelProto, originals: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:

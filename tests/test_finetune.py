@@ -145,6 +145,28 @@ def test_loss_falls_and_agreement_rises(tmp_path, relative_lr):
     assert err(out) < 0.7 * err(pm)
 
 
+def test_train_pruned_keeps_the_dense_layers_bit_for_bit(tmp_path):
+    """train="pruned": the pruned layers' weights and biases train, the layers left dense (here
+    the first conv and the classifier) keep the input's values byte for byte, and the loss
+    still falls."""
+    dense = _cnn(3)
+    pm = prune(dense, "block", 0.75, min_params=0, include="conv2")[0]
+    out, report = finetune(pm, dense, _data(tmp_path, n=200), steps=40, batch_size=32, lr=1e-2,
+                           train="pruned")
+    a, b = _inits(pm), _inits(out)
+    for name in ("conv1.weight", "conv1.bias", "fc.weight", "fc.bias"):
+        assert a[name].tobytes() == b[name].tobytes(), name
+    for name in ("conv2.weight", "conv2.bias"):
+        assert not np.array_equal(a[name], b[name]), name
+    np.testing.assert_array_equal(a["conv2.weight"] == 0, b["conv2.weight"] == 0)
+    assert report.settings["train"] == "pruned" and report.settings["trained_tensors"] == 2
+    assert report.loss_last < report.loss_first
+    full, _ = finetune(pm, dense, _data(tmp_path, n=200), steps=2, batch_size=32, lr=1e-2)
+    assert not np.array_equal(_inits(full)["fc.weight"], a["fc.weight"])  # "all" trains it
+    with pytest.raises(SparsekitError, match="train must be one of"):
+        finetune(pm, dense, _data(tmp_path), steps=1, train="dense")
+
+
 @pytest.mark.parametrize("relative_lr", [False, True])
 @pytest.mark.parametrize("transposed_fc", [False, True])
 def test_zero_learning_rate_gives_back_the_input_bit_for_bit(tmp_path, transposed_fc, relative_lr):
@@ -356,6 +378,9 @@ def test_cli_writes_model_and_json_report(tmp_path, capsys):
     assert code == 1 and "already exists" in stderr and len(stderr.strip().splitlines()) == 1
     code, stdout, stderr = _run(args + ["--force"], capsys)
     assert code == 0 and "teacher agreement" in stdout and "pruned layers" in stdout
+    code, stdout, stderr = _run(args + ["--force", "--train", "pruned", "--json"], capsys)
+    assert code == 0, stderr
+    assert json.loads(stdout)["settings"]["train"] == "pruned"
 
 
 @pytest.mark.parametrize("extra,needle", [
