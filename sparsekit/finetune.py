@@ -399,6 +399,7 @@ def finetune(pruned, teacher, data, *, preprocess: Optional[str] = None,
         trainable = _pruned_layers_params(model, trainable, set(masks) if sparsity is None
                                           else _recorded_weights(model, recorded))
         originals = {n: a for n, a in originals.items() if n in trainable}
+        masks = {n: m for n, m in masks.items() if n in trainable}
     if not masks and sparsity is None:
         raise SparsekitError("the model has no pruned weights (no zeros in any Conv/Gemm/MatMul "
                              "weight): prune it first, or give --sparsity to prune while training")

@@ -161,6 +161,12 @@ def test_train_pruned_keeps_the_dense_layers_bit_for_bit(tmp_path):
     np.testing.assert_array_equal(a["conv2.weight"] == 0, b["conv2.weight"] == 0)
     assert report.settings["train"] == "pruned" and report.settings["trained_tensors"] == 2
     assert report.loss_last < report.loss_first
+    # with gradual pruning: the layers prune recorded train (and reach the target), no other
+    ramped, _ = finetune(pm, dense, _data(tmp_path, n=64), steps=6, batch_size=16, lr=1e-2,
+                         sparsity=0.9, train="pruned")
+    c = _inits(ramped)
+    assert c["fc.weight"].tobytes() == a["fc.weight"].tobytes()
+    assert float((c["conv2.weight"] == 0).mean()) >= 0.85
     full, _ = finetune(pm, dense, _data(tmp_path, n=200), steps=2, batch_size=32, lr=1e-2)
     assert not np.array_equal(_inits(full)["fc.weight"], a["fc.weight"])  # "all" trains it
     with pytest.raises(SparsekitError, match="train must be one of"):
