@@ -92,6 +92,9 @@ def main() -> int:
     ap.add_argument("--relative-lr", action="store_true", help="--lr relative to each channel's weight scale")
     ap.add_argument("--train", default="all", choices=["all", "pruned"],
                     help="finetune's train: every layer, or only the pruned ones")
+    ap.add_argument("--loss", default="auto", choices=["auto", "kl", "mse"],
+                    help="finetune's loss: KL on softened class scores (auto), or squared error on logits")
+    ap.add_argument("--temperature", type=float, default=2.0, help="the KL loss's temperature")
     ap.add_argument("--invert", type=int, default=0, help="images synthesised from the teacher first")
     ap.add_argument("--invert-steps", type=int, default=100)
     ap.add_argument("--invert-size", type=int, default=None)
@@ -232,17 +235,21 @@ def main() -> int:
                           batch_size=args.batch_size, lr=args.lr, synthetic=args.synthetic, holdout=0.0,
                           feature_weight=args.features, sparsity=_gradual(args), train_size=args.train_size,
                           relative_lr=args.relative_lr, train=args.train, invert=args.invert,
-                          invert_steps=args.invert_steps, invert_size=args.invert_size)
+                          invert_steps=args.invert_steps, invert_size=args.invert_size,
+                          loss=args.loss, temperature=args.temperature)
     label = "finetune" + ("+features" if args.features else "") + ("+synthetic" if args.synthetic else "") \
         + (f" at {args.train_size}px" if args.train_size else "") \
         + (" (relative lr)" if args.relative_lr else "") \
         + (" (pruned layers only)" if args.train == "pruned" else "") \
+        + (" (logit mse)" if args.loss == "mse" else "") \
+        + (f" (T {args.temperature:g})" if args.temperature != 2.0 and args.loss != "mse" else "") \
         + (f" +{args.invert} inverted" if args.invert else "") \
         + (f" (gradual from {args.gradual_from:.0%})" if args.gradual_from is not None else "") \
         + (f" from {args.start}" if args.start != "reconstruction" else "") \
         + (" by flops" if args.start == "allocation" and args.allocate_by == "flops" else "")
     record(label, tuned, seconds=round(time.perf_counter() - t0), steps=rep.steps, images=rep.images,
-           lr=args.lr, relative_lr=args.relative_lr, train=args.train, batch_size=args.batch_size,
+           lr=args.lr, relative_lr=args.relative_lr, train=args.train, loss=args.loss,
+           temperature=args.temperature, batch_size=args.batch_size,
            synthetic=args.synthetic,
            start=args.start,
            features=args.features, train_size=args.train_size,
