@@ -35,7 +35,7 @@ import onnxruntime as ort
 
 from sparsekit.analyze import analyze
 from sparsekit.calibration import Calibration
-from sparsekit.finetune import finetune
+from sparsekit.finetune import LOSSES, TRAIN_CHOICES, finetune
 from sparsekit.models import photos, pretrained
 from sparsekit.prune import prune
 from sparsekit.training_data import _MEAN, _STD, photo_crops, procedural_images
@@ -43,6 +43,7 @@ from sparsekit.training_data import _MEAN, _STD, photo_crops, procedural_images
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "accuracy_finetune"
 CACHE = Path(tempfile.gettempdir()) / "sparsekit_finetune_study"   # one-shot models, reused by later runs
+DEFAULT_T = inspect.signature(finetune).parameters["temperature"].default   # finetune's KL temperature
 # the one-shot settings a row records when not the default
 RECONSTRUCTION_KEYS = ("damp", "match", "calibration_synthetic", "permute")
 
@@ -90,11 +91,11 @@ def main() -> int:
     ap.add_argument("--lr", type=float, default=1e-4)
     ap.add_argument("--synthetic", type=float, default=0.0)
     ap.add_argument("--relative-lr", action="store_true", help="--lr relative to each channel's weight scale")
-    ap.add_argument("--train", default="all", choices=["all", "pruned"],
+    ap.add_argument("--train", default="all", choices=TRAIN_CHOICES,
                     help="finetune's train: every layer, or only the pruned ones")
-    ap.add_argument("--loss", default="auto", choices=["auto", "kl", "mse"],
+    ap.add_argument("--loss", default="auto", choices=LOSSES,
                     help="finetune's loss: KL on softened class scores (auto), or squared error on logits")
-    ap.add_argument("--temperature", type=float, default=2.0, help="the KL loss's temperature")
+    ap.add_argument("--temperature", type=float, default=DEFAULT_T, help="the KL loss's temperature")
     ap.add_argument("--invert", type=int, default=0, help="images synthesised from the teacher first")
     ap.add_argument("--invert-steps", type=int, default=100)
     ap.add_argument("--invert-size", type=int, default=None)
@@ -242,7 +243,7 @@ def main() -> int:
         + (" (relative lr)" if args.relative_lr else "") \
         + (" (pruned layers only)" if args.train == "pruned" else "") \
         + (" (logit mse)" if args.loss == "mse" else "") \
-        + (f" (T {args.temperature:g})" if args.temperature != 2.0 and args.loss != "mse" else "") \
+        + (f" (T {args.temperature:g})" if args.temperature != DEFAULT_T and args.loss != "mse" else "") \
         + (f" +{args.invert} inverted" if args.invert else "") \
         + (f" (gradual from {args.gradual_from:.0%})" if args.gradual_from is not None else "") \
         + (f" from {args.start}" if args.start != "reconstruction" else "") \
