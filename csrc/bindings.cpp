@@ -151,6 +151,40 @@ double time_spmm(const std::string& isa, int B, int rows, const IArr& group_ptr,
   return *std::min_element(times.begin(), times.end());
 }
 
+// Seconds per spmm_b4_blocked call (best of `repeats` after one warm-up) on x [K, n] reordered
+// into 8-channel blocks, reading it through panels of `panel_stride` pixels: the kernel-level
+// half of the op's panel-stride choice (benchmarks/bench_panel_stride.py).
+double time_spmm_blocked(const std::string& isa, int rows, const IArr& group_ptr,
+                         const IArr& k_index, const FArr& values, const FArr& x,
+                         int panel_stride, int repeats) {
+  constexpr int L = sk::kChannelBlock;
+  const sk::KernelTable& t = table_for(isa);
+  check_x(x);
+  if (panel_stride < 8 || panel_stride % 8 || panel_stride > 4096)
+    throw py::value_error("panel_stride must be a multiple of 8 in [8, 4096]");
+  const int K = static_cast<int>(x.shape(0));
+  const size_t n = static_cast<size_t>(x.shape(1));
+  Packed p = pack(4, rows, group_ptr, k_index, values, K, static_cast<size_t>(panel_stride));
+  const int kb = (K + L - 1) / L, mb = (rows + L - 1) / L;
+  std::vector<float> xb(static_cast<size_t>(kb) * n * L, 0.0f);
+  for (int k = 0; k < K; ++k)
+    for (size_t q = 0; q < n; ++q) xb[((k / L) * n + q) * L + k % L] = x.data()[k * n + q];
+  std::vector<float> y(static_cast<size_t>(mb) * n * L + 1);
+  std::vector<float> panel(static_cast<size_t>(kb) * L * panel_stride);
+  const ptrdiff_t bs = static_cast<ptrdiff_t>(n) * L;
+  std::vector<double> times;
+  sk::Epilogue ep;
+  py::gil_scoped_release nogil;
+  for (int i = 0; i <= std::max(repeats, 1); ++i) {
+    const auto t0 = std::chrono::steady_clock::now();
+    t.spmm_b4_blocked(n, p.w, 0, 2 * mb, xb.data(), bs, kb, y.data(), bs, ep, panel.data(),
+                      panel_stride);
+    const auto t1 = std::chrono::steady_clock::now();
+    if (i) times.push_back(std::chrono::duration<double>(t1 - t0).count());
+  }
+  return *std::min_element(times.begin(), times.end());
+}
+
 sk::DwShape dw_shape(const FArr& x, const FArr& w, int stride, int pad_t, int pad_l, int OH,
                      int OW) {
   if (x.ndim() != 2) throw py::value_error("x must be 2-D [H, W]");
@@ -421,6 +455,11 @@ PYBIND11_MODULE(_native, m) {
   m.def("time_spmm", &time_spmm, py::arg("isa"), py::arg("B"), py::arg("rows"),
         py::arg("group_ptr"), py::arg("k_index"), py::arg("values"), py::arg("x"),
         py::arg("repeats") = 20, "Best-of-repeats seconds per spmm call (no epilogue).");
+  m.def("time_spmm_blocked", &time_spmm_blocked, py::arg("isa"), py::arg("rows"),
+        py::arg("group_ptr"), py::arg("k_index"), py::arg("values"), py::arg("x"),
+        py::arg("panel_stride"), py::arg("repeats") = 20,
+        "Best-of-repeats seconds per spmm_b4_blocked call on x [K, n] in 8-channel blocks, "
+        "through panels of panel_stride pixels (no epilogue).");
   m.def("dwconv", &dwconv, py::arg("isa"), py::arg("x"), py::arg("w"), py::arg("stride"),
         py::arg("pad_t"), py::arg("pad_l"), py::arg("OH"), py::arg("OW"),
         py::arg("bias") = 0.0f, py::arg("lo") = -inf, py::arg("hi") = inf,

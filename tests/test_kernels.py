@@ -330,6 +330,21 @@ def test_dwconv_rejects_bad_input():
         _native.dwconv("ref", x, np.ones((3, 3), np.float32), 1, -1, 0, 2, 2)
 
 
+def test_time_spmm_blocked_runs_and_rejects_bad_strides():
+    """The benchmark binding (bench_panel_stride.py): a positive time for every stride the op
+    uses, a ValueError for a stride the kernels cannot take."""
+    gp = np.array([0, 1, 2], np.int32)
+    ki = np.array([0, 9], np.int32)
+    vals = np.ones(8, np.float32)
+    x = np.ones((10, 50), np.float32)
+    for isa in AVAILABLE:
+        for ps in (32, 48, 80):
+            assert _native.time_spmm_blocked(isa, 7, gp, ki, vals, x, ps, repeats=2) > 0
+    for ps in (0, 12, 8192):
+        with pytest.raises(ValueError, match="panel_stride"):
+            _native.time_spmm_blocked("ref", 7, gp, ki, vals, x, ps)
+
+
 def test_selected_isa_default_and_override(monkeypatch):
     monkeypatch.delenv("SPARSEKIT_ISA", raising=False)
     best = _native.selected_isa()

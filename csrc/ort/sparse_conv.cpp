@@ -172,7 +172,8 @@ SparseConvKernel::SparseConvKernel(const Api& api, const OrtKernelInfo* info) : 
                   kt_->name + ", " +
                   (dense_ ? std::string(blocked_ ? "NCHWc8 1x1" : "NCHW -> NCHWc8") +
                                 " dense (" + s(int64_t(panel_.rows.size())) + " taps)"
-                   : blocked_      ? "NCHWc8 1x1 (panel " + s(blk_ps_) + " px)"
+                   : blocked_      ? "NCHWc8 1x1 (panel " + s(blk_ps_) + " px; images up to " +
+                                          s(blk_whole_ps_) + " px in one)"
                    : blocked_out_ ? (phases_ ? "NCHW -> NCHWc8 phase-plane (output rows >= 24 wide) or im2col"
                                              : "NCHW -> NCHWc8 im2col")
                    : direct_      ? "direct 1x1"
@@ -503,15 +504,24 @@ void SparseConvKernel::run_phases(OrtKernelContext* ctx, const float* x, float* 
 // A 1x1 conv between channel-blocked tensors (docs/format.md): same packed weights, the kernel
 // reads X through a per-chunk transposed panel and stores Y blocks directly (spmm_blocked.h).
 namespace {
-// Panel chunk: X's K8 rows x this many pixels in about 64 KiB, between 64 and ~960 pixels, an
-// odd multiple of 16 floats so the panel's rows (ps floats apart) spread over the L1 sets.
-// Standalone driver, avx2, Zen 3 under load (ms, blocked kernel): 3136x128x128 ps 512 0.284,
-// 528 0.252, 240 0.231; 196x512x512 ps 208 0.204, 112 0.176, 80 0.167.  Every chunk is one
-// pass over all the weights, so MobileNetV1's 49-pixel layers still run as one chunk.
-int blocked_panel_stride(int64_t K8) {
+// Panel chunk of an image that fits: X's K8 rows x up to this many pixels in about 64 KiB,
+// between 64 and ~960 pixels, an odd multiple of 16 floats so the panel's rows (ps floats
+// apart) spread over the L1 sets.  Every chunk is one more pass over all the weights, so an
+// image this narrow (MobileNetV1's 49-pixel layers, 196x64 -> 384) runs as one chunk.
+int blocked_whole_stride(int64_t K8) {
   const int64_t by_k = (int64_t(16) << 10) / std::max<int64_t>(1, K8);
   const int64_t ps = std::max<int64_t>(64, std::min<int64_t>(960, by_k));
   return int((ps / 16 | 1) * 16);
+}
+// Wider items go in narrow chunks that stay in L1 while every group sweeps them: 48 pixels,
+// 32 from 144 input channels on (a 144 x 32 panel is 18 KiB).  On the Xeon (avx512, one work
+// item of each MobileNet 1x1 layer, benchmarks/bench_panel_stride.py) that made the
+// projections and the square layers 1.1-1.75x faster (3136x144x24's 240-pixel items 0.0095 ->
+// 0.0054 ms); expansions (M >= 4 K) keep the one-chunk stride, where narrow chunks were no
+// faster (3136x24x144 0.93x): their stores bound them.
+int blocked_narrow_stride(int64_t K8, int64_t M) {
+  if (M >= 4 * K8) return blocked_whole_stride(K8);
+  return K8 >= 144 ? 32 : 48;
 }
 }  // namespace
 
@@ -532,9 +542,14 @@ void SparseConvKernel::init_blocked(const Api& api, const OrtKernelInfo* info) {
   const int64_t K8 = (C_ + kBL - 1) / kBL * kBL;
   if (K8 > INT32_MAX / 976)
     throw Error("in_channels = " + s(C_) + " is too large for layout NCHWc8");
-  blk_ps_ = blocked_panel_stride(K8);
+  blk_ps_ = blocked_narrow_stride(K8, M_);
+  blk_whole_ps_ = blocked_whole_stride(K8);
   blk_xoff_.resize(std::max<size_t>(1, w_.k.size()));
-  for (size_t j = 0; j < w_.k.size(); ++j) blk_xoff_[j] = w_.k[j] * blk_ps_;
+  blk_whole_xoff_.resize(blk_xoff_.size());
+  for (size_t j = 0; j < w_.k.size(); ++j) {
+    blk_xoff_[j] = w_.k[j] * blk_ps_;
+    blk_whole_xoff_[j] = w_.k[j] * blk_whole_ps_;
+  }
   if (!bias_.empty()) {
     blk_bias_.assign(size_t((M_ + kBL - 1) / kBL * kBL), 0.0f);
     std::copy(bias_.begin(), bias_.end(), blk_bias_.begin());
@@ -558,18 +573,29 @@ void SparseConvKernel::compute_blocked(OrtKernelContext* ctx) const {
   float* y = get_output(api_, ctx, ydims);
   if (N == 0 || P == 0) return;
   const float* x = static_cast<const float*>(X.data);
-  sk::SpMat m = spmat(w_, blk_xoff_.data());
   sk::Epilogue ep0 = epilogue();
   ep0.bias = blk_bias_.empty() ? nullptr : blk_bias_.data();
   const int64_t xbs = P * kBL, ybs = P * kBL;  // block strides
-  const size_t panel = size_t(kb * kBL * blk_ps_);
   const int G2 = int(2 * mb);  // half-block groups, the last one possibly empty
   // the dense kernel's tap offsets are int32 (k/8 blocks of P*8 floats): beyond that, 1x4
   if (dense_ && kb * xbs <= INT32_MAX) return run_dense_blocked(ctx, x, y, res, N, P);
+  // A work item that fits one 64 KiB panel runs as one chunk, a wider one in narrow chunks
+  // (MobileNetV2's 196-pixel layers, 4 items of ~49 pixels, stay one chunk each: in 32-pixel
+  // chunks they ran up to 1.4x slower).
+  const bool pixel_split = P > kSmallPixels || P >= 4 * kt_->tile_pixels;
+  const PixelSplit ps = split_pixels(P, pixel_tile(kt_, C_), kt_);
+  int64_t widest = P;
+  if (pixel_split) {
+    widest = 0;
+    for (int64_t t = 0; t < ps.n; ++t) widest = std::max(widest, ps.len(t));
+  }
+  const bool whole = widest <= blk_whole_ps_;
+  const int pstride = whole ? blk_whole_ps_ : blk_ps_;
+  const sk::SpMat m = spmat(w_, whole ? blk_whole_xoff_.data() : blk_xoff_.data());
+  const size_t panel = size_t(kb * kBL * pstride);
   // The NCHW op's split: pixels for large images (each item transposes only its own pixels),
   // Y blocks for small ones (each item transposes all of X's few pixels into its own panel).
-  if (P > kSmallPixels || P >= 4 * kt_->tile_pixels) {
-    const PixelSplit ps = split_pixels(P, pixel_tile(kt_, C_), kt_);
+  if (pixel_split) {
     parallel_for(api_, ctx, size_t(N * ps.n), [&](size_t i) {
       const int64_t n = int64_t(i) / ps.n, t = int64_t(i) % ps.n;
       const int64_t p0 = ps.begin(t), len = ps.len(t);
@@ -577,7 +603,7 @@ void SparseConvKernel::compute_blocked(OrtKernelContext* ctx) const {
       sk::Epilogue ep = ep0;
       if (res) ep.residual = res + n * mb * ybs + p0 * kBL, ep.residual_stride = ybs;
       kt_->spmm_b4_blocked(size_t(len), m, 0, G2, x + n * kb * xbs + p0 * kBL, xbs, int(kb),
-                           y + n * mb * ybs + p0 * kBL, ybs, ep, pan.get(), blk_ps_);
+                           y + n * mb * ybs + p0 * kBL, ybs, ep, pan.get(), pstride);
     });
   } else {
     // Whole Y blocks per item (no cache line shared between threads), and only 2 items (the
@@ -590,7 +616,7 @@ void SparseConvKernel::compute_blocked(OrtKernelContext* ctx) const {
       sk::Epilogue ep = ep0;
       if (res) ep.residual = res + n * mb * ybs, ep.residual_stride = ybs;
       kt_->spmm_b4_blocked(size_t(P), m, 2 * gc.begin(c), 2 * gc.end(c), x + n * kb * xbs, xbs,
-                           int(kb), y + n * mb * ybs, ybs, ep, pan.get(), blk_ps_);
+                           int(kb), y + n * mb * ybs, ybs, ep, pan.get(), pstride);
     });
   }
 }

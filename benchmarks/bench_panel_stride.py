@@ -1,0 +1,117 @@
+"""The blocked 1x4 kernel's panel stride: spmm_b4_blocked on one work item of each MobileNet
+1x1 layer, for each panel stride, against the stride the SparseConv op picks.
+
+    python -P benchmarks/bench_panel_stride.py [--isa avx512] [--rounds 3] [--repeats 200]
+
+SparseConv (layout NCHWc8) splits a layer into work items of pixels (csrc/ort/sparse.cpp:
+pixel_tile, split_pixels; one item per image up to 196 pixels) and reads X through panels
+of `panel_stride` pixels transposed out of the channel blocks (docs/kernels.md).  Its rule
+(csrc/ort/sparse_conv.cpp): an item that fits about 64 KiB of panel runs as one chunk, a
+wider one in chunks of 48 pixels, 32 from 144 input channels on (expansions, M >= 4 K, keep
+the one-chunk stride).  This times the kernel alone on the layer's widest item, best of
+--repeats calls, the best of --rounds interleaved rounds.
+"64 KiB" is the one-chunk stride, which every item used before the narrow chunks.
+Writes benchmarks/results/panel_stride.md.  A benchmark, not a test: it asserts nothing.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from sparsekit import _native
+from sparsekit.bench import environment
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_kernels import random_blocks  # noqa: E402
+
+# (pixels, K, M, sparsity): MobileNetV2 at 85% and MobileNetV1 at 90%, their 1x1 layers
+LAYERS = [
+    (12544, 32, 16, 0.85), (12544, 16, 96, 0.85), (3136, 96, 24, 0.85), (3136, 24, 144, 0.85),
+    (3136, 144, 24, 0.85), (784, 144, 32, 0.85), (784, 32, 192, 0.85), (784, 192, 32, 0.85),
+    (196, 192, 64, 0.85), (196, 64, 384, 0.85), (196, 384, 64, 0.85), (196, 576, 96, 0.85),
+    (12544, 32, 64, 0.9), (3136, 64, 128, 0.9), (3136, 128, 128, 0.9), (784, 128, 256, 0.9),
+    (784, 256, 256, 0.9), (196, 512, 512, 0.9), (49, 1024, 1024, 0.9),
+]
+STRIDES = [32, 48, 64, 80, 112, 176, 240, 496, 976]
+
+
+TILE_PIXELS = {"avx512": 48, "avx2": 24, "neon": 16, "ref": 1}  # KernelTable::tile_pixels
+
+
+def whole_stride(k8: int) -> int:
+    """The op's one-chunk stride: about 64 KiB of panel, an odd multiple of 16, 64..976."""
+    ps = max(64, min(960, (16 << 10) // max(1, k8)))
+    return (ps // 16 | 1) * 16
+
+
+def narrow_stride(k8: int, m: int) -> int:
+    if m >= 4 * k8:  # expansions keep the one-chunk stride
+        return whole_stride(k8)
+    return 32 if k8 >= 144 else 48
+
+
+def widest_item(P: int, K: int, tp: int) -> int:
+    """The widest work item of the op's split (sparse.cpp pixel_tile and split_pixels)."""
+    if not (P > 196 or P >= 4 * tp):
+        return P  # small images: split by output blocks, every item has all pixels
+    want = min(960, max(240, (32 << 10) // K))
+    max_width = max(tp, want // tp * tp)
+    tiles, per = -(-P // tp), max(1, max_width // tp)
+    n = max(-(-tiles // per), min(4, P // tp))
+    if n > 1:
+        n += n & 1
+    while n > 1 and -(-tiles // n) > per:
+        n += 1
+    n = max(1, min(n, tiles))
+    begins = [min(P, tiles * i // n * tp) for i in range(n + 1)]
+    return max(b - a for a, b in zip(begins, begins[1:]))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--isa", default=None, help="kernel table (default: the best available)")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=200)
+    ap.add_argument("--out", default="benchmarks/results/panel_stride.md")
+    a = ap.parse_args()
+    isa = a.isa or _native.selected_isa()
+    rng = np.random.default_rng(0)
+    env = environment()
+    head = (["layer (pixels x K x M @ sparsity)", "item px"] + [str(s) for s in STRIDES]
+            + ["64 KiB", "op", "gain"])
+    lines = [f"# Panel stride of the blocked 1x4 kernel ({isa})", "",
+             f"{env['cpu']}, {env['cores']} cores, onnxruntime {env['onnxruntime']}; ms per call, "
+             f"best of {a.repeats} calls on the layer's widest work item, best of {a.rounds} "
+             "rounds.  `64 KiB`: the one-chunk stride for the layer's K; `op`: the stride the op "
+             "uses for that item; gain = 64 KiB / op.", "",
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    print(" ".join(f"{h:>8}" for h in head))
+    for P, K, M, sp in LAYERS:
+        gp, ki, vals = random_blocks(rng, M, K, 4, sp)
+        n = widest_item(P, K, TILE_PIXELS.get(isa, 1))
+        x = rng.standard_normal((K, n)).astype(np.float32)
+        k8 = -(-K // 8) * 8
+        wide = whole_stride(k8)
+        op = wide if n <= wide else narrow_stride(k8, M)
+        strides = sorted(set(STRIDES) | {wide, op})
+        best = {s: float("inf") for s in strides}
+        for _ in range(a.rounds):  # interleaved: every stride once per round
+            for s in strides:
+                t = _native.time_spmm_blocked(isa, M, gp, ki, vals, x, s, a.repeats)
+                best[s] = min(best[s], t * 1e3)
+        row = [f"{P}x{K}x{M} @ {sp}", str(n)] + [f"{best[s]:.4f}" for s in STRIDES]
+        row += [f"{best[wide]:.4f} ({wide})", f"{best[op]:.4f} ({op})",
+                f"{best[wide] / best[op]:.2f}x"]
+        print(" ".join(f"{c:>8}" for c in row))
+        lines.append("| " + " | ".join(row) + " |")
+    out = Path(a.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(lines) + "\n")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
