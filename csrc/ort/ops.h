@@ -59,8 +59,8 @@ class SparseConvKernel {
   bool blocked_ = false;
   int blk_ps_ = 0;              // panel stride: pixels of X transposed per chunk
   AVec<int32_t> blk_xoff_;      // k * blk_ps_
-  int blk_whole_ps_ = 0;        // images up to this many pixels: one chunk of this stride
-  AVec<int32_t> blk_whole_xoff_;  // k * blk_whole_ps_
+  int blk_whole_ps_ = 0;        // work items up to this many pixels: one chunk this wide
+  AVec<int32_t> blk_whole_xoff_;  // k * blk_whole_ps_ (empty when it equals blk_ps_)
   AVec<float> blk_bias_;        // [ceil(M/8) * 8], zero past M (empty when no bias)
   void init_blocked(const Api& api, const OrtKernelInfo* info);
   void compute_blocked(OrtKernelContext* ctx) const;

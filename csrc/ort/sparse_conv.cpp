@@ -172,7 +172,7 @@ SparseConvKernel::SparseConvKernel(const Api& api, const OrtKernelInfo* info) : 
                   kt_->name + ", " +
                   (dense_ ? std::string(blocked_ ? "NCHWc8 1x1" : "NCHW -> NCHWc8") +
                                 " dense (" + s(int64_t(panel_.rows.size())) + " taps)"
-                   : blocked_      ? "NCHWc8 1x1 (panel " + s(blk_ps_) + " px; images up to " +
+                   : blocked_      ? "NCHWc8 1x1 (panel " + s(blk_ps_) + " px; items up to " +
                                           s(blk_whole_ps_) + " px in one)"
                    : blocked_out_ ? (phases_ ? "NCHW -> NCHWc8 phase-plane (output rows >= 24 wide) or im2col"
                                              : "NCHW -> NCHWc8 im2col")
@@ -545,10 +545,10 @@ void SparseConvKernel::init_blocked(const Api& api, const OrtKernelInfo* info) {
   blk_ps_ = blocked_narrow_stride(K8, M_);
   blk_whole_ps_ = blocked_whole_stride(K8);
   blk_xoff_.resize(std::max<size_t>(1, w_.k.size()));
-  blk_whole_xoff_.resize(blk_xoff_.size());
-  for (size_t j = 0; j < w_.k.size(); ++j) {
-    blk_xoff_[j] = w_.k[j] * blk_ps_;
-    blk_whole_xoff_[j] = w_.k[j] * blk_whole_ps_;
+  for (size_t j = 0; j < w_.k.size(); ++j) blk_xoff_[j] = w_.k[j] * blk_ps_;
+  if (blk_whole_ps_ != blk_ps_) {  // else every item runs through blk_xoff_
+    blk_whole_xoff_.resize(blk_xoff_.size());
+    for (size_t j = 0; j < w_.k.size(); ++j) blk_whole_xoff_[j] = w_.k[j] * blk_whole_ps_;
   }
   if (!bias_.empty()) {
     blk_bias_.assign(size_t((M_ + kBL - 1) / kBL * kBL), 0.0f);
@@ -589,7 +589,7 @@ void SparseConvKernel::compute_blocked(OrtKernelContext* ctx) const {
     widest = 0;
     for (int64_t t = 0; t < ps.n; ++t) widest = std::max(widest, ps.len(t));
   }
-  const bool whole = widest <= blk_whole_ps_;
+  const bool whole = widest <= blk_whole_ps_ && !blk_whole_xoff_.empty();
   const int pstride = whole ? blk_whole_ps_ : blk_ps_;
   const sk::SpMat m = spmat(w_, whole ? blk_whole_xoff_.data() : blk_xoff_.data());
   const size_t panel = size_t(kb * kBL * pstride);
