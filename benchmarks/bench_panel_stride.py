@@ -1,5 +1,5 @@
-"""The blocked 1x4 kernel's panel stride: spmm_b4_blocked on one work item of each MobileNet
-1x1 layer, for each panel stride, against the stride the SparseConv op picks.
+"""The blocked 1x4 kernel's panel stride: spmm_b4_blocked on one work item of each MobileNet and
+ResNet-50 1x1 layer, for each panel stride, against the stride the SparseConv op picks.
 
     python -P benchmarks/bench_panel_stride.py [--isa avx512] [--rounds 3] [--repeats 200]
 
@@ -27,13 +27,16 @@ from sparsekit.bench import environment
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_kernels import random_blocks  # noqa: E402
 
-# (pixels, K, M, sparsity): MobileNetV2 at 85% and MobileNetV1 at 90%, their 1x1 layers
+# (pixels, K, M, sparsity): the 1x1 layers of MobileNetV2 at 85%, MobileNetV1 at 90% and
+# ResNet-50's bottlenecks at 80%
 LAYERS = [
     (12544, 32, 16, 0.85), (12544, 16, 96, 0.85), (3136, 96, 24, 0.85), (3136, 24, 144, 0.85),
     (3136, 144, 24, 0.85), (784, 144, 32, 0.85), (784, 32, 192, 0.85), (784, 192, 32, 0.85),
     (196, 192, 64, 0.85), (196, 64, 384, 0.85), (196, 384, 64, 0.85), (196, 576, 96, 0.85),
     (12544, 32, 64, 0.9), (3136, 64, 128, 0.9), (3136, 128, 128, 0.9), (784, 128, 256, 0.9),
     (784, 256, 256, 0.9), (196, 512, 512, 0.9), (49, 1024, 1024, 0.9),
+    (3136, 256, 64, 0.8), (3136, 64, 256, 0.8), (784, 512, 128, 0.8), (784, 128, 512, 0.8),
+    (196, 1024, 256, 0.8), (196, 256, 1024, 0.8), (49, 2048, 512, 0.8), (49, 512, 2048, 0.8),
 ]
 STRIDES = [32, 48, 64, 80, 112, 176, 240, 496, 976]
 
