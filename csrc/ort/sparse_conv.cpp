@@ -515,10 +515,10 @@ int blocked_whole_stride(int64_t K8) {
 }
 // Wider items go in narrow chunks that stay in L1 while every group sweeps them: 48 pixels,
 // 32 from 144 input channels on (a 144 x 32 panel is 18 KiB).  On the Xeon (avx512, one work
-// item of each MobileNet 1x1 layer, benchmarks/bench_panel_stride.py) that made the
-// projections and the square layers 1.1-1.75x faster (3136x144x24's 240-pixel items 0.0095 ->
-// 0.0054 ms); expansions (M >= 4 K) keep the one-chunk stride, where narrow chunks were no
-// faster (3136x24x144 0.93x): their stores bound them.
+// item of each MobileNet and ResNet-50 1x1 layer, benchmarks/bench_panel_stride.py) that made
+// the projections and the square layers 1.0-1.7x faster (3136x144x24's 240-pixel items 1.58x
+// and 1.65x in two runs); expansions (M >= 4 K) keep the one-chunk stride, where narrow
+// chunks were no faster (3136x24x144 0.93x): their stores bound them.
 int blocked_narrow_stride(int64_t K8, int64_t M) {
   if (M >= 4 * K8) return blocked_whole_stride(K8);
   return K8 >= 144 ? 32 : 48;
