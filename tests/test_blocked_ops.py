@@ -250,7 +250,8 @@ PW_CHAINS = {
     "32-64-64-28x28-s2": (1, 32, 28, 28, 64, 64, 2, 0.9),
     "24-44-24-57x31": (1, 24, 57, 31, 44, 24, 1, 0.95),
     "100-200-100-7x7": (2, 100, 7, 7, 200, 100, 1, 0.9),
-    # wide items in narrow panel chunks: 48 pixels (K = 20), 32 from 144 input channels on
+    # wide work items in narrow panel chunks: 24-44-24's second conv in chunks of 48 pixels,
+    # this one's second (150 input channels) in chunks of 32; its first, an expansion, in one
     "20-150-20-37x41": (1, 20, 37, 41, 150, 20, 1, 0.85),
 }
 
