@@ -3,10 +3,10 @@ ResNet-50 1x1 layer, for each panel stride, against the stride the SparseConv op
 
     python -P benchmarks/bench_panel_stride.py [--isa avx512] [--rounds 3] [--repeats 200]
 
-SparseConv (layout NCHWc8) splits a layer into work items of pixels (csrc/ort/sparse.cpp:
-pixel_tile, split_pixels; one item per image up to 196 pixels) and reads X through panels
-of `panel_stride` pixels transposed out of the channel blocks (docs/kernels.md).  Its rule
-(csrc/ort/sparse_conv.cpp): an item that fits about 64 KiB of panel runs as one chunk, a
+SparseConv (layout NCHWc8) splits a layer into work items of pixels (one item per image up
+to 196 pixels) and reads X through panels of `panel_stride` pixels transposed out of the
+channel blocks (docs/kernels.md).  Its rule (csrc/ort/work_split.h, which
+`_native.blocked_panel` reports): an item that fits about 64 KiB of panel runs as one chunk, a
 wider one in chunks of 48 pixels, 32 from 144 input channels on (expansions, M >= 4 K, keep
 the one-chunk stride).  This times the kernel alone on the layer's widest item, best of
 --repeats calls, the best of --rounds interleaved rounds.
@@ -41,38 +41,6 @@ LAYERS = [
 STRIDES = [32, 48, 64, 80, 112, 176, 240, 496, 976]
 
 
-TILE_PIXELS = {"avx512": 48, "avx2": 24, "neon": 16, "ref": 1}  # KernelTable::tile_pixels
-
-
-def whole_stride(k8: int) -> int:
-    """The op's one-chunk stride: about 64 KiB of panel, an odd multiple of 16, 64..976."""
-    ps = max(64, min(960, (16 << 10) // max(1, k8)))
-    return (ps // 16 | 1) * 16
-
-
-def narrow_stride(k8: int, m: int) -> int:
-    if m >= 4 * k8:  # expansions keep the one-chunk stride
-        return whole_stride(k8)
-    return 32 if k8 >= 144 else 48
-
-
-def widest_item(P: int, K: int, tp: int) -> int:
-    """The widest work item of the op's split (sparse.cpp pixel_tile and split_pixels)."""
-    if not (P > 196 or P >= 4 * tp):
-        return P  # small images: split by output blocks, every item has all pixels
-    want = min(960, max(240, (32 << 10) // K))
-    max_width = max(tp, want // tp * tp)
-    tiles, per = -(-P // tp), max(1, max_width // tp)
-    n = max(-(-tiles // per), min(4, P // tp))
-    if n > 1:
-        n += n & 1
-    while n > 1 and -(-tiles // n) > per:
-        n += 1
-    n = max(1, min(n, tiles))
-    begins = [min(P, tiles * i // n * tp) for i in range(n + 1)]
-    return max(b - a for a, b in zip(begins, begins[1:]))
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--isa", default=None, help="kernel table (default: the best available)")
@@ -94,11 +62,8 @@ def main() -> None:
     print(" ".join(f"{h:>8}" for h in head))
     for P, K, M, sp in LAYERS:
         gp, ki, vals = random_blocks(rng, M, K, 4, sp)
-        n = widest_item(P, K, TILE_PIXELS.get(isa, 1))
+        n, op, wide = _native.blocked_panel(isa, P, K, M)  # the op's own choice
         x = rng.standard_normal((K, n)).astype(np.float32)
-        k8 = -(-K // 8) * 8
-        wide = whole_stride(k8)
-        op = wide if n <= wide else narrow_stride(k8, M)
         strides = sorted(set(STRIDES) | {wide, op})
         best = {s: float("inf") for s in strides}
         for _ in range(a.rounds):  # interleaved: every stride once per round

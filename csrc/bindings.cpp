@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "kernels/kernels.h"
+#include "ort/work_split.h"
 
 namespace py = pybind11;
 
@@ -183,6 +184,18 @@ double time_spmm_blocked(const std::string& isa, int rows, const IArr& group_ptr
     if (i) times.push_back(std::chrono::duration<double>(t1 - t0).count());
   }
   return *std::min_element(times.begin(), times.end());
+}
+
+// The blocked SparseConv's panel for a P-pixel image of K input and M output channels, as the
+// op decides it (ort/work_split.h): (widest work item in pixels, its panel stride, the
+// one-chunk stride for K).
+py::tuple blocked_panel(const std::string& isa, int64_t P, int64_t K, int64_t M) {
+  const sk::KernelTable& t = table_for(isa);
+  if (P < 1 || K < 1 || M < 1) throw py::value_error("P, K and M must be >= 1");
+  const int64_t K8 = (K + sk::kChannelBlock - 1) / sk::kChannelBlock * sk::kChannelBlock;
+  return py::make_tuple(skort::blocked_widest_item(&t, P, K),
+                        skort::blocked_panel_stride(&t, P, K, M),
+                        skort::blocked_whole_stride(K8));
 }
 
 sk::DwShape dw_shape(const FArr& x, const FArr& w, int stride, int pad_t, int pad_l, int OH,
@@ -460,6 +473,10 @@ PYBIND11_MODULE(_native, m) {
         py::arg("panel_stride"), py::arg("repeats") = 20,
         "Best-of-repeats seconds per spmm_b4_blocked call on x [K, n] in 8-channel blocks, "
         "through panels of panel_stride pixels (no epilogue).");
+  m.def("blocked_panel", &blocked_panel, py::arg("isa"), py::arg("P"), py::arg("K"),
+        py::arg("M"),
+        "The blocked SparseConv's (widest work item, its panel stride, one-chunk stride) for a "
+        "P-pixel image with K input and M output channels.");
   m.def("dwconv", &dwconv, py::arg("isa"), py::arg("x"), py::arg("w"), py::arg("stride"),
         py::arg("pad_t"), py::arg("pad_l"), py::arg("OH"), py::arg("OW"),
         py::arg("bias") = 0.0f, py::arg("lo") = -inf, py::arg("hi") = inf,

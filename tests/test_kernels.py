@@ -345,6 +345,25 @@ def test_time_spmm_blocked_runs_and_rejects_bad_strides():
             _native.time_spmm_blocked("ref", 7, gp, ki, vals, x, ps)
 
 
+@pytest.mark.parametrize("P, K, M", [(3136, 144, 24), (12544, 32, 16), (3136, 24, 144),
+                                     (196, 384, 64), (49, 1024, 1024), (1, 3, 5)])
+def test_blocked_panel_rule(P, K, M):
+    """The op's panel choice (ort/work_split.h): an item that fits the ~64 KiB one-chunk panel
+    (an odd multiple of 16 pixels, 64..976) runs through it, so do expansions; a wider item
+    in 48-pixel chunks, 32 from 144 input channels on.  The item is at most the image."""
+    k8 = -(-K // 8) * 8
+    want_whole = (max(64, min(960, 16384 // k8)) // 16 | 1) * 16
+    for isa in AVAILABLE:
+        item, stride, whole = _native.blocked_panel(isa, P, K, M)
+        assert whole == want_whole and 1 <= item <= P
+        if item <= whole or M >= 4 * k8:
+            assert stride == whole
+        else:
+            assert stride == (32 if k8 >= 144 else 48)
+    with pytest.raises(ValueError, match="must be >= 1"):
+        _native.blocked_panel("ref", 0, K, M)
+
+
 def test_selected_isa_default_and_override(monkeypatch):
     monkeypatch.delenv("SPARSEKIT_ISA", raising=False)
     best = _native.selected_isa()

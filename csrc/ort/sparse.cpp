@@ -361,28 +361,6 @@ sk::SpMat spmat(const SparseWeights& w, const int32_t* x_offset) {
   return m;
 }
 
-int64_t pixel_tile(const sk::KernelTable* kt, int64_t K) {
-  const int64_t tp = std::max(1, kt->tile_pixels);
-  // X's K x T block (128 KiB at most) stays in L2 while every output group sweeps it; with few
-  // input channels, wider tiles give the prefetchers longer rows.  Zen3, X and Y in L3/DRAM:
-  // K = 32 (MobileNetV1's first 1x1 layer) 0.25 -> 0.17 ms going from 240 to 960 pixels;
-  // K >= 128 unchanged.
-  const int64_t by_k = (32 << 10) / std::max<int64_t>(1, K);  // 128 KiB of X
-  const int64_t want = std::min<int64_t>(960, std::max<int64_t>(240, by_k));
-  return std::max<int64_t>(tp, want / tp * tp);
-}
-
-PixelSplit split_pixels(int64_t P, int64_t max_width, const sk::KernelTable* kt) {
-  const int64_t tp = std::max(1, kt->tile_pixels);
-  const int64_t tiles = (P + tp - 1) / tp, per = std::max<int64_t>(1, max_width / tp);
-  int64_t n = (tiles + per - 1) / per;
-  n = std::max(n, std::min<int64_t>(4, P / tp));
-  if (n > 1) n += n & 1;
-  // each item gets floor or ceil(tiles / n) tiles; an even n may not push that past max_width
-  while (n > 1 && (tiles + n - 1) / n > per) ++n;
-  return PixelSplit{P, tp, std::max<int64_t>(1, std::min(n, tiles))};
-}
-
 GroupChunks group_chunks(int G) { return GroupChunks{std::max(1, std::min(G, 32)), G}; }
 
 const sk::KernelTable* select_table() {

@@ -9,6 +9,7 @@
 
 #include "kernels/kernels.h"
 #include "ort/common.h"
+#include "ort/work_split.h"
 
 namespace skort {
 
@@ -109,24 +110,6 @@ void direct_offsets(const SparseWeights& w, int64_t stride, int32_t* out);
 
 sk::SpMat spmat(const SparseWeights& w, const int32_t* x_offset);
 
-// Work splitting (design.md §4): large images are split by pixel tiles, small ones (at most
-// kSmallPixels) by output-channel group chunks.
-constexpr int64_t kSmallPixels = 196;
-// Tile width for the direct paths, whose X has K reduction rows.
-int64_t pixel_tile(const sk::KernelTable* kt, int64_t K);
-// P pixels split into n parallel items of whole register tiles (tp pixels; the last item
-// takes the remainder), the register tiles spread evenly: widths differ by at most one tile
-// and are at most max_width.  n is at least ceil(P / max_width), at least 4 where P allows,
-// and even, for 2- and 4-thread pools (784 px, tile 24: 192 192 192 208, not 216 216 216 136).
-struct PixelSplit {
-  int64_t P, tp, n;
-  int64_t begin(int64_t i) const {
-    const int64_t tiles = (P + tp - 1) / tp;
-    return std::min(P, tiles * i / n * tp);
-  }
-  int64_t len(int64_t i) const { return begin(i + 1) - begin(i); }
-};
-PixelSplit split_pixels(int64_t P, int64_t max_width, const sk::KernelTable* kt);
 struct GroupChunks {
   int n;       // number of chunks
   int G;

@@ -503,28 +503,6 @@ void SparseConvKernel::run_phases(OrtKernelContext* ctx, const float* x, float* 
 // ---- layout NCHWc8 -------------------------------------------------------------------------
 // A 1x1 conv between channel-blocked tensors (docs/format.md): same packed weights, the kernel
 // reads X through a per-chunk transposed panel and stores Y blocks directly (spmm_blocked.h).
-namespace {
-// Panel chunk of an image that fits: X's K8 rows x up to this many pixels in about 64 KiB,
-// between 64 and ~960 pixels, an odd multiple of 16 floats so the panel's rows (ps floats
-// apart) spread over the L1 sets.  Every chunk is one more pass over all the weights, so an
-// image this narrow (MobileNetV1's 49-pixel layers, 196x64 -> 384) runs as one chunk.
-int blocked_whole_stride(int64_t K8) {
-  const int64_t by_k = (int64_t(16) << 10) / std::max<int64_t>(1, K8);
-  const int64_t ps = std::max<int64_t>(64, std::min<int64_t>(960, by_k));
-  return int((ps / 16 | 1) * 16);
-}
-// Wider items go in narrow chunks that stay in L1 while every group sweeps them: 48 pixels,
-// 32 from 144 input channels on (a 144 x 32 panel is 18 KiB).  On the Xeon (avx512, one work
-// item of each MobileNet and ResNet-50 1x1 layer, benchmarks/bench_panel_stride.py) that made
-// the projections and the square layers 1.0-1.7x faster (3136x144x24's 240-pixel items 1.58x
-// and 1.65x in two runs); expansions (M >= 4 K) keep the one-chunk stride, where narrow
-// chunks were no faster (3136x24x144 0.93x): their stores bound them.
-int blocked_narrow_stride(int64_t K8, int64_t M) {
-  if (M >= 4 * K8) return blocked_whole_stride(K8);
-  return K8 >= 144 ? 32 : 48;
-}
-}  // namespace
-
 void SparseConvKernel::init_blocked(const Api& api, const OrtKernelInfo* info) {
   if (!direct_ || dh_ != 1 || dw_ != 1)
     throw Error("layout NCHWc8 needs a 1x1 conv with stride 1 and no pads, got kernel " +
@@ -582,16 +560,10 @@ void SparseConvKernel::compute_blocked(OrtKernelContext* ctx) const {
   // A work item that fits one 64 KiB panel runs as one chunk, a wider one in narrow chunks
   // (MobileNetV2's 196-pixel layers, 4 items of ~49 pixels, stay one chunk each: in 32-pixel
   // chunks they ran up to 1.4x slower).
-  const bool pixel_split = P > kSmallPixels || P >= 4 * kt_->tile_pixels;
+  const bool pixel_split = blocked_pixel_split(kt_, P);
   const PixelSplit ps = split_pixels(P, pixel_tile(kt_, C_), kt_);
-  int64_t widest = P;
-  if (pixel_split) {
-    widest = 0;
-    for (int64_t t = 0; t < ps.n; ++t) widest = std::max(widest, ps.len(t));
-  }
-  const bool whole = widest <= blk_whole_ps_ && !blk_whole_xoff_.empty();
-  const int pstride = whole ? blk_whole_ps_ : blk_ps_;
-  const sk::SpMat m = spmat(w_, whole ? blk_whole_xoff_.data() : blk_xoff_.data());
+  const int pstride = blocked_panel_stride(kt_, P, C_, M_);  // blk_ps_ or blk_whole_ps_
+  const sk::SpMat m = spmat(w_, pstride == blk_ps_ ? blk_xoff_.data() : blk_whole_xoff_.data());
   const size_t panel = size_t(kb * kBL * pstride);
   // The NCHW op's split: pixels for large images (each item transposes only its own pixels),
   // Y blocks for small ones (each item transposes all of X's few pixels into its own panel).
