@@ -1,13 +1,32 @@
 #include "ort/common.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdlib>
 #include <new>
 #include <utility>
 #include <sstream>
 #include <vector>
+#include <thread>
+#if defined(__linux__)
+#include <sched.h>
+#endif
 
 namespace skort {
+
+int current_cpu() {
+#if defined(__linux__)
+  const int c = sched_getcpu();
+  return c < 0 ? 0 : c;
+#else
+  return 0;
+#endif
+}
+
+int cpu_count() {
+  static const int n = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  return n;
+}
 
 namespace {
 // Freed scratch blocks of this thread: at most kCacheBlocks of them and kCacheBytes in all,

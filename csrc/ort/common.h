@@ -2,6 +2,7 @@
 // scratch memory and ORT's ParallelFor.  Everything here throws skort::Error on failure; the
 // OrtCustomOp callbacks (register.cpp) turn every exception into an OrtStatus naming the node.
 #pragma once
+#include <algorithm>
 #include <atomic>
 #include <cstdint>
 #include <cstdlib>
@@ -204,5 +205,32 @@ void parallel_for(const Api& api, OrtKernelContext* ctx, size_t n, F&& f) {
 }
 
 std::string shape_str(const std::vector<int64_t>& s);
+
+// The CPU this thread runs on (0 where unknown), and how many the process may use.
+int current_cpu();
+int cpu_count();
+
+// parallel_for over items [0, n) whose data lie in order (pixel ranges, row bands, channel
+// blocks): the items are cut into one contiguous range per CPU, and a thread first takes the
+// next item of its own CPU's range, then of the others'.  Consecutive ops that split the same
+// tensor the same way then find their inputs in their own core's cache, where plain claiming
+// order hands each thread a mix of both cores' outputs.  Every item still runs exactly once:
+// each of the n calls ORT makes claims one item.
+template <typename F>
+void parallel_for_affine(const Api& api, OrtKernelContext* ctx, size_t n, F&& f) {
+  const size_t R = std::min<size_t>(n, size_t(std::min(cpu_count(), 64)));
+  if (R <= 1) return parallel_for(api, ctx, n, [&](size_t i) { f(i); });
+  std::atomic<size_t> next[64];
+  for (size_t r = 0; r < R; ++r) next[r].store(n * r / R, std::memory_order_relaxed);
+  parallel_for(api, ctx, n, [&](size_t) {
+    const size_t c = size_t(current_cpu()) % R;
+    for (size_t k = 0; k < R; ++k) {
+      const size_t r = (c + k) % R;
+      const size_t i = next[r].fetch_add(1, std::memory_order_relaxed);
+      if (i < n * (r + 1) / R) return f(i);
+    }
+  });
+}
+
 
 }  // namespace skort

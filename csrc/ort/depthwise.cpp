@@ -4,6 +4,7 @@
 #include <climits>
 
 #include "ort/ops.h"
+#include "ort/work_split.h"
 
 namespace skort {
 namespace {
@@ -168,11 +169,16 @@ void DepthwiseConvKernel::compute_blocked(OrtKernelContext* ctx) const {
   const int64_t per = std::min<int64_t>(nb, 4);  // blocks per item
   const int64_t runs = (nb + per - 1) / per;
   int64_t bands = (8 + N * runs - 1) / (N * runs);
+  // A large plane of one image: at least a band of rows per CPU, so that a CPU's items (below)
+  // read the rows the 1x1 conv before wrote on that CPU (its pixel ranges) and write those the
+  // one after reads.  Small planes stay whole: bands of a few rows cost more than they save.
+  if (N == 1 && OH * OW > kSmallPixels) bands = std::max<int64_t>(bands, cpu_count());
   bands = std::max<int64_t>(1, std::min(bands, OH));
   const int64_t in = H * W * L, out = OH * OW * L, wk = k_ * k_ * L;
-  parallel_for(api_, ctx, size_t(N * runs * bands), [&](size_t i) {
-    const int64_t band = int64_t(i) % bands, run = int64_t(i) / bands % runs;
-    const int64_t n = int64_t(i) / bands / runs, b0 = run * per;
+  // items in (image, band, run) order: each CPU's range of them is a band of rows
+  parallel_for_affine(api_, ctx, size_t(N * runs * bands), [&](size_t i) {
+    const int64_t run = int64_t(i) % runs, band = int64_t(i) / runs % bands;
+    const int64_t n = int64_t(i) / runs / bands, b0 = run * per;
     const int64_t nblk = std::min(per, nb - b0);
     const int oy0 = int(OH * band / bands), oy1 = int(OH * (band + 1) / bands);
     const int64_t off = n * nb + b0;

@@ -568,7 +568,7 @@ void SparseConvKernel::compute_blocked(OrtKernelContext* ctx) const {
   // The NCHW op's split: pixels for large images (each item transposes only its own pixels),
   // Y blocks for small ones (each item transposes all of X's few pixels into its own panel).
   if (pixel_split) {
-    parallel_for(api_, ctx, size_t(N * ps.n), [&](size_t i) {
+    parallel_for_affine(api_, ctx, size_t(N * ps.n), [&](size_t i) {
       const int64_t n = int64_t(i) / ps.n, t = int64_t(i) % ps.n;
       const int64_t p0 = ps.begin(t), len = ps.len(t);
       Scratch<float> pan{panel};
@@ -581,7 +581,7 @@ void SparseConvKernel::compute_blocked(OrtKernelContext* ctx) const {
     // Whole Y blocks per item (no cache line shared between threads), and only 2 items (the
     // 2-core target): each transposes all of X again.
     const GroupChunks gc{int(std::min<int64_t>(mb, 2)), int(mb)};
-    parallel_for(api_, ctx, size_t(N * gc.n), [&](size_t i) {
+    parallel_for_affine(api_, ctx, size_t(N * gc.n), [&](size_t i) {
       const int64_t n = int64_t(i) / gc.n;
       const int c = int(int64_t(i) % gc.n);
       Scratch<float> pan{panel};
