@@ -644,7 +644,7 @@ void SparseConvKernel::compute_blocked_out(OrtKernelContext* ctx) const {
   // One item per (image, pixel tile of at most panel_.T pixels): im2col into its own panel,
   // the rows' tails up to a whole vector zeroed (the tiles read them), then all groups.
   const PixelSplit ps = split_pixels(P, panel_.T, kt_);
-  parallel_for(api_, ctx, size_t(N * ps.n), [&](size_t i) {
+  parallel_for_affine(api_, ctx, size_t(N * ps.n), [&](size_t i) {
     const int64_t n = int64_t(i) / ps.n, t = int64_t(i) % ps.n;
     const int64_t p0 = ps.begin(t), len = ps.len(t);
     Scratch<float> panel{size_t(R * T)};
@@ -717,7 +717,7 @@ void SparseConvKernel::run_dense_blocked(OrtKernelContext* ctx, const float* x, 
   sk::Epilogue ep0 = epilogue();
   ep0.bias = dense_bias_.empty() ? nullptr : dense_bias_.data();
   const PixelSplit ps = split_pixels(P, pixel_tile(kt_, C_), kt_);
-  parallel_for(api_, ctx, size_t(N * ps.n), [&](size_t i) {
+  parallel_for_affine(api_, ctx, size_t(N * ps.n), [&](size_t i) {
     const int64_t n = int64_t(i) / ps.n, t = int64_t(i) % ps.n;
     const int64_t p0 = ps.begin(t), len = ps.len(t);
     sk::Epilogue ep = ep0;
