@@ -101,6 +101,8 @@ def main() -> int:
     ap.add_argument("--invert-size", type=int, default=None)
     ap.add_argument("--train-size", type=int, default=None,
                     help="fine-tune on crops of this many pixels (evaluation stays at 224)")
+    ap.add_argument("--full-size-last", type=float, default=0.0, metavar="F",
+                    help="with --train-size: the last F of the budget at 224 (finetune --full-size-last)")
     ap.add_argument("--features", type=float, default=0.0,
                     help="feature-loss weight (0: logits only; it makes a MobileNetV2 CPU step ~3x slower)")
     ap.add_argument("--calibration", type=int, default=256, help="crops for reconstruction")
@@ -235,11 +237,13 @@ def main() -> int:
                           seconds=None if args.steps else args.seconds, steps=args.steps,
                           batch_size=args.batch_size, lr=args.lr, synthetic=args.synthetic, holdout=0.0,
                           feature_weight=args.features, sparsity=_gradual(args), train_size=args.train_size,
+                          full_size_last=args.full_size_last,
                           relative_lr=args.relative_lr, train=args.train, invert=args.invert,
                           invert_steps=args.invert_steps, invert_size=args.invert_size,
                           loss=args.loss, temperature=args.temperature)
     label = "finetune" + ("+features" if args.features else "") + ("+synthetic" if args.synthetic else "") \
         + (f" at {args.train_size}px" if args.train_size else "") \
+        + (f" (last {args.full_size_last:.0%} at 224px)" if args.full_size_last else "") \
         + (" (relative lr)" if args.relative_lr else "") \
         + (" (pruned layers only)" if args.train == "pruned" else "") \
         + (" (logit mse)" if args.loss == "mse" else "") \
@@ -254,6 +258,7 @@ def main() -> int:
            synthetic=args.synthetic,
            start=args.start,
            features=args.features, train_size=args.train_size,
+           full_size_last=args.full_size_last or None,
            invert=args.invert, invert_steps=args.invert_steps, invert_size=args.invert_size,
            inversion_seconds=round(rep.inversion["seconds"]) if rep.inversion else None,
            loss_first=rep.loss_first, loss_last=rep.loss_last)

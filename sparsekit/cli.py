@@ -815,6 +815,10 @@ def zoo(name, output, force, as_json):
 @click.option("--train-size", type=click.IntRange(min=1), default=None, metavar="PIXELS",
               help="Train on PIXELSxPIXELS crops (a folder of images; e.g. 160 for a 224 model: "
                    "several times faster per step); evaluation stays at the model's size.")
+@click.option("--full-size-last", type=click.FloatRange(0.0, 1.0, max_open=True), default=0.0,
+              show_default=True, metavar="FRACTION",
+              help="With --train-size: train the last FRACTION of the budget at the model's own "
+                   "size (progressive resizing: small crops buy steps, the end adapts to full size).")
 @click.option("--invert", type=click.IntRange(min=0), default=0, show_default=True, metavar="N",
               help="Before training, synthesise N images from the teacher alone (model inversion: "
                    "its BatchNorm statistics, random classes, a smoothness prior) and add them to "
@@ -850,7 +854,8 @@ def zoo(name, output, force, as_json):
 @click.option("--force", is_flag=True, help="Overwrite the output file if it exists.")
 def finetune(model, output, teacher, data, preprocess, steps, seconds, batch_size, lr, relative_lr,
              schedule, train_layers, loss,
-             temperature, feature_weight, no_augment, mix, synthetic, train_size, invert, invert_steps,
+             temperature, feature_weight, no_augment, mix, synthetic, train_size, full_size_last,
+             invert, invert_steps,
              invert_size, holdout, eval_data,
              eval_crops, sparsity, threads, device, seed, checkpoint, checkpoint_every, resume, as_json,
              force, external_data):
@@ -875,7 +880,8 @@ def finetune(model, output, teacher, data, preprocess, steps, seconds, batch_siz
             train=train_layers,
             temperature=temperature, loss=loss,
             feature_weight=feature_weight, augment=not no_augment, mix=mix, synthetic=synthetic,
-            train_size=train_size, invert=invert, invert_steps=invert_steps, invert_size=invert_size,
+            train_size=train_size, full_size_last=full_size_last,
+            invert=invert, invert_steps=invert_steps, invert_size=invert_size,
             holdout=holdout, eval_data=eval_data, eval_crops=eval_crops,
             sparsity=sparsity, threads=threads, device=device, seed=seed, checkpoint=ckpt,
             checkpoint_every=checkpoint_every, resume=resume, progress=progress)

@@ -334,7 +334,8 @@ def finetune(pruned, teacher, data, *, preprocess: Optional[str] = None,
              steps: Optional[int] = None, seconds: Optional[float] = None, batch_size: int = 32,
              lr: float = 1e-4, schedule: str = "cosine", temperature: float = 2.0, loss: str = "auto",
              feature_weight: float = 0.0, augment: bool = True, mix: float = 0.5, synthetic: float = 0.0,
-             train_size: Optional[int] = None, relative_lr: bool = False, train: str = "all",
+             train_size: Optional[int] = None, full_size_last: float = 0.0,
+             relative_lr: bool = False, train: str = "all",
              invert: int = 0, invert_steps: int = 100, invert_size: Optional[int] = None,
              holdout: float = 0.1, eval_data=None, eval_crops: int = 8,
              sparsity: Optional[float] = None, threads: Optional[int] = None, device: str = "cpu",
@@ -353,6 +354,9 @@ def finetune(pruned, teacher, data, *, preprocess: Optional[str] = None,
     ``train_size``: train on ``train_size`` x ``train_size`` crops of a folder of images instead
     of the model's input size (both teacher and student at that size: a fully convolutional model
     with global pooling trains several times faster per image; evaluation stays at full size).
+    ``full_size_last``: with ``train_size``, the last this fraction of the budget trains at the
+    model's own size (progressive resizing: the small crops buy steps, the end adapts the
+    weights to the size they are evaluated and used at).
     ``relative_lr``: ``lr`` is a step relative to each weight's scale (per output channel of
     Conv/Gemm/MatMul weights, per tensor otherwise), not an absolute one: folded BatchNorms leave
     channels whose weights differ in scale by orders of magnitude, which one absolute Adam step
@@ -370,6 +374,11 @@ def finetune(pruned, teacher, data, *, preprocess: Optional[str] = None,
     """
     _check_options(steps, seconds, batch_size, lr, temperature, loss, device, schedule, sparsity,
                    feature_weight, mix, synthetic, holdout, train_size)
+    if not 0.0 <= full_size_last < 1.0:
+        raise SparsekitError(f"full_size_last must be in [0, 1), got {full_size_last}")
+    if full_size_last and train_size is None:
+        raise SparsekitError("--full-size-last needs --train-size (without it every step is at "
+                             "the model's size already)")
     if invert < 0 or invert_steps < 1 or (invert_size is not None and invert_size < 8):
         raise SparsekitError(f"invert must be >= 0, invert_steps >= 1 and invert_size >= 8, got "
                              f"{invert}, {invert_steps}, {invert_size}")
@@ -415,7 +424,8 @@ def finetune(pruned, teacher, data, *, preprocess: Optional[str] = None,
     report = FinetuneReport(settings=dict(
         steps=steps, seconds=seconds, batch_size=batch_size, lr=lr, schedule=schedule,
         temperature=temperature, loss=loss, feature_weight=feature_weight, augment=augment, mix=mix,
-        synthetic=synthetic, train_size=train_size, relative_lr=relative_lr, train=train,
+        synthetic=synthetic, train_size=train_size, full_size_last=full_size_last,
+        relative_lr=relative_lr, train=train,
         holdout=holdout,
         invert=invert, invert_steps=invert_steps, invert_size=invert_size,
         sparsity=sparsity,
@@ -464,7 +474,7 @@ def finetune(pruned, teacher, data, *, preprocess: Optional[str] = None,
     scales = {n: torch.from_numpy(s).to(dev) for n, s in _step_scales(model, originals).items()} \
         if relative_lr else {}
     rng = np.random.default_rng(seed)
-    state = {"step": 0, "images": 0, "elapsed": 0.0, "losses": []}
+    state = {"step": 0, "images": 0, "elapsed": 0.0, "losses": [], "full_size_steps": 0}
     fp = _fingerprint(student_src.SerializeToString(deterministic=True),
                       teacher_m.SerializeToString(deterministic=True),
                       {k: v for k, v in report.settings.items() if k not in ("steps", "seconds", "threads")},
@@ -541,6 +551,9 @@ def finetune(pruned, teacher, data, *, preprocess: Optional[str] = None,
             for g in opt.param_groups:
                 g["lr"] = lr_at(p)
             opt.zero_grad(set_to_none=True)
+            if full_size_last and p >= 1.0 - full_size_last:
+                data_set.use_full_size()
+                state["full_size_steps"] += 1
             feeds = data_set.batch(per_step, rng, augment, mix, synthetic)
             targets = _run(teacher_sess, feeds, micro, out_names + features, chunk=per_step)
             if not kinds:
@@ -598,6 +611,10 @@ def finetune(pruned, teacher, data, *, preprocess: Optional[str] = None,
     if ramp is not None:
         ramp.record(model, mask_t)
     report.steps, report.images, report.seconds = state["step"], state["images"], round(state["elapsed"], 2)
+    if full_size_last:
+        h, w = data_set.full_size
+        report.notes.append(f"{state.get('full_size_steps', 0)} of {state['step']} steps at the "
+                            f"model's size ({h}x{w}), the others at {train_size}x{train_size}")
     losses = state["losses"]
     if losses:
         k = max(1, len(losses) // 10)

@@ -147,7 +147,12 @@ class TrainingData:
     step: int                              # samples per model run (a fixed leading dim, else 0)
     _photos: Optional[List[torch.Tensor]] = None         # uint8 [3, h, w], images only
     _samples: Optional[Dict[str, np.ndarray]] = None     # npz only
-    _size: Tuple[int, int] = (224, 224)
+    _size: Tuple[int, int] = (224, 224)   # training crops
+    full_size: Tuple[int, int] = (224, 224)   # the model's input size (the evaluation's)
+
+    def use_full_size(self) -> None:
+        """Training crops at the model's own size from now on (after ``train_size`` ones)."""
+        self._size = self.full_size
 
     def image_like(self) -> List[str]:
         """Inputs that are float [N, C, H, W] images (those get crops, flips and procedural images)."""
@@ -271,7 +276,7 @@ def load_training_data(path, model, preprocess: Optional[str] = None, holdout: f
         photos = [_decode(files[i], max(h, w)) for i in train_i]
         size = (int(train_size), int(train_size)) if train_size else (h, w)
         data = TrainingData(str(p), "images", [name], len(photos), {}, "", step,
-                            _photos=photos, _size=size)
+                            _photos=photos, _size=size, full_size=(h, w))
         if eval_path is not None:
             data.eval_inputs, data.eval_source = _eval_set(Path(eval_path), model, preprocess, specs,
                                                            eval_crops, seed)

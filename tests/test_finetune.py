@@ -528,6 +528,36 @@ def test_train_size_trains_smaller_crops_and_evaluates_at_full_size(tmp_path):
     assert np.isclose(report.after.rel_error, float(((s - t) ** 2).sum() / (t ** 2).sum()), rtol=1e-3)
 
 
+def test_full_size_last_ends_at_the_model_size(tmp_path):
+    from sparsekit.training_data import load_training_data
+    dense = _cnn(4, size=32)
+    pm = _pruned(dense, 0.75, pattern="block")
+    folder = _photo_folder(tmp_path)
+    data = load_training_data(folder, pm, "imagenet", holdout=0.34, train_size=16)
+    rng = np.random.default_rng(0)
+    assert data.batch(2, rng)["input"].shape == (2, 3, 16, 16)
+    data.use_full_size()
+    assert data.batch(2, rng)["input"].shape == (2, 3, 32, 32)
+    out, report = finetune(pm, dense, folder, preprocess="imagenet", steps=10, batch_size=8, lr=5e-3,
+                           holdout=0.34, train_size=16, full_size_last=0.5)
+    assert report.settings["full_size_last"] == 0.5
+    assert "5 of 10 steps at the model's size (32x32), the others at 16x16" in report.notes
+    for name, before in _inits(pm).items():
+        if name.endswith("weight"):
+            np.testing.assert_array_equal(_inits(out)[name] == 0, before == 0)
+    assert _without_initializer_values(out) == _without_initializer_values(pm)
+
+
+def test_full_size_last_errors(tmp_path):
+    folder = _photo_folder(tmp_path, n=3)
+    cnn = _cnn(size=24)
+    pm = _pruned(cnn, pattern="block")
+    with pytest.raises(SparsekitError, match="--full-size-last needs --train-size"):
+        finetune(pm, cnn, folder, preprocess="imagenet", steps=1, full_size_last=0.2)
+    with pytest.raises(SparsekitError, match=r"full_size_last must be in \[0, 1\)"):
+        finetune(pm, cnn, folder, preprocess="imagenet", steps=1, train_size=16, full_size_last=1.0)
+
+
 def _flatten_cnn(size=8, classes=5):
     """conv -> relu -> Flatten -> Gemm: the classifier is tied to the input size."""
     rng = np.random.default_rng(0)
