@@ -4,10 +4,10 @@
 #include <cmath>
 #include <cstdlib>
 #include <new>
-#include <utility>
 #include <sstream>
-#include <vector>
 #include <thread>
+#include <utility>
+#include <vector>
 #if defined(__linux__)
 #include <sched.h>
 #endif

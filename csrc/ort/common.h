@@ -206,7 +206,7 @@ void parallel_for(const Api& api, OrtKernelContext* ctx, size_t n, F&& f) {
 
 std::string shape_str(const std::vector<int64_t>& s);
 
-// The CPU this thread runs on (0 where unknown), and how many the process may use.
+// The CPU this thread runs on (0 where unknown), and how many CPUs the machine has online.
 int current_cpu();
 int cpu_count();
 
@@ -231,6 +231,5 @@ void parallel_for_affine(const Api& api, OrtKernelContext* ctx, size_t n, F&& f)
     }
   });
 }
-
 
 }  // namespace skort
