@@ -613,7 +613,7 @@ def finetune(pruned, teacher, data, *, preprocess: Optional[str] = None,
     report.steps, report.images, report.seconds = state["step"], state["images"], round(state["elapsed"], 2)
     if full_size_last:
         h, w = data_set.full_size
-        report.notes.append(f"{state.get('full_size_steps', 0)} of {state['step']} steps at the "
+        report.notes.append(f"{state['full_size_steps']} of {state['step']} steps at the "
                             f"model's size ({h}x{w}), the others at {train_size}x{train_size}")
     losses = state["losses"]
     if losses:

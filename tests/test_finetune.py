@@ -528,7 +528,7 @@ def test_train_size_trains_smaller_crops_and_evaluates_at_full_size(tmp_path):
     assert np.isclose(report.after.rel_error, float(((s - t) ** 2).sum() / (t ** 2).sum()), rtol=1e-3)
 
 
-def test_full_size_last_ends_at_the_model_size(tmp_path):
+def test_full_size_last_ends_at_the_model_size(tmp_path, monkeypatch):
     from sparsekit.training_data import load_training_data
     dense = _cnn(4, size=32)
     pm = _pruned(dense, 0.75, pattern="block")
@@ -538,8 +538,17 @@ def test_full_size_last_ends_at_the_model_size(tmp_path):
     assert data.batch(2, rng)["input"].shape == (2, 3, 16, 16)
     data.use_full_size()
     assert data.batch(2, rng)["input"].shape == (2, 3, 32, 32)
+    from sparsekit.training_data import TrainingData
+    sizes, batch = [], TrainingData.batch
+
+    def recording(self, *a, **k):   # the crop size of every training batch finetune draws
+        out = batch(self, *a, **k)
+        sizes.append(out["input"].shape[2:])
+        return out
+    monkeypatch.setattr(TrainingData, "batch", recording)
     out, report = finetune(pm, dense, folder, preprocess="imagenet", steps=10, batch_size=8, lr=5e-3,
                            holdout=0.34, train_size=16, full_size_last=0.5)
+    assert sizes[-10:] == [(16, 16)] * 5 + [(32, 32)] * 5   # the 10 steps (a size check comes first)
     assert report.settings["full_size_last"] == 0.5
     assert "5 of 10 steps at the model's size (32x32), the others at 16x16" in report.notes
     for name, before in _inits(pm).items():

@@ -169,10 +169,12 @@ void DepthwiseConvKernel::compute_blocked(OrtKernelContext* ctx) const {
   const int64_t per = std::min<int64_t>(nb, 4);  // blocks per item
   const int64_t runs = (nb + per - 1) / per;
   int64_t bands = (8 + N * runs - 1) / (N * runs);
-  // A large plane of one image: at least a band of rows per CPU, so that a CPU's items (below)
-  // read the rows the 1x1 conv before wrote on that CPU (its pixel ranges) and write those the
-  // one after reads.  Small planes stay whole: bands of a few rows cost more than they save.
-  if (N == 1 && OH * OW > kSmallPixels) bands = std::max<int64_t>(bands, cpu_count());
+  // A large plane of one image: at least a band of rows per CPU (of 8 rows or more), so that a
+  // CPU's items (below) read the rows the 1x1 conv before wrote on that CPU (its pixel ranges)
+  // and write those the one after reads.  Small planes and thin bands cost more in re-read
+  // halo rows than they save (14x14 and 7x7 planes in two bands were slower).
+  if (N == 1 && OH * OW > kSmallPixels)
+    bands = std::max<int64_t>(bands, std::min<int64_t>(cpu_count(), OH / 8));
   bands = std::max<int64_t>(1, std::min(bands, OH));
   const int64_t in = H * W * L, out = OH * OW * L, wk = k_ * k_ * L;
   // items in (image, band, run) order: each CPU's range of them is a band of rows
