@@ -96,6 +96,8 @@ def main() -> int:
     ap.add_argument("--loss", default="auto", choices=LOSSES,
                     help="finetune's loss: KL on softened class scores (auto), or squared error on logits")
     ap.add_argument("--temperature", type=float, default=DEFAULT_T, help="the KL loss's temperature")
+    ap.add_argument("--ema", type=float, default=0.0, metavar="DECAY",
+                    help="write the moving average of the weights (finetune --ema)")
     ap.add_argument("--invert", type=int, default=0, help="images synthesised from the teacher first")
     ap.add_argument("--invert-steps", type=int, default=100)
     ap.add_argument("--invert-size", type=int, default=None)
@@ -240,7 +242,7 @@ def main() -> int:
                           full_size_last=args.full_size_last,
                           relative_lr=args.relative_lr, train=args.train, invert=args.invert,
                           invert_steps=args.invert_steps, invert_size=args.invert_size,
-                          loss=args.loss, temperature=args.temperature)
+                          loss=args.loss, temperature=args.temperature, ema=args.ema)
     label = "finetune" + ("+features" if args.features else "") + ("+synthetic" if args.synthetic else "") \
         + (f" at {args.train_size}px" if args.train_size else "") \
         + (f" (last {args.full_size_last:.0%} at 224px)" if args.full_size_last else "") \
@@ -248,6 +250,7 @@ def main() -> int:
         + (" (pruned layers only)" if args.train == "pruned" else "") \
         + (" (logit mse)" if args.loss == "mse" else "") \
         + (f" (T {args.temperature:g})" if args.temperature != DEFAULT_T and args.loss != "mse" else "") \
+        + (f" (EMA {args.ema:g})" if args.ema else "") \
         + (f" +{args.invert} inverted" if args.invert else "") \
         + (f" (gradual from {args.gradual_from:.0%})" if args.gradual_from is not None else "") \
         + (f" from {args.start}" if args.start != "reconstruction" else "") \
@@ -259,6 +262,7 @@ def main() -> int:
            start=args.start,
            features=args.features, train_size=args.train_size,
            full_size_last=args.full_size_last or None,
+           ema=args.ema or None,
            invert=args.invert, invert_steps=args.invert_steps, invert_size=args.invert_size,
            inversion_seconds=round(rep.inversion["seconds"]) if rep.inversion else None,
            loss_first=rep.loss_first, loss_last=rep.loss_last)

@@ -819,6 +819,10 @@ def zoo(name, output, force, as_json):
               show_default=True, metavar="FRACTION",
               help="With --train-size: train the last FRACTION of the budget at the model's own "
                    "size (progressive resizing: small crops buy steps, the end adapts to full size).")
+@click.option("--ema", type=click.FloatRange(0.0, 1.0, max_open=True), default=0.0, show_default=True,
+              metavar="DECAY",
+              help="Write the exponential moving average of the weights over the steps (decay "
+                   "per step, e.g. 0.999) instead of the last step's weights (0: off).")
 @click.option("--invert", type=click.IntRange(min=0), default=0, show_default=True, metavar="N",
               help="Before training, synthesise N images from the teacher alone (model inversion: "
                    "its BatchNorm statistics, random classes, a smoothness prior) and add them to "
@@ -855,7 +859,7 @@ def zoo(name, output, force, as_json):
 def finetune(model, output, teacher, data, preprocess, steps, seconds, batch_size, lr, relative_lr,
              schedule, train_layers, loss,
              temperature, feature_weight, no_augment, mix, synthetic, train_size, full_size_last,
-             invert, invert_steps,
+             ema, invert, invert_steps,
              invert_size, holdout, eval_data,
              eval_crops, sparsity, threads, device, seed, checkpoint, checkpoint_every, resume, as_json,
              force, external_data):
@@ -880,7 +884,7 @@ def finetune(model, output, teacher, data, preprocess, steps, seconds, batch_siz
             train=train_layers,
             temperature=temperature, loss=loss,
             feature_weight=feature_weight, augment=not no_augment, mix=mix, synthetic=synthetic,
-            train_size=train_size, full_size_last=full_size_last,
+            train_size=train_size, full_size_last=full_size_last, ema=ema,
             invert=invert, invert_steps=invert_steps, invert_size=invert_size,
             holdout=holdout, eval_data=eval_data, eval_crops=eval_crops,
             sparsity=sparsity, threads=threads, device=device, seed=seed, checkpoint=ckpt,

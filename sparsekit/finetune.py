@@ -335,7 +335,7 @@ def finetune(pruned, teacher, data, *, preprocess: Optional[str] = None,
              lr: float = 1e-4, schedule: str = "cosine", temperature: float = 2.0, loss: str = "auto",
              feature_weight: float = 0.0, augment: bool = True, mix: float = 0.5, synthetic: float = 0.0,
              train_size: Optional[int] = None, full_size_last: float = 0.0,
-             relative_lr: bool = False, train: str = "all",
+             relative_lr: bool = False, train: str = "all", ema: float = 0.0,
              invert: int = 0, invert_steps: int = 100, invert_size: Optional[int] = None,
              holdout: float = 0.1, eval_data=None, eval_crops: int = 8,
              sparsity: Optional[float] = None, threads: Optional[int] = None, device: str = "cpu",
@@ -364,6 +364,10 @@ def finetune(pruned, teacher, data, *, preprocess: Optional[str] = None,
     ``train``: "all" trains every layer's weights and biases; "pruned" only those of the pruned
     layers (the ones with zeros in their weights, or with ``sparsity`` the ones prune recorded):
     the layers left dense (a classifier, the depthwise convs, the stem) keep the teacher's values.
+    ``ema``: write an exponential moving average of the trained weights, with this decay per
+    step (0: the last step's weights), instead of the last step's weights. The average starts
+    from PRUNED's values and its decay ramps up as ``(1 + t) / (10 + t)`` over the first steps,
+    so it follows the early steps closely; masked entries stay zero in it.
     ``invert``: before training, synthesise this many images from the teacher alone (model
     inversion: ``invert_steps`` optimisation steps each, at ``invert_size`` pixels, default the
     training size; inversion.py) and add them to the training photos (a folder of images only).
@@ -379,6 +383,8 @@ def finetune(pruned, teacher, data, *, preprocess: Optional[str] = None,
     if full_size_last and train_size is None:
         raise SparsekitError("--full-size-last needs --train-size (without it every step is at "
                              "the model's size already)")
+    if not 0.0 <= ema < 1.0:
+        raise SparsekitError(f"ema must be in [0, 1), got {ema}")
     if invert < 0 or invert_steps < 1 or (invert_size is not None and invert_size < 8):
         raise SparsekitError(f"invert must be >= 0, invert_steps >= 1 and invert_size >= 8, got "
                              f"{invert}, {invert_steps}, {invert_size}")
@@ -425,7 +431,7 @@ def finetune(pruned, teacher, data, *, preprocess: Optional[str] = None,
         steps=steps, seconds=seconds, batch_size=batch_size, lr=lr, schedule=schedule,
         temperature=temperature, loss=loss, feature_weight=feature_weight, augment=augment, mix=mix,
         synthetic=synthetic, train_size=train_size, full_size_last=full_size_last,
-        relative_lr=relative_lr, train=train,
+        relative_lr=relative_lr, train=train, ema=ema,
         holdout=holdout,
         invert=invert, invert_steps=invert_steps, invert_size=invert_size,
         sparsity=sparsity,
@@ -473,6 +479,8 @@ def finetune(pruned, teacher, data, *, preprocess: Optional[str] = None,
     opt = torch.optim.Adam(list(params.values()), lr=lr)
     scales = {n: torch.from_numpy(s).to(dev) for n, s in _step_scales(model, originals).items()} \
         if relative_lr else {}
+    # the weights written at the end: the average of the steps' weights with ema, else the last
+    average = {n: p.detach().clone() for n, p in params.items()} if ema else None
     rng = np.random.default_rng(seed)
     state = {"step": 0, "images": 0, "elapsed": 0.0, "losses": [], "full_size_steps": 0}
     fp = _fingerprint(student_src.SerializeToString(deterministic=True),
@@ -494,6 +502,9 @@ def finetune(pruned, teacher, data, *, preprocess: Optional[str] = None,
                 params[n].copy_(v)
         for n, m in saved.get("masks", {}).items():
             mask_t[n] = m.to(dev)
+        if average is not None:
+            for n, v in saved["average"].items():
+                average[n] = v.to(dev)
         opt.load_state_dict(saved["optimizer"])
         rng.bit_generator.state = saved["rng"]
         state.update(saved["state"])
@@ -504,6 +515,7 @@ def finetune(pruned, teacher, data, *, preprocess: Optional[str] = None,
     def snapshot():
         return {"fingerprint": fp, "params": {n: p.detach().cpu() for n, p in params.items()},
                 "masks": {n: m.cpu() for n, m in mask_t.items()}, "optimizer": opt.state_dict(),
+                "average": {n: a.cpu() for n, a in (average or {}).items()},
                 "rng": rng.bit_generator.state, "state": dict(state),
                 "ramp": ramp.current if ramp is not None else None}
 
@@ -582,6 +594,12 @@ def finetune(pruned, teacher, data, *, preprocess: Optional[str] = None,
                     params[n].copy_(before[n] + (params[n] - before[n]) * s)
                 for n, m in mask_t.items():
                     params[n].mul_(m)
+                if average is not None:
+                    d = min(ema, (1.0 + state["step"]) / (10.0 + state["step"]))
+                    for n, a in average.items():
+                        a.lerp_(params[n].detach(), 1.0 - d)
+                        if n in mask_t:     # gradual pruning moves masks: the average follows
+                            a.mul_(mask_t[n])
             state["step"] += 1
             state["images"] += per_step
             state["elapsed"] = time.monotonic() - t_start
@@ -607,7 +625,7 @@ def finetune(pruned, teacher, data, *, preprocess: Optional[str] = None,
     # ---- write back: only the values of trained initializers change
     if ramp is not None:
         ramp.finish(params, mask_t, torch)
-    _write_back(model, params, mask_t, originals)
+    _write_back(model, average if average is not None else params, mask_t, originals)
     if ramp is not None:
         ramp.record(model, mask_t)
     report.steps, report.images, report.seconds = state["step"], state["images"], round(state["elapsed"], 2)

@@ -289,21 +289,24 @@ def test_gradual_pruning_reaches_the_target_within_the_pattern(tmp_path):
 
 # --------------------------------------------------------------------------- long-job manners
 
-def test_interrupt_writes_a_checkpoint_and_resume_finishes_the_same_job(tmp_path):
+@pytest.mark.parametrize("ema", [0.0, 0.7])   # with ema the checkpoint carries the average too
+def test_interrupt_writes_a_checkpoint_and_resume_finishes_the_same_job(tmp_path, ema):
     dense = _cnn()
     pm = _pruned(dense, 0.5, pattern="block")
     data = _data(tmp_path)
     ckpt = tmp_path / "job.ckpt"
-    full, _ = finetune(pm, dense, data, steps=6, batch_size=8, lr=1e-2)
+    full, _ = finetune(pm, dense, data, steps=6, batch_size=8, lr=1e-2, ema=ema)
 
     def stop_at_3(info):
         if info["step"] == 3:
             raise KeyboardInterrupt
 
     with pytest.raises(SparsekitInterrupted, match="checkpoint at step 3"):
-        finetune(pm, dense, data, steps=6, batch_size=8, lr=1e-2, checkpoint=ckpt, progress=stop_at_3)
+        finetune(pm, dense, data, steps=6, batch_size=8, lr=1e-2, checkpoint=ckpt, progress=stop_at_3,
+                 ema=ema)
     assert ckpt.is_file()
-    resumed, report = finetune(pm, dense, data, steps=6, batch_size=8, lr=1e-2, checkpoint=ckpt, resume=True)
+    resumed, report = finetune(pm, dense, data, steps=6, batch_size=8, lr=1e-2, checkpoint=ckpt, resume=True,
+                               ema=ema)
     assert report.steps == 6 and any("resumed" in n for n in report.notes)
     a, b = _inits(full), _inits(resumed)
     for name in a:
@@ -565,6 +568,47 @@ def test_full_size_last_errors(tmp_path):
         finetune(pm, cnn, folder, preprocess="imagenet", steps=1, full_size_last=0.2)
     with pytest.raises(SparsekitError, match=r"full_size_last must be in \[0, 1\)"):
         finetune(pm, cnn, folder, preprocess="imagenet", steps=1, train_size=16, full_size_last=1.0)
+
+
+def test_ema_writes_the_average_of_the_steps(tmp_path, monkeypatch):
+    """--ema: the written weights are the moving average of every step's weights (recorded
+    here as Adam leaves them), computed independently in numpy with the documented decay."""
+    import torch
+    from sparsekit.torch_graph import OnnxModule
+    dense = _cnn(5, size=16)
+    pm = _pruned(dense, 0.75, pattern="block")
+    folder = _photo_folder(tmp_path, n=4)
+    names, steps, step = [], [], torch.optim.Adam.step
+    named = OnnxModule.named_weights
+
+    def naming(self):
+        out = named(self)
+        names[:] = list(out)
+        return out
+
+    def recording(self, *a, **k):
+        r = step(self, *a, **k)
+        steps.append([q.detach().numpy().copy() for q in self.param_groups[0]["params"]])
+        return r
+    monkeypatch.setattr(OnnxModule, "named_weights", naming)
+    monkeypatch.setattr(torch.optim.Adam, "step", recording)
+    decay = 0.6
+    out, report = finetune(pm, dense, folder, preprocess="imagenet", steps=6, batch_size=4,
+                           lr=2e-2, holdout=0.25, schedule="constant", ema=decay)
+    assert report.settings["ema"] == decay and len(steps) == 6
+    original, written = _inits(pm), _inits(out)
+    for i, name in enumerate(names):
+        avg = original[name].astype(np.float64)
+        for t, values in enumerate(steps):
+            d = min(decay, (1 + t) / (10 + t))
+            avg = d * avg + (1 - d) * values[i]
+        np.testing.assert_allclose(written[name], avg, rtol=1e-4, atol=1e-6)
+        if name.endswith("weight"):
+            np.testing.assert_array_equal(written[name] == 0, original[name] == 0)
+            # the average is not the last step's weights
+            assert np.abs(written[name] - steps[-1][i]).max() > 1e-4
+    with pytest.raises(SparsekitError, match=r"ema must be in \[0, 1\)"):
+        finetune(pm, dense, folder, preprocess="imagenet", steps=1, ema=1.0)
 
 
 def _flatten_cnn(size=8, classes=5):
