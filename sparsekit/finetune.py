@@ -629,6 +629,9 @@ def finetune(pruned, teacher, data, *, preprocess: Optional[str] = None,
     if ramp is not None:
         ramp.record(model, mask_t)
     report.steps, report.images, report.seconds = state["step"], state["images"], round(state["elapsed"], 2)
+    if ema:
+        report.notes.append(f"the written weights are the moving average of the steps' weights "
+                            f"(decay {ema:g}), not the last step's")
     if full_size_last:
         h, w = data_set.full_size
         report.notes.append(f"{state['full_size_steps']} of {state['step']} steps at the "

@@ -596,6 +596,7 @@ def test_ema_writes_the_average_of_the_steps(tmp_path, monkeypatch):
     out, report = finetune(pm, dense, folder, preprocess="imagenet", steps=6, batch_size=4,
                            lr=2e-2, holdout=0.25, schedule="constant", ema=decay)
     assert report.settings["ema"] == decay and len(steps) == 6
+    assert any("moving average of the steps' weights (decay 0.6)" in n for n in report.notes)
     original, written = _inits(pm), _inits(out)
     for i, name in enumerate(names):
         avg = original[name].astype(np.float64)
