@@ -367,7 +367,7 @@ def finetune(pruned, teacher, data, *, preprocess: Optional[str] = None,
     ``ema``: write an exponential moving average of the trained weights, with this decay per
     step (0: the last step's weights), instead of the last step's weights. The average starts
     from PRUNED's values and its decay ramps up as ``(1 + t) / (10 + t)`` over the first steps,
-    so it follows the early steps closely; masked entries stay zero in it.
+    so it follows the early steps closely; the write-back zeroes it outside the masks.
     ``invert``: before training, synthesise this many images from the teacher alone (model
     inversion: ``invert_steps`` optimisation steps each, at ``invert_size`` pixels, default the
     training size; inversion.py) and add them to the training photos (a folder of images only).
@@ -596,10 +596,8 @@ def finetune(pruned, teacher, data, *, preprocess: Optional[str] = None,
                     params[n].mul_(m)
                 if average is not None:
                     d = min(ema, (1.0 + state["step"]) / (10.0 + state["step"]))
-                    for n, a in average.items():
-                        a.lerp_(params[n].detach(), 1.0 - d)
-                        if n in mask_t:     # gradual pruning moves masks: the average follows
-                            a.mul_(mask_t[n])
+                    for n, a in average.items():   # elementwise: weights the ramp prunes
+                        a.lerp_(params[n].detach(), 1.0 - d)   # later are zeroed at write-back
             state["step"] += 1
             state["images"] += per_step
             state["elapsed"] = time.monotonic() - t_start

@@ -269,10 +269,12 @@ def test_feature_loss_uses_pruned_layer_outputs(tmp_path):
 
 # --------------------------------------------------------------------------- gradual pruning
 
-def test_gradual_pruning_reaches_the_target_within_the_pattern(tmp_path):
+@pytest.mark.parametrize("ema", [0.0, 0.9])   # with ema the average is what gets the masks
+def test_gradual_pruning_reaches_the_target_within_the_pattern(tmp_path, ema):
     dense = _cnn(c1=8, c2=16)
     pm = _pruned(dense, 0.5, pattern="block")
-    out, report = finetune(pm, dense, _data(tmp_path), steps=12, batch_size=8, lr=1e-3, sparsity=0.75)
+    out, report = finetune(pm, dense, _data(tmp_path), steps=12, batch_size=8, lr=1e-3, sparsity=0.75,
+                           ema=ema)
     a, b = _inits(pm), _inits(out)
     meta = json.loads(next(p.value for p in out.metadata_props if p.key == "sparsekit.recipe"))["layers"]
     for name in ("conv1.weight", "conv2.weight", "fc.weight"):
@@ -390,6 +392,9 @@ def test_cli_writes_model_and_json_report(tmp_path, capsys):
     code, stdout, stderr = _run(args + ["--force", "--train", "pruned", "--json"], capsys)
     assert code == 0, stderr
     assert json.loads(stdout)["settings"]["train"] == "pruned"
+    code, stdout, stderr = _run(args + ["--force", "--ema", "0.9", "--json"], capsys)
+    assert code == 0, stderr
+    assert json.loads(stdout)["settings"]["ema"] == 0.9
 
 
 @pytest.mark.parametrize("extra,needle", [
@@ -592,11 +597,11 @@ def test_ema_writes_the_average_of_the_steps(tmp_path, monkeypatch):
         return r
     monkeypatch.setattr(OnnxModule, "named_weights", naming)
     monkeypatch.setattr(torch.optim.Adam, "step", recording)
-    decay = 0.6
+    decay = 0.3     # below the ramp's 0.4 at step 6: both the ramp and the cap are used
     out, report = finetune(pm, dense, folder, preprocess="imagenet", steps=6, batch_size=4,
                            lr=2e-2, holdout=0.25, schedule="constant", ema=decay)
     assert report.settings["ema"] == decay and len(steps) == 6
-    assert any("moving average of the steps' weights (decay 0.6)" in n for n in report.notes)
+    assert any("moving average of the steps' weights (decay 0.3)" in n for n in report.notes)
     original, written = _inits(pm), _inits(out)
     for i, name in enumerate(names):
         avg = original[name].astype(np.float64)
