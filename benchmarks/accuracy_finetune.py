@@ -44,6 +44,7 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "accuracy_finetune"
 CACHE = Path(tempfile.gettempdir()) / "sparsekit_finetune_study"   # one-shot models, reused by later runs
 DEFAULT_T = inspect.signature(finetune).parameters["temperature"].default   # finetune's KL temperature
+DEFAULT_MIX = inspect.signature(finetune).parameters["mix"].default          # its mixing fraction
 # the one-shot settings a row records when not the default
 RECONSTRUCTION_KEYS = ("damp", "match", "calibration_synthetic", "permute")
 
@@ -90,6 +91,8 @@ def main() -> int:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--lr", type=float, default=1e-4)
     ap.add_argument("--synthetic", type=float, default=0.0)
+    ap.add_argument("--mix", type=float, default=DEFAULT_MIX,
+                    help="fraction of each batch mixed with another sample (finetune --mix)")
     ap.add_argument("--relative-lr", action="store_true", help="--lr relative to each channel's weight scale")
     ap.add_argument("--train", default="all", choices=TRAIN_CHOICES,
                     help="finetune's train: every layer, or only the pruned ones")
@@ -237,7 +240,8 @@ def main() -> int:
     t0 = time.perf_counter()
     tuned, rep = finetune(start, dense, train_dir, preprocess="imagenet",
                           seconds=None if args.steps else args.seconds, steps=args.steps,
-                          batch_size=args.batch_size, lr=args.lr, synthetic=args.synthetic, holdout=0.0,
+                          batch_size=args.batch_size, lr=args.lr, synthetic=args.synthetic, mix=args.mix,
+                          holdout=0.0,
                           feature_weight=args.features, sparsity=_gradual(args), train_size=args.train_size,
                           full_size_last=args.full_size_last,
                           relative_lr=args.relative_lr, train=args.train, invert=args.invert,
@@ -251,6 +255,8 @@ def main() -> int:
         + (" (logit mse)" if args.loss == "mse" else "") \
         + (f" (T {args.temperature:g})" if args.temperature != DEFAULT_T and args.loss != "mse" else "") \
         + (f" (EMA {args.ema:g})" if args.ema else "") \
+        + (f" (mix {args.mix:g})" if args.mix != DEFAULT_MIX else "") \
+        + (f" (batch {args.batch_size})" if args.batch_size != 32 else "") \
         + (f" +{args.invert} inverted" if args.invert else "") \
         + (f" (gradual from {args.gradual_from:.0%})" if args.gradual_from is not None else "") \
         + (f" from {args.start}" if args.start != "reconstruction" else "") \
@@ -263,6 +269,7 @@ def main() -> int:
            features=args.features, train_size=args.train_size,
            full_size_last=args.full_size_last or None,
            ema=args.ema or None,
+           mix=args.mix,
            invert=args.invert, invert_steps=args.invert_steps, invert_size=args.invert_size,
            inversion_seconds=round(rep.inversion["seconds"]) if rep.inversion else None,
            loss_first=rep.loss_first, loss_last=rep.loss_last)

@@ -95,9 +95,7 @@ def inspect(model_or_path) -> InspectReport:
                 info.pattern = f"{W.dtype.name} weights"
             report.layers.append(info)
         elif node.domain == DOMAIN:
-            info = _sparse_layer(node, names[i], inits)
-            if info is not None:
-                report.layers.append(info)
+            report.layers.extend(_sparse_layers(node, names[i], inits))
     return report
 
 
@@ -108,20 +106,37 @@ def _set_pattern(info: LayerInfo, W: np.ndarray, prefer_bank: Optional[int] = No
     info.bank_size = p.bank_size if p.kind == "bank" else None
 
 
+def _sparse_layers(node: onnx.NodeProto, name: str, inits: dict) -> List[LayerInfo]:
+    """The layers of one sparsekit node: SparseConvDepthwise holds two (its 1x1 conv, then
+    its depthwise conv, named NAME:1x1 and NAME:depthwise)."""
+    if node.op_type == "SparseConvDepthwise":
+        return [i for i in (_sparse_layer(node, f"{name}:1x1", inits),
+                            _depthwise_layer(node, f"{name}:depthwise", inits, 6)) if i is not None]
+    info = (_depthwise_layer(node, name, inits, 1) if node.op_type == "DepthwiseConv"
+            else _sparse_layer(node, name, inits))
+    return [info] if info is not None else []
+
+
+def _input_array(node: onnx.NodeProto, inits: dict, pos: int) -> Optional[np.ndarray]:
+    if len(node.input) > pos and node.input[pos] in inits:
+        return tensor_to_array(inits[node.input[pos]])
+    return None
+
+
+def _depthwise_layer(node: onnx.NodeProto, name: str, inits: dict, pos: int) -> Optional[LayerInfo]:
+    w = _input_array(node, inits, pos)
+    if w is None or w.ndim != 4:
+        return None
+    return LayerInfo(name, "DepthwiseConv", [w.shape[0], int(np.prod(w.shape[1:]))],
+                     float((w == 0).mean()) if w.size else 0.0, "depthwise",
+                     "dense depthwise", w.nbytes, w.size * 4)
+
+
 def _sparse_layer(node: onnx.NodeProto, name: str, inits: dict) -> Optional[LayerInfo]:
     def tensor(pos):
-        if len(node.input) > pos and node.input[pos] in inits:
-            return tensor_to_array(inits[node.input[pos]])
-        return None
+        return _input_array(node, inits, pos)
 
-    if node.op_type == "DepthwiseConv":
-        w = tensor(1)
-        if w is None or w.ndim != 4:
-            return None
-        return LayerInfo(name, node.op_type, [w.shape[0], int(np.prod(w.shape[1:]))],
-                         float((w == 0).mean()) if w.size else 0.0, "depthwise",
-                         "dense depthwise", w.nbytes, w.size * 4)
-    if node.op_type not in ("SparseConv", "SparseGemm"):
+    if node.op_type not in ("SparseConv", "SparseGemm", "SparseConvDepthwise"):
         return None
     values, indices, group_ptr = tensor(1), tensor(2), tensor(3)
     if values is None or indices is None:
@@ -130,7 +145,7 @@ def _sparse_layer(node: onnx.NodeProto, name: str, inits: dict) -> Optional[Laye
     fmt = fmt.decode() if isinstance(fmt, bytes) else fmt
     block = int(get_attr(node, "block", 4))
     bank_size = get_attr(node, "bank_size", None)
-    if node.op_type == "SparseConv":
+    if node.op_type in ("SparseConv", "SparseConvDepthwise"):
         ks = list(get_attr(node, "kernel_shape", [1, 1]))
         taps = int(np.prod(ks)) if ks else 1
         M = int(get_attr(node, "out_channels", 0))
@@ -142,7 +157,8 @@ def _sparse_layer(node: onnx.NodeProto, name: str, inits: dict) -> Optional[Laye
         packed["group_ptr"] = group_ptr
     nbytes = sum(a.nbytes for a in packed.values())
     label = f"{fmt} {'' if bank_size is None else str(bank_size) + ' '}1x{block}"
-    info = LayerInfo(name, node.op_type, [M, K], 0.0, "", label, nbytes, M * K * 4)
+    op = "SparseConv" if node.op_type == "SparseConvDepthwise" else node.op_type
+    info = LayerInfo(name, op, [M, K], 0.0, "", label, nbytes, M * K * 4)
     try:
         if M < 1 or K < 1:
             raise SparsekitError(f"out/in sizes {M}x{K}")

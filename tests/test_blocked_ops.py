@@ -1,8 +1,11 @@
 """The channel-blocked layout in onnxruntime (issue 20): Reorder (NCHW <-> NCHWc8),
-DepthwiseConv and SparseConv (1x1, 1x4 blocks) with layout = "NCHWc8", chained, against the same
+DepthwiseConv and SparseConv (1x1, 1x4 blocks) with layout = "NCHWc8", chained, and the two
+merged (SparseConvDepthwise), against the same
 convs in stock onnxruntime, for every ISA the build has and 1 / 2 threads; and models whose blocked tensors disagree with their
 declared shapes, refused at session creation (or, with shapes unknown there, at run time)."""
 from __future__ import annotations
+
+import copy
 
 import numpy as np
 import onnxruntime as ort
@@ -10,6 +13,7 @@ import pytest
 from onnx import helper, numpy_helper
 
 import sparsekit
+from sparsekit.convert.layout import fuse_expansions
 from sparsekit.pack import make_depthwise_node, make_reorder_node, make_sparse_conv_node
 from ort_helpers import assert_close, make_model, run_stock, vinfo
 
@@ -584,3 +588,137 @@ def test_nchw_to_blocked_sparse_conv_refusals():
                    [vinfo("Y", None)], ib)
     with pytest.raises(Exception, match="residual is declared"):
         sparsekit.session(m)
+
+
+# ---- SparseConvDepthwise: an expansion and its depthwise conv, band by band ------------------
+def fused(sparse):
+    """The blocked chain with its first SparseConv merged into the DepthwiseConv after it, as
+    convert merges them (layout.fuse_expansions)."""
+    nodes = list(sparse.graph.node)
+    merged = fuse_expansions(nodes, {n.output[0] for n in nodes})
+    assert [n.op_type for n in merged].count("SparseConvDepthwise") == 1
+    m = copy.deepcopy(sparse)
+    del m.graph.node[:]
+    m.graph.node.extend(merged)
+    return m
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("act", ["none", "clip"])
+@pytest.mark.parametrize("case", list(PW_CHAINS))
+def test_fused_expansion_matches_stock(isa, case, act, threads):
+    """PW_CHAINS with pw1 + dw as one SparseConvDepthwise: equal to stock onnxruntime (bands of
+    rows on the large planes, one band on the small ones, the dense kernel at 0-20% sparsity)."""
+    N, C, H, W, M1, M2, s, sp = PW_CHAINS[case]
+    residual = s == 1 and M2 == C and act != "none"
+    rng = np.random.default_rng(len(case) * 17 + len(act))
+    sparse, dense = pw_chain_models(rng, N, C, H, W, M1, M2, s, sp, act, residual)
+    feeds = {"X": rng.standard_normal((N, C, H, W)).astype(np.float32)}
+    y = sparsekit.session(fused(sparse), threads=threads).run(None, feeds)[0]
+    assert_close(y, run_stock(dense, feeds), 9 * (C + M1))
+
+
+# (N, C, H, W, M, k, stride, pads): the depthwise geometries the blocked tests sweep, after an
+# expansion, on planes wide and tall enough for several bands (and edge bands of padding only)
+FUSED = {
+    "112x112-s2-tf": (1, 16, 112, 112, 96, 3, 2, (0, 0, 1, 1)),
+    "56x56-s1": (1, 24, 56, 56, 144, 3, 1, (1, 1, 1, 1)),
+    "5x5-s2-odd": (2, 13, 45, 39, 40, 5, 2, (2, 2, 2, 2)),
+    "5x5-s1-asym": (1, 9, 33, 30, 27, 5, 1, (2, 1, 2, 3)),
+    "7x7-s1": (1, 8, 40, 12, 33, 7, 1, (3, 3, 3, 3)),
+    "3x3-s3-bigpad": (1, 5, 29, 29, 20, 3, 3, (2, 2, 2, 1)),
+    "3x3-nopad-tall": (1, 6, 300, 5, 8, 3, 1, (0, 0, 0, 0)),
+}
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("case", list(FUSED))
+def test_fused_depthwise_geometries_match_stock(isa, case, threads):
+    N, C, H, W, M, k, s, pads = FUSED[case]
+    rng = np.random.default_rng(len(case))
+    w1 = sparse_1x4(rng, M, C, 0.6)
+    b1 = rng.standard_normal(M).astype(np.float32)
+    wd = rng.standard_normal((M, 1, k, k)).astype(np.float32)
+    bd = rng.standard_normal(M).astype(np.float32)
+    clip = dict(activation="clip", clip_min=0.0, clip_max=6.0)
+    r1, _ = make_reorder_node("to_c8", "X", "Xb", "NCHWc8")
+    p1, i1 = make_sparse_conv_node("pw", "Xb", "Ab", w1, b1, layout="NCHWc8", **clip)
+    d1, i2 = make_depthwise_node("dw", "Ab", "Bb", wd, bd, strides=(s, s), pads=pads,
+                                 layout="NCHWc8", **clip)
+    r2, _ = make_reorder_node("to_nchw", "Bb", "Y", "NCHW", channels=M)
+    inputs = [vinfo("X", [N, C, H, W])]
+    sparse = make_model([r1, p1, d1, r2], inputs, [vinfo("Y", None)], i1 + i2)
+    c1 = helper.make_node("Conv", ["X", "W1", "B1"], ["C1"], kernel_shape=[1, 1])
+    e1, ei1 = _act("C1", "A", "clip", "a1")
+    cd = helper.make_node("Conv", ["A", "WD", "BD"], ["CD"], group=M, kernel_shape=[k, k],
+                          strides=[s, s], pads=list(pads))
+    ed, eid = _act("CD", "Y", "clip", "ad")
+    inits = [numpy_helper.from_array(a, n) for a, n in ((w1, "W1"), (b1, "B1"), (wd, "WD"),
+                                                        (bd, "BD"))]
+    dense = make_model([c1] + e1 + [cd] + ed, inputs, [vinfo("Y", None)], inits + ei1 + eid,
+                       sparse=False)
+    feeds = {"X": rng.standard_normal((N, C, H, W)).astype(np.float32)}
+    y = sparsekit.session(fused(sparse), threads=threads).run(None, feeds)[0]
+    assert_close(y, run_stock(dense, feeds), k * k * C)
+
+
+def _fused_node(M=12, C=20, dw_channels=None, **dw_attrs):
+    """A lone SparseConvDepthwise node (X blocked, declared [1, 3, 8, 8, 8])."""
+    rng = np.random.default_rng(0)
+    p, ip = make_sparse_conv_node("pw", "Xb", "Ab", sparse_1x4(rng, M, C, 0.5), layout="NCHWc8")
+    d, idw = make_depthwise_node("dw", "Ab", "Y", np.ones((dw_channels or M, 1, 3, 3), np.float32),
+                                 pads=(1, 1, 1, 1), layout="NCHWc8")
+    node = fuse_expansions([p, d], {"Ab"})[0]
+    kept = [a for a in node.attribute if a.name not in dw_attrs]
+    del node.attribute[:]
+    node.attribute.extend(kept + [helper.make_attribute(k, v) for k, v in dw_attrs.items()])
+    return node, ip + idw
+
+
+def test_fused_expansion_refuses_what_it_cannot_run():
+    """At session creation, with the op named: a residual on the 1x1 conv, a depthwise weight
+    of other than the expansion's channel count, either half not blocked, an attribute of the
+    depthwise half it does not implement (named with its prefix)."""
+    def refused(node, inits, what, declared=(1, 3, 8, 8, 8)):
+        m = make_model([node], [vinfo("Xb", list(declared)), vinfo("R", None)], [vinfo("Y", None)],
+                       inits)
+        with pytest.raises(Exception, match=what) as e:
+            sparsekit.session(m)
+        assert "SparseConvDepthwise node" in str(e.value)
+
+    node, inits = _fused_node()
+    node.input[5] = "R"
+    refused(node, inits, "takes no residual")
+    refused(*_fused_node(dw_channels=16), "has 16 channels but the 1x1 conv makes 12")
+    node, inits = _fused_node()
+    next(a for a in node.attribute if a.name == "dw_layout").s = b"NCHW"
+    refused(node, inits, "must both be \"NCHWc8\"")
+    refused(*_fused_node(dw_auto_pad="SAME_UPPER"), "attribute 'dw_auto_pad' is not implemented")
+    refused(*_fused_node(dw_dilations=[2, 2]), "'dilations' must be \\[1, 1\\]")
+    refused(*_fused_node(), "X is declared with shape \\[1, 2, 8, 8, 8\\]", declared=(1, 2, 8, 8, 8))
+
+
+@pytest.mark.parametrize("shape", [
+    (0, 3, 8, 8, 8), (2, 3, 1, 1, 8), (1, 3, 0, 8, 8), (1, 3, 8, 0, 8), (1, 3, 300, 2, 8),
+    (1, 3, 8, 8, 1), (1, 2, 8, 8, 8), (1, 3, 8, 8), (1, 3, 8, 8, 8, 1),
+])
+def test_fused_expansion_run_shapes(isa, shape):
+    """Declared shape unknown: the right answer (numpy) or a clean run error, never a read past
+    a tensor (the suite also runs under ASan); the session stays usable."""
+    node, inits = _fused_node()
+    sess = sparsekit.session(make_model([node], [vinfo("Xb", None)], [vinfo("Y", None)], inits))
+    x = np.random.default_rng(len(shape)).standard_normal(shape).astype(np.float32)
+    valid = len(shape) == 5 and shape[1] == 3 and shape[4] == 8 and min(shape[2:4]) >= 1
+    if not valid:
+        with pytest.raises(Exception, match="SparseConvDepthwise node 'pw\\+dw'"):
+            sess.run(None, {"Xb": x})
+    else:
+        y = sess.run(None, {"Xb": x})[0]
+        N, _, H, W, _ = shape
+        w = sparse_1x4(np.random.default_rng(0), 12, 20, 0.5)[:, :, 0, 0]
+        xn = x.transpose(0, 1, 4, 2, 3).reshape(N, 24, H, W)[:, :20]
+        a = np.pad(np.einsum("mc,nchw->nmhw", w, xn), ((0, 0), (0, 0), (1, 1), (1, 1)))
+        want = sum(a[:, :, dy:dy + H, dx:dx + W] for dy in range(3) for dx in range(3))
+        got = y.transpose(0, 1, 4, 2, 3).reshape(N, 16, H, W)
+        np.testing.assert_allclose(got[:, :12], want, rtol=1e-4, atol=1e-4)
+    assert sess.run(None, {"Xb": np.ones((1, 3, 4, 4, 8), np.float32)})[0].shape == (1, 2, 4, 4, 8)

@@ -14,8 +14,9 @@ from sparsekit.cli import main
 from sparsekit.convert import convert
 from sparsekit.convert.layout import find_chains
 from sparsekit.errors import SparsekitError
-from test_convert import (assert_close, assert_valid_output, block_mask, feeds_for, init,
-                          masked, model_of, run_sparse, run_stock, vi, zoo)
+from sparsekit.inspection import inspect
+from test_convert import (ZOO, assert_close, assert_valid_output, block_mask, build, feeds_for,
+                          init, masked, model_of, run_sparse, run_stock, vi, zoo)
 
 
 def _blocked_chains(report):
@@ -28,9 +29,14 @@ def _check_blocked_graph(model, report):
     NCHW and writing NCHWc8, under the replaced conv's name)."""
     by_name = {n.name: n for n in model.graph.node}
     for c in _blocked_chains(report):
+        merged = {part: f for f in c.fused for part in f.split("+")}
         for name in c.nodes:
-            attrs = {a.name: a for a in by_name[name].attribute}
+            attrs = {a.name: a for a in by_name[merged.get(name, name)].attribute}
             assert helper.get_attribute_value(attrs["layout"]) == b"NCHWc8", name
+        for f in c.fused:   # an expansion and its depthwise conv, both halves blocked
+            attrs = {a.name: helper.get_attribute_value(a) for a in by_name[f].attribute}
+            assert by_name[f].op_type == "SparseConvDepthwise"
+            assert attrs["layout"] == attrs["dw_layout"] == b"NCHWc8"
     reorders = [n for n in model.graph.node if n.op_type == "Reorder"]
     assert len(reorders) == sum(len(c.inputs) - len(c.heads) + len(c.outputs)
                                 for c in _blocked_chains(report))
@@ -81,6 +87,29 @@ def test_zoo_blocked_chains_match_stock_onnxruntime(name):
         assert "NCHWc8" in row.note
     else:  # the 3x3 and strided SparseConvs before 1x1 chains write their blocks
         assert any(c.heads for c in rep.chains)
+    feeds = feeds_for(pruned)
+    for t in (1, 2):
+        assert_close(run_stock(pruned, feeds, t), run_sparse(blocked, feeds, t))
+
+
+@pytest.mark.parametrize("name", ["mobilenet_v2", "efficientnet_lite0"])
+def test_zoo_expansions_merged_on_large_planes_match_stock(name):
+    """At 64x64 the first blocks' planes are 32x32 (>= FUSE_MIN_PIXELS): their expansion and
+    depthwise conv become one SparseConvDepthwise, the smaller planes' stay two nodes; the model
+    equals stock onnxruntime at 1 and 2 threads, and inspect lists each merged node's two
+    layers."""
+    m = build(name, **dict(ZOO[name], resolution=64))
+    pruned, _ = sparsekit.prune(m, sparsity=0.85, min_params=0)
+    blocked, rep = convert(pruned, layout="NCHWc8")
+    fused = [n for n in blocked.graph.node if n.op_type == "SparseConvDepthwise"]
+    assert fused and [n.name for n in fused] == [f for c in rep.chains for f in c.fused]
+    assert any(n.op_type == "DepthwiseConv" for n in blocked.graph.node)   # the small planes
+    assert "merged with their depthwise conv" in rep.chains[0].reason
+    _check_blocked_graph(blocked, rep)
+    layers = {l.name: l for l in inspect(blocked).layers}
+    for n in fused:
+        assert layers[f"{n.name}:1x1"].op == "SparseConv"
+        assert layers[f"{n.name}:depthwise"].pattern == "depthwise"
     feeds = feeds_for(pruned)
     for t in (1, 2):
         assert_close(run_stock(pruned, feeds, t), run_sparse(blocked, feeds, t))

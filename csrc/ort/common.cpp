@@ -123,14 +123,16 @@ std::string TensorView::shape_str() const { return skort::shape_str(shape); }
 
 // ---- attributes ----------------------------------------------------------------------------
 bool Attrs::try_int(const char* name, int64_t* out) const {
-  return !failed(api_, api_.KernelInfoGetAttribute_int64()(info_, name, out));
+  return !failed(api_, api_.KernelInfoGetAttribute_int64()(info_, key(name).c_str(), out));
 }
 
 bool Attrs::try_float(const char* name, float* out) const {
-  return !failed(api_, api_.KernelInfoGetAttribute_float()(info_, name, out));
+  return !failed(api_, api_.KernelInfoGetAttribute_float()(info_, key(name).c_str(), out));
 }
 
-bool Attrs::try_string(const char* name, std::string* out) const {
+bool Attrs::try_string(const char* attr, std::string* out) const {
+  const std::string k = key(attr);
+  const char* name = k.c_str();
   size_t size = 0;
   if (failed(api_, api_.KernelInfoGetAttribute_string()(info_, name, nullptr, &size))) return false;
   std::string buf(size + 1, '\0');
@@ -142,7 +144,9 @@ bool Attrs::try_string(const char* name, std::string* out) const {
   return true;
 }
 
-bool Attrs::try_ints(const char* name, std::vector<int64_t>* out) const {
+bool Attrs::try_ints(const char* attr, std::vector<int64_t>* out) const {
+  const std::string k = key(attr);
+  const char* name = k.c_str();
   size_t n = 0;
   if (failed(api_, api_.KernelInfoGetAttributeArray_int64()(info_, name, nullptr, &n))) return false;
   std::vector<int64_t> v(n);
@@ -158,7 +162,8 @@ bool Attrs::try_ints(const char* name, std::vector<int64_t>* out) const {
 
 bool Attrs::try_floats(const char* name) const {
   size_t n = 0;
-  return !failed(api_, api_.KernelInfoGetAttributeArray_float()(info_, name, nullptr, &n));
+  return !failed(api_,
+                 api_.KernelInfoGetAttributeArray_float()(info_, key(name).c_str(), nullptr, &n));
 }
 
 Attrs::Kind Attrs::kind(const char* name) const {
@@ -182,7 +187,7 @@ bool Attrs::present(const char* name) const {
   // than "No attribute with name" (the same wording from 1.17 to 1.32).  An unknown wording
   // counts as absent, so a future runtime cannot make every node fail.
   int64_t v;
-  OrtStatus* st = api_.KernelInfoGetAttribute_int64()(info_, name, &v);
+  OrtStatus* st = api_.KernelInfoGetAttribute_int64()(info_, key(name).c_str(), &v);
   if (!st) return true;
   const std::string m = api_.GetErrorMessage()(st);
   api_.ReleaseStatus()(st);
@@ -213,8 +218,9 @@ void refuse_unimplemented(const Attrs& a, std::initializer_list<const char*> imp
     if (n == "auto_pad" && a.get_string(name, "") == "NOTSET") continue;
     if (n == "group" && a.get_int(name, 0) == 1) continue;
     if ((n == "input_forget" || n == "layout") && a.get_int(name, 1) == 0) continue;
-    throw Error("attribute '" + n + "' is not implemented by this op (it would be silently "
-                "ignored): remove it, or keep the layer as the stock onnxruntime op");
+    throw Error("attribute '" + a.key(name) +
+                "' is not implemented by this op (it would be silently ignored): remove it, or "
+                "keep the layer as the stock onnxruntime op");
   }
 }
 
@@ -237,8 +243,8 @@ void check_output_size(const std::vector<int64_t>& dims, const char* what) {
 
 void Attrs::wrong_type(const char* name, const char* want) const {
   if (kind(name) == kMissing)
-    throw Error(std::string("missing required attribute '") + name + "' (" + want + ")");
-  throw Error(std::string("attribute '") + name + "' must be " + want);
+    throw Error("missing required attribute '" + key(name) + "' (" + want + ")");
+  throw Error("attribute '" + key(name) + "' must be " + want);
 }
 
 int64_t Attrs::get_int(const char* name) const {

@@ -36,7 +36,9 @@ const char* dtype_name(ONNXTensorElementDataType t);
 // ---- attributes (KernelInfo) ---------------------------------------------------------------
 class Attrs {
  public:
-  Attrs(const Api& api, const OrtKernelInfo* info) : api_(api), info_(info) {}
+  // prefix: read `prefix + name` for every name (SparseConvDepthwise's "dw_" attributes)
+  Attrs(const Api& api, const OrtKernelInfo* info, std::string prefix = "")
+      : api_(api), info_(info), prefix_(std::move(prefix)) {}
   bool has(const char* name) const;
   // Whether the node carries `name` with any type, including those this API level cannot read
   // (lists of strings, graphs, tensors): told apart from "absent" by ORT's error message.
@@ -50,6 +52,7 @@ class Attrs {
   std::string get_string(const char* name, const std::string& def) const;
   std::vector<int64_t> get_ints(const char* name) const;
   std::vector<int64_t> get_ints(const char* name, const std::vector<int64_t>& def) const;
+  std::string key(const char* name) const { return prefix_ + name; }  // the name on the node
 
  private:
   enum Kind { kMissing, kInt, kFloat, kString, kInts, kFloats };
@@ -62,6 +65,7 @@ class Attrs {
   [[noreturn]] void wrong_type(const char* name, const char* want) const;
   const Api& api_;
   const OrtKernelInfo* info_;
+  std::string prefix_;
 };
 
 // Fails creation naming the first attribute the op does not implement.  The C API has no way

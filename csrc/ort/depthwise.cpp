@@ -24,9 +24,10 @@ const std::vector<IoSpec>& DepthwiseConvKernel::inputs() {
   return v;
 }
 
-DepthwiseConvKernel::DepthwiseConvKernel(const Api& api, const OrtKernelInfo* info)
+DepthwiseConvKernel::DepthwiseConvKernel(const Api& api, const OrtKernelInfo* info,
+                                         size_t w_index, const char* attr_prefix)
     : api_(api) {
-  Attrs a(api, info);
+  Attrs a(api, info, attr_prefix);
   refuse_unimplemented(a, {"kernel_shape", "strides", "pads", "dilations", "activation",
                            "clip_min", "clip_max", "group", "layout"});
   const std::string layout = a.get_string("layout", "NCHW");
@@ -34,7 +35,8 @@ DepthwiseConvKernel::DepthwiseConvKernel(const Api& api, const OrtKernelInfo* in
     throw Error("attribute 'layout' must be \"NCHW\" or \"NCHWc8\", got \"" + layout + "\"");
   blocked_ = layout == "NCHWc8";
   kt_ = select_table();
-  const TensorView W = constant_input(api, info, kDwW, "W");
+  const bool own_x = w_index == kDwW;  // else the X is SparseConvDepthwise's 1x1 output
+  const TensorView W = constant_input(api, info, w_index, "W");
   if (W.type != ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT)
     throw Error(std::string("W must be float32, got ") + dtype_name(W.type));
   if (W.shape.size() != 4 || W.shape[1] != 1 || W.shape[0] < 1)
@@ -68,13 +70,13 @@ DepthwiseConvKernel::DepthwiseConvKernel(const Api& api, const OrtKernelInfo* in
   const float* wp = static_cast<const float*>(W.data);
   require_finite(wp, size_t(C_ * k_ * k_), "W");
   w_.assign(wp, wp + C_ * k_ * k_);
-  bias_ = read_bias(api, info, kDwBias, C_, "W.shape[0] = channels");
+  bias_ = read_bias(api, info, w_index + (kDwBias - kDwW), C_, "W.shape[0] = channels");
   if (bias_.empty()) bias_.assign(size_t(C_), 0.0f);
   if (blocked_) {
     // A blocked X must say so in its declared shape: a model whose blocked tensors disagree
     // with their declared shapes fails here, not at run time.
     std::vector<int64_t> xs;
-    if (input_static_shape(api, info, kDwX, &xs)) check_blocked_shape(xs, C_, "X");
+    if (own_x && input_static_shape(api, info, kDwX, &xs)) check_blocked_shape(xs, C_, "X");
     // weights [blocks][k*k][8] and bias [blocks][8], zero past C (the kernels' layout)
     constexpr int64_t L = sk::kChannelBlock;
     const int64_t nb = (C_ + L - 1) / L, kk = k_ * k_;
@@ -140,6 +142,39 @@ void DepthwiseConvKernel::compute(OrtKernelContext* ctx) const {
   });
 }
 
+void DepthwiseConvKernel::out_plane(int64_t H, int64_t W, int64_t* OH, int64_t* OW) const {
+  *OH = conv_out_size(H, k_, stride_, 1, pt_, pb_);
+  *OW = conv_out_size(W, k_, stride_, 1, pl_, pr_);
+  if (*OH < 1 || *OW < 1)
+    throw Error("X spatial size " + s(H) + "x" + s(W) + " (padded) is smaller than the kernel " +
+                s(k_) + "x" + s(k_));
+  if (H > INT32_MAX || W > INT32_MAX || *OH > INT32_MAX || *OW > INT32_MAX)
+    throw Error("X spatial size " + s(H) + "x" + s(W) + " is too large");
+}
+
+void DepthwiseConvKernel::band_rows(int64_t H, int64_t oy0, int64_t oy1, int64_t* lo,
+                                    int64_t* hi) const {
+  *lo = std::max<int64_t>(0, oy0 * stride_ - pt_);
+  *hi = std::min<int64_t>(H, (oy1 - 1) * stride_ - pt_ + k_);
+  if (*hi < *lo) *hi = *lo;  // rows of padding only
+}
+
+// The band's rows as a plane of their own: output row oy reads band row oy*s - (pad_t + lo) +
+// ky, and rows outside the band are exactly the image's padding (band_rows keeps every row an
+// output in [oy0, oy1) reads), so the kernel's zero rows are right.  The output keeps the
+// image's geometry: block stride OH*OW*8, only rows [oy0, oy1) written.
+void DepthwiseConvKernel::blocked_band(const float* band, int64_t lo, int64_t rows, int64_t W,
+                                       int64_t OH, int64_t OW, int64_t oy0, int64_t oy1,
+                                       float* y) const {
+  constexpr int64_t L = sk::kChannelBlock;
+  sk::DwShape sh;
+  sh.H = int(rows), sh.W = int(W), sh.OH = int(OH), sh.OW = int(OW);
+  sh.k = int(k_), sh.stride = int(stride_), sh.pad_t = int(pt_ + lo), sh.pad_l = int(pl_);
+  const int64_t nb = (C_ + L - 1) / L;
+  kt_->dwconv_blocked(sh, int(nb), band, w_.data(), bias_.data(), act_.lo, act_.hi, y, int(oy0),
+                      int(oy1));
+}
+
 // Layout NCHWc8: X [N, B, H, W, 8] with B = ceil(C/8).  Work items are runs of blocks (up to 4,
 // so the kernel can pair blocks on narrow planes) times bands of output rows, at least 8 items
 // per call when the tensor allows, so 2 threads get even shares of a plane with few blocks.
@@ -153,13 +188,8 @@ void DepthwiseConvKernel::compute_blocked(OrtKernelContext* ctx) const {
     throw Error("X has shape " + X.shape_str() + " but layout NCHWc8 with " + s(C_) +
                 " channels needs [N, " + s(nb) + ", H, W, 8]");
   const int64_t N = X.shape[0], H = X.shape[2], W = X.shape[3];
-  const int64_t OH = conv_out_size(H, k_, stride_, 1, pt_, pb_);
-  const int64_t OW = conv_out_size(W, k_, stride_, 1, pl_, pr_);
-  if (OH < 1 || OW < 1)
-    throw Error("X spatial size " + s(H) + "x" + s(W) + " (padded) is smaller than the kernel " +
-                s(k_) + "x" + s(k_));
-  if (H > INT32_MAX || W > INT32_MAX || OH > INT32_MAX || OW > INT32_MAX)
-    throw Error("X spatial size " + s(H) + "x" + s(W) + " is too large");
+  int64_t OH, OW;
+  out_plane(H, W, &OH, &OW);
   float* y = get_output(api_, ctx, {N, nb, OH, OW, L});
   if (N == 0) return;
   const float* x = static_cast<const float*>(X.data);

@@ -26,6 +26,17 @@ class SparseConvKernel {
   SparseConvKernel(const Api& api, const OrtKernelInfo* info);
   void compute(OrtKernelContext* ctx) const;
 
+  // For SparseConvDepthwise: whether X and Y are both blocked (1x1, stride 1, no pads), the
+  // channel counts, and the product on pixels [p0, p0 + n) of one image without a residual:
+  // x_img is the image's first block (block stride P*8), y gets ceil(M/8) blocks of n pixels
+  // (block stride y_bstride); panel: pixel_panel_floats() floats of scratch.
+  bool blocked_in_out() const { return blocked_; }
+  int64_t in_channels() const { return C_; }
+  int64_t out_channels() const { return M_; }
+  size_t pixel_panel_floats() const;
+  void blocked_pixels(const float* x_img, int64_t P, int64_t p0, int64_t n, float* y,
+                      int64_t y_bstride, float* panel) const;
+
  private:
   void run_direct(OrtKernelContext* ctx, const float* x, float* y, const float* res, int64_t N,
                   int64_t HW) const;
@@ -108,8 +119,22 @@ class DepthwiseConvKernel {
  public:
   static constexpr const char* kName = "DepthwiseConv";
   static const std::vector<IoSpec>& inputs();
-  DepthwiseConvKernel(const Api& api, const OrtKernelInfo* info);
+  // w_index, attr_prefix: where W (and the bias after it) and the attributes are on the node;
+  // SparseConvDepthwise's depthwise half reads them past the 1x1 conv's (no X input of its own)
+  DepthwiseConvKernel(const Api& api, const OrtKernelInfo* info, size_t w_index = 1,
+                      const char* attr_prefix = "");
   void compute(OrtKernelContext* ctx) const;
+
+  // For SparseConvDepthwise (layout NCHWc8): the output size of an H x W plane (throws when
+  // the padded plane is smaller than the kernel), the input rows [lo, hi) that output rows
+  // [oy0, oy1) read, and those output rows of one image computed from a band holding input
+  // rows [lo, lo + rows) (block stride rows * W * 8); y: the image's first output block.
+  int64_t channels() const { return C_; }
+  bool blocked() const { return blocked_; }
+  void out_plane(int64_t H, int64_t W, int64_t* OH, int64_t* OW) const;
+  void band_rows(int64_t H, int64_t oy0, int64_t oy1, int64_t* lo, int64_t* hi) const;
+  void blocked_band(const float* band, int64_t lo, int64_t rows, int64_t W, int64_t OH,
+                    int64_t OW, int64_t oy0, int64_t oy1, float* y) const;
 
  private:
   Api api_;
@@ -120,6 +145,24 @@ class DepthwiseConvKernel {
   AVec<float> bias_;  // [C] (zeros when absent); layout NCHWc8: [ceil(C/8), 8]
   bool blocked_ = false;  // attribute layout = "NCHWc8"
   void compute_blocked(OrtKernelContext* ctx) const;
+};
+
+// SparseConvDepthwise (docs/format.md): a blocked 1x1 SparseConv (an inverted residual block's
+// expansion) and the blocked DepthwiseConv that alone reads its output, run band by band of
+// output rows: each band's expanded rows go to a scratch that stays in cache, never to memory.
+// Inputs: SparseConv's six (its residual absent), then the DepthwiseConv's W and bias;
+// attributes: SparseConv's, and the DepthwiseConv's prefixed "dw_".
+class SparseConvDepthwiseKernel {
+ public:
+  static constexpr const char* kName = "SparseConvDepthwise";
+  static const std::vector<IoSpec>& inputs();
+  SparseConvDepthwiseKernel(const Api& api, const OrtKernelInfo* info);
+  void compute(OrtKernelContext* ctx) const;
+
+ private:
+  Api api_;
+  SparseConvKernel pw_;
+  DepthwiseConvKernel dw_;
 };
 
 // Reorder (docs/format.md): NCHW <-> NCHWc8 (channel blocks of 8, sk::kChannelBlock), the op at

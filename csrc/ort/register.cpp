@@ -202,6 +202,7 @@ extern "C" __attribute__((visibility("default"))) OrtStatus* RegisterCustomOps(
     parked.push_back(domain);
     for (const OrtCustomOp* op : {OpDef<SparseConvKernel>::op(), OpDef<SparseGemmKernel>::op(),
                                   OpDef<DepthwiseConvKernel>::op(),
+                                  OpDef<SparseConvDepthwiseKernel>::op(),
                                   OpDef<SparseLSTMKernel>::op(), OpDef<SparseGRUKernel>::op(),
                                   OpDef<PredictedConvKernel>::op(),
                                   OpDef<ReorderKernel>::op()})

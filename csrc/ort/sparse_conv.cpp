@@ -593,6 +593,31 @@ void SparseConvKernel::compute_blocked(OrtKernelContext* ctx) const {
   }
 }
 
+size_t SparseConvKernel::pixel_panel_floats() const {
+  return size_t((C_ + kBL - 1) / kBL * kBL * blk_ps_);
+}
+
+void SparseConvKernel::blocked_pixels(const float* x_img, int64_t P, int64_t p0, int64_t n,
+                                      float* y, int64_t y_bstride, float* panel) const {
+  const int64_t kb = (C_ + kBL - 1) / kBL, xbs = P * kBL;
+  sk::Epilogue ep = epilogue();
+  if (dense_ && kb * xbs <= INT32_MAX) {  // as compute_blocked: int32 tap offsets
+    // the dense kernel's taps are offsets into X, whose block stride is the image's
+    Scratch<int32_t> xoff{panel_.rows.size()};
+    for (size_t u = 0; u < panel_.rows.size(); ++u) {
+      const int64_t k = panel_.rows[u];
+      xoff.get()[u] = int32_t((k / kBL) * xbs + k % kBL);
+    }
+    ep.bias = dense_bias_.empty() ? nullptr : dense_bias_.data();
+    kt_->dense_blocked(size_t(n), dense_mat(xoff.get()), x_img + p0 * kBL, kBL, y, y_bstride, ep);
+    return;
+  }
+  ep.bias = blk_bias_.empty() ? nullptr : blk_bias_.data();
+  const int64_t mb = (M_ + kBL - 1) / kBL;
+  kt_->spmm_b4_blocked(size_t(n), spmat(w_, blk_xoff_.data()), 0, int(2 * mb), x_img + p0 * kBL,
+                       xbs, int(kb), y, y_bstride, ep, panel, blk_ps_);
+}
+
 // ---- NCHW in, NCHWc8 out --------------------------------------------------------------------
 // Any conv (a network's stem, a strided or k x k layer before a blocked chain) writing its
 // output in channel blocks, so no Reorder follows it: im2col panels of the NCHW X as on the
