@@ -374,6 +374,9 @@ def _parse_max_density(values) -> dict:
                    "8-channel blocks (NCHWc8, a Reorder at each chain edge), or auto: per chain, "
                    "whichever runs faster here (timed with --threads). Default: auto with "
                    "--autotune, else NCHW.")
+@click.option("--no-merge", is_flag=True,
+              help="In blocked chains, keep each expansion and its depthwise conv as two nodes "
+                   "(by default merged into one SparseConvDepthwise on planes of >= 28x28).")
 @click.option("--include", default=None, metavar="REGEX", help="Only convert matching nodes.")
 @click.option("--exclude", default=None, metavar="REGEX", help="Never convert matching nodes.")
 @click.option("--predict-relu", is_flag=True,
@@ -397,8 +400,8 @@ def _parse_max_density(values) -> dict:
 @click.option("--allow-empty", is_flag=True,
               help="Write OUTPUT even when no layer was converted (a copy of MODEL) and exit 0; "
                    "without it that case writes nothing and exits 3.")
-def convert(model, output, autotune, threads, max_density, dim, no_depthwise, layout, include,
-            exclude,
+def convert(model, output, autotune, threads, max_density, dim, no_depthwise, layout, no_merge,
+            include, exclude,
             predict_relu, min_zeros, recall, predict_bits, calibration, preprocess,
             calibration_samples, batch_size, as_json, force, external_data, allow_empty):
     """Rewrite MODEL's sparse layers into ai.sparsekit ops with packed weights.
@@ -432,7 +435,8 @@ def convert(model, output, autotune, threads, max_density, dim, no_depthwise, la
         converted, report = run_convert(source, max_density=limits, autotune=autotune,
                                         threads=threads, depthwise=not no_depthwise,
                                         include=include, exclude=exclude, autotune_dims=dims,
-                                        layout=layout, progress=progress, **predict)
+                                        layout=layout, merge=not no_merge, progress=progress,
+                                        **predict)
     empty = report.nothing_converted
     written = empty is None or allow_empty
     if written:

@@ -113,6 +113,29 @@ def test_zoo_expansions_merged_on_large_planes_match_stock(name):
     feeds = feeds_for(pruned)
     for t in (1, 2):
         assert_close(run_stock(pruned, feeds, t), run_sparse(blocked, feeds, t))
+    # merge=False (--no-merge): the same chains, every expansion its own node
+    unmerged, rep_u = convert(pruned, layout="NCHWc8", merge=False)
+    assert rep_u.settings["merge"] is False and not any(c.fused for c in rep_u.chains)
+    assert not any(n.op_type == "SparseConvDepthwise" for n in unmerged.graph.node)
+    assert sum(n.op_type == "DepthwiseConv" for n in unmerged.graph.node) == \
+        sum(n.op_type == "DepthwiseConv" for n in blocked.graph.node) + len(fused)
+    assert_close(run_stock(pruned, feeds), run_sparse(unmerged, feeds))
+
+
+def test_cli_no_merge(tmp_path, capsys):
+    src = tmp_path / "p.onnx"
+    pruned, _ = sparsekit.prune(build("mobilenet_v2", **dict(ZOO["mobilenet_v2"], resolution=64)),
+                                sparsity=0.85, min_params=0)
+    onnx.save(pruned, src)
+    for flags, merged in (([], True), (["--no-merge"], False)):
+        out = tmp_path / f"s{len(flags)}.onnx"
+        assert main(["convert", str(src), "-o", str(out), "--layout", "NCHWc8", "--json"]
+                    + flags) == 0
+        rep = json.loads(capsys.readouterr().out)
+        assert rep["settings"]["merge"] is merged
+        assert bool(rep["chains"][0]["fused"]) is merged
+        ops = [n.op_type for n in onnx.load(out).graph.node]
+        assert ("SparseConvDepthwise" in ops) is merged
 
 
 def _edge_model(rng, stride: int, C: int):

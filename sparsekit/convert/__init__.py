@@ -55,7 +55,7 @@ def convert(model_or_path, *, max_density: Optional[Dict[str, float]] = None,
             predict_relu: bool = False, calibration=None,
             min_zeros: float = DEFAULT_MIN_ZEROS, recall: float = DEFAULT_RECALL,
             predict_bits: int = DEFAULT_BITS, layout: Optional[str] = None,
-            progress: Progress = None):
+            merge: bool = True, progress: Progress = None):
     """Return (converted ModelProto, ConvertReport).  The input model is never modified.
 
     max_density: per-format density limits overriding DEFAULT_MAX_DENSITY ("block4", "block1").
@@ -67,6 +67,8 @@ def convert(model_or_path, *, max_density: Optional[Dict[str, float]] = None,
       "NCHW", in 8-channel blocks ("NCHWc8", Reorder nodes at each chain's edges), or "auto":
       per chain, whichever is faster timed alone (`threads`).  Default: "auto" with
       autotune, else "NCHW".  report.chains lists every chain and its choice.
+    merge: inside blocked chains, merge each expansion on a plane of >= 28x28 with the
+      depthwise conv after it (SparseConvDepthwise, run band by band; report.chains[].fused).
     include / exclude: regexes (re.search) on layer names, or lists of them; other layers stay
       dense (graph.NameFilter: the same meaning as in prune).
     predict_relu: afterwards turn Conv -> ReLU/Clip(0, x) layers that stayed dense into
@@ -96,7 +98,7 @@ def convert(model_or_path, *, max_density: Optional[Dict[str, float]] = None,
     report = ConvertReport(settings={
         "max_density": limits, "autotune": bool(autotune), "threads": threads,
         "depthwise": bool(depthwise), "include": include, "exclude": exclude,
-        "autotune_dims": dims, "layout": layout})
+        "autotune_dims": dims, "layout": layout, "merge": bool(merge)})
     report.notes.extend(weight_notes)
     report.folded_bn, bn_notes = fold_batchnorms(model)
     report.notes.extend(bn_notes)
@@ -115,7 +117,8 @@ def convert(model_or_path, *, max_density: Optional[Dict[str, float]] = None,
                                        range(1, min(len(p.node.input), 5)))
                            for p in plans.values()], opset=format.opset_import())
     report.layers = [rows[i] for i in sorted(rows)]
-    report.chains = apply_layouts(model, layout, ctx.shapes, threads=threads, dims=dims)
+    report.chains = apply_layouts(model, layout, ctx.shapes, threads=threads, dims=dims,
+                                  merge=merge)
     _note_heads(report)
     set_metadata(model, CONVERTED_KEY, json.dumps(
         {"version": 1, "layers": {l.name: l.format for l in report.layers

@@ -478,13 +478,13 @@ def _chain_models(model: onnx.ModelProto, chain: Chain, shapes, dims: Dict[str, 
 
 
 def apply_layouts(model: onnx.ModelProto, layout: str, shapes, *, threads: Optional[int] = None,
-                  dims: Optional[Dict[str, int]] = None) -> List[Chain]:
+                  dims: Optional[Dict[str, int]] = None, merge: bool = True) -> List[Chain]:
     """Choose each chain's layout (module docstring) and rewrite ``model`` in place.
     ``shapes``: tensor name -> dims of the model before conversion (chain inputs keep their
-    names), used to time chains alone."""
+    names), used to time chains alone and to find the expansions worth merging (``merge``)."""
     chains = find_chains(model)
     for c in chains:
-        c.planes = _planes(model, c, shapes)
+        c.planes = _planes(model, c, shapes) if merge else {}
         if layout == "NCHW":
             c.reason = "layout NCHW"
         elif layout == BLOCKED:
