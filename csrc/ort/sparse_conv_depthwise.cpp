@@ -3,6 +3,7 @@
 // only cuts the image into bands and passes each band's expanded rows through a scratch.
 #include <algorithm>
 #include <climits>
+#include <cstring>
 
 #include "ort/ops.h"
 #include "ort/work_split.h"
@@ -55,32 +56,55 @@ void SparseConvDepthwiseKernel::compute(OrtKernelContext* ctx) const {
   if (N == 0) return;
   const float* x = static_cast<const float*>(X.data);
   // Output rows per band: as many as keep the band's expanded rows within kBandBytes, at least
-  // one (the halo rows two bands share are expanded twice).
+  // one.  A work item is a run of consecutive bands of one image (a few per CPU); each band
+  // keeps the rows it shares with the one before (k - stride of them) and expands only the
+  // new ones, so no row is expanded twice inside a run.
   const int64_t row_bytes = mb * L * W * int64_t(sizeof(float));
   const int64_t max_rows = std::max<int64_t>(1, kBandBytes / row_bytes);
-  int64_t band_out = 1;
+  int64_t band_out = 1, cap = 1;  // cap: the most input rows any band holds
   for (int64_t lo, hi; band_out < OH; ++band_out) {
     dw_.band_rows(H, 0, band_out + 1, &lo, &hi);
     if (hi - lo > max_rows) break;
   }
+  for (int64_t oy = 0, lo, hi; oy < OH; oy += band_out) {
+    dw_.band_rows(H, oy, std::min(OH, oy + band_out), &lo, &hi);
+    cap = std::max(cap, hi - lo);
+  }
   const int64_t bands = (OH + band_out - 1) / band_out;
+  const int64_t runs = std::min<int64_t>(bands, std::max(1, 2 * cpu_count()));
   const size_t panel = pw_.pixel_panel_floats();
-  const int64_t xs = kb * H * W * L, ys = mb * OH * OW * L;
-  // items in (image, band) order: each CPU's range of them is a band of rows, as the 1x1 convs
+  const int64_t xs = kb * H * W * L, ys = mb * OH * OW * L, bs = cap * W * L;
+  // items in (image, run) order: each CPU's range of them is a band of rows, as the 1x1 convs
   // around it split their pixels
-  parallel_for_affine(api_, ctx, size_t(N * bands), [&](size_t i) {
-    const int64_t n = int64_t(i) / bands, b = int64_t(i) % bands;
-    const int64_t oy0 = b * band_out, oy1 = std::min(OH, oy0 + band_out);
-    int64_t lo, hi;
-    dw_.band_rows(H, oy0, oy1, &lo, &hi);
-    const int64_t rows = hi - lo;
-    Scratch<float> band{size_t(mb * L * std::max<int64_t>(rows, 1) * W)};
-    if (rows > 0) {
-      Scratch<float> pan{panel};
-      pw_.blocked_pixels(x + n * xs, H * W, lo * W, rows * W, band.get(), rows * W * L,
-                         pan.get());
+  parallel_for_affine(api_, ctx, size_t(N * runs), [&](size_t i) {
+    const int64_t n = int64_t(i) / runs, r = int64_t(i) % runs;
+    // the band buffer: mb blocks of cap rows (block stride bs), rows past a band's own zero
+    // where they stand for the padding below the image
+    Scratch<float> band{size_t(mb * bs)};
+    Scratch<float> pan{panel};
+    float* buf = band.get();
+    int64_t prev_lo = 0, prev_hi = 0;
+    for (int64_t b = bands * r / runs; b < bands * (r + 1) / runs; ++b) {
+      const int64_t oy0 = b * band_out, oy1 = std::min(OH, oy0 + band_out);
+      int64_t lo, hi;
+      dw_.band_rows(H, oy0, oy1, &lo, &hi);
+      int64_t keep = 0;
+      if (prev_hi > lo && prev_lo <= lo) {  // rows [lo, prev_hi) are in the buffer already
+        keep = prev_hi - lo;
+        for (int64_t blk = 0; blk < mb; ++blk)
+          std::memmove(buf + blk * bs, buf + blk * bs + (lo - prev_lo) * W * L,
+                       size_t(keep * W * L) * sizeof(float));
+      }
+      if (hi > lo + keep)
+        pw_.blocked_pixels(x + n * xs, H * W, (lo + keep) * W, (hi - lo - keep) * W,
+                           buf + keep * W * L, bs, pan.get());
+      if (hi - lo < cap)  // rows below the band: zero, the padding they stand for
+        for (int64_t blk = 0; blk < mb; ++blk)
+          std::memset(buf + blk * bs + (hi - lo) * W * L, 0,
+                      size_t((cap - (hi - lo)) * W * L) * sizeof(float));
+      dw_.blocked_band(buf, lo, cap, W, OH, OW, oy0, oy1, y + n * ys);
+      prev_lo = lo, prev_hi = hi;
     }
-    dw_.blocked_band(band.get(), lo, rows, W, OH, OW, oy0, oy1, y + n * ys);
   });
 }
 
