@@ -86,7 +86,8 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "layout.json").write_text(json.dumps({"date": stamp, "environment": env,
                                                  "rows": rows}, indent=1) + "\n")
-    lines = [f"# Activation layout: dense onnxruntime vs sparsekit NCHW vs NCHWc8 ({stamp})", "",
+    lines = [f"# Activation layout: dense onnxruntime vs sparsekit NCHW vs NCHWc8, merged or not "
+             f"({stamp})", "",
              f"{env}", "", "`python -P benchmarks/bench_layout.py` (1x4 blocks; medians of "
              f"interleaved rounds, each session {args.burst} runs back to back per round, the "
              "first left out; same threads)", "",
