@@ -124,14 +124,7 @@ def find_chains(model: onnx.ModelProto) -> List[Chain]:
     for i in members:
         groups.setdefault(root(i), []).append(i)
 
-    def text(node, name, default):
-        v = get_attr(node, name, default)
-        return v.decode() if isinstance(v, bytes) else v
-
-    readers: Dict[str, List[int]] = {}
-    for j, n in enumerate(nodes):
-        for x in n.input:
-            readers.setdefault(x, []).append(j)
+    readers = _readers(nodes)
     graph_outputs = {o.name for o in model.graph.output}
     taken = _names(model)
     chains = []
@@ -162,6 +155,20 @@ def find_chains(model: onnx.ModelProto) -> List[Chain]:
                 chain.heads[x] = model.graph.node[plan[0][0]].name
         chains.append(chain)
     return chains
+
+
+def _readers(nodes) -> Dict[str, List[int]]:
+    """Tensor name -> positions of the nodes that read it."""
+    readers: Dict[str, List[int]] = {}
+    for j, n in enumerate(nodes):
+        for x in n.input:
+            readers.setdefault(x, []).append(j)
+    return readers
+
+
+def _text(node: onnx.NodeProto, name: str, default: str) -> str:
+    v = get_attr(node, name, default)
+    return v.decode() if isinstance(v, bytes) else v
 
 
 def _global_average(node: onnx.NodeProto) -> bool:
@@ -332,20 +339,13 @@ def fuse_expansions(nodes: List[onnx.NodeProto], outputs: set) -> List[onnx.Node
     never written whole.
     Its inputs: the SparseConv's six (the residual slot empty), then the depthwise W and bias;
     its attributes: the SparseConv's, and the DepthwiseConv's prefixed "dw_"."""
-    def text(node, name, default):
-        v = get_attr(node, name, default)
-        return v.decode() if isinstance(v, bytes) else v
-
-    readers: Dict[str, List[int]] = {}
-    for j, n in enumerate(nodes):
-        for x in n.input:
-            readers.setdefault(x, []).append(j)
+    readers = _readers(nodes)
     fused: Dict[int, onnx.NodeProto] = {}
     gone = set()
     for j, n in enumerate(nodes):
         if not (n.op_type == "SparseConv" and n.domain == format.DOMAIN
-                and text(n, "layout", "NCHW") == BLOCKED
-                and text(n, "input_layout", BLOCKED) == BLOCKED
+                and _text(n, "layout", "NCHW") == BLOCKED
+                and _text(n, "input_layout", BLOCKED) == BLOCKED
                 and not (len(n.input) > _RESIDUAL and n.input[_RESIDUAL])
                 and n.output[0] in outputs):
             continue
