@@ -133,12 +133,9 @@ def _depthwise_layer(node: onnx.NodeProto, name: str, inits: dict, pos: int) -> 
 
 
 def _sparse_layer(node: onnx.NodeProto, name: str, inits: dict) -> Optional[LayerInfo]:
-    def tensor(pos):
-        return _input_array(node, inits, pos)
-
     if node.op_type not in ("SparseConv", "SparseGemm", "SparseConvDepthwise"):
         return None
-    values, indices, group_ptr = tensor(1), tensor(2), tensor(3)
+    values, indices, group_ptr = (_input_array(node, inits, pos) for pos in (1, 2, 3))
     if values is None or indices is None:
         return None
     fmt = get_attr(node, "format", "bsr")

@@ -694,8 +694,10 @@ def test_fused_expansion_refuses_what_it_cannot_run():
     next(a for a in node.attribute if a.name == "dw_layout").s = b"NCHW"
     refused(node, inits, "must both be \"NCHWc8\"")
     refused(*_fused_node(dw_auto_pad="SAME_UPPER"), "attribute 'dw_auto_pad' is not implemented")
-    refused(*_fused_node(dw_dilations=[2, 2]), "'dilations' must be \\[1, 1\\]")
-    refused(*_fused_node(), "X is declared with shape \\[1, 2, 8, 8, 8\\]", declared=(1, 2, 8, 8, 8))
+    refused(*_fused_node(dw_dilations=[2, 2]),
+            "the depthwise conv \\(inputs 6-7, attributes dw_\\*\\): attribute 'dilations' must be")
+    refused(*_fused_node(), "the 1x1 conv \\(inputs 0-5\\): X is declared with shape \\[1, 2, 8, 8, 8\\]",
+            declared=(1, 2, 8, 8, 8))
 
 
 @pytest.mark.parametrize("shape", [

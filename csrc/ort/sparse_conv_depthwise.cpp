@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <climits>
 #include <cstring>
+#include <utility>
 
 #include "ort/ops.h"
 #include "ort/work_split.h"
@@ -15,6 +16,16 @@ enum : size_t { kFuX = 0, kFuResidual = 5, kFuDwW = 6 };
 // Expanded rows per band, in bytes: the band and the output rows it feeds stay in L2 (Zen3:
 // 512 KiB) beside the weights and the 1x1 conv's panel.
 constexpr int64_t kBandBytes = 192 * 1024;
+
+// Each half is built by its own op's constructor (the same checks); its errors say which half.
+template <class K, class... Args>
+K half(const char* which, Args&&... args) {
+  try {
+    return K(std::forward<Args>(args)...);
+  } catch (const Error& e) {
+    throw Error(std::string(which) + ": " + e.what(), e.code());
+  }
+}
 }  // namespace
 
 const std::vector<IoSpec>& SparseConvDepthwiseKernel::inputs() {
@@ -28,7 +39,10 @@ const std::vector<IoSpec>& SparseConvDepthwiseKernel::inputs() {
 }
 
 SparseConvDepthwiseKernel::SparseConvDepthwiseKernel(const Api& api, const OrtKernelInfo* info)
-    : api_(api), pw_(api, info), dw_(api, info, kFuDwW, "dw_") {
+    : api_(api),
+      pw_(half<SparseConvKernel>("the 1x1 conv (inputs 0-5)", api, info)),
+      dw_(half<DepthwiseConvKernel>("the depthwise conv (inputs 6-7, attributes dw_*)", api, info,
+                                    size_t(kFuDwW), "dw_")) {
   if (!pw_.blocked_in_out() || !dw_.blocked())
     throw Error("layout and dw_layout must both be \"NCHWc8\" (the op runs on channel blocks)");
   if (input_present(api, info, kFuResidual))

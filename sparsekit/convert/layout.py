@@ -353,7 +353,8 @@ def fuse_expansions(nodes: List[onnx.NodeProto], outputs: set) -> List[onnx.Node
         if len(r) != 1 or nodes[r[0]].op_type != "DepthwiseConv" or r[0] in fused:
             continue
         dw = nodes[r[0]]
-        if dw.domain != format.DOMAIN or list(dw.input).index(n.output[0]) != 0:
+        if (dw.domain != format.DOMAIN or list(dw.input).index(n.output[0]) != 0
+                or _text(dw, "layout", "NCHW") != BLOCKED):
             continue
         inputs = list(n.input) + [""] * (_RESIDUAL + 1 - len(n.input))
         inputs += [dw.input[1], dw.input[2] if len(dw.input) > 2 else ""]
