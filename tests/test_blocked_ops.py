@@ -1,8 +1,8 @@
 """The channel-blocked layout in onnxruntime (issue 20): Reorder (NCHW <-> NCHWc8),
 DepthwiseConv and SparseConv (1x1, 1x4 blocks) with layout = "NCHWc8", chained, and the two
-merged (SparseConvDepthwise), against the same
-convs in stock onnxruntime, for every ISA the build has and 1 / 2 threads; and models whose blocked tensors disagree with their
-declared shapes, refused at session creation (or, with shapes unknown there, at run time)."""
+merged (SparseConvDepthwise), against the same convs in stock onnxruntime, for every ISA the
+build has and 1 / 2 threads; and models whose blocked tensors disagree with their declared
+shapes, refused at session creation (or, with shapes unknown there, at run time)."""
 from __future__ import annotations
 
 import copy
