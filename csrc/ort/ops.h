@@ -91,6 +91,7 @@ class SparseConvKernel {
   AVec<int32_t> dense_xoff_;    // blocked_out_'s im2col path: panel row u at u * out_T_
   void init_dense();
   sk::DenseMat dense_mat(const int32_t* x_offset) const;  // x_offset: one per panel row
+  sk::DenseMat blocked_dense_mat(int64_t xbs, Scratch<int32_t>* xoff) const;  // blocked X
   void run_dense_blocked(OrtKernelContext* ctx, const float* x, float* y, const float* res,
                          int64_t N, int64_t P) const;
 };

@@ -602,14 +602,10 @@ void SparseConvKernel::blocked_pixels(const float* x_img, int64_t P, int64_t p0,
   const int64_t kb = (C_ + kBL - 1) / kBL, xbs = P * kBL;
   sk::Epilogue ep = epilogue();
   if (dense_ && kb * xbs <= INT32_MAX) {  // as compute_blocked: int32 tap offsets
-    // the dense kernel's taps are offsets into X, whose block stride is the image's
-    Scratch<int32_t> xoff{panel_.rows.size()};
-    for (size_t u = 0; u < panel_.rows.size(); ++u) {
-      const int64_t k = panel_.rows[u];
-      xoff.get()[u] = int32_t((k / kBL) * xbs + k % kBL);
-    }
+    Scratch<int32_t> xoff;  // the taps are offsets into X: the image's block stride
     ep.bias = dense_bias_.empty() ? nullptr : dense_bias_.data();
-    kt_->dense_blocked(size_t(n), dense_mat(xoff.get()), x_img + p0 * kBL, kBL, y, y_bstride, ep);
+    kt_->dense_blocked(size_t(n), blocked_dense_mat(xbs, &xoff), x_img + p0 * kBL, kBL, y,
+                       y_bstride, ep);
     return;
   }
   ep.bias = blk_bias_.empty() ? nullptr : blk_bias_.data();
@@ -727,18 +723,25 @@ sk::DenseMat SparseConvKernel::dense_mat(const int32_t* x_offset) const {
   return dm;
 }
 
+// The dense weights over a blocked X of block stride xbs: tap u reads lane k%8 of block k/8
+// (k = panel_.rows[u]); the offsets go to `xoff`, which must outlive the matrix.
+sk::DenseMat SparseConvKernel::blocked_dense_mat(int64_t xbs, Scratch<int32_t>* xoff) const {
+  xoff->reset(panel_.rows.size());
+  for (size_t u = 0; u < panel_.rows.size(); ++u) {
+    const int64_t k = panel_.rows[u];
+    xoff->get()[u] = int32_t((k / kBL) * xbs + k % kBL);
+  }
+  return dense_mat(xoff->get());
+}
+
 // The 1x1 conv between blocked tensors with dense weights: pixel ranges (as compute_blocked),
 // tap u reading lane k%8 of X block k/8 (k = panel_.rows[u]), X's pixels 8 floats apart.
 void SparseConvKernel::run_dense_blocked(OrtKernelContext* ctx, const float* x, float* y,
                                          const float* res, int64_t N, int64_t P) const {
   const int64_t kb = (C_ + kBL - 1) / kBL, mb = (M_ + kBL - 1) / kBL;
   const int64_t xbs = P * kBL, ybs = P * kBL;
-  Scratch<int32_t> xoff{panel_.rows.size()};
-  for (size_t u = 0; u < panel_.rows.size(); ++u) {
-    const int64_t k = panel_.rows[u];
-    xoff.get()[u] = int32_t((k / kBL) * xbs + k % kBL);
-  }
-  const sk::DenseMat dm = dense_mat(xoff.get());
+  Scratch<int32_t> xoff;
+  const sk::DenseMat dm = blocked_dense_mat(xbs, &xoff);
   sk::Epilogue ep0 = epilogue();
   ep0.bias = dense_bias_.empty() ? nullptr : dense_bias_.data();
   const PixelSplit ps = split_pixels(P, pixel_tile(kt_, C_), kt_);
